@@ -1,0 +1,41 @@
+"""Packaging for keras_gmix.
+
+TensorFlow is an extra, not a hard requirement, because it comes in two
+wheels that install the same module: `tensorflow-cpu` (small, CPU only) and
+`tensorflow` (with CUDA support). Pick one with `pip install -e ".[cpu]"` or
+`pip install -e ".[gpu]"`.
+"""
+
+from setuptools import find_packages, setup
+
+TF_VERSION = "2.21.0"
+
+setup(
+    name="keras_gmix",
+    version="0.1.0",
+    description="G-Mix (Mixup + Sharpness-Aware Minimization) for Keras 3 model.fit",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["keras_gmix", "keras_gmix.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "keras>=3.15,<3.16",
+        "numpy",
+        "scikit-learn",  # the digits data set of the default job
+        "tensorflow-datasets",  # CIFAR-10/100, SVHN, STL-10 loaders
+        "matplotlib",  # plots: comparison bar charts, loss landscapes
+        "pyyaml",  # recipe config files
+    ],
+    extras_require={
+        "cpu": [f"tensorflow-cpu=={TF_VERSION}"],
+        "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
+        "test": ["pytest>=8", "pytest-timeout"],
+        # tf-keras pulls in the full `tensorflow` wheel: benchmarks only.
+        "bench": ["tf-keras==2.21.0", "mnist1d", "psutil"],
+    },
+    entry_points={
+        "console_scripts": [
+            "gmix-train=keras_gmix.cli:train_main",
+        ],
+    },
+)
