@@ -1,1 +1,20 @@
-"""keras_gmix: G-Mix, Binary G-Mix and Decomposed G-Mix for Keras 3 `model.fit`."""
+"""keras_gmix: G-Mix, Binary G-Mix and Decomposed G-Mix for Keras 3 `model.fit`.
+
+>>> import keras_gmix as kg
+>>> model = kg.GMixModel(inner, method="dgmix", rho=0.05, alpha=1.0)
+"""
+
+from keras_gmix.gradients import METHODS, update_gradients
+from keras_gmix.mixing import apply_mix, sample_box_center, sample_mix
+from keras_gmix.model import GMixModel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GMixModel",
+    "METHODS",
+    "apply_mix",
+    "sample_box_center",
+    "sample_mix",
+    "update_gradients",
+]

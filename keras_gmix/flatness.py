@@ -1,0 +1,795 @@
+"""Measuring flatness: Hessian eigenvalue and trace, rho-sharpness, landscapes.
+
+Every measure here looks at the mean loss over the given data,
+
+    L(w) = (1 / N) * sum over all N examples of l(y_i, f(x_i; w)),
+
+as a function of the model's trainable variables w, seen as one flat vector.
+Regularization penalties (`model.losses`) are not part of L.
+
+All measures evaluate the network with
+`model.stateless_call(trainable_values, non_trainable_values, x,
+training=False)`, at weight values that they hold themselves, so the
+model's variables are never assigned to: whatever happens (an exception,
+a KeyboardInterrupt), the weights are bit-for-bit what they were. Because
+`training=False`, BatchNormalization uses its moving statistics and Dropout
+is off: the measured function of w is deterministic, as power iteration and
+gradient ascent require.
+
+`data` is a `tf.data.Dataset` of `(x, y)` batches, iterated once per loss,
+gradient or Hessian-vector evaluation (so it must yield the same examples on
+every pass: do not reshuffle it), or a tuple `(x, y)` of arrays, which is
+batched here with `batch_size`. The batch size does not change any measured
+value, only memory use and speed.
+"""
+
+import dataclasses
+import inspect
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+NORMALIZATIONS = ("filter", None)
+
+
+# ---------------------------------------------------------------------------
+# Results
+
+
+@dataclasses.dataclass
+class EigenvalueResult:
+    """Result of `hessian_top_eigenvalue`.
+
+    Attributes:
+        value: the final Rayleigh quotient `v^T H v`, the eigenvalue estimate.
+        history: the Rayleigh quotient after every power iteration.
+        converged: whether the relative change fell below `tol`.
+        vector: the unit eigenvector estimate, one NumPy array per trainable
+            variable (aligned with `model.trainable_variables`).
+    """
+
+    value: float
+    history: list
+    converged: bool
+    vector: list
+
+
+@dataclasses.dataclass
+class TraceResult:
+    """Result of `hessian_trace`.
+
+    Attributes:
+        value: the Hutchinson estimate of `trace(H)`, the mean of `history`.
+        history: one sample `v^T H v` per Rademacher vector `v`.
+        std_error: the standard error of `value` (sample standard deviation
+            over `sqrt(samples)`; NaN for a single sample).
+    """
+
+    value: float
+    history: list
+    std_error: float
+
+
+@dataclasses.dataclass
+class SharpnessResult:
+    """Result of `rho_sharpness`.
+
+    Attributes:
+        value: `max_k L(w + eps_k) - L(w)` over the ascent iterates.
+        history: `L(w + eps_k) - L(w)` for every iterate `k`.
+        loss: `L(w)`, the loss at the current weights.
+        epsilon: the best perturbation found, one NumPy array per trainable
+            variable.
+    """
+
+    value: float
+    history: list
+    loss: float
+    epsilon: list
+
+
+@dataclasses.dataclass
+class LandscapeResult:
+    """Result of `loss_landscape`.
+
+    Attributes:
+        alphas: the coefficients along the first direction, shape `[points]`.
+        betas: the coefficients along the second direction, shape
+            `[points]`, or None for a one-dimensional landscape.
+        losses: `L(w + alphas[i] * d1)`, shape `[points]`, or
+            `L(w + alphas[i] * d1 + betas[j] * d2)` at `losses[i, j]`,
+            shape `[points, points]`.
+        directions: the directions used (after normalization), one list of
+            NumPy arrays per direction, aligned with
+            `model.trainable_variables`.
+        normalization: the normalization that was applied.
+    """
+
+    alphas: np.ndarray
+    betas: np.ndarray
+    losses: np.ndarray
+    directions: list
+    normalization: str
+
+
+# ---------------------------------------------------------------------------
+# Small pure functions
+
+
+def flatten(tensors, dtype=None):
+    """Concatenates a list of tensors into one flat vector.
+
+    Args:
+        tensors: list of tensors of any shapes.
+        dtype: dtype of the result. Defaults to `None`, the dtype of the
+            first tensor.
+
+    Returns:
+        A 1-D tensor with `sum(size(t))` entries, in list order, each tensor
+        flattened in row-major order.
+
+    Example:
+
+    >>> flatten([np.ones((2, 2)), np.zeros(3)]).shape
+    TensorShape([7])
+    """
+    tensors = [ops.convert_to_tensor(t) for t in tensors]
+    if dtype is None:
+        dtype = tensors[0].dtype
+    return ops.concatenate([ops.reshape(ops.cast(t, dtype), [-1]) for t in tensors], axis=0)
+
+
+def unflatten(flat, shapes):
+    """Splits a flat vector into tensors of the given shapes (inverse of `flatten`).
+
+    Args:
+        flat: 1-D tensor with exactly `sum(prod(shape))` entries.
+        shapes: list of shapes (tuples of ints).
+
+    Returns:
+        A list of tensors, one per shape.
+
+    Example:
+
+    >>> [t.shape for t in unflatten(np.arange(7.0), [(2, 2), (3,)])]
+    [TensorShape([2, 2]), TensorShape([3])]
+    """
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    if int(ops.shape(flat)[0]) != sum(sizes):
+        raise ValueError(
+            f"`flat` has {int(ops.shape(flat)[0])} entries but `shapes` need {sum(sizes)}."
+        )
+    out, start = [], 0
+    for shape, size in zip(shapes, sizes):
+        out.append(ops.reshape(flat[start : start + size], shape))
+        start += size
+    return out
+
+
+def filter_normalize(direction, weights, epsilon=1e-10):
+    """Filter-wise normalization of a direction (Li et al. 2018).
+
+    For every weight tensor with two or more axes, each filter of
+    `direction` is rescaled to the norm of the same filter of `weights`.
+    A filter is one slice along the last axis: Keras stores kernels as
+    `(..., input_channels, output_channels)`, so the last axis indexes the
+    output channels (conv) or units (Dense), the filters of the paper.
+    Tensors with at most one axis (biases, BatchNormalization's gamma and
+    beta) get a zero direction, as in the paper, because scaling them
+    filter-wise is meaningless.
+
+    Args:
+        direction: list of tensors, the random direction.
+        weights: list of tensors of the same shapes, the weights `w`.
+        epsilon: added to the direction's filter norms to avoid dividing by
+            zero. Defaults to `1e-10`.
+
+    Returns:
+        The normalized direction, a list of tensors.
+
+    Example:
+
+    >>> d = filter_normalize([np.ones((2, 3)), np.ones(3)],
+    ...                      [np.full((2, 3), 2.0), np.ones(3)])
+    >>> np.round(np.linalg.norm(d[0], axis=0), 6).tolist(), d[1].tolist()
+    ([2.828427, 2.828427, 2.828427], [0.0, 0.0, 0.0])
+
+    References:
+        - [Li et al., 2018](https://arxiv.org/abs/1712.09913), section 4.
+    """
+    out = []
+    for d, w in zip(direction, weights):
+        d = ops.convert_to_tensor(d)
+        w = ops.cast(ops.convert_to_tensor(w), d.dtype)
+        if len(d.shape) <= 1:
+            out.append(ops.zeros_like(d))
+            continue
+        axes = tuple(range(len(d.shape) - 1))
+        d_norm = ops.sqrt(ops.sum(ops.square(d), axis=axes, keepdims=True))
+        w_norm = ops.sqrt(ops.sum(ops.square(w), axis=axes, keepdims=True))
+        out.append(d * (w_norm / (d_norm + epsilon)))
+    return out
+
+
+def _project_to_ball(z, radius):
+    """Projects the flat vector `z` onto the L2 ball of the given radius."""
+    norm = ops.sqrt(ops.sum(ops.square(z)))
+    scale = ops.minimum(ops.cast(1.0, z.dtype), radius / ops.maximum(norm, 1e-30))
+    return z * scale
+
+
+def _unit(v):
+    """Returns v / ||v|| and ||v|| (a zero vector stays zero, never NaN)."""
+    norm = ops.sqrt(ops.sum(ops.square(v)))
+    safe = ops.where(norm > 0, norm, ops.ones_like(norm))
+    return v / safe, float(norm)
+
+
+# ---------------------------------------------------------------------------
+# The objective L(w), evaluated statelessly
+
+
+def _resolve_loss(loss):
+    if isinstance(loss, keras.losses.Loss):
+        # `Loss.call` gives the unreduced per-example values, so the mean over
+        # the data is exact whatever `reduction` the object was built with.
+        return loss.call
+    if isinstance(loss, (str, dict)):
+        return keras.losses.get(loss)
+    if callable(loss):
+        return loss
+    raise ValueError(
+        "`loss` must be a keras.losses.Loss, a loss name or a callable "
+        f"loss(y_true, y_pred). Received: loss={loss!r}"
+    )
+
+
+def _accepts_training(layer):
+    try:
+        params = inspect.signature(layer.call).parameters
+    except (TypeError, ValueError):
+        return True
+    return "training" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
+def _as_dataset(data, batch_size):
+    if isinstance(data, tf.data.Dataset):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return tf.data.Dataset.from_tensor_slices(tuple(data)).batch(batch_size)
+    raise ValueError(
+        "`data` must be a tf.data.Dataset of (x, y) batches or a tuple (x, y) "
+        f"of arrays. Received: data of type {type(data).__name__}"
+    )
+
+
+class _Objective:
+    """L(w) over all batches at given flat weights; never writes variables."""
+
+    def __init__(self, model, data, loss, batch_size):
+        self.network = getattr(model, "inner", model)
+        variables = list(self.network.trainable_variables)
+        if not variables:
+            raise ValueError(
+                "The model has no trainable variables: build it (call it on "
+                "data or give it an Input) before measuring flatness."
+            )
+        self.shapes = [tuple(v.shape) for v in variables]
+        # Snapshots of the values: everything below works on these copies.
+        self.values = [tf.identity(v.value) for v in variables]
+        self.non_trainable = [tf.identity(v.value) for v in self.network.non_trainable_variables]
+        self.w = flatten(self.values)
+        self.dtype = self.w.dtype
+        self.loss_fn = _resolve_loss(loss)
+        self.dataset = _as_dataset(data, batch_size)
+        self.call_kwargs = {"training": False} if _accepts_training(self.network) else {}
+
+    def _batches(self):
+        for batch in self.dataset:
+            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+            if sample_weight is not None:
+                raise ValueError("Sample weights are not supported by the flatness measures.")
+            yield x, y
+
+    def _batch_sum(self, flat_w, x, y):
+        """Sum of the per-example losses of one batch, and the batch size."""
+        y_pred, _ = self.network.stateless_call(
+            unflatten(flat_w, self.shapes), self.non_trainable, x, **self.call_kwargs
+        )
+        values = self.loss_fn(y, y_pred)
+        n = tf.shape(tf.nest.flatten(x)[0])[0]
+        # mean * n (not sum): a callable may already return the batch mean.
+        total = tf.reduce_mean(tf.cast(values, self.dtype)) * tf.cast(n, self.dtype)
+        return total, n
+
+    def loss(self, flat_w):
+        total, count = 0.0, 0
+        for x, y in self._batches():
+            s, n = self._batch_sum(flat_w, x, y)
+            total += float(s)
+            count += int(n)
+        return self._mean(total, count)
+
+    def loss_and_grad(self, flat_w):
+        total, count, grad = 0.0, 0, ops.zeros_like(flat_w)
+        for x, y in self._batches():
+            with tf.GradientTape() as tape:
+                tape.watch(flat_w)
+                s, n = self._batch_sum(flat_w, x, y)
+            grad += tape.gradient(s, flat_w, unconnected_gradients="zero")
+            total += float(s)
+            count += int(n)
+        return self._mean(total, count), grad / count
+
+    def hvp(self, flat_w, v):
+        """Exact Hessian-vector product H v by double backpropagation."""
+        count, hv = 0, ops.zeros_like(flat_w)
+        for x, y in self._batches():
+            with tf.GradientTape() as outer:
+                outer.watch(flat_w)
+                with tf.GradientTape() as inner:
+                    inner.watch(flat_w)
+                    s, n = self._batch_sum(flat_w, x, y)
+                g = inner.gradient(s, flat_w, unconnected_gradients="zero")
+                gv = tf.reduce_sum(g * v)
+            hv += outer.gradient(gv, flat_w, unconnected_gradients="zero")
+            count += int(n)
+        if count == 0:
+            raise ValueError("`data` is empty.")
+        return hv / count
+
+    @staticmethod
+    def _mean(total, count):
+        if count == 0:
+            raise ValueError("`data` is empty.")
+        return total / count
+
+
+def _progbar(target, verbose):
+    return keras.utils.Progbar(target, verbose=verbose) if verbose else None
+
+
+def _check_positive_int(name, value, minimum=1):
+    if not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
+
+
+# ---------------------------------------------------------------------------
+# Hessian
+
+
+def hessian_top_eigenvalue(
+    model, data, loss, iters=20, seed=0, tol=1e-4, batch_size=32, verbose=0
+):
+    """Top eigenvalue of the Hessian of the mean loss, by power iteration.
+
+    Power iteration on exact Hessian-vector products (double backpropagation
+    through nested `tf.GradientTape`s) over all trainable variables as one
+    flat vector. Each iteration is one pass over `data`. The model is
+    evaluated with `training=False` (BatchNormalization in inference mode)
+    at held weight values; its variables are never changed.
+
+    Power iteration converges to the eigenvalue of largest magnitude. Near a
+    minimum, where sharpness is usually measured, that is the largest
+    eigenvalue; far from one, a negative eigenvalue of larger magnitude would
+    be returned instead (the sign of `value` tells).
+
+    Args:
+        model: a built Keras model, or a wrapper whose `.inner` is one.
+        data: a `tf.data.Dataset` of `(x, y)` batches, or a tuple `(x, y)`.
+        loss: a `keras.losses.Loss`, a loss name, or a callable
+            `loss(y_true, y_pred)`; reduced to the mean over the data.
+        iters: maximum number of power iterations. Defaults to `20`.
+        seed: seed of the random start vector. Defaults to `0`.
+        tol: stop when the eigenvalue estimate changes by less than
+            `tol` relative to the previous one. Defaults to `1e-4`.
+        batch_size: batch size when `data` is a tuple of arrays.
+            Defaults to `32`.
+        verbose: 1 shows a `keras.utils.Progbar`. Defaults to `0`.
+
+    Returns:
+        An `EigenvalueResult` with `value`, `history`, `converged`, `vector`.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    >>> x, y = np.random.rand(64, 3), np.random.rand(64, 1)
+    >>> hessian_top_eigenvalue(model, (x, y), "mse").value  # doctest: +SKIP
+    1.63...
+
+    References:
+        - [Yao et al., 2020. PyHessian](https://arxiv.org/abs/1912.07145).
+        - [Keskar et al., 2017](https://arxiv.org/abs/1609.04836), on
+          sharpness and generalization.
+    """
+    _check_positive_int("iters", iters)
+    objective = _Objective(model, data, loss, batch_size)
+    generator = keras.random.SeedGenerator(seed)
+    v, _ = _unit(keras.random.normal(objective.w.shape, dtype=objective.dtype, seed=generator))
+    history, converged, progbar = [], False, _progbar(iters, verbose)
+    for i in range(iters):
+        hv = objective.hvp(objective.w, v)
+        # Rayleigh quotient of the current unit vector: the eigenvalue estimate.
+        eigenvalue = float(ops.sum(v * hv))
+        history.append(eigenvalue)
+        if progbar:
+            progbar.update(i + 1, values=[("eigenvalue", eigenvalue)])
+        v_next, hv_norm = _unit(hv)
+        if hv_norm == 0.0:
+            converged = True  # H v = 0: v is an eigenvector of eigenvalue 0
+            break
+        v = v_next
+        if i > 0 and abs(history[-1] - history[-2]) <= tol * abs(history[-2]):
+            converged = True
+            break
+    if progbar and len(history) < iters:
+        progbar.update(iters, values=[("eigenvalue", history[-1])], finalize=True)
+    return EigenvalueResult(
+        value=history[-1],
+        history=history,
+        converged=converged,
+        vector=[np.asarray(t) for t in unflatten(v, objective.shapes)],
+    )
+
+
+def hessian_trace(model, data, loss, samples=100, seed=0, batch_size=32, verbose=0):
+    """Hutchinson estimate of the trace of the Hessian of the mean loss.
+
+    `trace(H) = E[v^T H v]` for Rademacher vectors `v` (entries +-1 with
+    equal probability); the estimate is the mean over `samples` vectors, each
+    one exact Hessian-vector product (one pass over `data`). The model is
+    evaluated with `training=False` (BatchNormalization in inference mode)
+    at held weight values; its variables are never changed.
+
+    Args:
+        model: a built Keras model, or a wrapper whose `.inner` is one.
+        data: a `tf.data.Dataset` of `(x, y)` batches, or a tuple `(x, y)`.
+        loss: a `keras.losses.Loss`, a loss name, or a callable
+            `loss(y_true, y_pred)`; reduced to the mean over the data.
+        samples: number of Rademacher vectors. Defaults to `100`.
+        seed: seed of the Rademacher vectors. Defaults to `0`.
+        batch_size: batch size when `data` is a tuple of arrays.
+            Defaults to `32`.
+        verbose: 1 shows a `keras.utils.Progbar`. Defaults to `0`.
+
+    Returns:
+        A `TraceResult` with `value`, `history` (the per-sample `v^T H v`)
+        and `std_error`.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    >>> x, y = np.random.rand(64, 3), np.random.rand(64, 1)
+    >>> hessian_trace(model, (x, y), "mse", samples=20).value  # doctest: +SKIP
+    2.6...
+
+    References:
+        - Hutchinson, 1989. A stochastic estimator of the trace of the
+          influence matrix for Laplacian smoothing splines.
+        - [Yao et al., 2020. PyHessian](https://arxiv.org/abs/1912.07145).
+    """
+    _check_positive_int("samples", samples)
+    objective = _Objective(model, data, loss, batch_size)
+    generator = keras.random.SeedGenerator(seed)
+    history, progbar = [], _progbar(samples, verbose)
+    for i in range(samples):
+        bits = keras.random.randint(objective.w.shape, 0, 2, seed=generator)
+        v = ops.cast(2 * bits - 1, objective.dtype)
+        history.append(float(ops.sum(v * objective.hvp(objective.w, v))))
+        if progbar:
+            progbar.update(i + 1, values=[("trace", float(np.mean(history)))])
+    std_error = float(np.std(history, ddof=1) / math.sqrt(samples)) if samples > 1 else math.nan
+    return TraceResult(value=float(np.mean(history)), history=history, std_error=std_error)
+
+
+# ---------------------------------------------------------------------------
+# rho-sharpness
+
+
+def rho_sharpness(
+    model,
+    data,
+    loss,
+    rho,
+    steps=10,
+    adaptive=False,
+    eta=0.01,
+    seed=0,
+    batch_size=32,
+    verbose=0,
+):
+    """Largest loss increase within an L2 ball of radius rho around the weights.
+
+    Estimates `max_{||eps|| <= rho} L(w + eps) - L(w)` by projected gradient
+    ascent. The ascent starts, like SAM, at `eps_0 = rho * g / ||g||` with
+    `g = grad L(w)` (a random direction when `g == 0`), then takes `steps`
+    normalized steps of length `rho` along the gradient at `w + eps_k`, each
+    projected back onto the ball. With `adaptive=True` the ball is
+    `||T^-1 eps|| <= rho` with `T = |w| + eta` elementwise (ASAM), so that
+    `eps_0 = rho * T^2 g / ||T g||`, and the ascent runs in the scaled
+    coordinates `z = T^-1 eps`. The model is evaluated with `training=False`
+    (BatchNormalization in inference mode) at held weight values; its
+    variables are never changed.
+
+    Each step is one pass over `data` with a gradient; the reported value is
+    the largest increase over all `steps + 1` iterates, a lower bound of the
+    true maximum.
+
+    Args:
+        model: a built Keras model, or a wrapper whose `.inner` is one.
+        data: a `tf.data.Dataset` of `(x, y)` batches, or a tuple `(x, y)`.
+        loss: a `keras.losses.Loss`, a loss name, or a callable
+            `loss(y_true, y_pred)`; reduced to the mean over the data.
+        rho: radius of the ball, `>= 0`.
+        steps: number of ascent steps after the start. Defaults to `10`.
+        adaptive: whether to use ASAM's scale-invariant ball.
+            Defaults to `False`.
+        eta: ASAM's offset in `T = |w| + eta`. Defaults to `0.01`.
+        seed: seed of the random start used when the gradient is zero.
+            Defaults to `0`.
+        batch_size: batch size when `data` is a tuple of arrays.
+            Defaults to `32`.
+        verbose: 1 shows a `keras.utils.Progbar`. Defaults to `0`.
+
+    Returns:
+        A `SharpnessResult` with `value`, `history`, `loss` and `epsilon`.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    >>> x, y = np.random.rand(64, 3), np.random.rand(64, 1)
+    >>> rho_sharpness(model, (x, y), "mse", rho=0.05).value  # doctest: +SKIP
+    0.04...
+
+    References:
+        - [Foret et al., 2021. SAM](https://arxiv.org/abs/2010.01412).
+        - [Kwon et al., 2021. ASAM](https://arxiv.org/abs/2102.11600).
+        - [Andriushchenko et al., 2023. A modern look at the relationship
+          between sharpness and generalization](
+          https://arxiv.org/abs/2302.07011).
+    """
+    if not isinstance(rho, (int, float, np.floating, np.integer)) or rho < 0:
+        raise ValueError(f"`rho` must be a number >= 0. Received: rho={rho!r}")
+    _check_positive_int("steps", steps, minimum=0)
+    if eta < 0:
+        raise ValueError(f"`eta` must be >= 0. Received: eta={eta!r}")
+    objective = _Objective(model, data, loss, batch_size)
+    w, dtype = objective.w, objective.dtype
+    base_loss, grad = objective.loss_and_grad(w)
+    shape = objective.shapes
+    if rho == 0:
+        zero = [np.zeros(s, dtype=dtype.name) for s in shape]
+        return SharpnessResult(value=0.0, history=[0.0], loss=base_loss, epsilon=zero)
+
+    # Work in z = T^-1 eps, where the ball is a plain L2 ball (T = 1 for SAM).
+    scale = ops.abs(w) + ops.cast(eta, dtype) if adaptive else ops.ones_like(w)
+    radius = ops.cast(rho, dtype)
+    direction, norm = _unit(scale * grad)
+    if norm == 0.0:
+        # At a stationary point SAM's direction is undefined; any start
+        # works because the ascent then follows the curvature.
+        generator = keras.random.SeedGenerator(seed)
+        direction, _ = _unit(keras.random.normal(w.shape, dtype=dtype, seed=generator))
+    z = radius * direction
+
+    history, best, best_eps = [], -math.inf, None
+    progbar = _progbar(steps + 1, verbose)
+    for k in range(steps + 1):
+        eps = scale * z
+        if k < steps:
+            value, g = objective.loss_and_grad(w + eps)
+        else:
+            value = objective.loss(w + eps)
+        increase = value - base_loss
+        history.append(increase)
+        if increase > best:
+            best, best_eps = increase, eps
+        if progbar:
+            progbar.update(k + 1, values=[("sharpness", best)])
+        if k == steps:
+            break
+        # Chain rule: the gradient in z coordinates is T * grad.
+        step, g_norm = _unit(scale * g)
+        if g_norm == 0.0:
+            break  # a stationary point of the ascent: nothing left to climb
+        z = _project_to_ball(z + radius * step, radius)
+    if progbar and len(history) < steps + 1:
+        progbar.update(steps + 1, values=[("sharpness", best)], finalize=True)
+    return SharpnessResult(
+        value=best,
+        history=history,
+        loss=base_loss,
+        epsilon=[np.asarray(t) for t in unflatten(best_eps, shape)],
+    )
+
+
+# ---------------------------------------------------------------------------
+# Loss landscapes
+
+
+def loss_landscape(
+    model,
+    data,
+    loss,
+    directions=1,
+    span=1.0,
+    points=21,
+    seed=0,
+    normalization="filter",
+    batch_size=32,
+    verbose=0,
+):
+    """Loss along one random direction, or over a plane of two.
+
+    Draws `directions` Gaussian random directions `d` over the trainable
+    variables, normalizes them filter-wise (Li et al. 2018: each filter of
+    `d` gets the norm of the same filter of `w`; biases and
+    BatchNormalization parameters, the 1-D variables, get zero), and
+    evaluates `L(w + a * d1)` or `L(w + a * d1 + b * d2)` for `a, b` on
+    `points` evenly spaced values in `[-span, span]`. The model is evaluated
+    with `training=False` (BatchNormalization in inference mode) at held
+    weight values; its variables are never changed.
+
+    Args:
+        model: a built Keras model, or a wrapper whose `.inner` is one.
+        data: a `tf.data.Dataset` of `(x, y)` batches, or a tuple `(x, y)`.
+        loss: a `keras.losses.Loss`, a loss name, or a callable
+            `loss(y_true, y_pred)`; reduced to the mean over the data.
+        directions: 1 for a curve, 2 for a plane. Defaults to `1`.
+        span: the coefficients run over `[-span, span]`. Defaults to `1.0`.
+        points: number of coefficients per direction (an odd number puts
+            `w` itself on the grid). Defaults to `21`.
+        seed: seed of the random directions. Defaults to `0`.
+        normalization: `"filter"`, or `None` to use the raw Gaussian
+            directions. Defaults to `"filter"`.
+        batch_size: batch size when `data` is a tuple of arrays.
+            Defaults to `32`.
+        verbose: 1 shows a `keras.utils.Progbar`. Defaults to `0`.
+
+    Returns:
+        A `LandscapeResult` with `alphas`, `betas` (None in 1-D), `losses`
+        and the `directions` used.
+
+    Example:
+
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    >>> x, y = np.random.rand(64, 3), np.random.rand(64, 1)
+    >>> result = loss_landscape(model, (x, y), "mse", points=11)
+    >>> result.losses.shape
+    (11,)
+
+    References:
+        - [Li et al., 2018. Visualizing the loss landscape of neural
+          nets](https://arxiv.org/abs/1712.09913).
+    """
+    if directions not in (1, 2):
+        raise ValueError(f"`directions` must be 1 or 2. Received: directions={directions!r}")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"`normalization` must be one of {NORMALIZATIONS}. "
+            f"Received: normalization={normalization!r}"
+        )
+    if not span > 0:
+        raise ValueError(f"`span` must be > 0. Received: span={span!r}")
+    _check_positive_int("points", points, minimum=2)
+    objective = _Objective(model, data, loss, batch_size)
+    dtype = objective.dtype
+    generator = keras.random.SeedGenerator(seed)
+    drawn = []
+    for _ in range(directions):
+        d = [keras.random.normal(s, dtype=dtype, seed=generator) for s in objective.shapes]
+        if normalization == "filter":
+            d = filter_normalize(d, objective.values)
+        drawn.append(flatten(d, dtype=dtype))
+
+    alphas = np.linspace(-span, span, points)
+    if points % 2 == 1:
+        # Exactly 0, so that the centre is L(w) itself and not L(w + 1e-17 d).
+        alphas[points // 2] = 0.0
+    grid = [(a,) for a in alphas] if directions == 1 else [(a, b) for a in alphas for b in alphas]
+    losses, progbar = [], _progbar(len(grid), verbose)
+    for i, coefficients in enumerate(grid):
+        w = objective.w
+        for c, d in zip(coefficients, drawn):
+            w = w + ops.cast(c, dtype) * d
+        losses.append(objective.loss(w))
+        if progbar:
+            progbar.update(i + 1)
+    losses = np.asarray(losses)
+    if directions == 2:
+        losses = losses.reshape(points, points)
+    return LandscapeResult(
+        alphas=alphas,
+        betas=alphas.copy() if directions == 2 else None,
+        losses=losses,
+        directions=[[np.asarray(t) for t in unflatten(d, objective.shapes)] for d in drawn],
+        normalization=normalization,
+    )
+
+
+def _new_figure(figsize):
+    # A Figure with its own Agg canvas, not pyplot: no global backend switch
+    # and no figure registry that a long run would fill up.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def plot_landscape_1d(results, path, title=None):
+    """Plots one or several 1-D loss landscapes into a PNG file.
+
+    Args:
+        results: a 1-D `LandscapeResult`, or a dict of name to 1-D
+            `LandscapeResult`, drawn as overlaid curves with a legend.
+        path: the PNG file to write.
+        title: the figure title. Defaults to `None`, no title.
+
+    Returns:
+        `path`.
+
+    Example:
+
+    >>> flat = loss_landscape(model, (x, y), "mse")  # doctest: +SKIP
+    >>> plot_landscape_1d({"sam": flat, "erm": sharp}, "landscape.png")  # doctest: +SKIP
+    """
+    named = results if isinstance(results, dict) else {None: results}
+    if not named:
+        raise ValueError("`results` is empty.")
+    figure = _new_figure((5, 4))
+    axes = figure.add_subplot()
+    for name, result in named.items():
+        if result.betas is not None:
+            raise ValueError(
+                f"plot_landscape_1d needs 1-D landscapes; {name or 'result'} is 2-D "
+                "(use plot_landscape_2d)."
+            )
+        axes.plot(result.alphas, result.losses, label=name)
+    axes.set_xlabel("alpha")
+    axes.set_ylabel("loss")
+    if title:
+        axes.set_title(title)
+    if not isinstance(results, LandscapeResult):
+        axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+    return path
+
+
+def plot_landscape_2d(result, path, levels=30, title=None):
+    """Plots a 2-D loss landscape as a contour map into a PNG file.
+
+    Args:
+        result: a 2-D `LandscapeResult`.
+        path: the PNG file to write.
+        levels: number of contour levels. Defaults to `30`.
+        title: the figure title. Defaults to `None`, no title.
+
+    Returns:
+        `path`.
+
+    Example:
+
+    >>> plane = loss_landscape(model, (x, y), "mse", directions=2)  # doctest: +SKIP
+    >>> plot_landscape_2d(plane, "plane.png")  # doctest: +SKIP
+    """
+    if result.betas is None:
+        raise ValueError("plot_landscape_2d needs a 2-D landscape (directions=2).")
+    figure = _new_figure((5, 4))
+    axes = figure.add_subplot()
+    # losses[i, j] sits at (alphas[i], betas[j]): contour wants [row=y, col=x].
+    contour = axes.contour(result.alphas, result.betas, result.losses.T, levels=levels)
+    axes.clabel(contour, inline=True, fontsize=6)
+    axes.plot([0.0], [0.0], "k+")
+    axes.set_xlabel("alpha")
+    axes.set_ylabel("beta")
+    if title:
+        axes.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+    return path

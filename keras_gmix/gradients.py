@@ -1,0 +1,286 @@
+"""update_gradients: the gradient each method hands to the optimizer.
+
+One function serves all six methods of SPEC.md section 4:
+
+| method | input batch | update gradient |
+|---|---|---|
+| erm   | clean | grad L_B(w) |
+| mixup | mixed | grad L_B(w) |
+| sam   | clean | grad L_B(w + eps) |
+| gmix  | mixed | grad L_B(w + eps) |
+| bgmix | mixed | grad L_sharp(w + eps) + grad L_flat(w) |
+| dgmix | mixed | g_flat + g_perp + max(<g_sharp, u>, 0) u |
+
+(Which batch is mixed is the caller's business: this module sees a batch.)
+
+The model is evaluated with `Layer.stateless_call` at given weight values,
+so no variable is ever written here, not even half-way through: the caller
+decides what to keep (GMixModel keeps the unperturbed pass's BatchNorm
+statistics). Both passes start from the same non-trainable state, so they
+draw the same dropout masks.
+
+Pass counts: erm/mixup 1 forward + 1 backward; sam/gmix 2F + 2B;
+bgmix/dgmix 2F + 3B, the third backward pass running through the first
+forward pass again (its tape is kept) for the flat subset.
+"""
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from keras_gmix import losses as losses_lib
+from keras_gmix import partition
+from keras_gmix import perturbation as pt
+
+METHODS = ("erm", "mixup", "sam", "gmix", "bgmix", "dgmix")
+MIXED_METHODS = ("mixup", "gmix", "bgmix", "dgmix")
+PERTURBED_METHODS = ("sam", "gmix", "bgmix", "dgmix")
+PARTITIONED_METHODS = ("bgmix", "dgmix")
+
+
+def check_method(method):
+    if method not in METHODS:
+        raise ValueError(
+            f"Argument `method` must be one of {METHODS}. Received: method={method!r}"
+        )
+
+
+def check_rho(rho):
+    if not isinstance(rho, (int, float)) or isinstance(rho, bool) or not rho >= 0:
+        raise ValueError(
+            "Argument `rho` must be a number >= 0 (the radius of the SAM "
+            f"neighbourhood; 0 turns the perturbation off). Received: rho={rho!r}"
+        )
+
+
+def check_eta(eta):
+    if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not eta >= 0:
+        raise ValueError(
+            f"Argument `eta` must be a number >= 0 (ASAM's offset). Received: eta={eta!r}"
+        )
+
+
+class StepResult(NamedTuple):
+    """Everything one step computes; GMixModel uses all of it."""
+
+    grads: list  # aligned with inner.trainable_variables, loss-scaled
+    stats: dict  # SPEC.md section 5 values, scalar float32 tensors
+    y_pred: tf.Tensor  # predictions of the unperturbed pass
+    non_trainable: list  # non-trainable values after the unperturbed pass
+
+
+def _identity(value):
+    return value
+
+
+def _per_example(loss_fn, y, y_pred, sample_weight):
+    values = tf.cast(loss_fn(y, y_pred), tf.float32)
+    if sample_weight is not None:
+        values = values * tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+    return values
+
+
+def _gradient(tape, target, sources, output_gradients=None):
+    # Variables a method does not reach (e.g. an unused head) get zeros, so
+    # that vector arithmetic over the gradient list stays aligned.
+    return tape.gradient(
+        target,
+        sources,
+        output_gradients=output_gradients,
+        unconnected_gradients=tf.UnconnectedGradients.ZERO,
+    )
+
+
+def compute_update(
+    inner,
+    x,
+    y,
+    loss_fn,
+    method="gmix",
+    rho=0.05,
+    sensitive_fraction=0.5,
+    adaptive=False,
+    eta=0.01,
+    sample_weight=None,
+    scale_loss=None,
+    mean_over_replicas=None,
+):
+    """One step's update gradient, statistics and new non-trainable state.
+
+    Args:
+        inner: a built Keras model.
+        x, y: the (already mixed, if the method mixes) batch; y one-hot/soft.
+        loss_fn: per-example loss `fn(y_true, y_pred) -> [n]`.
+        method, rho, sensitive_fraction, adaptive, eta: see `update_gradients`.
+        sample_weight: optional [n] weights multiplying each l_i.
+        scale_loss: applied to every differentiated loss inside the tapes
+            (the optimizer's `scale_loss`, for mixed-precision loss scaling).
+            The returned gradients are scaled by it. Defaults to identity.
+        mean_over_replicas: if given, applied to the ascent gradient before
+            eps is computed (`sync_perturbation`). Defaults to `None`.
+
+    Returns:
+        A `StepResult`.
+    """
+    scale_loss = scale_loss or _identity
+    perturbed = method in PERTURBED_METHODS
+    partitioned = method in PARTITIONED_METHODS
+    weights = [tf.convert_to_tensor(v) for v in inner.trainable_variables]
+    state = [tf.convert_to_tensor(v) for v in inner.non_trainable_variables]
+    n = tf.cast(tf.shape(y)[0], tf.float32)
+
+    # Forward pass 1, at w. Its tape is kept (persistent) when more than one
+    # gradient is taken through it: the ascent direction, the regularizers,
+    # and for bgmix/dgmix the flat subset.
+    with tf.GradientTape(persistent=perturbed) as tape:
+        tape.watch(weights)
+        y_pred, new_state, extra_losses = inner.stateless_call(
+            weights, state, x, training=True, return_losses=True
+        )
+        losses_at_w = _per_example(loss_fn, y, y_pred, sample_weight)
+        data_loss = tf.reduce_sum(losses_at_w) / n
+        # Regularizers are evaluated at w only, and added once.
+        reg_loss = tf.add_n([tf.cast(t, tf.float32) for t in extra_losses]) if extra_losses else None
+        scaled_losses_at_w = scale_loss(losses_at_w)
+        scaled_data_loss = scale_loss(data_loss)
+        scaled_reg_loss = scale_loss(reg_loss) if reg_loss is not None else None
+
+    total_loss = data_loss if reg_loss is None else data_loss + reg_loss
+    stats = {"loss": total_loss}
+
+    if not perturbed:
+        target = scaled_data_loss if reg_loss is None else scaled_data_loss + scaled_reg_loss
+        grads = _gradient(tape, target, weights)
+        return StepResult(grads, stats, y_pred, new_state)
+
+    # Backward pass 1: the ascent direction g = grad L_B(w).
+    ascent = _gradient(tape, scaled_data_loss, weights)
+    if mean_over_replicas is not None:
+        ascent = mean_over_replicas(ascent)
+    reg_grads = None if reg_loss is None else _gradient(tape, scaled_reg_loss, weights)
+    if not partitioned:
+        del tape  # free pass 1's activations before pass 2
+    eps = pt.perturbation(weights, ascent, rho, adaptive=adaptive, eta=eta)
+    perturbed_weights = pt.add(weights, eps)
+
+    # Forward and backward pass 2, at w + eps, from the same starting state
+    # (same dropout masks); its BatchNorm statistics are dropped.
+    with tf.GradientTape() as perturbed_tape:
+        perturbed_tape.watch(perturbed_weights)
+        y_pred_eps, _ = inner.stateless_call(perturbed_weights, state, x, training=True)
+        losses_at_eps = _per_example(loss_fn, y, y_pred_eps, sample_weight)
+        if partitioned:
+            sensitivity = tf.stop_gradient(losses_at_eps - losses_at_w)
+            sharp = partition.sharp_mask(sensitivity, sensitive_fraction)
+            # Both subsets divide by the whole batch size n.
+            target = scale_loss(tf.reduce_sum(sharp * losses_at_eps) / n)
+        else:
+            target = scale_loss(tf.reduce_sum(losses_at_eps) / n)
+    g_sharp = _gradient(perturbed_tape, target, perturbed_weights)
+
+    # Like "loss" (and Keras' own loss), perturbed_loss includes the
+    # regularizers at w, so that sharpness = perturbed_loss - loss.
+    sharpness = tf.reduce_mean(losses_at_eps) - tf.reduce_mean(losses_at_w)
+    stats.update(
+        perturbed_loss=total_loss + sharpness,
+        sharpness=sharpness,
+        eps_norm=pt.global_norm(eps),
+    )
+
+    if partitioned:
+        # Backward pass 3, through pass 1 again: the flat subset at w.
+        flat = 1.0 - sharp
+        g_flat = _gradient(tape, scaled_losses_at_w, weights, output_gradients=flat / n)
+        del tape
+        stats.update(
+            sensitive_fraction=tf.reduce_mean(sharp),
+            grad_cosine=partition.cosine(g_sharp, g_flat),
+        )
+        if method == "bgmix":
+            grads = pt.add(g_sharp, g_flat)
+        else:
+            grads, conflict = partition.decompose(g_sharp, g_flat)
+            stats["conflict"] = conflict
+    else:
+        grads = g_sharp
+
+    if reg_grads is not None:
+        grads = pt.add(grads, reg_grads)
+    grads = [tf.cast(g, w.dtype) for g, w in zip(grads, weights)]
+    return StepResult(grads, stats, y_pred, new_state)
+
+
+def check_update_arguments(method, rho, sensitive_fraction, eta):
+    check_method(method)
+    check_rho(rho)
+    partition.check_sensitive_fraction(sensitive_fraction)
+    check_eta(eta)
+
+
+def update_gradients(
+    inner,
+    x,
+    y_soft,
+    loss,
+    method="gmix",
+    rho=0.05,
+    sensitive_fraction=0.5,
+    adaptive=False,
+    eta=0.01,
+    sample_weight=None,
+):
+    """The update gradient of one G-Mix family step, without applying it.
+
+    Pure: the model's variables (weights, BatchNorm statistics, RNG state)
+    are left exactly as they were.
+
+    Args:
+        inner: a built Keras model.
+        x: the input batch (mix it first for the mixing methods).
+        y_soft: one-hot or soft labels, shape [n, classes].
+        loss: per-example loss `loss(y_true, y_pred) -> [n]`, or a Keras loss
+            (name or object; it is evaluated unreduced).
+        method: one of "erm", "mixup", "sam", "gmix", "bgmix", "dgmix"
+            ("erm"/"mixup" and "sam"/"gmix" compute the same thing on a
+            given batch). Defaults to `"gmix"`.
+        rho: SAM radius, >= 0. Defaults to `0.05`.
+        sensitive_fraction: gamma, the fraction of examples treated as sharp
+            by bgmix/dgmix. Defaults to `0.5`.
+        adaptive: ASAM perturbation. Defaults to `False`.
+        eta: ASAM offset. Defaults to `0.01`.
+        sample_weight: optional per-example weights. Defaults to `None`.
+
+    Returns:
+        `(grads, stats)`: grads aligned with `inner.trainable_variables`;
+        stats a dict of the SPEC.md section 5 values (Python floats when
+        run eagerly, scalar tensors inside a `tf.function`).
+
+    Example:
+
+    >>> grads, stats = update_gradients(model, x_mix, y_mix,
+    ...     loss=keras.losses.categorical_crossentropy, method="dgmix")
+    >>> optimizer.apply(grads, model.trainable_variables)
+
+    References:
+        - G-Mix: https://arxiv.org/abs/2308.03236
+        - SAM: https://arxiv.org/abs/2010.01412
+    """
+    check_update_arguments(method, rho, sensitive_fraction, eta)
+    loss_fn = losses_lib.per_example_loss(loss)
+    result = compute_update(
+        inner,
+        x,
+        y_soft,
+        loss_fn,
+        method=method,
+        rho=rho,
+        sensitive_fraction=sensitive_fraction,
+        adaptive=adaptive,
+        eta=eta,
+        sample_weight=sample_weight,
+    )
+    stats = result.stats
+    if tf.executing_eagerly():
+        stats = {k: float(v) for k, v in stats.items()}
+    return result.grads, stats
+

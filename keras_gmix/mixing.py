@@ -1,0 +1,226 @@
+"""Mixup and CutMix: drawing the mixing randomness, and applying it.
+
+Drawing (`sample_mix`, `sample_box_center`) is separate from applying
+(`apply_mix`): applying is a pure function of its inputs, so tests pass fixed
+values and every replica of a distributed run can draw its own.
+
+References:
+    - Zhang et al., "mixup: Beyond Empirical Risk Minimization", 2018,
+      https://arxiv.org/abs/1710.09412
+    - Yun et al., "CutMix: Regularization Strategy to Train Strong
+      Classifiers with Localizable Features", 2019,
+      https://arxiv.org/abs/1905.04899
+"""
+
+import keras
+import tensorflow as tf
+
+MIX_MODES = ("mixup", "cutmix")
+
+
+def check_alpha(alpha):
+    """Raises a ValueError unless `alpha` is a number > 0."""
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
+        raise ValueError(
+            f"Argument `alpha` must be a number > 0 (the Beta(alpha, alpha) "
+            f"concentration). Received: alpha={alpha!r}"
+        )
+
+
+def check_mix(mix):
+    if mix not in MIX_MODES:
+        raise ValueError(
+            f"Argument `mix` must be one of {MIX_MODES}. Received: mix={mix!r}"
+        )
+
+
+def seed_tensor(seed):
+    """Turns `seed` into a stateless TF seed of shape [2] (int32).
+
+    `seed` may be an int, a `keras.random.SeedGenerator` (its state advances),
+    a shape-[2] integer tensor, or None (an unseeded draw).
+    """
+    if isinstance(seed, keras.random.SeedGenerator):
+        seed = seed.next()
+    elif seed is None:
+        # Unseeded: a fresh draw, reproducible only under tf.random.set_seed.
+        seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
+    elif isinstance(seed, int):
+        seed = tf.constant([seed % 2**31, 0], tf.int32)
+    return tf.cast(tf.reshape(seed, [2]), tf.int32)
+
+
+def split_seed(seed, num):
+    """`num` independent stateless seeds derived from one seed tensor."""
+    return tf.unstack(tf.random.experimental.stateless_split(seed, num=num))
+
+
+def sample_beta(shape, alpha, seed):
+    """Beta(alpha, alpha) samples from two stateless Gamma draws.
+
+    TensorFlow has no stateless Beta sampler; X / (X + Y) with X, Y ~
+    Gamma(alpha) is Beta(alpha, alpha).
+    """
+    seed_x, seed_y = split_seed(seed, 2)
+    x = tf.random.stateless_gamma(shape, seed_x, alpha=alpha, dtype=tf.float32)
+    y = tf.random.stateless_gamma(shape, seed_y, alpha=alpha, dtype=tf.float32)
+    total = x + y
+    # Both Gamma draws can underflow to 0 for tiny alpha: fall back to 1/2.
+    return tf.where(total > 0, x / tf.where(total > 0, total, 1.0), 0.5)
+
+
+def sample_mix(batch_size, alpha, seed=None, per_example=False):
+    """Draws the mixing coefficient(s) and the partner permutation of a batch.
+
+    Args:
+        batch_size: number of examples n (int or scalar int tensor).
+        alpha: concentration of the Beta(alpha, alpha) distribution of lam;
+            must be > 0.
+        seed: int, `keras.random.SeedGenerator`, or a shape-[2] int tensor.
+            The same seed gives the same draw. Defaults to `None` (an
+            unseeded draw).
+        per_example: draw one lam per example instead of one per batch.
+            Defaults to `False`.
+
+    Returns:
+        `(lam, perm)`: lam of shape [] (or [n] if `per_example`), float32 in
+        [0, 1]; perm a uniform random permutation of `range(n)`, int32.
+
+    Example:
+
+    >>> lam, perm = sample_mix(8, alpha=1.0, seed=0)
+    >>> x_mix, y_mix = apply_mix(x, y, lam, perm)
+    """
+    check_alpha(alpha)
+    seed = seed_tensor(seed)
+    lam_seed, perm_seed = split_seed(seed, 2)
+    shape = [batch_size] if per_example else []
+    lam = sample_beta(shape, float(alpha), lam_seed)
+    perm = tf.random.experimental.stateless_shuffle(
+        tf.range(batch_size, dtype=tf.int32), perm_seed
+    )
+    return lam, perm
+
+
+def sample_box_center(batch_size, seed=None, per_example=False):
+    """Draws CutMix box centers as fractions of the image height and width.
+
+    Returns a float32 tensor of shape [2] (or [n, 2] if `per_example`) with
+    values in [0, 1): (center_row, center_col) / (height, width).
+    """
+    shape = [batch_size, 2] if per_example else [2]
+    return tf.random.stateless_uniform(shape, seed_tensor(seed), dtype=tf.float32)
+
+
+def _broadcast_to_rank(values, rank):
+    """Reshapes a [] or [n] tensor so that it broadcasts over a rank-`rank` batch."""
+    values = tf.convert_to_tensor(values)
+    if values.shape.rank == 0:
+        return values
+    return tf.reshape(values, [-1] + [1] * (rank - 1))
+
+
+def cutmix_mask(image_shape, lam, box_center):
+    """The CutMix paste mask and the label weight it implies.
+
+    A box of area fraction (1 - lam), centred at `box_center` and clipped to
+    the image, is marked 0 (pixels taken from the partner); the rest is 1.
+
+    Args:
+        image_shape: static (height, width).
+        lam: [] or [n] float tensor.
+        box_center: [2] or [n, 2] fractions of (height, width).
+
+    Returns:
+        `(mask, label_lam)`: mask of shape [h, w] or [n, h, w] (float32) and
+        label_lam, the kept area fraction after clipping, shape like lam.
+    """
+    height, width = image_shape
+    lam = tf.convert_to_tensor(lam, tf.float32)
+    box_center = tf.convert_to_tensor(box_center, tf.float32)
+    cut = tf.sqrt(1.0 - lam)
+    half_h = cut * height / 2.0
+    half_w = cut * width / 2.0
+    center_r = box_center[..., 0] * height
+    center_c = box_center[..., 1] * width
+    # Integer box edges, clipped to the image (as in the CutMix paper).
+    top = tf.clip_by_value(tf.round(center_r - half_h), 0.0, float(height))
+    bottom = tf.clip_by_value(tf.round(center_r + half_h), 0.0, float(height))
+    left = tf.clip_by_value(tf.round(center_c - half_w), 0.0, float(width))
+    right = tf.clip_by_value(tf.round(center_c + half_w), 0.0, float(width))
+    rows = tf.range(height, dtype=tf.float32)
+    cols = tf.range(width, dtype=tf.float32)
+    expand = lambda t: t[..., None]  # noqa: E731  broadcast edges over pixels
+    in_rows = tf.cast((rows >= expand(top)) & (rows < expand(bottom)), tf.float32)
+    in_cols = tf.cast((cols >= expand(left)) & (cols < expand(right)), tf.float32)
+    inside = in_rows[..., :, None] * in_cols[..., None, :]
+    box_area = (bottom - top) * (right - left)
+    label_lam = 1.0 - box_area / float(height * width)
+    return 1.0 - inside, label_lam
+
+
+def mix_batch(x, y, lam, perm, mix="mixup", box_center=None):
+    """Mixes a batch; returns `(x_mix, y_mix, label_lam)`.
+
+    `label_lam` is the weight of the original example in the mixed label
+    (lam itself for Mixup, the clipped kept area for CutMix): callers use it
+    to mix anything else attached to an example, e.g. sample weights.
+    """
+    check_mix(mix)
+    x = tf.convert_to_tensor(x)
+    y = tf.convert_to_tensor(y)
+    lam = tf.convert_to_tensor(lam, tf.float32)
+    x_partner = tf.gather(x, perm)
+    if mix == "mixup":
+        label_lam = lam
+        weight = tf.cast(_broadcast_to_rank(lam, x.shape.rank), x.dtype)
+        x_mix = weight * x + (1 - weight) * x_partner
+    else:
+        if x.shape.rank != 4:
+            raise ValueError(
+                "`mix='cutmix'` needs image batches of rank 4 (n, height, "
+                f"width, channels); received inputs of shape {x.shape}. Use "
+                "mix='mixup' for other inputs."
+            )
+        if box_center is None:
+            box_center = tf.constant([0.5, 0.5])
+        box_center = tf.convert_to_tensor(box_center, tf.float32)
+        if lam.shape.rank == 1 and box_center.shape.rank == 1:
+            box_center = tf.broadcast_to(box_center, [tf.shape(lam)[0], 2])
+        mask, label_lam = cutmix_mask(
+            (x.shape[1], x.shape[2]), lam, box_center
+        )
+        mask = tf.cast(mask[..., None], x.dtype)  # broadcast over channels
+        x_mix = mask * x + (1 - mask) * x_partner
+    y_weight = tf.cast(_broadcast_to_rank(label_lam, y.shape.rank), y.dtype)
+    y_mix = y_weight * y + (1 - y_weight) * tf.gather(y, perm)
+    return x_mix, y_mix, label_lam
+
+
+def apply_mix(x, y, lam, perm, mix="mixup", box_center=None):
+    """Mixes a batch with given coefficients: a pure function.
+
+    Mixup: `x~_i = lam x_i + (1 - lam) x_perm(i)`, and the same for y.
+    CutMix: a box of area fraction (1 - lam) from `x_perm(i)` is pasted into
+    `x_i`; the label weight is recomputed from the clipped box area.
+
+    Args:
+        x: input batch, shape [n, ...] (rank 4, channels last, for CutMix).
+        y: one-hot (or soft) labels, shape [n, classes].
+        lam: [] or [n] mixing coefficient(s), from `sample_mix`.
+        perm: [n] permutation, from `sample_mix`.
+        mix: `"mixup"` or `"cutmix"`. Defaults to `"mixup"`.
+        box_center: CutMix only: [2] or [n, 2] box centre as fractions of
+            (height, width), from `sample_box_center`. Defaults to `None`
+            (the image centre).
+
+    Returns:
+        `(x_mix, y_mix)`.
+
+    Example:
+
+    >>> lam, perm = sample_mix(4, alpha=1.0, seed=1)
+    >>> x_mix, y_mix = apply_mix(x, keras.ops.one_hot(labels, 10), lam, perm)
+    """
+    x_mix, y_mix, _ = mix_batch(x, y, lam, perm, mix=mix, box_center=box_center)
+    return x_mix, y_mix

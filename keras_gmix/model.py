@@ -1,0 +1,296 @@
+"""GMixModel: a keras.Model whose train_step runs a G-Mix family method.
+
+train_step = sample_mix + apply_mix + update_gradients + optimizer.apply;
+everything else (evaluate, predict, saving) is plain Keras.
+"""
+
+import keras
+import tensorflow as tf
+
+from keras_gmix import distribute
+from keras_gmix import gradients
+from keras_gmix import losses as losses_lib
+from keras_gmix import mixing
+
+# The statistics each method adds to fit's logs (SPEC.md section 5), besides
+# "loss" and the compiled metrics.
+PERTURBATION_STATS = ("perturbed_loss", "sharpness", "eps_norm")
+PARTITION_STATS = ("sensitive_fraction", "grad_cosine")
+
+
+def step_stat_names(method):
+    names = []
+    if method in gradients.PERTURBED_METHODS:
+        names += PERTURBATION_STATS
+    if method in gradients.PARTITIONED_METHODS:
+        names += PARTITION_STATS
+    if method == "dgmix":
+        names.append("conflict")
+    return tuple(names)
+
+
+def labels_to_one_hot(y, num_classes):
+    """Returns `(y_one_hot float32 [n, C], is_sparse)`; checks the class count.
+
+    Integer labels, and float labels of shape [n] or [n, 1] when the model
+    has more than one output unit, are class ids.
+    """
+    y = tf.convert_to_tensor(y)
+    rank = y.shape.rank
+    is_ids = y.dtype.is_integer or rank == 1 or (
+        rank == 2 and y.shape[-1] == 1 and num_classes > 1
+    )
+    if is_ids:
+        if rank not in (1, 2) or (rank == 2 and y.shape[-1] != 1):
+            raise ValueError(
+                "Integer class-id labels must have shape (batch,) or (batch, 1). "
+                f"Received labels of shape {y.shape}."
+            )
+        ids = tf.cast(tf.reshape(y, [-1]), tf.int32)
+        return tf.one_hot(ids, num_classes, dtype=tf.float32), True
+    if rank != 2 or y.shape[-1] != num_classes:
+        raise ValueError(
+            f"Labels have {y.shape[-1]} classes (shape {y.shape}) but the model "
+            f"outputs {num_classes}. Give one-hot labels of shape (batch, "
+            f"{num_classes}) or integer class ids of shape (batch,)."
+        )
+    return tf.cast(y, tf.float32), False
+
+
+@keras.saving.register_keras_serializable(package="keras_gmix")
+class GMixModel(keras.Model):
+    """Trains a Keras model with G-Mix, Binary G-Mix, Decomposed G-Mix or a baseline.
+
+    Wrap any built model; `compile` and `fit` as usual. Each training step
+    mixes the batch (Mixup or CutMix), evaluates the model at w and at the
+    worst-case nearby weights w + eps, and hands the method's gradient to the
+    optimizer. `evaluate` and `predict` run the wrapped model plainly.
+
+    Args:
+        inner: a built `keras.Model` (functional, Sequential or subclassed)
+            with a single output of class scores.
+        method: `"erm"`, `"mixup"`, `"sam"`, `"gmix"`, `"bgmix"` or
+            `"dgmix"`. Defaults to `"dgmix"`.
+        rho: SAM neighbourhood radius, >= 0. Defaults to `0.05`.
+        alpha: Beta(alpha, alpha) concentration of the mixing coefficient,
+            > 0. Defaults to `1.0`.
+        sensitive_fraction: fraction gamma of each batch that bgmix/dgmix
+            treat as sharp, in [0, 1]. Defaults to `0.5`.
+        adaptive: ASAM's scale-invariant perturbation. Defaults to `False`.
+        eta: ASAM's offset. Defaults to `0.01`.
+        mix: `"mixup"` or `"cutmix"`. Defaults to `"mixup"`.
+        per_example_lam: draw one mixing coefficient per example instead of
+            one per batch. Defaults to `False`.
+        sync_perturbation: under tf.distribute, all-reduce the ascent
+            gradient so every replica perturbs by the same eps (otherwise each
+            replica uses its own, m-sharpness). Defaults to `False`.
+        seed: seed of the mixing randomness. Defaults to `None` (random).
+        **kwargs: passed to `keras.Model` (e.g. `name`).
+
+    Example:
+
+    >>> model = GMixModel(keras.applications.MobileNetV2(weights=None),
+    ...                   method="dgmix", rho=0.05, alpha=1.0)
+    >>> model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy",
+    ...               metrics=["accuracy"])
+    >>> model.fit(x_train, y_train, epochs=10)
+
+    References:
+        - G-Mix: https://arxiv.org/abs/2308.03236
+        - Mixup: https://arxiv.org/abs/1710.09412
+        - SAM: https://arxiv.org/abs/2010.01412
+        - ASAM: https://arxiv.org/abs/2102.11600
+    """
+
+    def __init__(
+        self,
+        inner,
+        method="dgmix",
+        rho=0.05,
+        alpha=1.0,
+        sensitive_fraction=0.5,
+        adaptive=False,
+        eta=0.01,
+        mix="mixup",
+        per_example_lam=False,
+        sync_perturbation=False,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(inner, keras.Model):
+            raise ValueError(
+                f"Argument `inner` must be a keras.Model. Received: {type(inner).__name__}"
+            )
+        gradients.check_update_arguments(method, rho, sensitive_fraction, eta)
+        mixing.check_alpha(alpha)
+        mixing.check_mix(mix)
+        if inner.built and not inner.trainable_variables:
+            raise ValueError(
+                "Argument `inner` has no trainable weights: there is nothing "
+                "for G-Mix to train. Unfreeze some layers (`layer.trainable = True`)."
+            )
+        self.inner = inner
+        self.method = method
+        self.rho = rho
+        self.alpha = alpha
+        self.sensitive_fraction = sensitive_fraction
+        self.adaptive = adaptive
+        self.eta = eta
+        self.mix = mix
+        self.per_example_lam = per_example_lam
+        self.sync_perturbation = sync_perturbation
+        self.seed = seed
+        # The mixing randomness of step t is drawn from (seed, t, replica):
+        # a counter saved with the weights makes a resumed run draw what an
+        # uninterrupted one would, and every replica draws its own numbers.
+        self._base_seed = seed if seed is not None else int(
+            tf.random.uniform([], maxval=2**31 - 1, dtype=tf.int64)
+        )
+        self.mix_step = self.add_weight(
+            name="mix_step",
+            shape=(),
+            dtype="int64",
+            initializer="zeros",
+            trainable=False,
+            aggregation="only_first_replica",
+        )
+        self.step_stat_trackers = [
+            keras.metrics.Mean(name=name) for name in step_stat_names(method)
+        ]
+        self._loss_fn = None
+        self._sparse_loss = False
+
+    # -- Keras plumbing -------------------------------------------------
+
+    def call(self, inputs, training=None):
+        return self.inner(inputs, training=training)
+
+    def build(self, input_shape):
+        if not self.inner.built:
+            self.inner.build(input_shape)
+        self.built = True
+
+    def compile(self, *args, **kwargs):
+        super().compile(*args, **kwargs)
+        if self.loss is None:
+            raise ValueError("GMixModel.compile needs a `loss` (e.g. 'categorical_crossentropy').")
+        self._loss_fn = losses_lib.per_example_loss(self.loss)
+        self._sparse_loss = losses_lib.is_sparse_loss(self.loss)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            inner=keras.saving.serialize_keras_object(self.inner),
+            method=self.method,
+            rho=self.rho,
+            alpha=self.alpha,
+            sensitive_fraction=self.sensitive_fraction,
+            adaptive=self.adaptive,
+            eta=self.eta,
+            mix=self.mix,
+            per_example_lam=self.per_example_lam,
+            sync_perturbation=self.sync_perturbation,
+            seed=self.seed,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        inner = keras.saving.deserialize_keras_object(
+            config.pop("inner"), custom_objects=custom_objects
+        )
+        return cls(inner, **config)
+
+    def test_step(self, data):
+        # The per-step training statistics are metrics (so that fit averages
+        # and resets them per epoch), but evaluation computes none of them.
+        logs = super().test_step(data)
+        hidden = {tracker.name for tracker in self.step_stat_trackers}
+        return {name: value for name, value in logs.items() if name not in hidden}
+
+    # -- the step ---------------------------------------------------------
+
+    def num_classes(self, x):
+        """Width of the model's output, from its static output shape."""
+        outputs = getattr(self.inner, "outputs", None)
+        if outputs:
+            shape = outputs[0].shape
+        else:
+            spec = keras.KerasTensor((None,) + tuple(x.shape[1:]), dtype=x.dtype)
+            shape = self.inner.compute_output_spec(spec).shape
+        return shape[-1]
+
+    def mixing_seed(self, step):
+        """Stateless seed of this step on this replica."""
+        seed = tf.stack([tf.constant(self._base_seed % 2**31, tf.int64), step])
+        seed = tf.cast(seed % (2**31 - 1), tf.int32)
+        return tf.random.experimental.stateless_fold_in(seed, distribute.replica_id())
+
+    def mix_data(self, x, y, sample_weight, seed):
+        """Mixes x, the one-hot y and the sample weights with one draw."""
+        n = tf.shape(y)[0]
+        mix_seed, box_seed = mixing.split_seed(seed, 2)
+        lam, perm = mixing.sample_mix(n, self.alpha, seed=mix_seed, per_example=self.per_example_lam)
+        box_center = None
+        if self.mix == "cutmix":
+            box_center = mixing.sample_box_center(n, seed=box_seed, per_example=self.per_example_lam)
+        x_mix, y_mix, label_lam = mixing.mix_batch(x, y, lam, perm, mix=self.mix, box_center=box_center)
+        if sample_weight is not None:
+            sw = tf.cast(tf.reshape(sample_weight, [-1]), tf.float32)
+            sample_weight = label_lam * sw + (1.0 - label_lam) * tf.gather(sw, perm)
+        return x_mix, y_mix, sample_weight
+
+    def train_step(self, data):
+        if self._loss_fn is None:
+            raise ValueError("Call `compile(loss=...)` before `fit`.")
+        if not self.inner.trainable_variables:
+            raise ValueError(
+                "The wrapped model has no trainable weights: there is nothing to train."
+            )
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y_one_hot, labels_are_ids = labels_to_one_hot(y, self.num_classes(x))
+        if self._sparse_loss and not labels_are_ids:
+            raise ValueError(
+                "The compiled loss is sparse (it expects integer class ids) but "
+                f"the labels have shape {y.shape}: pass class ids of shape "
+                "(batch,), or compile with 'categorical_crossentropy'."
+            )
+        step = self.mix_step.assign_add(1)
+        if self.method in gradients.MIXED_METHODS:
+            x, y_one_hot, sample_weight = self.mix_data(x, y_one_hot, sample_weight, self.mixing_seed(step))
+
+        result = gradients.compute_update(
+            self.inner,
+            x,
+            y_one_hot,
+            self._loss_fn,
+            method=self.method,
+            rho=self.rho,
+            sensitive_fraction=self.sensitive_fraction,
+            adaptive=self.adaptive,
+            eta=self.eta,
+            sample_weight=sample_weight,
+            scale_loss=self.optimizer.scale_loss,
+            mean_over_replicas=distribute.mean_over_replicas if self.sync_perturbation else None,
+        )
+        # The optimizer all-reduces with SUM: hand it this replica's share.
+        replicas = distribute.num_replicas()
+        grads = result.grads if replicas == 1 else [g / replicas for g in result.grads]
+        self.optimizer.apply(grads, self.inner.trainable_variables)
+        # BatchNorm statistics (and RNG state) from the unperturbed pass only.
+        for variable, value in zip(self.inner.non_trainable_variables, result.non_trainable):
+            variable.assign(value)
+
+        batch_size = tf.shape(y_one_hot)[0]
+        self._loss_tracker.update_state(result.stats["loss"], sample_weight=batch_size)
+        for tracker in self.step_stat_trackers:
+            tracker.update_state(result.stats[tracker.name])
+        # Metrics see the labels in the format the user gave: class ids stay
+        # class ids (the dominant class of a mixed label).
+        y_metric = y_one_hot
+        if labels_are_ids:
+            y_metric = tf.reshape(tf.cast(tf.argmax(y_one_hot, axis=-1), y.dtype), tf.shape(y))
+        return self.compute_metrics(x, y_metric, result.y_pred, sample_weight=sample_weight)
+
