@@ -584,7 +584,7 @@ def rho_sharpness(
         else:
             value = objective.loss(w + eps)
         increase = value - base_loss
-        history.append(increase)
+        history.append(increase); best_eps = eps
         if increase > best:
             best, best_eps = increase, eps
         if progbar:

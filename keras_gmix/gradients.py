@@ -144,13 +144,16 @@ def compute_update(
         scaled_losses_at_w = scale_loss(losses_at_w)
         scaled_data_loss = scale_loss(data_loss)
         scaled_reg_loss = scale_loss(reg_loss) if reg_loss is not None else None
+        # Sums that are differentiated must be formed inside the tape.
+        scaled_total_loss = (
+            scaled_data_loss if reg_loss is None else scaled_data_loss + scaled_reg_loss
+        )
 
     total_loss = data_loss if reg_loss is None else data_loss + reg_loss
     stats = {"loss": total_loss}
 
     if not perturbed:
-        target = scaled_data_loss if reg_loss is None else scaled_data_loss + scaled_reg_loss
-        grads = _gradient(tape, target, weights)
+        grads = _gradient(tape, scaled_total_loss, weights)
         return StepResult(grads, stats, y_pred, new_state)
 
     # Backward pass 1: the ascent direction g = grad L_B(w).

@@ -165,7 +165,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         # and tf.distribute see the same updates.
         moving_mean = ops.cast(self.moving_mean, "float32")
         moving_variance = ops.cast(self.moving_variance, "float32")
-        self.moving_mean.assign(
+        self.moving_mean._value.assign(
             moving_mean * self.momentum + mean * (1.0 - self.momentum)
         )
         self.moving_variance.assign(

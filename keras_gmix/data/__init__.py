@@ -1,0 +1,47 @@
+"""Data sets and input pipelines for the recipes.
+
+`load_dataset` returns a `DataSplits` of NumPy arrays (TFDS CIFAR-10/100,
+SVHN, STL-10; scikit-learn digits; local `.npz` files), optionally reduced to
+a class-balanced training subset; `make_pipeline` / `make_pipelines` build
+the tf.data input with the standard or a stronger augmentation.
+"""
+
+from keras_gmix.data.augment import apply_crop_flip
+from keras_gmix.data.augment import draw_crop_flip
+from keras_gmix.data.augment import random_crop_flip
+from keras_gmix.data.datasets import CIFAR10_MEAN
+from keras_gmix.data.datasets import CIFAR10_STD
+from keras_gmix.data.datasets import CIFAR100_MEAN
+from keras_gmix.data.datasets import CIFAR100_STD
+from keras_gmix.data.datasets import DATASET_NAMES
+from keras_gmix.data.datasets import DataSplits
+from keras_gmix.data.datasets import compute_mean_std
+from keras_gmix.data.datasets import load_dataset
+from keras_gmix.data.datasets import load_digits
+from keras_gmix.data.datasets import load_npz
+from keras_gmix.data.datasets import load_tfds
+from keras_gmix.data.pipeline import AUGMENTATIONS
+from keras_gmix.data.pipeline import make_pipeline
+from keras_gmix.data.pipeline import make_pipelines
+from keras_gmix.data.subset import balanced_subset_indices
+
+__all__ = [
+    "AUGMENTATIONS",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "DATASET_NAMES",
+    "DataSplits",
+    "apply_crop_flip",
+    "balanced_subset_indices",
+    "compute_mean_std",
+    "draw_crop_flip",
+    "load_dataset",
+    "load_digits",
+    "load_npz",
+    "load_tfds",
+    "make_pipeline",
+    "make_pipelines",
+    "random_crop_flip",
+]

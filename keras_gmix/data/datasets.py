@@ -1,0 +1,417 @@
+"""Data set loaders: TensorFlow Datasets, scikit-learn digits, local `.npz`.
+
+Every loader returns a `DataSplits` of NumPy arrays. Images are HWC: uint8 in
+[0, 255] for photographs (TFDS, `.npz`), float32 in [0, 1] for digits.
+`make_pipeline` turns either into float32 in [0, 1] before augmenting.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+
+from keras_gmix.data.subset import balanced_subset_indices
+from keras_gmix.data.subset import check_subset_args
+from keras_gmix.data.subset import resolve_subset_size
+
+# Per-channel mean and standard deviation of the training pixels, in [0, 1]
+# units, pooled over all training images and pixel positions (not the
+# average of per-image standard deviations: the often-copied CIFAR-10 std
+# (0.2023, 0.1994, 0.2010) is that average and is too small).
+# CIFAR-10: computed on the 50,000 training images in Stevens, Antiga and
+# Viehmann, "Deep Learning with PyTorch" (Manning 2020), section 7.1.2; the
+# partial copy in ../shared/data (5,438 images) gives (0.494, 0.485, 0.448)
+# and (0.248, 0.244, 0.262).
+# CIFAR-100: the training-set values computed in weiaicunzai/pytorch-cifar100
+# (conf/global_settings.py), rounded to 4 digits.
+# SVHN and STL-10 have no constant here: `load_dataset` computes their
+# statistics from the training split.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TFDSInfo:
+    num_classes: int
+    input_shape: tuple
+    flip: bool  # is a horizontal flip label-preserving?
+    mean: tuple = None
+    std: tuple = None
+
+
+# Digits and house numbers are not mirror-symmetric: no flip for SVHN.
+TFDS_DATASETS = {
+    "cifar10": _TFDSInfo(10, (32, 32, 3), True, CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": _TFDSInfo(100, (32, 32, 3), True, CIFAR100_MEAN, CIFAR100_STD),
+    "svhn_cropped": _TFDSInfo(10, (32, 32, 3), False),
+    "stl10": _TFDSInfo(10, (96, 96, 3), True),
+}
+DATASET_NAMES = tuple(TFDS_DATASETS) + ("digits",)
+
+DIGITS_SPLIT_SEED = 0  # the digits train/test split never changes with `seed`
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DataSplits:
+    """A train and a test split held as NumPy arrays.
+
+    Attributes:
+        name: str, the data set's name (or the `.npz` path).
+        x_train: array [n_train, H, W, C]; uint8 in [0, 255] or float32 in
+            [0, 1].
+        y_train: int64 array [n_train] of class indices.
+        x_test: array [n_test, H, W, C], same dtype as `x_train`.
+        y_test: int64 array [n_test].
+        num_classes: int.
+        input_shape: tuple (H, W, C).
+        flip: bool, True when a horizontal flip keeps the label (natural
+            images), False for digits and house numbers.
+        mean: tuple of C floats, per-channel mean of the training pixels in
+            [0, 1] units (for normalization).
+        std: tuple of C floats, per-channel standard deviation likewise.
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    input_shape: tuple
+    flip: bool
+    mean: tuple
+    std: tuple
+
+    @property
+    def train_size(self):
+        return int(self.y_train.shape[0])
+
+    @property
+    def test_size(self):
+        return int(self.y_test.shape[0])
+
+    def __repr__(self):
+        return (
+            f"DataSplits(name={self.name!r}, train={self.x_train.shape} "
+            f"{self.x_train.dtype}, test={self.x_test.shape}, "
+            f"num_classes={self.num_classes}, flip={self.flip})"
+        )
+
+
+def compute_mean_std(x, chunk_size=4096):
+    """Per-channel mean and standard deviation of images, in [0, 1] units.
+
+    Pools all images and pixel positions; works in chunks of float64 so a
+    50,000-image uint8 array needs no full float copy.
+
+    Args:
+        x: array [n, H, W, C], uint8 in [0, 255] or float in [0, 1].
+        chunk_size: int, images per chunk. Defaults to 4096.
+
+    Returns:
+        (mean, std): two tuples of C Python floats.
+    """
+    x = np.asarray(x)
+    scale = 255.0 if x.dtype == np.uint8 else 1.0
+    channels = x.shape[-1]
+    total = np.zeros(channels, np.float64)
+    total_sq = np.zeros(channels, np.float64)
+    count = 0
+    for start in range(0, x.shape[0], chunk_size):
+        chunk = x[start : start + chunk_size].astype(np.float64) / scale
+        chunk = chunk.reshape(-1, channels)
+        total += chunk.sum(axis=0)
+        total_sq += np.square(chunk).sum(axis=0)
+        count += chunk.shape[0]
+    mean = total / count
+    var = np.maximum(total_sq / count - np.square(mean), 0.0)
+    return tuple(float(m) for m in mean), tuple(float(s) for s in np.sqrt(var))
+
+
+def _as_numpy(dataset):
+    """Concatenates a (image, label) tf.data.Dataset into two arrays."""
+    # tfds.load(..., batch_size=-1) would do this in one step, but it
+    # crashes under tfds.testing.mock_data (the mock has no split sizes);
+    # batching by hand works with both.
+    xs, ys = [], []
+    for x, y in dataset.batch(4096).as_numpy_iterator():
+        xs.append(x)
+        ys.append(y)
+    return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
+
+
+def load_tfds(name, data_dir=None, download=True):
+    """Loads a TensorFlow Datasets image classification set as `DataSplits`.
+
+    Args:
+        name: one of "cifar10", "cifar100", "svhn_cropped", "stl10".
+        data_dir: str or None, where TFDS keeps its data. Defaults to
+            TFDS' own default (`~/tensorflow_datasets`).
+        download: bool, whether TFDS may download and prepare the data.
+            Defaults to True, as in `tfds.load`.
+
+    Returns:
+        A `DataSplits` with uint8 images; the "train" and "test" splits
+        (STL-10's "unlabelled" split is not loaded).
+    """
+    if name not in TFDS_DATASETS:
+        raise ValueError(
+            f"Unknown TFDS data set name={name!r}. Expected one of "
+            f"{sorted(TFDS_DATASETS)}."
+        )
+    import tensorflow_datasets as tfds
+
+    info = TFDS_DATASETS[name]
+    train, test = tfds.load(
+        name,
+        split=["train", "test"],
+        as_supervised=True,
+        data_dir=data_dir,
+        download=download,
+    )
+    x_train, y_train = _as_numpy(train)
+    x_test, y_test = _as_numpy(test)
+    mean, std = info.mean, info.std
+    if mean is None:
+        mean, std = compute_mean_std(x_train)
+    return DataSplits(
+        name=name,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        num_classes=info.num_classes,
+        input_shape=tuple(info.input_shape),
+        flip=info.flip,
+        mean=tuple(mean),
+        std=tuple(std),
+    )
+
+
+def load_digits(image_size=None, test_fraction=0.2):
+    """Loads scikit-learn's 8x8 digits (1,797 images, 10 classes).
+
+    The images are scaled from [0, 16] to float32 in [0, 1] and split into
+    train and test, stratified by class, with a fixed seed
+    (`DIGITS_SPLIT_SEED`), so the test split is always the same.
+
+    Args:
+        image_size: int or None, side length to resize to with bilinear
+            interpolation (e.g. 16 or 32 for convolutional models that
+            downsample). Defaults to None (keep 8x8).
+        test_fraction: float in (0, 1), the share of the test split.
+            Defaults to 0.2 (1,437 train and 360 test images).
+
+    Returns:
+        A `DataSplits` with float32 images of shape [n, s, s, 1].
+    """
+    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(
+            "`test_fraction` must be in (0, 1). "
+            f"Received: test_fraction={test_fraction!r}"
+        )
+    digits = sk_load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[..., None]
+    y = digits.target.astype(np.int64)
+    if image_size is not None:
+        if (
+            isinstance(image_size, bool)
+            or not isinstance(image_size, (int, np.integer))
+            or image_size < 1
+        ):
+            raise ValueError(
+                "`image_size` must be a positive integer or None. "
+                f"Received: image_size={image_size!r}"
+            )
+        import tensorflow as tf
+
+        x = tf.image.resize(x, (image_size, image_size), method="bilinear")
+        # Bilinear weights are convex, so this clip only removes rounding.
+        x = np.clip(x.numpy(), 0.0, 1.0).astype(np.float32)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x,
+        y,
+        test_size=test_fraction,
+        stratify=y,
+        random_state=DIGITS_SPLIT_SEED,
+    )
+    mean, std = compute_mean_std(x_train)
+    return DataSplits(
+        name="digits",
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        num_classes=10,
+        input_shape=tuple(x_train.shape[1:]),
+        flip=False,
+        mean=mean,
+        std=std,
+    )
+
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def load_npz(path, num_classes=None, flip=True):
+    """Loads arrays x_train, y_train, x_test, y_test from a `.npz` file.
+
+    This is how the partial CIFAR copies in ../shared/data are read. The
+    file is opened with `allow_pickle=False`. Grayscale images given as
+    [n, H, W] get a channel axis.
+
+    Args:
+        path: str, path of the `.npz` file.
+        num_classes: int or None. Defaults to the length of a `label_names`
+            array in the file if there is one, else the largest label + 1.
+        flip: bool, whether a horizontal flip keeps the label. Defaults to
+            True (natural images).
+
+    Returns:
+        A `DataSplits`; mean and std are computed from x_train.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No such .npz file: {path!r}")
+    with np.load(path, allow_pickle=False) as f:
+        missing = [k for k in NPZ_KEYS if k not in f.files]
+        if missing:
+            raise ValueError(
+                f"The .npz file {path!r} lacks the arrays {missing}; it must "
+                f"hold {list(NPZ_KEYS)}. Found: {sorted(f.files)}"
+            )
+        arrays = {k: f[k] for k in NPZ_KEYS}
+        label_names = f["label_names"] if "label_names" in f.files else None
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim == 3:
+            x = arrays[f"x_{split}"] = x[..., None]
+        if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"In {path!r}, x_{split} must be [n, H, W, C] (or [n, H, W]) "
+                f"and y_{split} [n] with the same n. Received shapes "
+                f"{x.shape} and {y.shape}."
+            )
+        if not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(
+                f"In {path!r}, y_{split} must hold integer class indices. "
+                f"Received dtype {y.dtype}."
+            )
+    y_train = arrays["y_train"].astype(np.int64)
+    y_test = arrays["y_test"].astype(np.int64)
+    if num_classes is None:
+        if label_names is not None:
+            num_classes = int(label_names.shape[0])
+        else:
+            num_classes = int(max(y_train.max(), y_test.max())) + 1
+    for split, y in (("train", y_train), ("test", y_test)):
+        if y.size and (y.min() < 0 or y.max() >= num_classes):
+            raise ValueError(
+                f"In {path!r}, y_{split} has labels outside "
+                f"[0, {num_classes}); num_classes={num_classes}."
+            )
+    x_train = arrays["x_train"]
+    mean, std = compute_mean_std(x_train)
+    return DataSplits(
+        name=path,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=arrays["x_test"],
+        y_test=y_test,
+        num_classes=num_classes,
+        input_shape=tuple(x_train.shape[1:]),
+        flip=bool(flip),
+        mean=mean,
+        std=std,
+    )
+
+
+def _check_option(option, value, default, name, allowed_for):
+    if value != default:
+        raise ValueError(
+            f"`{option}` applies only to {allowed_for}. Received "
+            f"{option}={value!r} for name={name!r}."
+        )
+
+
+def load_dataset(
+    name,
+    data_dir=None,
+    train_fraction=None,
+    train_size=None,
+    seed=0,
+    download=True,
+    image_size=None,
+    num_classes=None,
+    flip=None,
+):
+    """Loads a data set by name, optionally keeping a class-balanced subset.
+
+    Args:
+        name: "cifar10", "cifar100", "svhn_cropped", "stl10" (TensorFlow
+            Datasets), "digits" (scikit-learn, no download), or a path ending
+            in ".npz" holding x_train, y_train, x_test, y_test.
+        data_dir: str or None, TFDS data directory. Defaults to TFDS' default.
+        train_fraction: float in (0, 1] or None, the share of the training
+            split to keep. Defaults to None (all).
+        train_size: int or None, the number of training examples to keep.
+            Exclusive with `train_fraction`. Defaults to None (all).
+        seed: int, seed of the subset draw: the same seed gives the same
+            subset. Defaults to 0.
+        download: bool, whether TFDS may download. Defaults to True.
+        image_size: int or None, digits only: resize 8x8 to this side.
+            Defaults to None.
+        num_classes: int or None, `.npz` only: the number of classes.
+            Defaults to None (inferred).
+        flip: bool or None, `.npz` only: whether horizontal flips keep the
+            label. Defaults to None (True).
+
+    Returns:
+        A `DataSplits`. With a subset, each class keeps as equal a number of
+        examples as possible (`balanced_subset_indices`); the test split is
+        never subset, and mean/std stay those of the full training split.
+
+    Example:
+
+    >>> splits = load_dataset("digits", train_size=100, seed=1)
+    >>> splits.x_train.shape, splits.num_classes
+    ((100, 8, 8, 1), 10)
+    """
+    name = os.fspath(name)
+    check_subset_args(train_fraction, train_size)  # fail before loading
+    if name.endswith(".npz"):
+        _check_option("image_size", image_size, None, name, "'digits'")
+        splits = load_npz(
+            name,
+            num_classes=num_classes,
+            flip=True if flip is None else flip,
+        )
+    elif name in TFDS_DATASETS or name == "digits":
+        _check_option("num_classes", num_classes, None, name, ".npz files")
+        _check_option("flip", flip, None, name, ".npz files")
+        if name == "digits":
+            splits = load_digits(image_size=image_size)
+        else:
+            _check_option("image_size", image_size, None, name, "'digits'")
+            splits = load_tfds(name, data_dir=data_dir, download=download)
+    else:
+        raise ValueError(
+            f"Unknown data set name={name!r}. Expected one of "
+            f"{list(DATASET_NAMES)} or a path ending in '.npz'."
+        )
+    size = resolve_subset_size(
+        splits.train_size, train_fraction=train_fraction, train_size=train_size
+    )
+    if size is None or size == splits.train_size:
+        return splits
+    idx = balanced_subset_indices(
+        splits.y_train, size, num_classes=splits.num_classes, seed=seed
+    )
+    return dataclasses.replace(
+        splits, x_train=splits.x_train[idx], y_train=splits.y_train[idx]
+    )
