@@ -52,11 +52,16 @@ class BatchNormalization(keras.layers.BatchNormalization):
     stock layer's updated statistics are differentiable with respect to the
     inputs; the outputs and their gradients are the same.
 
-    Second derivatives work: the gradient of `FusedBatchNormV3` is
-    `FusedBatchNormGradV3`, which TensorFlow can differentiate again, and
-    Hessian-vector products through nested `tf.GradientTape`s (with respect
-    to the input, `gamma` and `beta`; eager, `tf.function` and XLA) agree
-    with the stock layer's to float32 rounding.
+    Second derivatives work, and are exact: the gradient of
+    `FusedBatchNormV3` is `FusedBatchNormGradV3`, whose own gradient
+    TensorFlow computes from the closed-form first derivative. Hessian-vector
+    products through nested `tf.GradientTape`s (with respect to the input,
+    `gamma`, `beta` and the weights before the layer; eager, `tf.function`
+    and XLA) match float64 finite differences to float32 rounding. The stock
+    layer's do not, in training mode: `tf.nn.moments` computes the variance
+    around `stop_gradient(mean)`, which leaves first derivatives exact but
+    drops a term of the second derivative with respect to the input (measured
+    errors of 0.1% to 5% of the largest Hessian-vector product entry).
 
     Args:
         axis: Integer, the axis that should be normalized (the features
@@ -156,7 +161,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
         # keeps the biased one (divided by m) in moving_variance. For m == 1
         # the kernel returns 0, which the factor (m - 1) / m leaves at 0.
         shape = tf.cast(tf.shape(inputs), "float32")
-        count = tf.reduce_prod(tf.gather(shape, [a for a in range(4) if a != axis]))
+        reduced = [a for a in range(4) if a != axis]
+        count = tf.reduce_prod(tf.gather(shape, reduced))
         variance = variance * ((count - 1.0) / tf.maximum(count, 1.0))
         mean = tf.stop_gradient(mean)
         variance = tf.stop_gradient(variance)
@@ -165,7 +171,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         # and tf.distribute see the same updates.
         moving_mean = ops.cast(self.moving_mean, "float32")
         moving_variance = ops.cast(self.moving_variance, "float32")
-        self.moving_mean._value.assign(
+        self.moving_mean.assign(
             moving_mean * self.momentum + mean * (1.0 - self.momentum)
         )
         self.moving_variance.assign(
@@ -236,7 +242,9 @@ def fuse_batchnorm(model):
             new = BatchNormalization.from_config(layer.get_config())
         else:
             new = layer.__class__.from_config(layer.get_config())
-        copies.append((layer, new))
+        # Functional graphs also hold bare operations (`x * 2.0`): no weights.
+        if isinstance(layer, keras.layers.Layer):
+            copies.append((layer, new))
         return new
 
     new_model = keras.models.clone_model(

@@ -36,7 +36,9 @@ def _pair(shape, axis, seed=0, **kwargs):
     ours.build(shape)
     stock.build(shape)
     rng = np.random.default_rng(seed)
-    weights = [rng.normal(size=w.shape).astype(w.dtype) for w in stock.get_weights()]
+    weights = [
+        rng.normal(size=w.shape).astype(w.dtype) for w in stock.get_weights()
+    ]
     # The moving variance (always the last weight) must stay positive.
     weights[-1] = np.abs(weights[-1]) + 0.5
     ours.set_weights(weights)
@@ -72,7 +74,9 @@ def _assert_same_as_stock(ours, stock, x, training):
     for a, b in zip(g_ours, g_stock):
         np.testing.assert_allclose(a, b, **TOL)
     np.testing.assert_allclose(ours.moving_mean, stock.moving_mean, **TOL)
-    np.testing.assert_allclose(ours.moving_variance, stock.moving_variance, **TOL)
+    np.testing.assert_allclose(
+        ours.moving_variance, stock.moving_variance, **TOL
+    )
 
 
 FUSED_CASES = [
@@ -107,7 +111,9 @@ def test_fused_kernel_is_used(shape, axis):
     )
 
 
-@pytest.mark.parametrize("center,scale", [(False, True), (True, False), (False, False)])
+@pytest.mark.parametrize(
+    "center,scale", [(False, True), (True, False), (False, False)]
+)
 @pytest.mark.parametrize("axis", [-1, 1])
 def test_center_scale_off_matches_stock(center, scale, axis):
     shape = (4, 3, 5, 6)
@@ -176,7 +182,7 @@ def test_train_step_graph_contains_fused_op():
     assert not any("FusedBatchNorm" in op for op in stock)
 
 
-def test_train_step_matches_stock_eager_graph_xla():
+def test_train_steps_match_stock_in_graph_and_xla():
     x = _inputs((6, 8, 8, 3))
     y = np.arange(6, dtype="int32") % 3
     results = []
@@ -202,7 +208,9 @@ def test_stateless_call_returns_updates_without_writing(axis):
     results = []
     for layer in (ours, stock):
         trainable = [tf.identity(v.value) for v in layer.trainable_variables]
-        non_trainable = [tf.identity(v.value) for v in layer.non_trainable_variables]
+        non_trainable = [
+            tf.identity(v.value) for v in layer.non_trainable_variables
+        ]
         with tf.GradientTape() as tape:
             tape.watch(trainable)
             y, new_non_trainable = layer.stateless_call(
@@ -230,8 +238,8 @@ def test_stateless_call_inside_xla_function():
 
     args = (
         tf.constant(_inputs(shape)),
-        [v.value for v in ours.trainable_variables],
-        [v.value for v in ours.non_trainable_variables],
+        [tf.identity(v.value) for v in ours.trainable_variables],
+        [tf.identity(v.value) for v in ours.non_trainable_variables],
     )
     y_graph, nt_graph = tf.function(fn)(*args)
     y_xla, nt_xla = tf.function(fn, jit_compile=True)(*args)
@@ -249,7 +257,9 @@ def test_jit_compile_matches_graph(axis):
     for jit in (False, True):
         ours, _ = _pair(shape, axis)
         y = tf.function(lambda t: ours(t, training=True), jit_compile=jit)(x)
-        outputs.append((y, ours.moving_mean.numpy(), ours.moving_variance.numpy()))
+        outputs.append(
+            (y, ours.moving_mean.numpy(), ours.moving_variance.numpy())
+        )
     for a, b in zip(*outputs):
         np.testing.assert_allclose(a, b, **TOL)
 
@@ -276,7 +286,8 @@ def _hvp(batchnorm, x, kernel, gamma, beta, vectors, cotangent):
     return outer.gradient(dot, params)
 
 
-def test_hessian_vector_product_is_exact():
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+def test_hessian_vector_product_is_exact(mode):
     # Double backprop through FusedBatchNormGradV3 (what flatness tools
     # need), checked against float64 autodiff of the textbook formula.
     rng = np.random.default_rng(4)
@@ -304,15 +315,16 @@ def test_hessian_vector_product_is_exact():
     layer.gamma.assign(gamma)
     layer.beta.assign(beta)
     f32 = lambda a: tf.constant(a, "float32")  # noqa: E731
-    result = _hvp(
-        lambda y: layer(y, training=True),
-        f32(x),
-        f32(kernel),
-        layer.gamma,
-        layer.beta,
-        [f32(v) for v in vectors],
-        f32(cotangent),
-    )
+    args = [f32(x), f32(kernel), layer.gamma, layer.beta]
+    args += [[f32(v) for v in vectors], f32(cotangent)]
+
+    def ours_hvp():
+        return _hvp(lambda y: layer(y, training=True), *args)
+
+    if mode != "eager":
+        # A closure, so that the traced function captures the variables.
+        ours_hvp = tf.function(ours_hvp, jit_compile=mode == "xla")
+    result = ours_hvp()
     for a, b in zip(result, reference):
         assert a is not None
         scale = np.abs(b).max()
@@ -341,7 +353,9 @@ def test_mixed_precision_matches_stock(dtype):
         y_ours, tf.cast(y_stock, "float32"), rtol=tol, atol=tol
     )
     np.testing.assert_allclose(ours.moving_mean, stock.moving_mean, **TOL)
-    np.testing.assert_allclose(ours.moving_variance, stock.moving_variance, **TOL)
+    np.testing.assert_allclose(
+        ours.moving_variance, stock.moving_variance, **TOL
+    )
 
 
 def test_config_is_the_stock_config():
@@ -364,6 +378,7 @@ def _functional_model():
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, use_bias=False)(inputs)
     x = keras.layers.BatchNormalization()(x)
+    x = x * 2.0  # a bare operation in the graph: cloned, but has no weights
     # A nested Sequential model, whose layer must be replaced too.
     x = keras.Sequential(
         [keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization(axis=-1)]
@@ -375,8 +390,10 @@ def _functional_model():
 
 
 def _all_layers(model):
-    for layer in model._flatten_layers(include_self=False):
+    for layer in model.layers:
         yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
 
 
 def _randomize_statistics(model):
@@ -389,7 +406,11 @@ def _randomize_statistics(model):
             layer.gamma.assign(rng.normal(size=n))
 
 
-@pytest.mark.parametrize("builder", [_functional_model, lambda: _conv_model(keras.layers.BatchNormalization)])
+def _stock_conv_model():
+    return _conv_model(keras.layers.BatchNormalization)
+
+
+@pytest.mark.parametrize("builder", [_functional_model, _stock_conv_model])
 def test_fuse_batchnorm_keeps_predictions_and_weights(builder):
     model = builder()
     _randomize_statistics(model)
@@ -398,15 +419,23 @@ def test_fuse_batchnorm_keeps_predictions_and_weights(builder):
     kinds = [type(layer) for layer in _all_layers(fused)]
     assert keras.layers.BatchNormalization not in kinds
     assert kinds.count(BatchNormalization) == sum(
-        type(layer) is keras.layers.BatchNormalization for layer in _all_layers(model)
+        type(layer) is keras.layers.BatchNormalization
+        for layer in _all_layers(model)
     ) > 0
     assert len(fused.weights) == len(model.weights)
     for a, b in zip(fused.weights, model.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     x = _inputs((5, 8, 8, 3))
-    np.testing.assert_allclose(fused.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        fused.predict(x, verbose=0),
+        model.predict(x, verbose=0),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     # Training mode too: fused kernel against stock, same weights.
-    np.testing.assert_allclose(fused(x, training=True), model(x, training=True), **TOL)
+    np.testing.assert_allclose(
+        fused(x, training=True), model(x, training=True), **TOL
+    )
     # The copy owns its variables.
     assert not any(a is b for a, b in zip(fused.weights, model.weights))
 
@@ -422,7 +451,8 @@ def test_fuse_batchnorm_rejects_subclassed_model():
 
     model = Net()
     model(np.zeros((2, 4, 4, 3), "float32"))
-    with pytest.raises(ValueError, match="keras_gmix.layers.BatchNormalization"):
+    message = "keras_gmix.layers.BatchNormalization"
+    with pytest.raises(ValueError, match=message):
         fuse_batchnorm(model)
 
 
@@ -435,7 +465,9 @@ def test_keras_file_round_trip(tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)  # safe_mode=True
     assert type(loaded.layers[1]) is BatchNormalization
-    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    np.testing.assert_array_equal(
+        loaded.predict(x, verbose=0), model.predict(x, verbose=0)
+    )
     for a, b in zip(loaded.weights, model.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
@@ -469,9 +501,13 @@ MIRRORED_SCRIPT = textwrap.dedent(
             ])
             model.compile(
                 optimizer="sgd",
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                loss=keras.losses.SparseCategoricalCrossentropy(
+                    from_logits=True
+                ),
             )
-        history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        history = model.fit(
+            x, y, batch_size=8, epochs=2, shuffle=False, verbose=0
+        )
         results.append((history.history["loss"], model.get_weights()))
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
     for a, b in zip(results[0][1], results[1][1]):
@@ -492,4 +528,5 @@ def test_mirrored_strategy_fit_matches_stock():
         env=env,
         timeout=300,
     )
-    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "OK" in result.stdout
