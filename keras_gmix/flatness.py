@@ -194,7 +194,7 @@ def filter_normalize(direction, weights, epsilon=1e-10):
 
     >>> d = filter_normalize([np.ones((2, 3)), np.ones(3)],
     ...                      [np.full((2, 3), 2.0), np.ones(3)])
-    >>> np.round(np.linalg.norm(d[0], axis=0), 6).tolist(), d[1].tolist()
+    >>> np.round(np.linalg.norm(d[0], axis=0), 6).tolist(), np.asarray(d[1]).tolist()
     ([2.828427, 2.828427, 2.828427], [0.0, 0.0, 0.0])
 
     References:
@@ -255,11 +255,14 @@ def _accepts_training(layer):
     return "training" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
-def _as_dataset(data, batch_size):
+def _as_batches(data, batch_size):
     if isinstance(data, tf.data.Dataset):
         return data
     if isinstance(data, (tuple, list)) and len(data) == 2:
-        return tf.data.Dataset.from_tensor_slices(tuple(data)).batch(batch_size)
+        _check_positive_int("batch_size", batch_size)
+        # Arrays are in memory already: batch them once into tensors, rather
+        # than paying a tf.data iterator on each of the many passes.
+        return list(tf.data.Dataset.from_tensor_slices(tuple(data)).batch(batch_size))
     raise ValueError(
         "`data` must be a tf.data.Dataset of (x, y) batches or a tuple (x, y) "
         f"of arrays. Received: data of type {type(data).__name__}"
@@ -284,7 +287,7 @@ class _Objective:
         self.w = flatten(self.values)
         self.dtype = self.w.dtype
         self.loss_fn = _resolve_loss(loss)
-        self.dataset = _as_dataset(data, batch_size)
+        self.dataset = _as_batches(data, batch_size)
         self.call_kwargs = {"training": False} if _accepts_training(self.network) else {}
 
     def _batches(self):
@@ -298,6 +301,11 @@ class _Objective:
         """Sum of the per-example losses of one batch, and the batch size."""
         y_pred, _ = self.network.stateless_call(
             unflatten(flat_w, self.shapes), self.non_trainable, x, **self.call_kwargs
+        )
+        # Under mixed precision the outputs are float16: compute the loss in
+        # the weights' dtype, as a compiled Keras loss would.
+        y_pred = tf.nest.map_structure(
+            lambda t: tf.cast(t, self.dtype) if t.dtype.is_floating else t, y_pred
         )
         values = self.loss_fn(y, y_pred)
         n = tf.shape(tf.nest.flatten(x)[0])[0]
@@ -584,7 +592,7 @@ def rho_sharpness(
         else:
             value = objective.loss(w + eps)
         increase = value - base_loss
-        history.append(increase); best_eps = eps
+        history.append(increase)
         if increase > best:
             best, best_eps = increase, eps
         if progbar:
