@@ -24,6 +24,7 @@ bgmix/dgmix 2F + 3B, the third backward pass running through the first
 forward pass again (its tape is kept) for the flat subset.
 """
 
+import inspect
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -71,6 +72,15 @@ class StepResult(NamedTuple):
 
 def _identity(value):
     return value
+
+
+def _training_kwargs(inner):
+    """`{"training": True}` if the model's `call` takes it (not every subclassed model does)."""
+    parameters = inspect.signature(inner.call).parameters
+    takes_training = "training" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
+    return {"training": True} if takes_training else {}
 
 
 def _per_example(loss_fn, y, y_pred, sample_weight):
@@ -128,6 +138,7 @@ def compute_update(
     weights = [tf.convert_to_tensor(v) for v in inner.trainable_variables]
     state = [tf.convert_to_tensor(v) for v in inner.non_trainable_variables]
     n = tf.cast(tf.shape(y)[0], tf.float32)
+    training = _training_kwargs(inner)
 
     # Forward pass 1, at w. Its tape is kept (persistent) when more than one
     # gradient is taken through it: the ascent direction, the regularizers,
@@ -135,7 +146,7 @@ def compute_update(
     with tf.GradientTape(persistent=perturbed) as tape:
         tape.watch(weights)
         y_pred, new_state, extra_losses = inner.stateless_call(
-            weights, state, x, training=True, return_losses=True
+            weights, state, x, return_losses=True, **training
         )
         losses_at_w = _per_example(loss_fn, y, y_pred, sample_weight)
         data_loss = tf.reduce_sum(losses_at_w) / n
@@ -170,7 +181,7 @@ def compute_update(
     # (same dropout masks); its BatchNorm statistics are dropped.
     with tf.GradientTape() as perturbed_tape:
         perturbed_tape.watch(perturbed_weights)
-        y_pred_eps, _ = inner.stateless_call(perturbed_weights, state, x, training=True)
+        y_pred_eps, _ = inner.stateless_call(perturbed_weights, state, x, **training)
         losses_at_eps = _per_example(loss_fn, y, y_pred_eps, sample_weight)
         if partitioned:
             sensitivity = tf.stop_gradient(losses_at_eps - losses_at_w)

@@ -13,6 +13,7 @@ References:
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 MIX_MODES = ("mixup", "cutmix")
@@ -50,23 +51,79 @@ def seed_tensor(seed):
     return tf.cast(tf.reshape(seed, [2]), tf.int32)
 
 
+# One RNG algorithm everywhere: "auto_select" may pick a different one under
+# XLA than in graph mode, and then jit_compile would mix differently.
+RNG_ALG = "philox"
+
+# Marsaglia-Tsang draws this many candidates per Gamma sample and keeps the
+# first accepted one; with shape >= 1 each is accepted with probability
+# > 0.95, so all 16 fail with probability < 1e-20.
+GAMMA_CANDIDATES = 16
+
+
+def uniform(shape, seed):
+    """Uniform [0, 1) floats that are bit-identical in graph mode and under XLA.
+
+    `tf.random.stateless_uniform` turns the same random bits into other
+    floats under XLA; the integer bits themselves agree, so convert them
+    here: the top 24 bits of each draw, plus half a step (never exactly 0).
+    """
+    bits = tf.random.stateless_uniform(shape, seed, minval=None, maxval=None, dtype=tf.int32, alg=RNG_ALG)
+    top = tf.bitwise.right_shift(tf.bitcast(bits, tf.uint32), 8)
+    return (tf.cast(top, tf.float32) + 0.5) * (2.0**-24)
+
+
+def normal(shape, seed):
+    """Standard normal floats (Box-Muller on `uniform`), XLA-consistent."""
+    u1, u2 = tf.unstack(uniform([2] + list(shape), seed))
+    return tf.sqrt(-2.0 * tf.math.log(u1)) * tf.cos(2.0 * np.pi * u2)
+
+
 def split_seed(seed, num):
     """`num` independent stateless seeds derived from one seed tensor."""
-    return tf.unstack(tf.random.experimental.stateless_split(seed, num=num))
+    return tf.unstack(tf.random.experimental.stateless_split(seed, num=num, alg=RNG_ALG))
+
+
+def sample_gamma(shape, alpha, seed):
+    """Gamma(alpha, 1) samples, vectorized and XLA-compatible.
+
+    TensorFlow's stateless Gamma op has no XLA kernel, so this implements
+    Marsaglia & Tsang's method (ACM TOMS 2000) with a fixed number of
+    vectorized candidates, and Gamma(a) = Gamma(a + 1) * U^(1/a) for a < 1.
+    """
+    boost_seed, normal_seed, accept_seed = split_seed(seed, 3)
+    shape = list(shape)
+    candidates_shape = shape + [GAMMA_CANDIDATES]
+    a = alpha + 1.0 if alpha < 1.0 else float(alpha)
+    d = a - 1.0 / 3.0
+    c = 1.0 / tf.sqrt(9.0 * d)
+    z = normal(candidates_shape, normal_seed)
+    u = uniform(candidates_shape, accept_seed)
+    v = (1.0 + c * z) ** 3
+    safe_v = tf.maximum(v, 1e-30)
+    accepted = (v > 0) & (tf.math.log(u) < 0.5 * z * z + d - d * safe_v + d * tf.math.log(safe_v))
+    first = tf.argmax(tf.cast(accepted, tf.int32), axis=-1)  # first accepted candidate
+    gamma = tf.gather(d * safe_v, first, batch_dims=len(shape))
+    if alpha < 1.0:
+        boost = uniform(shape, boost_seed)
+        gamma = gamma * boost ** (1.0 / alpha)
+    return gamma
 
 
 def sample_beta(shape, alpha, seed):
-    """Beta(alpha, alpha) samples from two stateless Gamma draws.
-
-    TensorFlow has no stateless Beta sampler; X / (X + Y) with X, Y ~
-    Gamma(alpha) is Beta(alpha, alpha).
-    """
+    """Beta(alpha, alpha) samples: X / (X + Y) with X, Y ~ Gamma(alpha)."""
     seed_x, seed_y = split_seed(seed, 2)
-    x = tf.random.stateless_gamma(shape, seed_x, alpha=alpha, dtype=tf.float32)
-    y = tf.random.stateless_gamma(shape, seed_y, alpha=alpha, dtype=tf.float32)
+    x = sample_gamma(shape, alpha, seed_x)
+    y = sample_gamma(shape, alpha, seed_y)
     total = x + y
-    # Both Gamma draws can underflow to 0 for tiny alpha: fall back to 1/2.
+    # Both draws can underflow to 0 for tiny alpha: fall back to 1/2.
     return tf.where(total > 0, x / tf.where(total > 0, total, 1.0), 0.5)
+
+
+def sample_permutation(n, seed):
+    """A uniform random permutation of range(n): the order of uniform keys."""
+    keys = uniform([n], seed)
+    return tf.cast(tf.argsort(keys), tf.int32)
 
 
 def sample_mix(batch_size, alpha, seed=None, per_example=False):
@@ -96,9 +153,7 @@ def sample_mix(batch_size, alpha, seed=None, per_example=False):
     lam_seed, perm_seed = split_seed(seed, 2)
     shape = [batch_size] if per_example else []
     lam = sample_beta(shape, float(alpha), lam_seed)
-    perm = tf.random.experimental.stateless_shuffle(
-        tf.range(batch_size, dtype=tf.int32), perm_seed
-    )
+    perm = sample_permutation(batch_size, perm_seed)
     return lam, perm
 
 
@@ -109,7 +164,7 @@ def sample_box_center(batch_size, seed=None, per_example=False):
     values in [0, 1): (center_row, center_col) / (height, width).
     """
     shape = [batch_size, 2] if per_example else [2]
-    return tf.random.stateless_uniform(shape, seed_tensor(seed), dtype=tf.float32)
+    return uniform(shape, seed_tensor(seed))
 
 
 def _broadcast_to_rank(values, rank):

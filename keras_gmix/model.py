@@ -158,8 +158,8 @@ class GMixModel(keras.Model):
         self.step_stat_trackers = [
             keras.metrics.Mean(name=name) for name in step_stat_names(method)
         ]
-        self._loss_fn = None
-        self._sparse_loss = False
+        if inner.built:
+            self.built = True
 
     # -- Keras plumbing -------------------------------------------------
 
@@ -170,13 +170,6 @@ class GMixModel(keras.Model):
         if not self.inner.built:
             self.inner.build(input_shape)
         self.built = True
-
-    def compile(self, *args, **kwargs):
-        super().compile(*args, **kwargs)
-        if self.loss is None:
-            raise ValueError("GMixModel.compile needs a `loss` (e.g. 'categorical_crossentropy').")
-        self._loss_fn = losses_lib.per_example_loss(self.loss)
-        self._sparse_loss = losses_lib.is_sparse_loss(self.loss)
 
     def get_config(self):
         config = super().get_config()
@@ -214,19 +207,21 @@ class GMixModel(keras.Model):
 
     def num_classes(self, x):
         """Width of the model's output, from its static output shape."""
-        outputs = getattr(self.inner, "outputs", None)
-        if outputs:
-            shape = outputs[0].shape
-        else:
-            spec = keras.KerasTensor((None,) + tuple(x.shape[1:]), dtype=x.dtype)
-            shape = self.inner.compute_output_spec(spec).shape
-        return shape[-1]
+        if getattr(self, "_num_classes", None) is None:
+            outputs = getattr(self.inner, "outputs", None)
+            if outputs:
+                shape = outputs[0].shape
+            else:  # subclassed: trace it symbolically, once
+                spec = keras.KerasTensor((None,) + tuple(x.shape[1:]), dtype=x.dtype)
+                shape = self.inner.compute_output_spec(spec).shape
+            self._num_classes = shape[-1]
+        return self._num_classes
 
     def mixing_seed(self, step):
         """Stateless seed of this step on this replica."""
         seed = tf.stack([tf.constant(self._base_seed % 2**31, tf.int64), step])
         seed = tf.cast(seed % (2**31 - 1), tf.int32)
-        return tf.random.experimental.stateless_fold_in(seed, distribute.replica_id())
+        return tf.random.experimental.stateless_fold_in(seed, distribute.replica_id(), alg=mixing.RNG_ALG)
 
     def mix_data(self, x, y, sample_weight, seed):
         """Mixes x, the one-hot y and the sample weights with one draw."""
@@ -243,15 +238,19 @@ class GMixModel(keras.Model):
         return x_mix, y_mix, sample_weight
 
     def train_step(self, data):
-        if self._loss_fn is None:
-            raise ValueError("Call `compile(loss=...)` before `fit`.")
+        if self.loss is None:
+            raise ValueError("GMixModel needs a loss: call `compile(loss=...)` before `fit`.")
+        # The compiled loss, per example and on one-hot labels (sparse
+        # cross-entropy becomes categorical). Resolved at trace time, so that
+        # a model re-compiled by `load_model` needs nothing else.
+        loss_fn = losses_lib.per_example_loss(self.loss)
         if not self.inner.trainable_variables:
             raise ValueError(
                 "The wrapped model has no trainable weights: there is nothing to train."
             )
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y_one_hot, labels_are_ids = labels_to_one_hot(y, self.num_classes(x))
-        if self._sparse_loss and not labels_are_ids:
+        if losses_lib.is_sparse_loss(self.loss) and not labels_are_ids:
             raise ValueError(
                 "The compiled loss is sparse (it expects integer class ids) but "
                 f"the labels have shape {y.shape}: pass class ids of shape "
@@ -265,7 +264,7 @@ class GMixModel(keras.Model):
             self.inner,
             x,
             y_one_hot,
-            self._loss_fn,
+            loss_fn,
             method=self.method,
             rho=self.rho,
             sensitive_fraction=self.sensitive_fraction,

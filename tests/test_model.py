@@ -1,0 +1,325 @@
+"""GMixModel: the train step, fit modes, BatchNorm, serialization, errors, pass counts."""
+
+import inspect
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_gmix as kg
+from keras_gmix import gradients
+
+D, C, N = 6, 3, 32
+
+
+def dense_bn_model(seed=0, dropout=0.0):
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input((D,)), keras.layers.Dense(8), keras.layers.BatchNormalization(), keras.layers.ReLU()]
+    if dropout:
+        layers.append(keras.layers.Dropout(dropout, seed=seed))
+    layers.append(keras.layers.Dense(C))
+    return keras.Sequential(layers)
+
+
+def data(seed=0, n=N):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, D)).astype("float32"), rng.integers(0, C, n)
+
+
+def compiled(method, inner=None, optimizer=None, **kwargs):
+    model = kg.GMixModel(inner or dense_bn_model(), method=method, seed=5, **kwargs)
+    model.compile(
+        optimizer=optimizer or keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def step_inputs(model, x, y, step=1):
+    """The batch that step `step` of `model` trains on (mixed if the method mixes)."""
+    y_one_hot = tf.one_hot(y, C)
+    if model.method not in gradients.MIXED_METHODS:
+        return x, y_one_hot
+    x_mix, y_mix, _ = model.mix_data(x, y_one_hot, None, model.mixing_seed(tf.constant(step, tf.int64)))
+    return x_mix, y_mix
+
+
+@pytest.mark.parametrize("method", kg.METHODS)
+def test_train_step_applies_update_gradients(method):
+    """With plain SGD, one fit step moves the weights by exactly -lr * update_gradients."""
+    x, y = data()
+    model = compiled(method, optimizer=keras.optimizers.SGD(1.0))
+    reference = dense_bn_model()
+    x_in, y_in = step_inputs(model, x, y)
+    grads, _ = kg.update_gradients(
+        reference, x_in, y_in, loss=keras.losses.CategoricalCrossentropy(from_logits=True), method=method
+    )
+    expected = [w.numpy() - g.numpy() for w, g in zip(reference.trainable_variables, grads)]
+    model.fit(x, y, batch_size=N, epochs=1, verbose=0, shuffle=False)
+    for variable, value in zip(model.inner.trainable_variables, expected):
+        np.testing.assert_allclose(variable.numpy(), value, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", kg.METHODS)
+def test_eager_graph_and_xla_agree(method):
+    x, y = data(n=64)
+    histories = []
+    for mode in ("eager", "graph", "xla"):
+        # No dropout here: Keras' Dropout draws other masks under XLA (its RNG
+        # algorithm is chosen per device), which says nothing about G-Mix.
+        model = compiled(method, inner=dense_bn_model())
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.1),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            run_eagerly=mode == "eager",
+            jit_compile=mode == "xla",
+        )
+        history = model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False).history
+        histories.append(history)
+    for other in histories[1:]:
+        assert other.keys() == histories[0].keys()
+        for key in histories[0]:
+            np.testing.assert_allclose(other[key], histories[0][key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("method", ["erm", "sam", "gmix", "dgmix"])
+def test_batchnorm_statistics_come_from_the_clean_pass(method):
+    x, y = data()
+    model = compiled(method, inner=dense_bn_model(dropout=0.3))
+    plain = dense_bn_model(dropout=0.3)
+    x_in, _ = step_inputs(model, x, y)
+    plain(x_in, training=True)  # one plain forward pass on the same (mixed) batch
+    model.fit(x, y, batch_size=N, epochs=1, verbose=0, shuffle=False)
+    bn, bn_plain = model.inner.layers[1], plain.layers[1]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), bn_plain.moving_mean.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), bn_plain.moving_variance.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_both_passes_see_the_same_dropout_masks():
+    """With rho = 0 the two passes coincide exactly, dropout included."""
+    x, y = data()
+    model = compiled("dgmix", inner=dense_bn_model(dropout=0.5), rho=0.0)
+    history = model.fit(x, y, batch_size=16, epochs=1, verbose=0).history
+    assert history["sharpness"] == [0.0]
+    assert history["perturbed_loss"] == history["loss"]
+
+
+def test_logs_report_section_5_values():
+    x, y = data(n=64)
+    expected = {
+        "erm": set(),
+        "mixup": set(),
+        "sam": {"perturbed_loss", "sharpness", "eps_norm"},
+        "gmix": {"perturbed_loss", "sharpness", "eps_norm"},
+        "bgmix": {"perturbed_loss", "sharpness", "eps_norm", "sensitive_fraction", "grad_cosine"},
+        "dgmix": {"perturbed_loss", "sharpness", "eps_norm", "sensitive_fraction", "grad_cosine", "conflict"},
+    }
+    for method, extra in expected.items():
+        history = compiled(method).fit(x, y, batch_size=16, epochs=2, verbose=0).history
+        assert set(history) == {"loss", "accuracy"} | extra, method
+        for key, values in history.items():
+            assert np.all(np.isfinite(values)), (method, key)
+        if "eps_norm" in extra:
+            np.testing.assert_allclose(history["eps_norm"], 0.05, rtol=1e-4)
+            np.testing.assert_allclose(
+                np.array(history["perturbed_loss"]) - history["loss"], history["sharpness"], atol=1e-5
+            )
+        if "sensitive_fraction" in extra:
+            np.testing.assert_allclose(history["sensitive_fraction"], 0.5)
+
+
+def test_logged_loss_is_the_mixed_batch_mean():
+    x, y = data()
+    model = compiled("gmix")
+    x_in, y_in = step_inputs(model, x, y)
+    reference = dense_bn_model()
+    expected = keras.losses.CategoricalCrossentropy(from_logits=True)(y_in, reference(x_in, training=True))
+    history = model.fit(x, y, batch_size=N, epochs=1, verbose=0, shuffle=False).history
+    assert history["loss"][0] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_sparse_and_one_hot_labels_train_identically():
+    x, y = data()
+    sparse = compiled("dgmix")
+    sparse.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    one_hot = kg.GMixModel(dense_bn_model(), method="dgmix", seed=5)
+    one_hot.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    one_hot.fit(x, np.eye(C)[y], batch_size=16, epochs=1, verbose=0, shuffle=False)
+    for a, b in zip(sparse.inner.weights, one_hot.inner.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        "sparse_categorical_crossentropy",
+        keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
+        keras.losses.CategoricalFocalCrossentropy(),
+        "mean_squared_error",
+    ],
+)
+def test_any_keras_loss_trains(loss):
+    keras.utils.set_random_seed(0)
+    inner = keras.Sequential([keras.Input((D,)), keras.layers.Dense(C, activation="softmax")])
+    x, y = data()
+    labels = y if loss == "sparse_categorical_crossentropy" else np.eye(C)[y]
+    model = kg.GMixModel(inner, method="bgmix", seed=1)
+    model.compile(optimizer="adam", loss=loss)
+    before = model.evaluate(x, labels, verbose=0)
+    model.fit(x, labels, batch_size=8, epochs=5, verbose=0)
+    assert model.evaluate(x, labels, verbose=0) < before
+
+
+def test_sample_weights_zero_out_examples():
+    """Zero-weight examples contribute nothing: same update as dropping... their mixed share."""
+    x, y = data()
+    model = compiled("erm", optimizer=keras.optimizers.SGD(1.0))
+    before = [v.numpy() for v in model.inner.trainable_variables]
+    model.fit(x, y, sample_weight=np.zeros(N), batch_size=N, epochs=1, verbose=0)
+    for variable, value in zip(model.inner.trainable_variables, before):
+        np.testing.assert_array_equal(variable.numpy(), value)
+
+
+def test_optimizer_options_gradient_accumulation_and_clipping():
+    x, y = data()
+    model = compiled("dgmix", optimizer=keras.optimizers.SGD(0.5, gradient_accumulation_steps=2, global_clipnorm=1e-3))
+    before = [v.numpy() for v in model.inner.trainable_variables]
+    model.fit(x[:16], y[:16], batch_size=16, epochs=1, verbose=0)
+    after_one = [v.numpy() for v in model.inner.trainable_variables]
+    for a, b in zip(before, after_one):
+        np.testing.assert_array_equal(a, b)  # accumulating, not applied yet
+    model.fit(x[:16], y[:16], batch_size=16, epochs=1, verbose=0)
+    moved = np.sqrt(sum(np.sum((v.numpy() - a) ** 2) for v, a in zip(model.inner.trainable_variables, before)))
+    assert 0 < moved <= 0.5 * 1e-3 * 1.0001  # lr * global_clipnorm bounds the step
+
+
+def test_evaluate_and_predict_are_plain():
+    x, y = data()
+    model = compiled("dgmix")
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    logits = model.inner(x, training=False)
+    np.testing.assert_allclose(model.predict(x, verbose=0), logits, rtol=1e-6)
+    expected = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, logits)
+    results = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert set(results) == {"loss", "accuracy"}
+    assert results["loss"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_callbacks_receive_the_logs():
+    x, y = data()
+    seen = []
+    callback = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(dict(logs)))
+    compiled("dgmix").fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[callback])
+    assert len(seen) == 2 and "conflict" in seen[0] and "sharpness" in seen[1]
+
+
+# -- serialization ---------------------------------------------------------
+
+
+def test_config_has_every_constructor_argument():
+    model = kg.GMixModel(dense_bn_model(), method="bgmix", rho=0.1, alpha=0.4, sensitive_fraction=0.3,
+                         adaptive=True, eta=0.02, mix="mixup", per_example_lam=True, sync_perturbation=True, seed=9)
+    config = model.get_config()
+    arguments = set(inspect.signature(kg.GMixModel.__init__).parameters) - {"self", "kwargs"}
+    assert arguments <= set(config)
+    clone = kg.GMixModel.from_config(config)
+    for name in arguments - {"inner"}:
+        assert getattr(clone, name) == getattr(model, name), name
+
+
+@pytest.mark.parametrize("safe_mode", [True])
+def test_keras_file_round_trip(tmp_path, safe_mode):
+    x, y = data()
+    model = compiled("dgmix", rho=0.07, alpha=0.5, sensitive_fraction=0.25)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=safe_mode)
+    assert isinstance(loaded, kg.GMixModel)
+    assert (loaded.method, loaded.rho, loaded.alpha, loaded.sensitive_fraction) == ("dgmix", 0.07, 0.5, 0.25)
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert int(loaded.mix_step.numpy()) == int(model.mix_step.numpy())
+    loaded.fit(x, y, batch_size=16, epochs=1, verbose=0)  # and it trains on
+
+
+# -- bad arguments ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"method": "adam"}, r"method.*erm.*dgmix"),
+        ({"alpha": 0.0}, r"alpha.*> 0"),
+        ({"alpha": -1}, r"alpha.*> 0"),
+        ({"rho": -0.1}, r"rho.*>= 0"),
+        ({"sensitive_fraction": 1.5}, r"sensitive_fraction.*\[0, 1\]"),
+        ({"sensitive_fraction": -0.1}, r"sensitive_fraction.*\[0, 1\]"),
+        ({"mix": "manifold"}, r"mix.*mixup.*cutmix"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        kg.GMixModel(dense_bn_model(), **kwargs)
+
+
+def test_model_without_trainable_weights():
+    inner = dense_bn_model()
+    inner.trainable = False
+    with pytest.raises(ValueError, match="no trainable weights"):
+        kg.GMixModel(inner)
+
+
+def test_labels_with_the_wrong_class_count():
+    x, y = data()
+    model = compiled("dgmix")
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    before = [v.numpy() for v in model.inner.weights]
+    with pytest.raises(ValueError, match=f"5 classes.*outputs {C}"):
+        model.fit(x, np.eye(5)[y % 5], verbose=0)
+    for variable, value in zip(model.inner.weights, before):
+        np.testing.assert_array_equal(variable.numpy(), value)
+
+
+# -- pass counts ---------------------------------------------------------------
+
+
+class CountingModel(keras.Model):
+    """Counts forward calls, and backward passes through its first layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden = keras.layers.Dense(8, activation="tanh")
+        self.head = keras.layers.Dense(C)
+        self.forward_calls = 0
+        self.backward_calls = 0
+
+    def call(self, x):
+        self.forward_calls += 1
+
+        @tf.custom_gradient
+        def counted(h):
+            def grad(upstream):
+                self.backward_calls += 1
+                return upstream
+
+            return tf.identity(h), grad
+
+        return self.head(counted(self.hidden(x)))
+
+
+@pytest.mark.parametrize(
+    "method,forward,backward",
+    [("erm", 1, 1), ("mixup", 1, 1), ("sam", 2, 2), ("gmix", 2, 2), ("bgmix", 2, 3), ("dgmix", 2, 3)],
+)
+def test_pass_counts(method, forward, backward):
+    inner = CountingModel()
+    inner(np.zeros((1, D), "float32"))
+    x, y = data(n=8)
+    model = compiled(method, inner=inner)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", run_eagerly=True)
+    model.train_on_batch(x, y)  # the first step also traces the model symbolically
+    inner.forward_calls = inner.backward_calls = 0
+    model.train_on_batch(x, y)
+    assert (inner.forward_calls, inner.backward_calls) == (forward, backward)
