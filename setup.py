@@ -25,6 +25,7 @@ setup(
         "tensorflow-datasets",  # CIFAR-10/100, SVHN, STL-10 loaders
         "matplotlib",  # plots: comparison bar charts, loss landscapes
         "pyyaml",  # recipe config files
+        "tensorboard",  # fit's TensorBoard logs (tensorflow-cpu does not pull it in)
     ],
     extras_require={
         "cpu": [f"tensorflow-cpu=={TF_VERSION}"],

@@ -4,7 +4,9 @@
 >>> model = kg.GMixModel(inner, method="dgmix", rho=0.05, alpha=1.0)
 """
 
+from keras_gmix import layers
 from keras_gmix.gradients import METHODS, update_gradients
+from keras_gmix.layers import fuse_batchnorm
 from keras_gmix.mixing import apply_mix, sample_box_center, sample_mix
 from keras_gmix.model import GMixModel
 
@@ -14,6 +16,8 @@ __all__ = [
     "GMixModel",
     "METHODS",
     "apply_mix",
+    "fuse_batchnorm",
+    "layers",
     "sample_box_center",
     "sample_mix",
     "update_gradients",
