@@ -68,6 +68,7 @@ class StepResult(NamedTuple):
     stats: dict  # SPEC.md section 5 values, scalar float32 tensors
     y_pred: tf.Tensor  # predictions of the unperturbed pass
     non_trainable: list  # non-trainable values after the unperturbed pass
+    sensitivity: tf.Tensor = None  # [n] s_i = l_i(w + eps) - l_i(w), perturbed methods only
 
 
 def _identity(value):
@@ -183,8 +184,8 @@ def compute_update(
         perturbed_tape.watch(perturbed_weights)
         y_pred_eps, _ = inner.stateless_call(perturbed_weights, state, x, **training)
         losses_at_eps = _per_example(loss_fn, y, y_pred_eps, sample_weight)
+        sensitivity = tf.stop_gradient(losses_at_eps - losses_at_w)
         if partitioned:
-            sensitivity = tf.stop_gradient(losses_at_eps - losses_at_w)
             sharp = partition.sharp_mask(sensitivity, sensitive_fraction)
             # Both subsets divide by the whole batch size n.
             target = scale_loss(tf.reduce_sum(sharp * losses_at_eps) / n)
@@ -221,7 +222,7 @@ def compute_update(
     if reg_grads is not None:
         grads = pt.add(grads, reg_grads)
     grads = [tf.cast(g, w.dtype) for g, w in zip(grads, weights)]
-    return StepResult(grads, stats, y_pred, new_state)
+    return StepResult(grads, stats, y_pred, new_state, sensitivity)
 
 
 def check_update_arguments(method, rho, sensitive_fraction, eta):

@@ -17,6 +17,10 @@ from keras_gmix import mixing
 PERTURBATION_STATS = ("perturbed_loss", "sharpness", "eps_norm")
 PARTITION_STATS = ("sensitive_fraction", "grad_cosine")
 
+# The last step's lambda and s_i values are kept (NaN-padded) for callbacks
+# that draw their histograms; a batch larger than this keeps its first ones.
+STEP_VALUES_CAPACITY = 1024
+
 
 def step_stat_names(method):
     names = []
@@ -155,11 +159,29 @@ class GMixModel(keras.Model):
             trainable=False,
             aggregation="only_first_replica",
         )
+        self.last_lam = self._step_values_variable("last_lam")
+        self.last_sensitivity = self._step_values_variable("last_sensitivity")
         self.step_stat_trackers = [
             keras.metrics.Mean(name=name) for name in step_stat_names(method)
         ]
         if inner.built:
             self.built = True
+
+    def _step_values_variable(self, name):
+        return self.add_weight(
+            name=name,
+            shape=(STEP_VALUES_CAPACITY,),
+            dtype="float32",
+            initializer=keras.initializers.Constant(float("nan")),
+            trainable=False,
+            aggregation="only_first_replica",
+        )
+
+    @staticmethod
+    def _record_step_values(variable, values):
+        values = tf.reshape(tf.cast(values, tf.float32), [-1])[:STEP_VALUES_CAPACITY]
+        padding = STEP_VALUES_CAPACITY - tf.shape(values)[0]
+        variable.assign(tf.pad(values, [[0, padding]], constant_values=float("nan")))
 
     # -- Keras plumbing -------------------------------------------------
 
@@ -224,7 +246,10 @@ class GMixModel(keras.Model):
         return tf.random.experimental.stateless_fold_in(seed, distribute.replica_id(), alg=mixing.RNG_ALG)
 
     def mix_data(self, x, y, sample_weight, seed):
-        """Mixes x, the one-hot y and the sample weights with one draw."""
+        """Mixes x, the one-hot y and the sample weights with one draw.
+
+        Returns `(x_mix, y_mix, sample_weight_mix, label_lam)`.
+        """
         n = tf.shape(y)[0]
         mix_seed, box_seed = mixing.split_seed(seed, 2)
         lam, perm = mixing.sample_mix(n, self.alpha, seed=mix_seed, per_example=self.per_example_lam)
@@ -235,7 +260,7 @@ class GMixModel(keras.Model):
         if sample_weight is not None:
             sw = tf.cast(tf.reshape(sample_weight, [-1]), tf.float32)
             sample_weight = label_lam * sw + (1.0 - label_lam) * tf.gather(sw, perm)
-        return x_mix, y_mix, sample_weight
+        return x_mix, y_mix, sample_weight, label_lam
 
     def train_step(self, data):
         if self.loss is None:
@@ -258,7 +283,10 @@ class GMixModel(keras.Model):
             )
         step = self.mix_step.assign_add(1)
         if self.method in gradients.MIXED_METHODS:
-            x, y_one_hot, sample_weight = self.mix_data(x, y_one_hot, sample_weight, self.mixing_seed(step))
+            x, y_one_hot, sample_weight, label_lam = self.mix_data(
+                x, y_one_hot, sample_weight, self.mixing_seed(step)
+            )
+            self._record_step_values(self.last_lam, tf.broadcast_to(label_lam, tf.shape(y_one_hot)[:1]))
 
         result = gradients.compute_update(
             self.inner,
@@ -278,6 +306,8 @@ class GMixModel(keras.Model):
         replicas = distribute.num_replicas()
         grads = result.grads if replicas == 1 else [g / replicas for g in result.grads]
         self.optimizer.apply(grads, self.inner.trainable_variables)
+        if result.sensitivity is not None:
+            self._record_step_values(self.last_sensitivity, result.sensitivity)
         # BatchNorm statistics (and RNG state) from the unperturbed pass only.
         for variable, value in zip(self.inner.non_trainable_variables, result.non_trainable):
             variable.assign(value)

@@ -42,7 +42,7 @@ def step_inputs(model, x, y, step=1):
     y_one_hot = tf.one_hot(y, C)
     if model.method not in gradients.MIXED_METHODS:
         return x, y_one_hot
-    x_mix, y_mix, _ = model.mix_data(x, y_one_hot, None, model.mixing_seed(tf.constant(step, tf.int64)))
+    x_mix, y_mix, _, _ = model.mix_data(x, y_one_hot, None, model.mixing_seed(tf.constant(step, tf.int64)))
     return x_mix, y_mix
 
 
@@ -213,6 +213,23 @@ def test_callbacks_receive_the_logs():
     callback = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(dict(logs)))
     compiled("dgmix").fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[callback])
     assert len(seen) == 2 and "conflict" in seen[0] and "sharpness" in seen[1]
+
+
+def test_last_step_values_are_kept_for_histograms():
+    x, y = data()
+    model = compiled("gmix", optimizer=keras.optimizers.SGD(0.0))
+    x_in, y_in = step_inputs(model, x[:20], y[:20])
+    _, lam_label = model.mix_data(x[:20], tf.one_hot(y[:20], C), None, model.mixing_seed(tf.constant(1, tf.int64)))[2:]
+    model.fit(x[:20], y[:20], batch_size=20, epochs=1, verbose=0, shuffle=False)
+    lam = model.last_lam.numpy()
+    np.testing.assert_allclose(lam[:20], float(lam_label))
+    assert np.all(np.isnan(lam[20:]))
+    reference = dense_bn_model()
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True, reduction=None)
+    _, stats = kg.update_gradients(reference, x_in, y_in, loss=loss, method="gmix")
+    sensitivity = model.last_sensitivity.numpy()
+    assert np.all(np.isfinite(sensitivity[:20])) and np.all(np.isnan(sensitivity[20:]))
+    assert sensitivity[:20].mean() == pytest.approx(stats["sharpness"], rel=1e-4, abs=1e-6)
 
 
 # -- serialization ---------------------------------------------------------
