@@ -382,6 +382,11 @@ def load_dataset(
     >>> splits.x_train.shape, splits.num_classes
     ((100, 8, 8, 1), 10)
     """
+    if not isinstance(name, (str, os.PathLike)):
+        raise ValueError(
+            f"`name` must be one of {list(DATASET_NAMES)} or a path ending "
+            f"in '.npz'. Received: name={name!r}"
+        )
     name = os.fspath(name)
     check_subset_args(train_fraction, train_size)  # fail before loading
     if name.endswith(".npz"):

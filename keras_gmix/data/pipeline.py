@@ -116,7 +116,10 @@ def make_pipeline(
     `seed`. Keras' RandAugment and RandomErasing layers keep their random
     state in a variable: with a `seed` they run sequentially (deterministic),
     without one in parallel. Keras' RandAugment picks its `num_ops`
-    operations once per batch (magnitudes vary per image).
+    operations once per batch (magnitudes vary per image), and computes all
+    of its candidate operations on every batch: on 2 CPU cores "standard"
+    delivers about 23,000 CIFAR images/s, "randaugment" about 650 seeded
+    and 1,100 unseeded, close to what a ResNet-20 trains on per second.
 
     Args:
         x: array [n, H, W, C], uint8 in [0, 255] or float in [0, 1].
@@ -182,7 +185,8 @@ def make_pipeline(
         )
     if augment not in AUGMENTATIONS:
         raise ValueError(
-            f"Unknown augment={augment!r}. Expected one of {list(AUGMENTATIONS)}."
+            f"Unknown augment={augment!r}. Expected one of "
+            f"{list(AUGMENTATIONS)}."
         )
     if not 0.0 <= erasing_probability <= 1.0:
         raise ValueError(

@@ -1,0 +1,132 @@
+"""Building blocks shared by the architectures.
+
+Conventions, following the PyTorch/Torch reference implementations the
+published parameter counts come from: convolutions without bias (a
+normalization follows), He-normal initialization, BatchNormalization with
+momentum 0.9 (PyTorch's momentum=0.1), an L2 penalty on convolution and
+dense kernels only (not on biases or normalization parameters).
+BatchNormalization's epsilon is 1.001e-5 rather than PyTorch's 1e-5, as in
+keras.applications' ResNets: TensorFlow's fused batch-norm kernel raises
+smaller values to 1.001e-5, so a fused layer
+(`keras_gmix.layers.BatchNormalization`) takes its fused path only from there
+up.
+"""
+
+import keras
+from keras import ops
+
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1.001e-5
+
+
+def check_common_args(num_classes, input_shape, weight_decay):
+    """Validates the arguments every builder takes; returns the shape."""
+    if (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, int)
+        or num_classes < 1
+    ):
+        raise ValueError(
+            "`num_classes` must be a positive integer. "
+            f"Received: num_classes={num_classes!r}"
+        )
+    try:
+        input_shape = tuple(int(d) for d in input_shape)
+    except TypeError:
+        input_shape = ()
+    if len(input_shape) != 3 or min(input_shape) < 1:
+        raise ValueError(
+            "`input_shape` must be (height, width, channels) with positive "
+            f"sizes. Received: input_shape={input_shape!r}"
+        )
+    if weight_decay is None or weight_decay < 0:
+        raise ValueError(
+            "`weight_decay` must be >= 0. "
+            f"Received: weight_decay={weight_decay!r}"
+        )
+    return input_shape
+
+
+def kernel_regularizer(weight_decay):
+    """`L2(weight_decay)` (adds weight_decay * sum(w**2)), or None if 0."""
+    return keras.regularizers.L2(weight_decay) if weight_decay else None
+
+
+def conv(x, filters, kernel_size, strides=1, weight_decay=0.0, name=None):
+    """A bias-free, 'same'-padded Conv2D applied to `x`."""
+    return keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        kernel_regularizer=kernel_regularizer(weight_decay),
+        name=name,
+    )(x)
+
+
+def norm(x, batchnorm, name=None):
+    """Applies a new `batchnorm` layer over the channel axis.
+
+    Only the constructor's standard keyword arguments are used, so any
+    BatchNormalization subclass (for example a fused one) can be passed.
+    """
+    return batchnorm(
+        axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
+    )(x)
+
+
+def relu(x, name=None):
+    return keras.layers.ReLU(name=name)(x)
+
+
+def classifier_head(
+    x, num_classes, weight_decay, classifier_activation, name="predictions"
+):
+    """Global average pooling and a dense classifier."""
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    return keras.layers.Dense(
+        num_classes,
+        activation=classifier_activation,
+        kernel_regularizer=kernel_regularizer(weight_decay),
+        name=name,
+    )(x)
+
+
+@keras.saving.register_keras_serializable(package="keras_gmix")
+class ZeroPadChannels(keras.layers.Layer):
+    """Appends zero channels so that the output has `channels` channels.
+
+    The parameter-free shortcut of He et al. 2016 (option A) and of
+    PyramidNet: the identity, extended with zeros where the residual branch
+    has more channels.
+
+    Args:
+        channels: int, the number of output channels; at least the number
+            of input channels.
+    """
+
+    def __init__(self, channels, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = int(channels)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.channels,)
+
+    def call(self, inputs):
+        extra = self.channels - inputs.shape[-1]
+        if extra < 0:
+            raise ValueError(
+                f"ZeroPadChannels(channels={self.channels}) got an input "
+                f"with {inputs.shape[-1]} channels."
+            )
+        if extra == 0:
+            return inputs
+        paddings = [[0, 0]] * (len(inputs.shape) - 1) + [[0, extra]]
+        return ops.pad(inputs, paddings)
+
+    def get_config(self):
+        config = super().get_config()
+        config["channels"] = self.channels
+        return config

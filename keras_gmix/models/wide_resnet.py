@@ -1,0 +1,104 @@
+"""Wide Residual Networks WRN-d-k (Zagoruyko and Komodakis 2016)."""
+
+import keras
+
+from keras_gmix.models.blocks import check_common_args
+from keras_gmix.models.blocks import classifier_head
+from keras_gmix.models.blocks import conv
+from keras_gmix.models.blocks import norm
+from keras_gmix.models.blocks import relu
+
+
+def _wide_block(x, filters, strides, dropout_rate, batchnorm, weight_decay,
+                prefix):
+    """BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3 plus the shortcut."""
+    in_channels = x.shape[-1]
+    pre = norm(x, batchnorm, name=f"{prefix}_bn1")
+    pre = relu(pre, name=f"{prefix}_relu1")
+    if strides != 1 or in_channels != filters:
+        shortcut = conv(
+            pre, filters, 1, strides, weight_decay, name=f"{prefix}_proj"
+        )
+    else:
+        shortcut = x
+    y = conv(pre, filters, 3, strides, weight_decay, name=f"{prefix}_conv1")
+    y = norm(y, batchnorm, name=f"{prefix}_bn2")
+    y = relu(y, name=f"{prefix}_relu2")
+    if dropout_rate:
+        y = keras.layers.Dropout(dropout_rate, name=f"{prefix}_dropout")(y)
+    y = conv(y, filters, 3, 1, weight_decay, name=f"{prefix}_conv2")
+    return keras.layers.Add(name=f"{prefix}_add")([shortcut, y])
+
+
+def wide_resnet(
+    depth=28,
+    width=10,
+    num_classes=10,
+    input_shape=(32, 32, 3),
+    dropout_rate=0.0,
+    batchnorm=keras.layers.BatchNormalization,
+    weight_decay=0.0,
+    classifier_activation="softmax",
+    name=None,
+):
+    """WRN-depth-width: pre-activation ResNet with widened stages.
+
+    A 3x3 stem with 16 filters, three stages of (depth - 4) / 6 blocks with
+    16k, 32k, 64k filters (stride 2 from the second stage), 1x1 projections
+    where the shape changes, a final BN-ReLU, global average pooling and a
+    dense classifier. WRN-16-8 has 11.0M and WRN-28-10 36.5M parameters
+    (the paper's Table 4).
+
+    Args:
+        depth: int, 6n + 4 (16, 22, 28, 40, ...). Defaults to 28.
+        width: int, the widening factor k. Defaults to 10.
+        num_classes: int. Defaults to 10.
+        input_shape: (H, W, C). Defaults to (32, 32, 3).
+        dropout_rate: float in [0, 1), dropout between the two convolutions
+            of each block. Defaults to 0.0.
+        batchnorm: the normalization layer class. Defaults to
+            `keras.layers.BatchNormalization`.
+        weight_decay: float, L2 coefficient on conv and dense kernels.
+            Defaults to 0.0.
+        classifier_activation: activation of the output layer; None for
+            logits. Defaults to "softmax".
+        name: str or None. Defaults to f"wrn{depth}_{width}".
+
+    Returns:
+        A functional `keras.Model`.
+
+    References:
+        - Zagoruyko, Komodakis, "Wide Residual Networks", BMVC 2016,
+          https://arxiv.org/abs/1605.07146
+    """
+    input_shape = check_common_args(num_classes, input_shape, weight_decay)
+    if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
+        raise ValueError(
+            "`depth` must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...). "
+            f"Received: depth={depth!r}"
+        )
+    if not isinstance(width, int) or width < 1:
+        raise ValueError(
+            f"`width` must be a positive integer. Received: width={width!r}"
+        )
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(
+            "`dropout_rate` must be in [0, 1). "
+            f"Received: dropout_rate={dropout_rate!r}"
+        )
+    n = (depth - 4) // 6
+    inputs = keras.Input(shape=input_shape, name="images")
+    x = conv(inputs, 16, 3, 1, weight_decay, name="stem_conv")
+    for stage, filters in enumerate((16 * width, 32 * width, 64 * width)):
+        for block in range(n):
+            strides = 2 if stage > 0 and block == 0 else 1
+            x = _wide_block(
+                x, filters, strides, dropout_rate, batchnorm, weight_decay,
+                prefix=f"stage{stage + 1}_block{block + 1}",
+            )
+    x = norm(x, batchnorm, name="final_bn")
+    x = relu(x, name="final_relu")
+    outputs = classifier_head(
+        x, num_classes, weight_decay, classifier_activation
+    )
+    return keras.Model(inputs, outputs, name=name or f"wrn{depth}_{width}")

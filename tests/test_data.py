@@ -1,0 +1,449 @@
+"""Tests for keras_gmix.data: loaders, class-balanced subsets, pipelines."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from keras_gmix import data as kd
+from keras_gmix.data.subset import balanced_counts
+
+PARTIAL_CIFAR10 = os.path.join(
+    os.path.dirname(__file__), "..", "..", "shared", "data",
+    "cifar10_partial.npz",
+)
+
+# name -> (image shape, classes, flip, mock examples per split)
+TFDS_CASES = {
+    "cifar10": ((32, 32, 3), 10, True, 200),
+    "cifar100": ((32, 32, 3), 100, True, 600),
+    "svhn_cropped": ((32, 32, 3), 10, False, 200),
+    "stl10": ((96, 96, 3), 10, True, 60),
+}
+
+
+def _load_mock(name, **kwargs):
+    num_examples = TFDS_CASES[name][3]
+    with tfds.testing.mock_data(num_examples=num_examples):
+        return kd.load_dataset(name, **kwargs)
+
+
+def _assert_balanced(labels, full_labels, num_classes, size):
+    """Counts equal the water-filling split of `size` over the classes."""
+    available = np.bincount(full_labels, minlength=num_classes)
+    counts = np.bincount(labels, minlength=num_classes)
+    np.testing.assert_array_equal(counts, balanced_counts(available, size))
+    # As even as the classes allow: the uncapped classes differ by <= 1.
+    uncapped = counts[counts < available]
+    if uncapped.size:
+        assert counts.max() - uncapped.min() <= 1
+
+
+def _row_index(full, rows):
+    """Index of each row of `rows` in `full` (the first match)."""
+    position = {}
+    for i, r in enumerate(full.reshape(full.shape[0], -1)):
+        position.setdefault(r.tobytes(), i)
+    flat_rows = np.ascontiguousarray(rows, dtype=full.dtype)
+    return np.array(
+        [position[r.tobytes()] for r in flat_rows.reshape(len(rows), -1)]
+    )
+
+
+# ---------------------------------------------------------------- TFDS --
+
+
+@pytest.mark.parametrize("name", sorted(TFDS_CASES))
+def test_tfds_loader_shapes_dtypes_ranges(name):
+    shape, num_classes, flip, n = TFDS_CASES[name]
+    splits = _load_mock(name)
+    assert isinstance(splits, kd.DataSplits)
+    assert splits.name == name
+    assert splits.input_shape == shape
+    assert splits.num_classes == num_classes
+    assert splits.flip is flip
+    assert splits.x_train.shape == (n,) + shape
+    assert splits.x_test.shape == (n,) + shape
+    assert splits.x_train.dtype == np.uint8
+    assert splits.y_train.dtype == np.int64
+    assert splits.y_train.shape == (n,)
+    for y in (splits.y_train, splits.y_test):
+        assert y.min() >= 0 and y.max() < num_classes
+    assert splits.x_train.max() > 200  # uint8 range, not rescaled
+    assert len(splits.mean) == 3 and len(splits.std) == 3
+    assert all(0 < m < 1 for m in splits.mean)
+    assert all(0 < s < 1 for s in splits.std)
+
+
+def test_tfds_constants_are_used_for_cifar():
+    assert _load_mock("cifar10").mean == kd.CIFAR10_MEAN
+    assert _load_mock("cifar100").std == kd.CIFAR100_STD
+
+
+@pytest.mark.parametrize("name", sorted(TFDS_CASES))
+def test_tfds_balanced_subset(name):
+    _, num_classes, _, n = TFDS_CASES[name]
+    full = _load_mock(name)
+    size = n // 2
+    a = _load_mock(name, train_size=size, seed=1)
+    b = _load_mock(name, train_size=size, seed=1)
+    c = _load_mock(name, train_size=size, seed=2)
+    assert a.x_train.shape == (size,) + full.input_shape
+    assert a.y_train.shape == (size,)
+    _assert_balanced(a.y_train, full.y_train, num_classes, size)
+    # Same seed, same subset; another seed, another subset.
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    np.testing.assert_array_equal(a.y_train, b.y_train)
+    assert not np.array_equal(a.x_train, c.x_train)
+    # The subset is drawn from the training split, labels kept with images,
+    # and the test split is untouched.
+    idx = _row_index(full.x_train, a.x_train)
+    np.testing.assert_array_equal(full.y_train[idx], a.y_train)
+    np.testing.assert_array_equal(a.x_test, full.x_test)
+    assert a.mean == full.mean
+
+
+def test_tfds_train_fraction():
+    full = _load_mock("cifar10")
+    part = _load_mock("cifar10", train_fraction=0.25, seed=0)
+    assert part.train_size == 50
+    _assert_balanced(part.y_train, full.y_train, 10, 50)
+    np.testing.assert_array_equal(np.bincount(part.y_train), [5] * 10)
+
+
+# -------------------------------------------------------------- digits --
+
+
+def test_digits_stratified_split():
+    splits = kd.load_dataset("digits")
+    assert splits.x_train.shape == (1437, 8, 8, 1)
+    assert splits.x_test.shape == (360, 8, 8, 1)
+    assert splits.input_shape == (8, 8, 1)
+    assert splits.x_train.dtype == np.float32
+    assert splits.x_train.min() == 0.0 and splits.x_train.max() == 1.0
+    assert splits.num_classes == 10 and splits.flip is False
+    # Stratified: every class has its share of the test split (+-1).
+    full = np.bincount(np.concatenate([splits.y_train, splits.y_test]))
+    test = np.bincount(splits.y_test, minlength=10)
+    assert np.all(np.abs(test - full * 360 / 1797) <= 1)
+    # The split is fixed: a second load, and a different subset seed, give
+    # the same test split.
+    again = kd.load_dataset("digits", train_size=200, seed=5)
+    np.testing.assert_array_equal(again.x_test, splits.x_test)
+    np.testing.assert_array_equal(again.y_test, splits.y_test)
+
+
+@pytest.mark.parametrize("size", [16, 32])
+def test_digits_upsampled(size):
+    splits = kd.load_dataset("digits", image_size=size)
+    assert splits.x_train.shape == (1437, size, size, 1)
+    assert splits.input_shape == (size, size, 1)
+    assert splits.x_train.dtype == np.float32
+    assert splits.x_train.min() >= 0.0 and splits.x_train.max() <= 1.0
+    assert splits.x_train.max() > 0.9
+
+
+def test_digits_subset_deterministic():
+    a = kd.load_dataset("digits", train_size=105, seed=3)
+    b = kd.load_dataset("digits", train_size=105, seed=3)
+    c = kd.load_dataset("digits", train_size=105, seed=4)
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    assert not np.array_equal(a.x_train, c.x_train)
+    assert np.bincount(a.y_train).tolist() == [11] * 5 + [10] * 5
+
+
+# ----------------------------------------------------------------- npz --
+
+
+def _write_npz(path, n_train=30, n_test=10, classes=3, channels=3, **extra):
+    rng = np.random.default_rng(0)
+    shape = (8, 8, channels) if channels else (8, 8)
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (n_train,) + shape, dtype=np.uint8),
+        y_train=np.arange(n_train) % classes,
+        x_test=rng.integers(0, 256, (n_test,) + shape, dtype=np.uint8),
+        y_test=np.arange(n_test) % classes,
+        **extra,
+    )
+    return str(path)
+
+
+def test_npz_loader(tmp_path):
+    path = _write_npz(tmp_path / "tiny.npz")
+    splits = kd.load_dataset(path)
+    assert splits.name == path
+    assert splits.x_train.shape == (30, 8, 8, 3)
+    assert splits.x_test.shape == (10, 8, 8, 3)
+    assert splits.input_shape == (8, 8, 3)
+    assert splits.num_classes == 3 and splits.flip is True
+    assert splits.y_train.dtype == np.int64
+    expected_mean, _ = kd.compute_mean_std(splits.x_train)
+    assert splits.mean == expected_mean
+    np.testing.assert_allclose(
+        splits.mean,
+        (splits.x_train / 255.0).mean(axis=(0, 1, 2)),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        splits.std, (splits.x_train / 255.0).std(axis=(0, 1, 2)), rtol=1e-6
+    )
+    sub = kd.load_dataset(path, train_size=12, seed=0)
+    assert np.bincount(sub.y_train).tolist() == [4, 4, 4]
+
+
+def test_npz_label_names_grayscale_and_options(tmp_path):
+    path = _write_npz(
+        tmp_path / "gray.npz",
+        classes=2,
+        channels=0,
+        label_names=np.array(["a", "b", "c", "d"]),
+    )
+    splits = kd.load_dataset(path, flip=False)
+    assert splits.x_train.shape == (30, 8, 8, 1)
+    assert splits.num_classes == 4  # from label_names, not max label + 1
+    assert splits.flip is False
+    assert kd.load_dataset(path, num_classes=7).num_classes == 7
+
+
+def test_npz_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        kd.load_dataset(str(tmp_path / "missing.npz"))
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x_train=np.zeros((2, 4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="y_train"):
+        kd.load_dataset(str(bad))
+    path = _write_npz(tmp_path / "labels.npz", classes=3)
+    with pytest.raises(ValueError, match="outside"):
+        kd.load_dataset(path, num_classes=2)
+
+
+@pytest.mark.skipif(
+    not os.path.exists(PARTIAL_CIFAR10), reason="shared data not present"
+)
+def test_partial_cifar10_npz():
+    splits = kd.load_dataset(PARTIAL_CIFAR10, train_size=1000, seed=0)
+    assert splits.x_train.shape == (1000, 32, 32, 3)
+    assert splits.x_test.shape == (1017, 32, 32, 3)
+    assert splits.num_classes == 10
+    assert np.bincount(splits.y_train).tolist() == [100] * 10
+    # The published CIFAR-10 statistics agree with the partial copy's.
+    np.testing.assert_allclose(splits.mean, kd.CIFAR10_MEAN, atol=0.005)
+    np.testing.assert_allclose(splits.std, kd.CIFAR10_STD, atol=0.005)
+
+
+# ---------------------------------------------------------- arguments --
+
+
+def test_unknown_name_lists_valid_ones():
+    with pytest.raises(ValueError, match="cifar10.*svhn_cropped.*digits"):
+        kd.load_dataset("imagenet")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"train_fraction": 0.0}, "train_fraction"),
+        ({"train_fraction": 1.5}, "train_fraction"),
+        ({"train_fraction": -0.2}, "train_fraction"),
+        ({"train_fraction": "half"}, "train_fraction"),
+        ({"train_size": 0}, "train_size"),
+        ({"train_size": 2.5}, "train_size"),
+        ({"train_size": 10_000}, "at most 1437"),
+        ({"train_fraction": 0.5, "train_size": 10}, "at most one"),
+        ({"num_classes": 3}, "num_classes"),
+    ],
+)
+def test_bad_subset_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        kd.load_dataset("digits", **kwargs)
+
+
+def test_bad_arguments_fail_before_loading():
+    # No TFDS data and no mock: the argument check must come first.
+    with pytest.raises(ValueError, match="train_fraction"):
+        kd.load_dataset("cifar10", train_fraction=2.0, download=False)
+    with pytest.raises(ValueError, match="image_size"):
+        kd.load_dataset("cifar10", image_size=16, download=False)
+
+
+def test_balanced_counts_water_filling():
+    assert balanced_counts([5, 5, 5], 7).tolist() == [3, 2, 2]
+    assert balanced_counts([1, 10, 10], 9).tolist() == [1, 4, 4]
+    assert balanced_counts([0, 3, 10], 12).tolist() == [0, 3, 9]
+    with pytest.raises(ValueError, match="size=5"):
+        balanced_counts([1, 1], 5)
+
+
+# ------------------------------------------------------------ pipeline --
+
+
+def _images(n=20, size=8, channels=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8)
+    y = np.arange(n) % 4
+    return x, y
+
+
+def _epoch(ds):
+    xs, ys = zip(*[(xb.numpy(), yb.numpy()) for xb, yb in ds])
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def test_pipeline_eval_keeps_order_and_scales():
+    x, y = _images(n=10)
+    ds = kd.make_pipeline(x, y, batch_size=4, training=False)
+    shapes = [tuple(xb.shape) for xb, _ in ds]
+    assert shapes == [(4, 8, 8, 3), (4, 8, 8, 3), (2, 8, 8, 3)]
+    xs, ys = _epoch(ds)
+    assert xs.dtype == np.float32
+    np.testing.assert_allclose(xs, x / 255.0, atol=1e-6)
+    np.testing.assert_array_equal(ys, y)
+
+
+def test_pipeline_normalization():
+    x, y = _images(n=6)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    ds = kd.make_pipeline(x, y, 6, training=False, normalization=(mean, std))
+    xs, _ = _epoch(ds)
+    np.testing.assert_allclose(xs, (x / 255.0 - mean) / std, atol=1e-5)
+    ds = kd.make_pipeline(x, y, 6, training=False, normalization="cifar10")
+    xs, _ = _epoch(ds)
+    expected = (x / 255.0 - kd.CIFAR10_MEAN) / kd.CIFAR10_STD
+    np.testing.assert_allclose(xs, expected, atol=1e-5)
+
+
+def test_pipeline_float_input_is_not_rescaled():
+    x, y = _images(n=4, channels=1)
+    xf = x.astype(np.float32) / 255.0
+    xs, _ = _epoch(kd.make_pipeline(xf, y, 4, training=False))
+    np.testing.assert_allclose(xs, xf)
+
+
+def test_pipeline_training_shuffles_all_examples():
+    x, y = _images(n=20)
+    ds = kd.make_pipeline(
+        x, y, 8, training=True, augment="none", seed=0, drop_remainder=True
+    )
+    batches = [tuple(xb.shape) for xb, _ in ds]
+    assert batches == [(8, 8, 8, 3)] * 2
+    xs, ys = _epoch(kd.make_pipeline(x, y, 8, training=True, augment="none",
+                                     seed=0))
+    assert not np.array_equal(ys, y)  # shuffled
+    order = _row_index(x, np.round(xs * 255).astype(np.uint8))
+    assert sorted(order.tolist()) == list(range(20))  # a permutation
+    np.testing.assert_array_equal(y[order], ys)  # labels follow images
+
+
+@pytest.mark.parametrize("augment", kd.AUGMENTATIONS)
+def test_augmentation_keeps_shape_and_range(augment):
+    x, y = _images(n=16, size=16)
+    ds = kd.make_pipeline(x, y, 8, training=True, augment=augment, seed=1)
+    for xb, yb in ds:
+        assert tuple(xb.shape) == (8, 16, 16, 3)
+        assert xb.dtype == tf.float32 and yb.dtype == tf.int64
+        assert float(tf.reduce_min(xb)) >= 0.0
+        assert float(tf.reduce_max(xb)) <= 1.0
+
+
+@pytest.mark.parametrize("augment", ["standard", "strong"])
+def test_augmentation_deterministic_with_seed(augment):
+    x, y = _images(n=8, size=16)
+
+    def make(seed):
+        return kd.make_pipeline(
+            x, y, 4, training=True, augment=augment, seed=seed
+        )
+
+    first = make(3)
+    epoch1 = _epoch(first)
+    epoch2 = _epoch(first)
+    again = _epoch(make(3))
+    other = _epoch(make(4))
+    np.testing.assert_array_equal(epoch1[0], again[0])
+    np.testing.assert_array_equal(epoch1[1], again[1])
+    assert not np.array_equal(epoch1[0], other[0])
+    assert not np.array_equal(epoch1[0], epoch2[0])  # new draws every epoch
+
+
+def test_standard_augmentation_changes_images():
+    x, y = _images(n=16, size=16)
+    plain, _ = _epoch(kd.make_pipeline(x, y, 16, training=True,
+                                       augment="none", seed=0))
+    aug, _ = _epoch(kd.make_pipeline(x, y, 16, training=True,
+                                     augment="standard", seed=0))
+    assert not np.array_equal(plain, aug)
+    # Evaluation ignores `augment`.
+    ev, _ = _epoch(kd.make_pipeline(x, y, 16, training=False,
+                                    augment="strong", seed=0))
+    np.testing.assert_allclose(ev, x / 255.0, atol=1e-6)
+
+
+def test_apply_crop_flip_matches_numpy():
+    rng = np.random.default_rng(0)
+    images = rng.random((3, 5, 6, 2)).astype(np.float32)
+    pad = 2
+    offsets = np.array([[2, 2], [0, 4], [3, 1]], np.int32)
+    flips = np.array([False, True, False])
+    out = kd.apply_crop_flip(images, offsets, flips, pad).numpy()
+    padded = np.pad(images, [(0, 0), (pad, pad), (pad, pad), (0, 0)])
+    for i, (r, c) in enumerate(offsets):
+        expected = padded[i, r : r + 5, c : c + 6]
+        if flips[i]:
+            expected = expected[:, ::-1]
+        np.testing.assert_array_equal(out[i], expected)
+    np.testing.assert_array_equal(out[0], images[0])  # centre, no flip
+
+
+def test_draw_crop_flip():
+    offsets, flips = kd.draw_crop_flip(500, tf.constant([1, 2]), pad=4)
+    offsets, flips = offsets.numpy(), flips.numpy()
+    assert offsets.shape == (500, 2)
+    assert offsets.min() == 0 and offsets.max() == 8
+    assert 0.4 < flips.mean() < 0.6
+    again = kd.draw_crop_flip(500, tf.constant([1, 2]), pad=4)[0].numpy()
+    np.testing.assert_array_equal(offsets, again)
+    _, no_flips = kd.draw_crop_flip(500, tf.constant([1, 2]), 4, flip=False)
+    assert not no_flips.numpy().any()
+
+
+def test_make_pipelines_uses_splits():
+    splits = kd.load_dataset("digits", image_size=16, train_size=100)
+    train, test = kd.make_pipelines(splits, 32, seed=0, eval_batch_size=90)
+    xb, yb = next(iter(train))
+    assert tuple(xb.shape) == (32, 16, 16, 1)
+    assert [int(b.shape[0]) for b, _ in test] == [90, 90, 90, 90]
+    xs, ys = _epoch(test)
+    expected = (splits.x_test - splits.mean[0]) / splits.std[0]
+    np.testing.assert_allclose(xs, expected, atol=1e-5)
+    np.testing.assert_array_equal(ys, splits.y_test)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"augment": "mixup"}, "augment.*standard"),
+        ({"normalization": "imagenet"}, "imagenet"),
+        ({"normalization": "svhn_cropped"}, "svhn_cropped"),
+        ({"normalization": ((0.5,), (0.0,))}, "positive"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"erasing_probability": 2.0}, "erasing_probability"),
+    ],
+)
+def test_pipeline_bad_arguments(kwargs, match):
+    x, y = _images(n=4)
+    args = {"batch_size": 2, "training": True, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        kd.make_pipeline(x, y, **args)
+
+
+def test_pipeline_bad_arrays():
+    x, y = _images(n=4)
+    with pytest.raises(ValueError, match="shape"):
+        kd.make_pipeline(x[0], y, 2, training=False)
+    with pytest.raises(ValueError, match="match"):
+        kd.make_pipeline(x, y[:3], 2, training=False)
+    with pytest.raises(ValueError, match="dtype"):
+        kd.make_pipeline(x.astype(np.int32), y, 2, training=False)
