@@ -29,3 +29,48 @@ def mean_over_replicas(tensors):
     if context is None or context.num_replicas_in_sync == 1:
         return tensors
     return context.all_reduce(tf.distribute.ReduceOp.MEAN, tensors)
+
+
+# -- MultiWorkerMirroredStrategy and Keras 3's fit -----------------------------
+#
+# Keras 3's TensorFlow trainer fails under MultiWorkerMirroredStrategy
+# (keras-team/keras#20585) at two points of keras/src/backend/tensorflow/
+# trainer.py, checked on Keras 3.15:
+#   1. `_maybe_symbolic_build` reduces the first distributed batch eagerly
+#      with `strategy.reduce("MEAN", batch)`, which fails on its collective
+#      ops ("Attempt to convert a value (PerReplica...)").
+#   2. `reduce_per_replica` reduces the step's logs with
+#      `strategy.reduce("MEAN", v, axis=0)`, which fails on scalar logs.
+# GMixModel works around both (see model.py) only on the Keras versions
+# below, where the workaround was checked; tests/test_distribute.py fails if
+# a newer Keras no longer needs it.
+MULTI_WORKER_PATCHED_KERAS = ("3.15",)
+
+
+def is_multi_worker(strategy=None):
+    """True under a MultiWorkerMirroredStrategy that spans several workers."""
+    strategy = strategy or tf.distribute.get_strategy()
+    in_multi_worker_mode = getattr(strategy.extended, "_in_multi_worker_mode", None)
+    return bool(in_multi_worker_mode and in_multi_worker_mode())
+
+
+def keras_needs_multi_worker_workaround():
+    import keras
+
+    return keras.__version__.startswith(MULTI_WORKER_PATCHED_KERAS)
+
+
+def first_local_batch(batch, strategy):
+    """The first local replica's part of a distributed batch (no collective op)."""
+
+    def local(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    return tf.nest.map_structure(local, batch)
+
+
+def logs_for_multi_worker(logs):
+    """Scalar logs as shape [1], so that Keras' `reduce(..., axis=0)` works."""
+    return {name: tf.reshape(value, [1]) for name, value in logs.items()}

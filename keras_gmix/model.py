@@ -223,7 +223,31 @@ class GMixModel(keras.Model):
         # and resets them per epoch), but evaluation computes none of them.
         logs = super().test_step(data)
         hidden = {tracker.name for tracker in self.step_stat_trackers}
-        return {name: value for name, value in logs.items() if name not in hidden}
+        return self._distributable_logs(
+            {name: value for name, value in logs.items() if name not in hidden}
+        )
+
+    def _multi_worker_workaround(self):
+        return distribute.is_multi_worker(self.distribute_strategy) and (
+            distribute.keras_needs_multi_worker_workaround()
+        )
+
+    def _distributable_logs(self, logs):
+        # keras-team/keras#20585, point 2 (see distribute.py).
+        return distribute.logs_for_multi_worker(logs) if self._multi_worker_workaround() else logs
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # keras-team/keras#20585, point 1 (see distribute.py): Keras reduces
+        # the first distributed batch with a collective op, eagerly, which
+        # fails across workers. Building needs only shapes and dtypes: take
+        # this worker's first local batch instead.
+        if iterator is None or not self._multi_worker_workaround():
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        for _, _, batches in iterator:
+            data_batch = distribute.first_local_batch(next(batches), self.distribute_strategy)
+            break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
 
     # -- the step ---------------------------------------------------------
 
@@ -321,5 +345,6 @@ class GMixModel(keras.Model):
         y_metric = y_one_hot
         if labels_are_ids:
             y_metric = tf.reshape(tf.cast(tf.argmax(y_one_hot, axis=-1), y.dtype), tf.shape(y))
-        return self.compute_metrics(x, y_metric, result.y_pred, sample_weight=sample_weight)
+        logs = self.compute_metrics(x, y_metric, result.y_pred, sample_weight=sample_weight)
+        return self._distributable_logs(logs)
 
