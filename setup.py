@@ -37,6 +37,8 @@ setup(
     entry_points={
         "console_scripts": [
             "gmix-train=keras_gmix.cli:train_main",
+            "gmix-compare=keras_gmix.cli:compare_main",
+            "gmix-flatness=keras_gmix.cli:flatness_main",
         ],
     },
 )

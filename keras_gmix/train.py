@@ -5,15 +5,25 @@ builds the model inside the distribution strategy, compiles, fits with
 checkpoints that survive a kill, and writes the record of the run into its
 output folder:
 
-    config.json      the resolved config
-    history.csv      one row per epoch (keras.callbacks.CSVLogger)
-    tensorboard/     TensorBoard logs
+    config.json      the resolved config (what `--resume` and gmix-flatness read)
+    history.csv      one row per epoch: fit's logs and `seconds`
+    tensorboard/     TensorBoard runs: train/ and validation/ (Keras' epoch
+                     and batch scalars), steps/ (learning rate, rho,
+                     histograms of lambda and of the sharpness-sensitivity),
+                     flatness/ (with --flatness-every)
+    flatness/        FlatnessMonitor's PNGs and flatness.csv (--flatness-every)
     backup/          BackupAndRestore checkpoints (removed when a run ends)
     model.keras      the trained GMixModel
     results.json     test accuracy and loss, method, epochs, seconds, ...
+
+A killed run continues with `resume=True` (`--resume`): BackupAndRestore
+restores the weights, the optimizer (its step count drives the learning-rate
+schedule), GMixModel's mixing counter and the epoch, and fit continues with
+the next epoch; history.csv keeps one row per finished epoch.
 """
 
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -21,9 +31,12 @@ import time
 from typing import Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+from keras_gmix import callbacks as callbacks_lib
 from keras_gmix import data as data_lib
+from keras_gmix import layers as layers_lib
 from keras_gmix import models as models_lib
 from keras_gmix.gradients import METHODS
 from keras_gmix.model import GMixModel
@@ -31,25 +44,35 @@ from keras_gmix.model import GMixModel
 SCHEDULES = ("cosine", "step", "constant")
 DISTRIBUTE = ("none", "mirrored", "multiworker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+AUGMENT = ("auto",) + tuple(data_lib.AUGMENTATIONS)
+MIXES = ("mixup", "cutmix")
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Every setting of a training run; the defaults are the main job (digits, dgmix)."""
+    """Every setting of a training run; the defaults are the main job (digits, dgmix).
 
-    dataset: str = "digits"
+    Every field is a `gmix-train` flag (`train_size` is `--train-size`) and
+    a key of a `--config` JSON/YAML file.
+    """
+
+    dataset: str = "digits"  # cifar10, cifar100, svhn_cropped, stl10, digits or a .npz path
     data_dir: Optional[str] = None
     download: bool = True
-    train_fraction: Optional[float] = None
+    train_fraction: Optional[float] = None  # class-balanced subset: the limited-data regime
     train_size: Optional[int] = None
     image_size: Optional[int] = None  # digits only: upsample 8x8 to this side
-    augment: str = "none"
+    # "auto": "standard" (pad-crop, flip where label-preserving) for image
+    # data sets, "none" for the 8x8 digits.
+    augment: str = "auto"
     model: str = "small_cnn"
+    stock_batchnorm: bool = False  # Keras' BatchNormalization instead of the fused one
     method: str = "dgmix"
     epochs: int = 30
     batch_size: int = 64
     learning_rate: float = 0.05
     momentum: float = 0.9
+    nesterov: bool = True
     # PyTorch-style coupled weight decay (the papers' 5e-4): an L2 term
     # weight_decay / 2 * ||w||^2 on kernels, evaluated at w.
     weight_decay: float = 5e-4
@@ -70,7 +93,9 @@ class TrainConfig:
     distribute: str = "none"
     jit: bool = False
     mixed_precision: str = "float32"
-    tensorboard_update_freq: int = 10  # steps between TensorBoard scalars
+    tensorboard_update_freq: int = 10  # steps between TensorBoard batch values
+    flatness_every: int = 0  # FlatnessMonitor every N epochs; 0 = off
+    flatness_examples: int = 256  # held-out (test) examples it measures on
     verbose: int = 1
 
     def validate(self):
@@ -81,17 +106,35 @@ class TrainConfig:
             "distribute": DISTRIBUTE,
             "mixed_precision": PRECISIONS,
             "model": models_lib.MODEL_NAMES,
+            "augment": AUGMENT,
+            "mix": MIXES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"`{name}` must be one of {allowed}. Received: {getattr(self, name)!r}"
                 )
-        for name in ("epochs", "batch_size"):
+        if not (str(self.dataset).endswith(".npz") or self.dataset in data_lib.DATASET_NAMES):
+            raise ValueError(
+                f"`dataset` must be one of {data_lib.DATASET_NAMES} or a path ending in "
+                f"'.npz'. Received: {self.dataset!r}"
+            )
+        for name in ("epochs", "batch_size", "tensorboard_update_freq", "flatness_examples"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"`{name}` must be >= 1. Received: {getattr(self, name)!r}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"`learning_rate` must be > 0. Received: {self.learning_rate!r}")
+        for name in ("learning_rate",):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"`{name}` must be > 0. Received: {getattr(self, name)!r}")
+        for name in ("momentum", "weight_decay", "warmup_epochs", "flatness_every", "label_smoothing"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"`{name}` must be >= 0. Received: {getattr(self, name)!r}")
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"`warmup_epochs` must be below `epochs` ({self.epochs}). "
+                f"Received: {self.warmup_epochs!r}"
+            )
+        if self.resume and not self.output:
+            raise ValueError("`resume` needs `output`: the folder of the run to continue.")
         if self.distribute == "multiworker" and "TF_CONFIG" not in os.environ:
             raise ValueError(
                 "`distribute='multiworker'` needs the TF_CONFIG environment "
@@ -102,10 +145,9 @@ class TrainConfig:
     def from_dict(cls, values):
         """A config from a dict (e.g. a JSON/YAML file); unknown keys are an error."""
         fields = {f.name for f in dataclasses.fields(cls)}
+        values = {str(key).replace("-", "_"): value for key, value in values.items()}
         unknown = sorted(set(values) - fields)
         if unknown:
-            import difflib
-
             hints = [
                 f"{key!r} (did you mean {difflib.get_close_matches(key, fields, 1)[0]!r}?)"
                 if difflib.get_close_matches(key, fields, 1)
@@ -113,14 +155,18 @@ class TrainConfig:
                 for key in unknown
             ]
             raise ValueError(f"Unknown config keys: {', '.join(hints)}. Valid keys: {sorted(fields)}")
-        values = dict(values)
         if "step_milestones" in values:
             values["step_milestones"] = tuple(values["step_milestones"])
         return cls(**values)
 
+    def to_dict(self):
+        values = dataclasses.asdict(self)
+        values["step_milestones"] = list(values["step_milestones"])
+        return values
+
 
 def load_config_file(path):
-    """Reads a JSON or YAML config file into a dict."""
+    """Reads a JSON or YAML config file into a dict (dashes in keys become underscores)."""
     with open(path, encoding="utf-8") as f:
         text = f.read()
     if str(path).endswith((".yaml", ".yml")):
@@ -134,6 +180,30 @@ def load_config_file(path):
     return {key.replace("-", "_"): value for key, value in values.items()}
 
 
+def saved_config(output):
+    """The config.json of a run folder as a dict, or None."""
+    path = os.path.join(output, "config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def resume_values(values):
+    """Settings for `--resume`: the run's saved config.json, overridden by `values`.
+
+    So `gmix-train --resume --output DIR` alone continues a run exactly as it
+    was configured. Returns `values` unchanged when there is nothing saved.
+    """
+    output = values.get("output")
+    saved = saved_config(output) if values.get("resume") and output else None
+    if saved is None:
+        return values
+    merged = dict(saved)
+    merged.update(values)
+    return merged
+
+
 def make_strategy(distribute):
     if distribute == "mirrored":
         return tf.distribute.MirroredStrategy()
@@ -142,8 +212,59 @@ def make_strategy(distribute):
     return tf.distribute.get_strategy()
 
 
+def is_chief(strategy):
+    """Whether this worker writes the run's record (always, on one worker)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    cluster = resolver.cluster_spec().as_dict()
+    if "chief" in cluster:
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0
+
+
+@keras.saving.register_keras_serializable(package="keras_gmix")
+class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up from 0 to `target` over `warmup_steps`, then `after(step - warmup_steps)`.
+
+    Args:
+        target: float, the learning rate at the end of the warm-up.
+        warmup_steps: int, the number of warm-up steps.
+        after: a `LearningRateSchedule` or a float, used after the warm-up.
+    """
+
+    def __init__(self, target, warmup_steps, after):
+        self.target = float(target)
+        self.warmup_steps = int(warmup_steps)
+        self.after = after
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        warm = self.target * (step + 1.0) / float(max(1, self.warmup_steps))
+        after = self.after
+        later = after(step - self.warmup_steps) if callable(after) else keras.ops.cast(after, "float32")
+        return keras.ops.where(step < self.warmup_steps, warm, later)
+
+    def get_config(self):
+        after = self.after
+        if isinstance(after, keras.optimizers.schedules.LearningRateSchedule):
+            after = keras.saving.serialize_keras_object(after)
+        return {"target": self.target, "warmup_steps": self.warmup_steps, "after": after}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config["after"], dict):
+            config["after"] = keras.saving.deserialize_keras_object(config["after"])
+        return cls(**config)
+
+
 def learning_rate_schedule(config, steps_per_epoch):
-    """The learning rate per optimizer step: warm-up, then cosine / step / constant."""
+    """The learning rate per optimizer step: linear warm-up, then cosine / step / constant.
+
+    Cosine decays to 0 at the last step; step multiplies by `step_gamma` at
+    each of `step_milestones` (fractions of the post-warm-up steps).
+    """
     total = max(1, config.epochs * steps_per_epoch)
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
     if config.schedule == "cosine":
@@ -154,10 +275,19 @@ def learning_rate_schedule(config, steps_per_epoch):
             warmup_steps=warmup,
         )
     if config.schedule == "step":
-        boundaries = [int(m * total) for m in config.step_milestones]
+        boundaries = [int(m * (total - warmup)) for m in config.step_milestones]
         values = [config.learning_rate * config.step_gamma**i for i in range(len(boundaries) + 1)]
-        return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-    return config.learning_rate
+        after = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    else:
+        after = config.learning_rate
+    return LinearWarmup(config.learning_rate, warmup, after) if warmup else after
+
+
+def resolve_augment(config, splits):
+    if config.augment != "auto":
+        return config.augment
+    # 8x8 digits: a 1-pixel crop shift is an eighth of the image; no flip.
+    return "none" if splits.name == "digits" else "standard"
 
 
 def build_model(config, splits):
@@ -167,6 +297,7 @@ def build_model(config, splits):
         input_shape=splits.input_shape,
         weight_decay=config.weight_decay / 2,
         classifier_activation=None,  # logits: the loss applies the softmax stably
+        batchnorm=keras.layers.BatchNormalization if config.stock_batchnorm else layers_lib.BatchNormalization,
     )
     return GMixModel(
         inner,
@@ -185,24 +316,82 @@ def default_output():
     return os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
 
 
-def run(config):
-    """Trains as `config` says; returns the results dict (also in results.json)."""
-    config.validate()
-    output = config.output or default_output()
-    config = dataclasses.replace(config, output=output)
-    backup_dir = os.path.join(output, "backup")
-    if os.path.exists(backup_dir) and not config.resume:
+def _check_output(output, resume):
+    """Refuses to start a new run over an existing one; says what to do instead."""
+    backup = os.path.join(output, "backup")
+    if resume:
+        return
+    if os.path.exists(backup):
         raise ValueError(
             f"{output} holds an unfinished run: pass --resume to continue it, "
             "or choose another --output."
         )
-    os.makedirs(output, exist_ok=True)
-    with open(os.path.join(output, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(dataclasses.asdict(config), f, indent=2)
+    if os.path.exists(os.path.join(output, "results.json")) or callbacks_lib.read_history(
+        os.path.join(output, "history.csv")
+    ):
+        raise ValueError(
+            f"{output} holds a finished run (results.json, history.csv): choose "
+            "another --output, or delete the folder to train again."
+        )
+
+
+def _held_out_examples(splits, count, to_one_hot):
+    """The first `count` test examples, preprocessed like the test pipeline."""
+    pipeline = data_lib.make_pipeline(
+        splits.x_test[:count],
+        splits.y_test[:count],
+        512,
+        training=False,
+        normalization=(splits.mean, splits.std),
+    )
+    xs, ys = zip(*pipeline.as_numpy_iterator())
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    if to_one_hot:
+        y = np.eye(splits.num_classes, dtype=np.float32)[y]
+    return x, y
+
+
+def run(config, callbacks=None):
+    """Trains as `config` says; returns the results dict (also in results.json).
+
+    Args:
+        config: a `TrainConfig`.
+        callbacks: extra Keras callbacks, run after the run's own ones
+            (after the backup of each epoch). Defaults to `None`.
+
+    Returns:
+        The dict written to results.json.
+    """
+    config.validate()
+    output = config.output or default_output()
+    config = dataclasses.replace(config, output=output)
+    backup_dir = os.path.join(output, "backup")
+    results_path = os.path.join(output, "results.json")
+    _check_output(output, config.resume)
+    if config.resume and not os.path.exists(backup_dir) and os.path.exists(results_path):
+        # Finished already: nothing to continue.
+        with open(results_path, encoding="utf-8") as f:
+            results = json.load(f)
+        if config.verbose:
+            print(f"gmix-train: {output} is finished already; nothing to resume.")
+        return results
 
     keras.utils.set_random_seed(config.seed)
+    previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(config.mixed_precision)
+    try:
+        return _run(config, output, backup_dir, results_path, list(callbacks or []))
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _run(config, output, backup_dir, results_path, extra_callbacks):
     strategy = make_strategy(config.distribute)
+    if not is_chief(strategy):
+        # Other workers of a multi-worker run write into a scratch folder.
+        output = os.path.join(output, f"worker{strategy.cluster_resolver.task_id}")
+        backup_dir = os.path.join(output, "backup")
+        results_path = os.path.join(output, "results.json")
     splits = data_lib.load_dataset(
         config.dataset,
         data_dir=config.data_dir,
@@ -210,13 +399,19 @@ def run(config):
         train_fraction=config.train_fraction,
         train_size=config.train_size,
         seed=config.seed,
-        **({"image_size": config.image_size} if config.dataset == "digits" else {}),
+        **({"image_size": config.image_size} if config.image_size is not None else {}),
     )
+    config = dataclasses.replace(config, augment=resolve_augment(config, splits))
+    os.makedirs(output, exist_ok=True)
+    with open(os.path.join(output, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config.to_dict(), f, indent=2)
+
     train_ds, test_ds = data_lib.make_pipelines(
         splits, config.batch_size, augment=config.augment, seed=config.seed
     )
     steps_per_epoch = math.ceil(splits.train_size / config.batch_size)
-    if config.label_smoothing:
+    one_hot = bool(config.label_smoothing)
+    if one_hot:
         # Keras' label smoothing needs one-hot labels.
         to_one_hot = lambda x, y: (x, tf.one_hot(y, splits.num_classes))  # noqa: E731
         train_ds, test_ds = train_ds.map(to_one_hot), test_ds.map(to_one_hot)
@@ -227,25 +422,42 @@ def run(config):
     with strategy.scope():
         model = build_model(config, splits)
         optimizer = keras.optimizers.SGD(
-            learning_rate_schedule(config, steps_per_epoch), momentum=config.momentum, nesterov=True
+            learning_rate_schedule(config, steps_per_epoch),
+            momentum=config.momentum,
+            nesterov=config.nesterov,
         )
         if config.mixed_precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        model.compile(
-            optimizer=optimizer,
-            loss=loss,
-            metrics=["accuracy"],
-            jit_compile=config.jit,
-        )
+        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=config.jit)
+
+    tensorboard = os.path.join(output, "tensorboard")
+    # Order matters at epoch end: the timer adds `seconds` before the loggers
+    # record it; the backup comes last, so that a run killed before its
+    # backup redoes the epoch (and the CSV logger drops the stale row).
     callbacks = [
-        keras.callbacks.BackupAndRestore(backup_dir),
-        keras.callbacks.CSVLogger(os.path.join(output, "history.csv"), append=config.resume),
-        keras.callbacks.TensorBoard(
-            os.path.join(output, "tensorboard"), update_freq=config.tensorboard_update_freq
+        callbacks_lib.EpochTimer(),
+        callbacks_lib.ResumableCSVLogger(os.path.join(output, "history.csv")),
+        callbacks_lib.ResumableTensorBoard(tensorboard, update_freq=config.tensorboard_update_freq),
+        callbacks_lib.StepValuesLogger(
+            os.path.join(tensorboard, callbacks_lib.STEPS_RUN), update_freq=config.tensorboard_update_freq
         ),
     ]
+    if config.flatness_every:
+        callbacks.append(
+            callbacks_lib.FlatnessMonitor(
+                _held_out_examples(splits, config.flatness_examples, one_hot),
+                every=config.flatness_every,
+                log_dir=os.path.join(tensorboard, callbacks_lib.FLATNESS_RUN),
+                plot_dir=os.path.join(output, "flatness"),
+                rho=config.rho if config.rho > 0 else 0.05,
+                seed=config.seed,
+            )
+        )
+    callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True))
+    callbacks += extra_callbacks
+
     start = time.time()
-    history = model.fit(
+    model.fit(
         train_ds,
         epochs=config.epochs,
         validation_data=test_ds,
@@ -253,22 +465,33 @@ def run(config):
         verbose=config.verbose,
         shuffle=False,  # the tf.data pipeline shuffles, seeded
     )
-    seconds = time.time() - start
+    wall_seconds = time.time() - start
     test = model.evaluate(test_ds, verbose=0, return_dict=True)
+    history = callbacks_lib.read_history(os.path.join(output, "history.csv"))
+    last = history[-1] if history else {}
     results = {
         "dataset": config.dataset,
         "model": config.model,
         "method": config.method,
         "epochs": config.epochs,
+        "epochs_done": len(history),
         "seed": config.seed,
         "train_size": splits.train_size,
+        "test_size": splits.test_size,
+        "steps_per_epoch": steps_per_epoch,
+        "parameters": int(model.inner.count_params()),
         "test_accuracy": float(test["accuracy"]),
         "test_loss": float(test["loss"]),
-        "final_train": {k: float(v[-1]) for k, v in history.history.items() if not k.startswith("val_")},
-        "seconds": round(seconds, 2),
+        "final_train": {
+            k: v for k, v in last.items() if k not in ("epoch", "seconds") and not k.startswith("val_")
+        },
+        # Training time over all attempts of the run (history.csv's epoch
+        # times, validation included); wall_seconds: this process's fit.
+        "seconds": round(float(sum(row.get("seconds", 0.0) for row in history)), 2),
+        "wall_seconds": round(wall_seconds, 2),
         "output": output,
     }
     model.save(os.path.join(output, "model.keras"))
-    with open(os.path.join(output, "results.json"), "w", encoding="utf-8") as f:
+    with open(results_path, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
     return results

@@ -1,0 +1,271 @@
+"""`gmix-compare`: several methods and seeds on one recipe, as a table and a chart.
+
+`compare(config, methods, seeds)` trains one `gmix-train` run per method and
+seed (`<output>/<method>-seed<seed>/`, each a complete run folder) and
+`collect_and_report(dirs)` reads the `results.json` of existing run folders;
+both write into the output folder
+
+    results.md    method, runs, mean and std of the test accuracy, seconds
+    results.png   the mean test accuracy per method, with std error bars
+
+A comparison that was interrupted continues where it stopped when started
+again with the same settings: finished runs are read back, an unfinished one
+resumes from its last epoch (BackupAndRestore), the rest are trained.
+"""
+
+import dataclasses
+import glob
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+from keras_gmix.gradients import METHODS
+
+# Fields that, when they differ between collected runs, name the table's rows
+# besides the method.
+LABEL_FIELDS = ("dataset", "model", "train_size", "epochs")
+# Settings that may differ between a finished run and a new request for it.
+_IGNORED_SETTINGS = ("output", "resume", "verbose")
+
+
+@dataclasses.dataclass
+class CompareSummary:
+    """What `compare` / `collect_and_report` wrote.
+
+    Attributes:
+        rows: one dict per row of the table (`label`, `method`, `runs`,
+            `accuracy_mean`, `accuracy_std`, `seconds_mean`, `seeds`,
+            `folders`).
+        results: the `results.json` dicts of every run.
+        markdown: the text of results.md.
+        table_path: path of results.md.
+        chart_path: path of results.png.
+    """
+
+    rows: list
+    results: list
+    markdown: str
+    table_path: str
+    chart_path: str
+
+
+def run_folder(output, method, seed):
+    return os.path.join(output, f"{method}-seed{seed}")
+
+
+def _check_plan(methods, seeds):
+    if not methods:
+        raise ValueError("`methods` is empty.")
+    for method in methods:
+        if method not in METHODS:
+            raise ValueError(f"`methods` must be taken from {METHODS}. Received: {method!r}")
+    if len(set(methods)) < len(methods):
+        raise ValueError(f"`methods` has duplicates: {list(methods)}")
+    if not seeds or len(set(seeds)) < len(seeds):
+        raise ValueError(f"`seeds` must be distinct integers, at least one. Received: {seeds}")
+
+
+def _same_settings(saved, planned):
+    """Whether a finished run's saved config is the run now asked for."""
+    for key, value in planned.items():
+        if key in _IGNORED_SETTINGS or (key == "augment" and value == "auto"):
+            continue
+        if saved.get(key) != value:
+            return False
+    return True
+
+
+def compare(config, methods=METHODS, seeds=(0,), output=None):
+    """Trains every method with every seed on `config`'s recipe; writes the report.
+
+    Args:
+        config: a `keras_gmix.train.TrainConfig`; its `method`, `seed`,
+            `output` and `resume` are replaced per run.
+        methods: the methods to run. Defaults to all six.
+        seeds: the seeds to run. Defaults to `(0,)`.
+        output: folder of the runs and the report. Defaults to
+            `runs/compare-<time>`.
+
+    Returns:
+        A `CompareSummary`.
+    """
+    import keras
+
+    from keras_gmix import train
+
+    methods, seeds = list(methods), [int(s) for s in seeds]
+    _check_plan(methods, seeds)
+    config.validate()
+    output = output or os.path.join("runs", time.strftime("compare-%Y%m%d-%H%M%S"))
+    os.makedirs(output, exist_ok=True)
+    with open(os.path.join(output, "compare.json"), "w", encoding="utf-8") as f:
+        json.dump({"config": config.to_dict(), "methods": methods, "seeds": seeds}, f, indent=2)
+
+    all_results = []
+    for method in methods:
+        for seed in seeds:
+            folder = run_folder(output, method, seed)
+            planned = dataclasses.replace(config, method=method, seed=seed, output=folder, resume=False)
+            saved = train.saved_config(folder)
+            finished = os.path.exists(os.path.join(folder, "results.json"))
+            unfinished = os.path.exists(os.path.join(folder, "backup"))
+            if (finished or unfinished) and saved is not None and not _same_settings(saved, planned.to_dict()):
+                raise ValueError(
+                    f"{folder} holds a run with other settings than this comparison's: "
+                    "choose another --output."
+                )
+            if config.verbose:
+                state = "finished, read back" if finished and not unfinished else (
+                    "resuming" if unfinished else "training")
+                print(f"gmix-compare: {method}, seed {seed}: {state} ({folder})", flush=True)
+            run_config = dataclasses.replace(planned, resume=finished or unfinished)
+            all_results.append(train.run(run_config))
+            keras.backend.clear_session()
+    title = f"gmix-compare: {config.model} on {config.dataset}, {config.epochs} epochs"
+    return write_report(all_results, output, title=title)
+
+
+def find_results(dirs):
+    """The results.json dicts of run folders (each folder searched recursively)."""
+    found = []
+    for folder in dirs:
+        folder = os.fspath(folder)
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"No such run folder: {folder!r}")
+        direct = os.path.join(folder, "results.json")
+        paths = [direct] if os.path.exists(direct) else sorted(
+            glob.glob(os.path.join(folder, "**", "results.json"), recursive=True)
+        )
+        if not paths:
+            raise FileNotFoundError(f"No results.json in {folder!r} or below it.")
+        for path in paths:
+            with open(path, encoding="utf-8") as f:
+                results = json.load(f)
+            results.setdefault("output", os.path.dirname(path))
+            found.append(results)
+    return found
+
+
+def collect_and_report(dirs, output=None):
+    """Reads existing runs' results.json and writes results.md and results.png.
+
+    Args:
+        dirs: run folders, or folders holding run folders (e.g. a
+            gmix-compare output).
+        output: where to write. Defaults to the folder when `dirs` is one
+            folder; required otherwise.
+
+    Returns:
+        A `CompareSummary`.
+    """
+    dirs = list(dirs)
+    if output is None:
+        if len(dirs) != 1:
+            raise ValueError("Collecting several folders needs --output: where to write results.md.")
+        output = dirs[0]
+    results = find_results(dirs)
+    os.makedirs(output, exist_ok=True)
+    return write_report(results, output, title="gmix-compare: collected runs")
+
+
+def summarize(results):
+    """Groups runs into table rows: per method (and per differing dataset/model/size)."""
+    varying = [f for f in LABEL_FIELDS if len({str(r.get(f)) for r in results}) > 1]
+    groups = {}
+    for r in results:
+        key = (r.get("method"),) + tuple(str(r.get(f)) for f in varying)
+        groups.setdefault(key, []).append(r)
+
+    def order(key):
+        method = key[0]
+        return (METHODS.index(method) if method in METHODS else len(METHODS), str(method)) + key[1:]
+
+    rows = []
+    for key in sorted(groups, key=order):
+        runs = groups[key]
+        accuracy = np.array([r["test_accuracy"] for r in runs], dtype=np.float64)
+        seconds = np.array([r.get("seconds", math.nan) for r in runs], dtype=np.float64)
+        extra = ", ".join(f"{f}={v}" for f, v in zip(varying, key[1:]))
+        rows.append({
+            "label": key[0] + (f" ({extra})" if extra else ""),
+            "method": key[0],
+            "runs": len(runs),
+            "accuracy_mean": float(accuracy.mean()),
+            "accuracy_std": float(accuracy.std(ddof=1)) if len(runs) > 1 else math.nan,
+            "seconds_mean": float(np.nanmean(seconds)) if np.isfinite(seconds).any() else math.nan,
+            "seeds": [r.get("seed") for r in runs],
+            "folders": [r.get("output") for r in runs],
+        })
+    return rows
+
+
+def format_table(rows):
+    lines = [
+        "| method | runs | test accuracy (mean) | std | seconds (mean per run) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        std = "–" if math.isnan(row["accuracy_std"]) else f"{row['accuracy_std']:.4f}"
+        seconds = "–" if math.isnan(row["seconds_mean"]) else f"{row['seconds_mean']:.1f}"
+        lines.append(
+            f"| {row['label']} | {row['runs']} | {row['accuracy_mean']:.4f} | {std} | {seconds} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_results(rows, path, title=None):
+    """Bar chart of the mean test accuracy per row, with std error bars, as PNG."""
+    # A Figure with its own Agg canvas: no pyplot state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    means = np.array([r["accuracy_mean"] for r in rows])
+    stds = np.nan_to_num(np.array([r["accuracy_std"] for r in rows]))
+    figure = Figure(figsize=(max(4.0, 1.1 * len(rows) + 1.5), 4.0))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    positions = np.arange(len(rows))
+    axes.bar(positions, means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
+    for x, m, s in zip(positions, means, stds):
+        axes.text(x, m + s, f"{m:.3f}", ha="center", va="bottom", fontsize=8)
+    low, high = float(np.min(means - stds)), float(np.max(means + stds))
+    pad = max(0.01, 0.2 * (high - low))
+    axes.set_ylim(max(0.0, low - pad), min(1.0, high + pad) + 0.3 * pad)
+    axes.set_xticks(positions)
+    axes.set_xticklabels([r["label"] for r in rows], rotation=20 if len(rows) > 4 else 0, ha="right" if len(rows) > 4 else "center")
+    axes.set_ylabel("test accuracy (mean ± std over runs)")
+    if title:
+        axes.set_title(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, format="png", dpi=120)
+    return path
+
+
+def write_report(results, output, title="gmix-compare"):
+    """Writes results.md and results.png for a list of results.json dicts."""
+    if not results:
+        raise ValueError("No runs to report.")
+    rows = summarize(results)
+    table = format_table(rows)
+    folders = "\n".join(
+        f"- {row['label']}: " + ", ".join(
+            os.path.relpath(p, output) if p else "?" for p in row["folders"]
+        )
+        for row in rows
+    )
+    markdown = (
+        f"# {title}\n\n{table}\n\n"
+        "Test accuracy: the final model on the test split. std: sample standard "
+        "deviation over the runs (seeds), – for a single run. seconds: training "
+        "time per run (fit, per-epoch validation included).\n\n"
+        f"Runs:\n{folders}\n"
+    )
+    table_path = os.path.join(output, "results.md")
+    with open(table_path, "w", encoding="utf-8") as f:
+        f.write(markdown)
+    chart_path = plot_results(rows, os.path.join(output, "results.png"), title=title)
+    return CompareSummary(rows=rows, results=results, markdown=markdown, table_path=table_path,
+                          chart_path=chart_path)

@@ -1,0 +1,401 @@
+"""`gmix-flatness`: flatness measures of saved models, as a table and figures.
+
+`measure_flatness` computes one record of measures for a model (used by
+`gmix-flatness` and by `keras_gmix.callbacks.FlatnessMonitor`); `report`
+loads saved `.keras` models, measures each on the same examples, ranks them
+and writes into its output folder:
+
+    flatness.md          the table, flattest (smallest top eigenvalue) first
+    flatness.json        the records and the raw 1D landscape arrays
+    landscape_1d.png     the 1D landscapes of all models, overlaid
+    landscape_<name>.png one figure per model
+
+The examples come from `--dataset` or, by default, from the `config.json`
+that `gmix-train` wrote beside the first model, and are preprocessed as
+`gmix-train` does (the training split's per-channel normalization).
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import keras
+import numpy as np
+
+MEASURE_DEFAULTS = dict(
+    rho=0.05,
+    eigenvalue_iters=20,
+    sharpness_steps=10,
+    trace_samples=0,
+    landscape_points=21,
+    landscape_span=1.0,
+    seed=0,
+    batch_size=256,
+)
+
+# The settings of a run's config.json that decide its data and preprocessing.
+DATA_KEYS = ("dataset", "data_dir", "download", "train_fraction", "train_size", "image_size", "seed")
+
+
+def measure_flatness(
+    model,
+    data,
+    loss,
+    rho=0.05,
+    eigenvalue_iters=20,
+    sharpness_steps=10,
+    trace_samples=0,
+    landscape_points=21,
+    landscape_span=1.0,
+    seed=0,
+    batch_size=256,
+):
+    """The flatness measures of a model at its current weights, as one record.
+
+    The model is evaluated in inference mode with the functions of
+    `keras_gmix.flatness`; its weights are never changed.
+
+    Args:
+        model: a built Keras model, or a `GMixModel` (its `inner` is measured).
+        data: a tuple `(x, y)` of arrays or a finite `tf.data.Dataset` of
+            `(x, y)` batches, not reshuffled between passes.
+        loss: a `keras.losses.Loss`, a loss name or a callable.
+        rho: radius of the rho-sharpness ball. Defaults to `0.05`.
+        eigenvalue_iters: power iterations of the top eigenvalue.
+            Defaults to `20`.
+        sharpness_steps: ascent steps of rho-sharpness. Defaults to `10`.
+        trace_samples: Hutchinson samples of the Hessian trace; 0 skips it.
+            Defaults to `0`.
+        landscape_points: points of the 1D landscape. Defaults to `21`.
+        landscape_span: the landscape runs over [-span, span] times a
+            filter-normalized random direction. Defaults to `1.0`.
+        seed: seed of every random vector. Defaults to `0`.
+        batch_size: batch size when `data` is arrays. Defaults to `256`.
+
+    Returns:
+        `(record, landscape)`: a dict with `loss` (L(w)), `top_eigenvalue`,
+        `eigenvalue_converged`, `rho`, `rho_sharpness`, `hessian_trace` and
+        `hessian_trace_std_error` (None when skipped) and
+        `landscape_mean_rise` (the mean of L(w + a d) - L(w) over the
+        landscape's points); and the 1D `LandscapeResult`.
+    """
+    from keras_gmix import flatness
+
+    common = dict(seed=seed, batch_size=batch_size)
+    eigen = flatness.hessian_top_eigenvalue(model, data, loss, iters=eigenvalue_iters, **common)
+    sharp = flatness.rho_sharpness(model, data, loss, rho=rho, steps=sharpness_steps, **common)
+    trace = None
+    if trace_samples:
+        trace = flatness.hessian_trace(model, data, loss, samples=trace_samples, **common)
+    landscape = flatness.loss_landscape(
+        model, data, loss, directions=1, span=landscape_span, points=landscape_points, **common
+    )
+    record = {
+        "loss": float(sharp.loss),
+        "top_eigenvalue": float(eigen.value),
+        "eigenvalue_converged": bool(eigen.converged),
+        "rho": float(rho),
+        "rho_sharpness": float(sharp.value),
+        "hessian_trace": None if trace is None else float(trace.value),
+        "hessian_trace_std_error": None if trace is None else float(trace.std_error),
+        "landscape_mean_rise": float(np.mean(landscape.losses - sharp.loss)),
+    }
+    return record, landscape
+
+
+# ---------------------------------------------------------------------------
+# Saved models and their data
+
+
+def model_label(path):
+    """A short name for a saved model: its run folder for `<run>/model.keras`."""
+    path = os.path.abspath(os.fspath(path))
+    base = os.path.basename(path)
+    if base == "model.keras":
+        return os.path.basename(os.path.dirname(path))
+    return os.path.splitext(base)[0]
+
+
+def run_files(model_path):
+    """`(config, results)` dicts from the gmix-train folder of a model, or None each."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(model_path)))
+    found = []
+    for name in ("config.json", "results.json"):
+        path = os.path.join(folder, name)
+        found.append(json.load(open(path, encoding="utf-8")) if os.path.exists(path) else None)
+    return tuple(found)
+
+
+def load_model(path):
+    """Loads a `.keras` model in safe mode, with keras_gmix's classes registered."""
+    import keras_gmix  # noqa: F401  registers GMixModel and BatchNormalization
+    from keras_gmix import train  # noqa: F401  registers the warm-up schedule
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No such model file: {path!r}")
+    return keras.saving.load_model(path)
+
+
+def evaluation_loss(model):
+    """Plain sparse cross-entropy matching the model's output (logits or probabilities).
+
+    No label smoothing, so that models trained differently are measured on
+    the same objective. Logits or not is read from the compiled loss, else
+    from the last layer's activation.
+    """
+    from_logits = getattr(getattr(model, "loss", None), "from_logits", None)
+    if from_logits is None:
+        last = getattr(model, "inner", model).layers[-1]
+        activation = getattr(getattr(last, "activation", None), "__name__", "")
+        from_logits = not (activation == "softmax" or isinstance(last, keras.layers.Softmax))
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=bool(from_logits))
+
+
+def load_examples(
+    dataset,
+    split="test",
+    examples=512,
+    data_dir=None,
+    download=True,
+    train_fraction=None,
+    train_size=None,
+    image_size=None,
+    seed=0,
+):
+    """The first `examples` images of a split, preprocessed as gmix-train does.
+
+    Returns:
+        `(x, y)`: float32 images normalized with the training split's
+        per-channel mean and std, and int64 labels.
+    """
+    from keras_gmix import data as data_lib
+
+    if split not in ("train", "test"):
+        raise ValueError(f"`split` must be 'train' or 'test'. Received: split={split!r}")
+    if not isinstance(examples, int) or examples < 1:
+        raise ValueError(f"`examples` must be an integer >= 1. Received: examples={examples!r}")
+    splits = data_lib.load_dataset(
+        dataset,
+        data_dir=data_dir,
+        download=download,
+        train_fraction=train_fraction,
+        train_size=train_size,
+        seed=seed,
+        **({"image_size": image_size} if image_size is not None else {}),
+    )
+    x = getattr(splits, f"x_{split}")[:examples]
+    y = getattr(splits, f"y_{split}")[:examples]
+    pipeline = data_lib.make_pipeline(
+        x, y, 512, training=False, normalization=(splits.mean, splits.std)
+    )
+    xs, ys = zip(*pipeline.as_numpy_iterator())
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def accuracy(model, x, y, batch_size=256):
+    network = getattr(model, "inner", model)
+    predictions = network.predict(x, batch_size=batch_size, verbose=0)
+    return float(np.mean(np.argmax(predictions, axis=-1) == np.asarray(y).reshape(-1)))
+
+
+# ---------------------------------------------------------------------------
+# The report
+
+
+@dataclasses.dataclass
+class FlatnessReport:
+    """What `report` measured and wrote.
+
+    Attributes:
+        rows: one dict per model, ranked (flattest first).
+        landscapes: dict of model name to its 1D `LandscapeResult`.
+        data: dict describing the examples measured on.
+        table: the markdown table.
+        files: the paths written.
+    """
+
+    rows: list
+    landscapes: dict
+    data: dict
+    table: str
+    files: list
+
+
+def _unique_labels(paths):
+    labels = [model_label(p) for p in paths]
+    if len(set(labels)) < len(labels):
+        labels = [os.path.relpath(os.path.abspath(p)) for p in paths]
+    return labels
+
+
+def _format(value, digits=4):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) >= 1e4 or (value and abs(value) < 1e-3) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def format_table(rows, rho):
+    """The ranked markdown table of `report`'s rows."""
+    with_trace = any(row.get("hessian_trace") is not None for row in rows)
+    header = ["rank", "model", "method", "accuracy", "loss", "top Hessian eigenvalue"]
+    header += [f"rho-sharpness (rho={rho:g})"]
+    header += ["Hessian trace"] if with_trace else []
+    header += ["1D landscape mean rise"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [
+            str(row["rank"]),
+            row["model"],
+            row.get("method") or "–",
+            _format(row["accuracy"]),
+            _format(row["loss"]),
+            _format(row["top_eigenvalue"], 3),
+            _format(row["rho_sharpness"]),
+        ]
+        if with_trace:
+            cells.append(_format(row["hessian_trace"], 3))
+        cells.append(_format(row["landscape_mean_rise"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report(
+    model_paths,
+    dataset=None,
+    output=None,
+    split="test",
+    examples=512,
+    data_dir=None,
+    image_size=None,
+    verbose=1,
+    **measure_kwargs,
+):
+    """Measures saved models on the same examples and writes the table and figures.
+
+    Args:
+        model_paths: list of `.keras` files (e.g. `<run>/model.keras`).
+        dataset: data set name or `.npz` path; None reads `dataset` (and
+            its subset, image size and seed) from the `config.json` beside
+            the first model. Defaults to `None`.
+        output: folder for the table and figures. Defaults to
+            `runs/flatness-<time>`.
+        split: `"test"` or `"train"`. Defaults to `"test"`.
+        examples: how many examples of the split (the first ones).
+            Defaults to `512`.
+        data_dir: TFDS data directory. Defaults to `None`.
+        image_size: digits only: the side length the model expects.
+            Defaults to `None` (from config.json, else 8).
+        verbose: 1 prints progress. Defaults to `1`.
+        **measure_kwargs: settings of `measure_flatness` (`rho`,
+            `eigenvalue_iters`, `sharpness_steps`, `trace_samples`,
+            `landscape_points`, `landscape_span`, `seed`, `batch_size`).
+
+    Returns:
+        A `FlatnessReport`.
+    """
+    from keras_gmix import flatness
+
+    if not model_paths:
+        raise ValueError("Give at least one saved model (.keras file).")
+    unknown = sorted(set(measure_kwargs) - set(MEASURE_DEFAULTS))
+    if unknown:
+        raise ValueError(f"Unknown measure settings {unknown}; valid: {sorted(MEASURE_DEFAULTS)}")
+    settings = {**MEASURE_DEFAULTS, **measure_kwargs}
+    model_paths = [os.fspath(p) for p in model_paths]
+    for path in model_paths:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"No such model file: {path!r}")
+
+    data_settings = {}
+    first_config, _ = run_files(model_paths[0])
+    if dataset is None:
+        if first_config is None:
+            raise ValueError(
+                f"No --dataset given and no config.json beside {model_paths[0]}: "
+                "name the data set the models were trained on."
+            )
+        data_settings = {k: first_config.get(k) for k in DATA_KEYS if first_config.get(k) is not None}
+    else:
+        data_settings["dataset"] = dataset
+    if data_dir is not None:
+        data_settings["data_dir"] = data_dir
+    if image_size is not None:
+        data_settings["image_size"] = image_size
+    x, y = load_examples(split=split, examples=examples, **data_settings)
+    data_info = {**data_settings, "split": split, "examples": int(len(y))}
+
+    output = output or os.path.join("runs", time.strftime("flatness-%Y%m%d-%H%M%S"))
+    os.makedirs(output, exist_ok=True)
+    labels = _unique_labels(model_paths)
+    rows, landscapes, files = [], {}, []
+    for label, path in zip(labels, model_paths):
+        if verbose:
+            print(f"gmix-flatness: measuring {label} ({path}) on {len(y)} {split} examples ...", flush=True)
+        model = load_model(path)
+        config, results = run_files(path)
+        start = time.perf_counter()
+        record, landscape = measure_flatness(model, (x, y), evaluation_loss(model), **settings)
+        row = {
+            "model": label,
+            "path": path,
+            "method": getattr(model, "method", None) or (config or {}).get("method"),
+            "accuracy": accuracy(model, x, y, settings["batch_size"]),
+            "run_test_accuracy": (results or {}).get("test_accuracy"),
+            **record,
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        rows.append(row)
+        landscapes[label] = landscape
+        png = os.path.join(output, f"landscape_{label.replace(os.sep, '_')}.png")
+        flatness.plot_landscape_1d(landscape, png, title=f"{label}: 1D loss landscape ({split})")
+        files.append(png)
+        keras.backend.clear_session()
+
+    rows.sort(key=lambda r: r["top_eigenvalue"])
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank
+    overlay = os.path.join(output, "landscape_1d.png")
+    flatness.plot_landscape_1d(
+        {row["model"]: landscapes[row["model"]] for row in rows},
+        overlay,
+        title=f"1D loss landscapes, {data_info['dataset']} {split} ({len(y)} examples)",
+    )
+    files.append(overlay)
+
+    table = format_table(rows, settings["rho"])
+    measured = (
+        f"Measured on the first {len(y)} {split} examples of {data_info['dataset']}; "
+        f"sparse cross-entropy without label smoothing, inference mode. "
+        f"Ranked by the top Hessian eigenvalue (power iteration, "
+        f"{settings['eigenvalue_iters']} iterations at most), flattest first. "
+        f"rho-sharpness: largest loss rise within ||eps|| <= {settings['rho']:g} "
+        f"({settings['sharpness_steps']} ascent steps). 1D landscape: "
+        f"{settings['landscape_points']} points on [-{settings['landscape_span']:g}, "
+        f"{settings['landscape_span']:g}] times a filter-normalized random direction "
+        f"(seed {settings['seed']}); mean rise = mean of L(w + a d) - L(w)."
+    )
+    markdown = f"# gmix-flatness\n\n{table}\n\n{measured}\n"
+    md_path = os.path.join(output, "flatness.md")
+    with open(md_path, "w", encoding="utf-8") as f:
+        f.write(markdown)
+    json_path = os.path.join(output, "flatness.json")
+    with open(json_path, "w", encoding="utf-8") as f:
+        json.dump(
+            {
+                "data": data_info,
+                "settings": settings,
+                "rows": rows,
+                "landscapes": {
+                    name: {"alphas": r.alphas.tolist(), "losses": r.losses.tolist()}
+                    for name, r in landscapes.items()
+                },
+            },
+            f,
+            indent=2,
+        )
+    files = [md_path, json_path] + files
+    return FlatnessReport(rows=rows, landscapes=landscapes, data=data_info, table=table, files=files)
