@@ -115,6 +115,8 @@ def compute_update(
     sample_weight=None,
     scale_loss=None,
     mean_over_replicas=None,
+    weights=None,
+    state=None,
 ):
     """One step's update gradient, statistics and new non-trainable state.
 
@@ -129,6 +131,10 @@ def compute_update(
             The returned gradients are scaled by it. Defaults to identity.
         mean_over_replicas: if given, applied to the ascent gradient before
             eps is computed (`sync_perturbation`). Defaults to `None`.
+        weights, state: the values of `inner.trainable_variables` and
+            `inner.non_trainable_variables` to evaluate at. Defaults to
+            `None` (read the variables). Passing them makes this a pure
+            function of tensors, which XLA can compile on its own.
 
     Returns:
         A `StepResult`.
@@ -136,8 +142,10 @@ def compute_update(
     scale_loss = scale_loss or _identity
     perturbed = method in PERTURBED_METHODS
     partitioned = method in PARTITIONED_METHODS
-    weights = [tf.convert_to_tensor(v) for v in inner.trainable_variables]
-    state = [tf.convert_to_tensor(v) for v in inner.non_trainable_variables]
+    if weights is None:
+        weights = [tf.convert_to_tensor(v) for v in inner.trainable_variables]
+    if state is None:
+        state = [tf.convert_to_tensor(v) for v in inner.non_trainable_variables]
     n = tf.cast(tf.shape(y)[0], tf.float32)
     training = _training_kwargs(inner)
 

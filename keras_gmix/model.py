@@ -88,6 +88,12 @@ class GMixModel(keras.Model):
         sync_perturbation: under tf.distribute, all-reduce the ascent
             gradient so every replica perturbs by the same eps (otherwise each
             replica uses its own, m-sharpness). Defaults to `False`.
+        jit_gradients: compile the gradient computation of each step (both
+            passes, the partition, the decomposition) with XLA, while the
+            mixing and `optimizer.apply` stay outside. Works under
+            MirroredStrategy, where `compile(jit_compile=True)` fails on
+            Keras' side (keras-team/keras#19005). Not with
+            `sync_perturbation`. Defaults to `False`.
         seed: seed of the mixing randomness. Defaults to `None` (random).
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
@@ -118,6 +124,7 @@ class GMixModel(keras.Model):
         mix="mixup",
         per_example_lam=False,
         sync_perturbation=False,
+        jit_gradients=False,
         seed=None,
         **kwargs,
     ):
@@ -129,6 +136,13 @@ class GMixModel(keras.Model):
         gradients.check_update_arguments(method, rho, sensitive_fraction, eta)
         mixing.check_alpha(alpha)
         mixing.check_mix(mix)
+        if jit_gradients and sync_perturbation:
+            raise ValueError(
+                "`jit_gradients=True` cannot be combined with "
+                "`sync_perturbation=True`: the all-reduce of the ascent "
+                "gradient is a synchronization point, which TensorFlow cannot "
+                "place inside a nested XLA function. Use one of the two."
+            )
         if inner.built and not inner.trainable_variables:
             raise ValueError(
                 "Argument `inner` has no trainable weights: there is nothing "
@@ -144,6 +158,7 @@ class GMixModel(keras.Model):
         self.mix = mix
         self.per_example_lam = per_example_lam
         self.sync_perturbation = sync_perturbation
+        self.jit_gradients = jit_gradients
         self.seed = seed
         # The mixing randomness of step t is drawn from (seed, t, replica):
         # a counter saved with the weights makes a resumed run draw what an
@@ -206,6 +221,7 @@ class GMixModel(keras.Model):
             mix=self.mix,
             per_example_lam=self.per_example_lam,
             sync_perturbation=self.sync_perturbation,
+            jit_gradients=self.jit_gradients,
             seed=self.seed,
         )
         return config
@@ -263,11 +279,12 @@ class GMixModel(keras.Model):
             self._num_classes = shape[-1]
         return self._num_classes
 
-    def mixing_seed(self, step):
-        """Stateless seed of this step on this replica."""
-        seed = tf.stack([tf.constant(self._base_seed % 2**31, tf.int64), step])
+    def mixing_seed(self, step, replica=None):
+        """Stateless seed of step `step` on `replica` (default: this replica)."""
+        seed = tf.stack([tf.constant(self._base_seed % 2**31, tf.int64), tf.cast(step, tf.int64)])
         seed = tf.cast(seed % (2**31 - 1), tf.int32)
-        return tf.random.experimental.stateless_fold_in(seed, distribute.replica_id(), alg=mixing.RNG_ALG)
+        replica = distribute.replica_id() if replica is None else replica
+        return tf.random.experimental.stateless_fold_in(seed, replica, alg=mixing.RNG_ALG)
 
     def mix_data(self, x, y, sample_weight, seed):
         """Mixes x, the one-hot y and the sample weights with one draw.
@@ -285,6 +302,39 @@ class GMixModel(keras.Model):
             sw = tf.cast(tf.reshape(sample_weight, [-1]), tf.float32)
             sample_weight = label_lam * sw + (1.0 - label_lam) * tf.gather(sw, perm)
         return x_mix, y_mix, sample_weight, label_lam
+
+    def compute_update(self, x, y, sample_weight, loss_fn):
+        """`gradients.compute_update` with this model's settings, optionally under XLA."""
+        settings = dict(
+            method=self.method,
+            rho=self.rho,
+            sensitive_fraction=self.sensitive_fraction,
+            adaptive=self.adaptive,
+            eta=self.eta,
+            mean_over_replicas=distribute.mean_over_replicas if self.sync_perturbation else None,
+        )
+        if not self.jit_gradients:
+            return gradients.compute_update(
+                self.inner, x, y, loss_fn, sample_weight=sample_weight,
+                scale_loss=self.optimizer.scale_loss, **settings,
+            )
+        # XLA compiles a pure function of tensors: the variables (and the
+        # loss scale) are read outside it, because an XLA cluster that reads
+        # a mirrored variable fails on another device (keras-team/keras#19005).
+        weights = [tf.convert_to_tensor(v) for v in self.inner.trainable_variables]
+        state = [tf.convert_to_tensor(v) for v in self.inner.non_trainable_variables]
+        loss_scale = tf.convert_to_tensor(self.optimizer.scale_loss(tf.constant(1.0)))
+
+        @tf.function(jit_compile=True, autograph=False)
+        def compiled(weights, state, x, y, sample_weight, loss_scale):
+            result = gradients.compute_update(
+                self.inner, x, y, loss_fn, sample_weight=sample_weight,
+                scale_loss=lambda loss: loss * tf.cast(loss_scale, loss.dtype),
+                weights=weights, state=state, **settings,
+            )
+            return tuple(result)
+
+        return gradients.StepResult(*compiled(weights, state, x, y, sample_weight, loss_scale))
 
     def train_step(self, data):
         if self.loss is None:
@@ -312,20 +362,7 @@ class GMixModel(keras.Model):
             )
             self._record_step_values(self.last_lam, tf.broadcast_to(label_lam, tf.shape(y_one_hot)[:1]))
 
-        result = gradients.compute_update(
-            self.inner,
-            x,
-            y_one_hot,
-            loss_fn,
-            method=self.method,
-            rho=self.rho,
-            sensitive_fraction=self.sensitive_fraction,
-            adaptive=self.adaptive,
-            eta=self.eta,
-            sample_weight=sample_weight,
-            scale_loss=self.optimizer.scale_loss,
-            mean_over_replicas=distribute.mean_over_replicas if self.sync_perturbation else None,
-        )
+        result = self.compute_update(x, y_one_hot, sample_weight, loss_fn)
         # The optimizer all-reduces with SUM: hand it this replica's share.
         replicas = distribute.num_replicas()
         grads = result.grads if replicas == 1 else [g / replicas for g in result.grads]

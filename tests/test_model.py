@@ -66,10 +66,10 @@ def test_train_step_applies_update_gradients(method):
 def test_eager_graph_and_xla_agree(method):
     x, y = data(n=64)
     histories = []
-    for mode in ("eager", "graph", "xla"):
+    for mode in ("eager", "graph", "xla", "jit_gradients"):
         # No dropout here: Keras' Dropout draws other masks under XLA (its RNG
         # algorithm is chosen per device), which says nothing about G-Mix.
-        model = compiled(method, inner=dense_bn_model())
+        model = compiled(method, inner=dense_bn_model(), jit_gradients=mode == "jit_gradients")
         model.compile(
             optimizer=keras.optimizers.SGD(0.1),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -274,6 +274,7 @@ def test_keras_file_round_trip(tmp_path, safe_mode):
         ({"sensitive_fraction": 1.5}, r"sensitive_fraction.*\[0, 1\]"),
         ({"sensitive_fraction": -0.1}, r"sensitive_fraction.*\[0, 1\]"),
         ({"mix": "manifold"}, r"mix.*mixup.*cutmix"),
+        ({"jit_gradients": True, "sync_perturbation": True}, r"jit_gradients.*sync_perturbation"),
     ],
 )
 def test_bad_arguments(kwargs, match):

@@ -1,0 +1,134 @@
+"""MirroredStrategy checks over two logical CPU devices, run in a subprocess.
+
+Logical devices must be configured before TensorFlow initializes, so
+tests/test_distribute.py runs this file in a fresh interpreter; it prints one
+JSON object of measured numbers, which the test asserts on.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tensorflow as tf  # noqa: E402
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_gmix as kg  # noqa: E402
+
+D, C, GLOBAL_BATCH = 6, 3, 16
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def data(n=64):
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(n, D)).astype("float32"), rng.integers(0, C, n)
+
+
+def mlp(seed=0, batchnorm=False, dropout=False):
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input((D,)), keras.layers.Dense(8, activation="tanh")]
+    if batchnorm:
+        layers.append(keras.layers.BatchNormalization())
+    if dropout:
+        layers.append(keras.layers.Dropout(0.2))
+    return keras.Sequential(layers + [keras.layers.Dense(C)])
+
+
+def train(strategy, method, epochs=2, lr=0.5, batchnorm=False, dropout=False, n=64, **kwargs):
+    x, y = data(n)
+    with strategy.scope():
+        model = kg.GMixModel(mlp(batchnorm=batchnorm, dropout=dropout), method=method, seed=3, **kwargs)
+        model.compile(optimizer=keras.optimizers.SGD(lr), loss=LOSS)
+    history = model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=epochs, verbose=0, shuffle=False)
+    return model, history.history
+
+
+def max_difference(a, b):
+    return float(max(np.abs(u - v).max() for u, v in zip(a, b)))
+
+
+def sync_sam_matches_one_device(mirrored):
+    """sam + sync_perturbation on 2 replicas == sam on one device, same global batches."""
+    model_2, _ = train(mirrored, "sam", sync_perturbation=True)
+    model_1, _ = train(tf.distribute.OneDeviceStrategy("/cpu:0"), "sam")
+    return max_difference(model_2.inner.get_weights(), model_1.inner.get_weights())
+
+
+def per_replica_update_is_mean_of_halves(mirrored, method):
+    """Default (per-replica eps): one step == mean of the halves' update_gradients."""
+    x, y = data(GLOBAL_BATCH)
+    model, history = train(mirrored, method, epochs=1, lr=1.0, n=GLOBAL_BATCH)
+    reference = mlp()
+    updates = []
+    losses = []
+    for replica in range(2):
+        half = slice(replica * GLOBAL_BATCH // 2, (replica + 1) * GLOBAL_BATCH // 2)
+        x_r, y_r = x[half], tf.one_hot(y[half], C)
+        if method in ("mixup", "gmix", "bgmix", "dgmix"):
+            seed = model.mixing_seed(tf.constant(1, tf.int64), replica=replica)
+            x_r, y_r, _, _ = model.mix_data(x_r, y_r, None, seed)
+        grads, stats = kg.update_gradients(reference, x_r, y_r, loss=LOSS, method=method)
+        updates.append([g.numpy() for g in grads])
+        losses.append(stats["loss"])
+    expected = [w - (g0 + g1) / 2 for w, g0, g1 in zip(reference.get_weights(), *updates)]
+    return {
+        "weights": max_difference(model.inner.get_weights(), expected),
+        "logged_loss": abs(history["loss"][0] - float(np.mean(losses))),
+    }
+
+
+def replicas_draw_different_mixes(mirrored):
+    model = kg.GMixModel(mlp(), method="gmix", seed=3)
+
+    def draw():
+        seed = model.mixing_seed(tf.constant(1, tf.int64))
+        lam, perm = kg.sample_mix(8, 1.0, seed=seed)
+        return lam, perm
+
+    lam, perm = mirrored.run(tf.function(draw))
+    lams = [float(v) for v in mirrored.experimental_local_results(lam)]
+    perms = [v.numpy().tolist() for v in mirrored.experimental_local_results(perm)]
+    return {"lams": lams, "perms": perms}
+
+
+def jit_gradients_match_graph(mirrored):
+    """jit_gradients=True (XLA per replica) gives the graph-mode weights.
+
+    Without dropout: Keras' Dropout draws other masks under XLA.
+    """
+    differences = {}
+    for method in ("dgmix", "sam"):
+        graph, _ = train(mirrored, method, batchnorm=True, lr=0.1)
+        xla, _ = train(mirrored, method, batchnorm=True, lr=0.1, jit_gradients=True)
+        differences[method] = max_difference(graph.inner.get_weights(), xla.inner.get_weights())
+    return differences
+
+
+def every_method_runs(mirrored):
+    logs = {}
+    for method in kg.METHODS:
+        _, history = train(mirrored, method, epochs=1, batchnorm=True, dropout=True, lr=0.1)
+        logs[method] = {k: v[-1] for k, v in history.items()}
+    return logs
+
+
+def main():
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    results = {
+        "replicas": mirrored.num_replicas_in_sync,
+        "sync_sam": sync_sam_matches_one_device(mirrored),
+        "per_replica": {m: per_replica_update_is_mean_of_halves(mirrored, m) for m in ("sam", "dgmix")},
+        "draws": replicas_draw_different_mixes(mirrored),
+        "logs": every_method_runs(mirrored),
+        "jit_gradients": jit_gradients_match_graph(mirrored),
+    }
+    json.dump(results, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""One worker of a MultiWorkerMirroredStrategy run on 127.0.0.1 (TF_CONFIG set by the test).
+
+Usage: python multiworker_worker.py OUTPUT.npz METHOD SYNC(0|1) [--no-workaround]
+
+Trains a small MLP for two epochs on a fixed data set batched at the global
+batch size (auto-sharding by DATA gives each worker its part of every global
+batch) and saves the final weights and the History to OUTPUT.npz.
+`--no-workaround` turns GMixModel's keras-team/keras#20585 workaround off,
+to check that Keras still needs it.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_gmix as kg  # noqa: E402
+from keras_gmix import distribute  # noqa: E402
+
+GLOBAL_BATCH = 16
+
+
+def make_data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(64, 6)).astype("float32"), rng.integers(0, 3, 64)
+
+
+def make_model(method, sync):
+    keras.utils.set_random_seed(0)
+    inner = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)])
+    model = kg.GMixModel(inner, method=method, sync_perturbation=sync, seed=1)
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model
+
+
+def main():
+    output, method, sync = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+    if "--no-workaround" in sys.argv:
+        distribute.keras_needs_multi_worker_workaround = lambda: False
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    x, y = make_data()
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH).with_options(options)
+    with strategy.scope():
+        model = make_model(method, sync)
+    history = model.fit(dataset, epochs=2, verbose=0)
+    np.savez(output, history=json.dumps(history.history), *[w.numpy() for w in model.inner.weights])
+
+
+if __name__ == "__main__":
+    main()
