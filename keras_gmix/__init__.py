@@ -4,7 +4,7 @@
 >>> model = kg.GMixModel(inner, method="dgmix", rho=0.05, alpha=1.0)
 """
 
-from keras_gmix import layers
+from keras_gmix import data, layers, models
 from keras_gmix.gradients import METHODS, update_gradients
 from keras_gmix.layers import fuse_batchnorm
 from keras_gmix.mixing import apply_mix, sample_box_center, sample_mix
@@ -17,7 +17,9 @@ __all__ = [
     "METHODS",
     "apply_mix",
     "fuse_batchnorm",
+    "data",
     "layers",
+    "models",
     "sample_box_center",
     "sample_mix",
     "update_gradients",
