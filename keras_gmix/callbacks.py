@@ -111,7 +111,9 @@ class StepValuesLogger(keras.callbacks.Callback):
     def write(self, step):
         """Writes the current values at `step`."""
         model = self.model
-        with self._get_writer().as_default(step=step):
+        # record_if(True): an interrupted Keras TensorBoard callback can leave
+        # its own record_if condition in force.
+        with self._get_writer().as_default(step=step), tf.summary.record_if(True):
             tf.summary.scalar("learning_rate", current_learning_rate(model.optimizer))
             rho = getattr(model, "rho", None)
             if rho is not None:
@@ -219,6 +221,7 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
     def on_epoch_begin(self, epoch, logs=None):
         if not self._opened:
             self._drop_rows_from(epoch)
+            self.append_header = True  # the parent only ever clears it
             super().on_train_begin(logs)
             self._opened = True
 
@@ -359,7 +362,7 @@ class FlatnessMonitor(keras.callbacks.Callback):
             if self._writer is None:
                 self._writer = tf.summary.create_file_writer(self.log_dir)
             image = tf.image.decode_png(png.getvalue(), channels=4)[None]
-            with self._writer.as_default(step=epoch):
+            with self._writer.as_default(step=epoch), tf.summary.record_if(True):
                 for name in ("top_eigenvalue", "rho_sharpness", "hessian_trace", "loss"):
                     if record.get(name) is not None:
                         tf.summary.scalar(f"flatness/{name}", record[name])

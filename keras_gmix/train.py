@@ -434,7 +434,7 @@ def _run(config, output, backup_dir, results_path, extra_callbacks):
     # Order matters at epoch end: the timer adds `seconds` before the loggers
     # record it; the backup comes last, so that a run killed before its
     # backup redoes the epoch (and the CSV logger drops the stale row).
-    callbacks = [
+    loggers = [
         callbacks_lib.EpochTimer(),
         callbacks_lib.ResumableCSVLogger(os.path.join(output, "history.csv")),
         callbacks_lib.ResumableTensorBoard(tensorboard, update_freq=config.tensorboard_update_freq),
@@ -443,7 +443,7 @@ def _run(config, output, backup_dir, results_path, extra_callbacks):
         ),
     ]
     if config.flatness_every:
-        callbacks.append(
+        loggers.append(
             callbacks_lib.FlatnessMonitor(
                 _held_out_examples(splits, config.flatness_examples, one_hot),
                 every=config.flatness_every,
@@ -453,18 +453,30 @@ def _run(config, output, backup_dir, results_path, extra_callbacks):
                 seed=config.seed,
             )
         )
-    callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True))
-    callbacks += extra_callbacks
+    backup = keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True)
+    callbacks = loggers + [backup] + extra_callbacks
 
     start = time.time()
-    model.fit(
-        train_ds,
-        epochs=config.epochs,
-        validation_data=test_ds,
-        callbacks=callbacks,
-        verbose=config.verbose,
-        shuffle=False,  # the tf.data pipeline shuffles, seeded
-    )
+    try:
+        model.fit(
+            train_ds,
+            epochs=config.epochs,
+            validation_data=test_ds,
+            callbacks=callbacks,
+            verbose=config.verbose,
+            shuffle=False,  # the tf.data pipeline shuffles, seeded
+        )
+    except BaseException:
+        # fit calls no on_train_end when it is interrupted: close the loggers'
+        # files and writers (Keras' TensorBoard would otherwise leave its
+        # summary context in force for the rest of the process). Not the
+        # backup: it is what --resume continues from.
+        for callback in loggers:
+            try:
+                callback.on_train_end()
+            except Exception:  # noqa: BLE001  the original error matters more
+                pass
+        raise
     wall_seconds = time.time() - start
     test = model.evaluate(test_ds, verbose=0, return_dict=True)
     history = callbacks_lib.read_history(os.path.join(output, "history.csv"))

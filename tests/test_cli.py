@@ -1,0 +1,129 @@
+"""The console entry points: flags, installation, and gmix-flatness on saved models."""
+
+import dataclasses
+import importlib.metadata
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_gmix as kg
+from keras_gmix import cli
+from keras_gmix import flatness
+from keras_gmix import flatness_report as fr
+from keras_gmix import train
+
+ENTRY_POINTS = {"gmix-train": "train_main", "gmix-compare": "compare_main", "gmix-flatness": "flatness_main"}
+
+
+def test_entry_points_are_installed():
+    scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
+    for name, function in ENTRY_POINTS.items():
+        assert scripts.get(name) == f"keras_gmix.cli:{function}"
+
+
+def help_text(function, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        function(["--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_gmix_train_has_a_flag_for_every_setting(capsys):
+    text = help_text(cli.train_main, capsys)
+    for field in dataclasses.fields(train.TrainConfig):
+        assert "--" + field.name.replace("_", "-") in text, field.name
+    for flag in ("--config", "--stock-batchnorm", "--no-stock-batchnorm", "--resume", "--distribute"):
+        assert flag in text
+
+
+def test_gmix_compare_flags(capsys):
+    text = help_text(cli.compare_main, capsys)
+    for flag in ("--methods", "--seeds", "--collect", "--output", "--dataset", "--epochs", "--config"):
+        assert flag in text
+    assert "--method " not in text and "--seed " not in text  # replaced by --methods / --seeds
+
+
+def test_gmix_flatness_flags(capsys):
+    text = help_text(cli.flatness_main, capsys)
+    for flag in ("--dataset", "--rho", "--eigenvalue-iters", "--trace-samples", "--points", "--span", "--output"):
+        assert flag in text
+
+
+def saved_model(folder, seed, softmax=False, config=None):
+    """A small untrained CNN on digits' 8x8x1 images, wrapped and saved as <folder>/model.keras."""
+    keras.utils.set_random_seed(seed)
+    inner = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(4, 3, activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(10, activation="softmax" if softmax else None),
+    ])
+    model = kg.GMixModel(inner, method="sam" if softmax else "dgmix", seed=seed)
+    if not softmax:
+        model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "model.keras")
+    model.save(path)
+    if config is not None:
+        with open(os.path.join(folder, "config.json"), "w") as f:
+            json.dump(config, f)
+    return path
+
+
+SETTINGS = ["--examples", "64", "--eigenvalue-iters", "3", "--sharpness-steps", "2", "--points", "5",
+            "--trace-samples", "2"]
+
+
+def test_gmix_flatness_on_two_models_writes_the_ranked_table_and_figures(tmp_path, capsys):
+    a = saved_model(str(tmp_path / "alpha"), seed=1)
+    b = saved_model(str(tmp_path / "beta"), seed=2, softmax=True)
+    output = str(tmp_path / "report")
+    assert cli.flatness_main([a, b, "--dataset", "digits", "--output", output] + SETTINGS) == 0
+    assert sorted(os.listdir(output)) == [
+        "flatness.json", "flatness.md", "landscape_1d.png", "landscape_alpha.png", "landscape_beta.png"]
+    for name in ("landscape_1d.png", "landscape_alpha.png"):
+        with open(os.path.join(output, name), "rb") as f:
+            assert f.read(4) == b"\x89PNG"
+    report = json.load(open(os.path.join(output, "flatness.json")))
+    rows = report["rows"]
+    assert [row["rank"] for row in rows] == [1, 2]
+    assert rows[0]["top_eigenvalue"] <= rows[1]["top_eigenvalue"]
+    assert {row["model"] for row in rows} == {"alpha", "beta"}
+    assert {row["method"] for row in rows} == {"dgmix", "sam"}
+    assert all(len(report["landscapes"][name]["losses"]) == 5 for name in ("alpha", "beta"))
+    table = open(os.path.join(output, "flatness.md")).read()
+    assert "Hessian trace" in table and "| 1 | " + rows[0]["model"] in table
+    assert "| 1 | " + rows[0]["model"] in capsys.readouterr().out
+
+    # The numbers are flatness.py's on the same examples (logits for alpha,
+    # probabilities for beta: the loss follows the model's output).
+    x, y = fr.load_examples("digits", examples=64)
+    for row, from_logits in ((r, r["model"] == "alpha") for r in rows):
+        model = keras.saving.load_model(a if from_logits else b)
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+        expected = flatness.hessian_top_eigenvalue(model, (x, y), loss, iters=3, seed=0, batch_size=256)
+        assert row["top_eigenvalue"] == pytest.approx(expected.value, rel=1e-5)
+        assert row["loss"] == pytest.approx(flatness.rho_sharpness(model, (x, y), loss, rho=0.05, steps=0).loss,
+                                            rel=1e-6)
+        predictions = model.predict(x, verbose=0)
+        assert row["accuracy"] == pytest.approx(np.mean(predictions.argmax(-1) == y))
+
+
+def test_gmix_flatness_reads_the_data_set_from_the_run_folder(tmp_path, capsys):
+    a = saved_model(str(tmp_path / "run"), seed=1, config={"dataset": "digits", "seed": 0})
+    output = str(tmp_path / "report")
+    assert cli.flatness_main([a, "--output", output] + SETTINGS) == 0
+    report = json.load(open(os.path.join(output, "flatness.json")))
+    assert report["data"]["dataset"] == "digits" and report["data"]["examples"] == 64
+
+    bare = saved_model(str(tmp_path / "bare"), seed=1)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.flatness_main([bare, "--output", output])
+    assert exit_info.value.code == 2
+    assert "No --dataset given" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.flatness_main([str(tmp_path / "missing.keras"), "--dataset", "digits"])
+    assert "No such model file" in capsys.readouterr().err

@@ -1,0 +1,90 @@
+"""gmix-compare: runs, read-back, collection, the table's numbers and the chart."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from keras_gmix import cli
+from keras_gmix import compare
+
+TINY = ["--epochs", "1", "--batch-size", "16", "--train-size", "32", "--verbose", "0"]
+
+
+def fake(method, seed, accuracy, seconds=10.0, **extra):
+    return {"method": method, "seed": seed, "test_accuracy": accuracy, "seconds": seconds,
+            "dataset": "digits", "model": "small_cnn", "train_size": 100, "epochs": 3,
+            "output": f"/r/{method}-{seed}", **extra}
+
+
+def test_summary_numbers_and_row_order():
+    rows = compare.summarize([
+        fake("dgmix", 0, 0.9), fake("erm", 0, 0.8, 4.0), fake("dgmix", 1, 0.7), fake("erm", 1, 0.6, 6.0),
+        fake("dgmix", 2, 0.8),
+    ])
+    assert [row["label"] for row in rows] == ["erm", "dgmix"]  # the METHODS order
+    erm, dgmix = rows
+    assert erm["runs"] == 2 and erm["accuracy_mean"] == pytest.approx(0.7)
+    assert erm["accuracy_std"] == pytest.approx(np.std([0.8, 0.6], ddof=1))
+    assert erm["seconds_mean"] == pytest.approx(5.0)
+    assert dgmix["accuracy_std"] == pytest.approx(0.1)  # sample std of 0.9, 0.7, 0.8
+    single = compare.summarize([fake("sam", 0, 0.5)])[0]
+    assert math.isnan(single["accuracy_std"])
+    assert "| sam | 1 | 0.5000 | – | 10.0 |" in compare.format_table([single])
+
+
+def test_rows_are_split_by_what_differs_between_runs():
+    rows = compare.summarize([fake("erm", 0, 0.5, train_size=10), fake("erm", 0, 0.7, train_size=20)])
+    assert [row["label"] for row in rows] == ["erm (train_size=10)", "erm (train_size=20)"]
+
+
+def test_gmix_compare_runs_reads_back_and_collects(tmp_path, capsys):
+    output = str(tmp_path / "cmp")
+    assert cli.compare_main(TINY + ["--methods", "erm", "mixup", "--seeds", "0", "--output", output]) == 0
+    assert sorted(os.listdir(output)) == [
+        "compare.json", "erm-seed0", "mixup-seed0", "results.md", "results.png"]
+    text = open(os.path.join(output, "results.md")).read()
+    results = {m: json.load(open(os.path.join(output, f"{m}-seed0", "results.json"))) for m in ("erm", "mixup")}
+    for method, r in results.items():
+        assert f"| {method} | 1 | {r['test_accuracy']:.4f} | – | {r['seconds']:.1f} |" in text
+    with open(os.path.join(output, "results.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "| erm |" in capsys.readouterr().out
+
+    # Started again, the finished runs are read back, not trained again.
+    model = os.path.join(output, "erm-seed0", "model.keras")
+    before = os.path.getmtime(model)
+    cli.compare_main(TINY + ["--methods", "erm", "--seeds", "0", "--output", output])
+    assert os.path.getmtime(model) == before
+    # ... but not when the settings differ.
+    with pytest.raises(SystemExit):
+        cli.compare_main(TINY + ["--methods", "erm", "--rho", "0.3", "--output", output])
+    assert "other settings" in capsys.readouterr().err
+
+    # --collect reads results.json files below the folder: the same table.
+    os.remove(os.path.join(output, "results.md"))
+    assert cli.compare_main(["--collect", output]) == 0
+    collected = open(os.path.join(output, "results.md")).read()
+    for method, r in results.items():
+        assert f"| {method} | 1 | {r['test_accuracy']:.4f} |" in collected
+
+
+def test_collect_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.compare_main(["--collect", str(tmp_path)])
+    assert "No results.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.compare_main(["--collect", str(tmp_path), str(tmp_path), "--epochs", "3"])
+    assert "trains nothing" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="needs --output"):
+        compare.collect_and_report([str(tmp_path), str(tmp_path)])
+    with pytest.raises(ValueError, match="`methods` must be taken from"):
+        compare.compare(compare_config(), methods=["adam"])
+
+
+def compare_config():
+    from keras_gmix import train
+
+    return train.TrainConfig(epochs=1)
