@@ -74,3 +74,36 @@ def first_local_batch(batch, strategy):
 def logs_for_multi_worker(logs):
     """Scalar logs as shape [1], so that Keras' `reduce(..., axis=0)` works."""
     return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+
+
+def all_replicas_true(flag):
+    """A boolean that is True only if `flag` is True on every replica."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return flag
+    false_count = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(flag), tf.float32))
+    return tf.equal(false_count, 0.0)
+
+
+def apply_if(finite, apply, *args):
+    """Runs `apply(*args)` on every replica if `finite` (the same on all), else nothing.
+
+    A `tf.cond` around `optimizer.apply` works in a replica context only
+    where the strategy needs no merge_call; elsewhere (MirroredStrategy)
+    the optimizer's all-reduce is a merge_call, which TensorFlow refuses
+    inside a replica-context cond. There the cond runs in the cross-replica
+    context, as Keras' LossScaleOptimizer does.
+    """
+
+    def skip():
+        return None
+
+    if not tf.distribute.has_strategy() or tf.__internal__.distribute.strategy_supports_no_merge_call():
+        tf.cond(finite, lambda: apply(*args), skip)
+        return
+
+    def cross_replica(distribution, finite, *args):
+        first = distribution.experimental_local_results(finite)[0]
+        tf.cond(first, lambda: distribution.extended.call_for_each_replica(apply, args=args), skip)
+
+    tf.distribute.get_replica_context().merge_call(cross_replica, args=(finite, *args))

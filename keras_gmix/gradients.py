@@ -307,3 +307,8 @@ def update_gradients(
         stats = {k: float(v) for k, v in stats.items()}
     return result.grads, stats
 
+
+
+def all_finite(tensors):
+    """True if every element of every tensor is finite (a scalar bool tensor)."""
+    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(tf.cast(t, tf.float32))) for t in tensors])

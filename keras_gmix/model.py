@@ -4,9 +4,12 @@ train_step = sample_mix + apply_mix + update_gradients + optimizer.apply;
 everything else (evaluate, predict, saving) is plain Keras.
 """
 
+import inspect
+
 import keras
 import tensorflow as tf
 
+from keras_gmix import checks
 from keras_gmix import distribute
 from keras_gmix import gradients
 from keras_gmix import losses as losses_lib
@@ -51,7 +54,15 @@ def labels_to_one_hot(y, num_classes):
                 f"Received labels of shape {y.shape}."
             )
         ids = tf.cast(tf.reshape(y, [-1]), tf.int32)
-        return tf.one_hot(ids, num_classes, dtype=tf.float32), True
+        # tf.one_hot maps an out-of-range id to a zero row: training would go
+        # on silently with a wrong label. Fail instead (datasets are checked
+        # here, batch by batch; arrays up front in `fit`).
+        in_range = tf.debugging.assert_less(
+            ids, num_classes, message=f"class ids must be < {num_classes}, the model's output width"
+        )
+        non_negative = tf.debugging.assert_non_negative(ids, message="class ids must be >= 0")
+        with tf.control_dependencies([in_range, non_negative]):
+            return tf.one_hot(ids, num_classes, dtype=tf.float32), True
     if rank != 2 or y.shape[-1] != num_classes:
         raise ValueError(
             f"Labels have {y.shape[-1]} classes (shape {y.shape}) but the model "
@@ -94,6 +105,10 @@ class GMixModel(keras.Model):
             MirroredStrategy, where `compile(jit_compile=True)` fails on
             Keras' side (keras-team/keras#19005). Not with
             `sync_perturbation`. Defaults to `False`.
+        max_consecutive_skips: a step whose loss or gradient is not finite
+            is skipped (weights, optimizer state and BatchNorm statistics
+            unchanged; counted in the `skipped_steps` log); after this many
+            skips in a row, `fit` stops with an error. Defaults to `20`.
         seed: seed of the mixing randomness. Defaults to `None` (random).
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
@@ -125,6 +140,7 @@ class GMixModel(keras.Model):
         per_example_lam=False,
         sync_perturbation=False,
         jit_gradients=False,
+        max_consecutive_skips=20,
         seed=None,
         **kwargs,
     ):
@@ -159,6 +175,12 @@ class GMixModel(keras.Model):
         self.per_example_lam = per_example_lam
         self.sync_perturbation = sync_perturbation
         self.jit_gradients = jit_gradients
+        if not isinstance(max_consecutive_skips, int) or max_consecutive_skips < 1:
+            raise ValueError(
+                "Argument `max_consecutive_skips` must be an int >= 1. "
+                f"Received: max_consecutive_skips={max_consecutive_skips!r}"
+            )
+        self.max_consecutive_skips = max_consecutive_skips
         self.seed = seed
         # The mixing randomness of step t is drawn from (seed, t, replica):
         # a counter saved with the weights makes a resumed run draw what an
@@ -176,6 +198,15 @@ class GMixModel(keras.Model):
         )
         self.last_lam = self._step_values_variable("last_lam")
         self.last_sensitivity = self._step_values_variable("last_sensitivity")
+        self.consecutive_skips = self.add_weight(
+            name="consecutive_skips",
+            shape=(),
+            dtype="int64",
+            initializer="zeros",
+            trainable=False,
+            aggregation="only_first_replica",
+        )
+        self.skipped_steps_tracker = keras.metrics.Sum(name="skipped_steps")
         self.step_stat_trackers = [
             keras.metrics.Mean(name=name) for name in step_stat_names(method)
         ]
@@ -193,10 +224,11 @@ class GMixModel(keras.Model):
         )
 
     @staticmethod
-    def _record_step_values(variable, values):
+    def _record_step_values(variable, values, keep=True):
         values = tf.reshape(tf.cast(values, tf.float32), [-1])[:STEP_VALUES_CAPACITY]
         padding = STEP_VALUES_CAPACITY - tf.shape(values)[0]
-        variable.assign(tf.pad(values, [[0, padding]], constant_values=float("nan")))
+        padded = tf.pad(values, [[0, padding]], constant_values=float("nan"))
+        variable.assign(tf.where(keep, padded, variable))
 
     # -- Keras plumbing -------------------------------------------------
 
@@ -222,6 +254,7 @@ class GMixModel(keras.Model):
             per_example_lam=self.per_example_lam,
             sync_perturbation=self.sync_perturbation,
             jit_gradients=self.jit_gradients,
+            max_consecutive_skips=self.max_consecutive_skips,
             seed=self.seed,
         )
         return config
@@ -238,7 +271,7 @@ class GMixModel(keras.Model):
         # The per-step training statistics are metrics (so that fit averages
         # and resets them per epoch), but evaluation computes none of them.
         logs = super().test_step(data)
-        hidden = {tracker.name for tracker in self.step_stat_trackers}
+        hidden = {tracker.name for tracker in self.step_stat_trackers} | {"skipped_steps"}
         return self._distributable_logs(
             {name: value for name, value in logs.items() if name not in hidden}
         )
@@ -276,6 +309,7 @@ class GMixModel(keras.Model):
             else:  # subclassed: trace it symbolically, once
                 spec = keras.KerasTensor((None,) + tuple(x.shape[1:]), dtype=x.dtype)
                 shape = self.inner.compute_output_spec(spec).shape
+            checks.check_output_shape(shape)
             self._num_classes = shape[-1]
         return self._num_classes
 
@@ -336,6 +370,19 @@ class GMixModel(keras.Model):
 
         return gradients.StepResult(*compiled(weights, state, x, y, sample_weight, loss_scale))
 
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`, after checking the data, and stopping on repeated non-finite steps."""
+        arguments = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs).arguments
+        arguments.pop("self")
+        x = arguments.get("x")
+        checks.check_inputs(x)
+        if not isinstance(x, tf.data.Dataset) and x is not None:
+            first = tf.nest.flatten(x)[0]
+            checks.check_labels(arguments.get("y"), self.num_classes(tf.convert_to_tensor(first[:1])))
+        guard = StopAfterConsecutiveSkips(self.max_consecutive_skips)
+        arguments["callbacks"] = list(arguments.get("callbacks") or []) + [guard]
+        return super().fit(**arguments)
+
     def train_step(self, data):
         if self.loss is None:
             raise ValueError("GMixModel needs a loss: call `compile(loss=...)` before `fit`.")
@@ -366,22 +413,65 @@ class GMixModel(keras.Model):
         # The optimizer all-reduces with SUM: hand it this replica's share.
         replicas = distribute.num_replicas()
         grads = result.grads if replicas == 1 else [g / replicas for g in result.grads]
-        self.optimizer.apply(grads, self.inner.trainable_variables)
-        if result.sensitivity is not None:
-            self._record_step_values(self.last_sensitivity, result.sensitivity)
-        # BatchNorm statistics (and RNG state) from the unperturbed pass only.
-        for variable, value in zip(self.inner.non_trainable_variables, result.non_trainable):
-            variable.assign(value)
-
+        # A non-finite loss or gradient on any replica skips the whole step:
+        # weights, optimizer state, BatchNorm statistics and metrics stay as
+        # they were, and the skip is counted.
+        finite = distribute.all_replicas_true(
+            gradients.all_finite(result.grads + [result.stats["loss"]])
+        )
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            # It skips non-finite steps itself, and must see them to lower its scale.
+            self.optimizer.apply(grads, self.inner.trainable_variables)
+        else:
+            distribute.apply_if(finite, self.optimizer.apply, grads, self.inner.trainable_variables)
         batch_size = tf.shape(y_one_hot)[0]
-        self._loss_tracker.update_state(result.stats["loss"], sample_weight=batch_size)
-        for tracker in self.step_stat_trackers:
-            tracker.update_state(result.stats[tracker.name])
-        # Metrics see the labels in the format the user gave: class ids stay
-        # class ids (the dominant class of a mixed label).
         y_metric = y_one_hot
         if labels_are_ids:
+            # Metrics see the labels in the format the user gave: class ids
+            # stay class ids (the dominant class of a mixed label).
             y_metric = tf.reshape(tf.cast(tf.argmax(y_one_hot, axis=-1), y.dtype), tf.shape(y))
-        logs = self.compute_metrics(x, y_metric, result.y_pred, sample_weight=sample_weight)
-        return self._distributable_logs(logs)
 
+        # The rest of the step's state is kept or dropped arithmetically, not
+        # with a tf.cond: under MirroredStrategy these assignments may be
+        # merge_calls, which TensorFlow refuses inside a replica-context cond.
+        keep = tf.cast(finite, tf.float32)
+
+        def kept(new, old):
+            return tf.where(finite, new, old)
+
+        if result.sensitivity is not None:
+            self._record_step_values(self.last_sensitivity, result.sensitivity, finite)
+        # BatchNorm statistics (and RNG state) from the unperturbed pass only.
+        for variable, value in zip(self.inner.non_trainable_variables, result.non_trainable):
+            variable.assign(kept(value, variable))
+        self._loss_tracker.update_state(
+            kept(result.stats["loss"], 0.0), sample_weight=keep * tf.cast(batch_size, tf.float32)
+        )
+        for tracker in self.step_stat_trackers:
+            tracker.update_state(kept(result.stats[tracker.name], 0.0), sample_weight=keep)
+        metric_weight = keep if sample_weight is None else keep * sample_weight
+        metric_weight = tf.broadcast_to(metric_weight, tf.shape(y_one_hot)[:1])
+        self.compute_metrics(x, y_metric, kept(result.y_pred, tf.zeros_like(result.y_pred)), metric_weight)
+        # Summed over replicas on read: each replica counts its share of the step.
+        self.skipped_steps_tracker.update_state((1.0 - keep) / replicas)
+        self.consecutive_skips.assign(kept(tf.zeros_like(self.consecutive_skips), self.consecutive_skips + 1))
+        return self._distributable_logs(self.get_metrics_result())
+
+
+class StopAfterConsecutiveSkips(keras.callbacks.Callback):
+    """Ends `fit` with an error after `limit` skipped (non-finite) steps in a row."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit = limit
+
+    def on_train_batch_end(self, batch, logs=None):
+        skips = int(keras.ops.convert_to_numpy(self.model.consecutive_skips))
+        if skips >= self.limit:
+            self.model.stop_training = True
+            raise FloatingPointError(
+                f"Training stopped: the last {skips} steps all had a non-finite loss or "
+                "gradient, so each was skipped and the weights are those of the last good "
+                "step. Look for NaN/inf in the data, lower the learning rate, or add "
+                "gradient clipping (e.g. optimizer global_clipnorm)."
+            )

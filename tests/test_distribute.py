@@ -72,6 +72,10 @@ def test_mirrored_jit_gradients_equal_graph_mode(mirrored, method):
     assert mirrored["jit_gradients"][method] < 1e-5
 
 
+def test_mirrored_nan_on_one_replica_skips_the_step_everywhere(mirrored):
+    assert mirrored["nan_skip"] == {"skipped": 1.0, "changed": 0.0}
+
+
 # -- MultiWorkerMirroredStrategy: two processes on 127.0.0.1 ---------------------
 
 

@@ -118,7 +118,8 @@ def test_logs_report_section_5_values():
     }
     for method, extra in expected.items():
         history = compiled(method).fit(x, y, batch_size=16, epochs=2, verbose=0).history
-        assert set(history) == {"loss", "accuracy"} | extra, method
+        assert set(history) == {"loss", "accuracy", "skipped_steps"} | extra, method
+        assert history["skipped_steps"] == [0.0, 0.0]
         for key, values in history.items():
             assert np.all(np.isfinite(values)), (method, key)
         if "eps_norm" in extra:

@@ -109,6 +109,22 @@ def jit_gradients_match_graph(mirrored):
     return differences
 
 
+def nan_on_one_replica_skips_everywhere(mirrored):
+    """A NaN in the second replica's half: no replica applies that step."""
+    x, y = data(GLOBAL_BATCH)
+    x[GLOBAL_BATCH - 1] = np.nan
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
+    with mirrored.scope():
+        model = kg.GMixModel(mlp(batchnorm=True), method="dgmix", seed=3)
+        model.compile(optimizer=keras.optimizers.SGD(0.5, momentum=0.9), loss=LOSS)
+    before = [w.copy() for w in model.inner.get_weights()]
+    history = model.fit(dataset, epochs=1, verbose=0)
+    return {
+        "skipped": history.history["skipped_steps"][0],
+        "changed": max_difference(model.inner.get_weights(), before),
+    }
+
+
 def every_method_runs(mirrored):
     logs = {}
     for method in kg.METHODS:
@@ -126,6 +142,7 @@ def main():
         "draws": replicas_draw_different_mixes(mirrored),
         "logs": every_method_runs(mirrored),
         "jit_gradients": jit_gradients_match_graph(mirrored),
+        "nan_skip": nan_on_one_replica_skips_everywhere(mirrored),
     }
     json.dump(results, sys.stdout)
 
