@@ -312,6 +312,28 @@ def build_model(config, splits):
     )
 
 
+def build_compiled_model(config, splits, steps_per_epoch):
+    """The GMixModel of `config`, compiled with its optimizer, schedule and loss.
+
+    Call it inside the strategy's scope. With `label_smoothing`, the loss
+    expects one-hot labels.
+    """
+    model = build_model(config, splits)
+    optimizer = keras.optimizers.SGD(
+        learning_rate_schedule(config, steps_per_epoch),
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+    )
+    if config.mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    if config.label_smoothing:
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=config.jit)
+    return model
+
+
 def default_output():
     return os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
 
@@ -415,20 +437,9 @@ def _run(config, output, backup_dir, results_path, extra_callbacks):
         # Keras' label smoothing needs one-hot labels.
         to_one_hot = lambda x, y: (x, tf.one_hot(y, splits.num_classes))  # noqa: E731
         train_ds, test_ds = train_ds.map(to_one_hot), test_ds.map(to_one_hot)
-        loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
-    else:
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     with strategy.scope():
-        model = build_model(config, splits)
-        optimizer = keras.optimizers.SGD(
-            learning_rate_schedule(config, steps_per_epoch),
-            momentum=config.momentum,
-            nesterov=config.nesterov,
-        )
-        if config.mixed_precision == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=config.jit)
+        model = build_compiled_model(config, splits, steps_per_epoch)
 
     tensorboard = os.path.join(output, "tensorboard")
     # Order matters at epoch end: the timer adds `seconds` before the loggers

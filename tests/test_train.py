@@ -302,3 +302,17 @@ def test_learning_rate_schedules():
     # The warm-up schedule survives serialization (it is saved in model.keras).
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(step))
     assert _rates(restored, [0, 61]) == pytest.approx([0.005, 0.01])
+
+
+RECIPES = os.path.join(os.path.dirname(__file__), "..", "recipes")
+
+
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(RECIPES) if f.endswith(".yaml")))
+def test_recipe_files_are_valid_configs(name):
+    config = train.TrainConfig.from_dict(train.load_config_file(os.path.join(RECIPES, name)))
+    config.validate()
+    assert (config.batch_size, config.learning_rate, config.momentum, config.weight_decay) == (128, 0.1, 0.9, 5e-4)
+    assert config.schedule == "cosine" and config.augment == "standard"
+    if name.startswith(("cifar10_", "cifar100_", "svhn", "stl10")) and "partial" not in name:
+        assert config.epochs == 200
+        assert config.rho == (0.1 if name.startswith("cifar100") else 0.05)
