@@ -159,6 +159,11 @@ class GMixModel(keras.Model):
                 "gradient is a synchronization point, which TensorFlow cannot "
                 "place inside a nested XLA function. Use one of the two."
             )
+        if not isinstance(max_consecutive_skips, int) or max_consecutive_skips < 1:
+            raise ValueError(
+                "Argument `max_consecutive_skips` must be an int >= 1. "
+                f"Received: max_consecutive_skips={max_consecutive_skips!r}"
+            )
         if inner.built and not inner.trainable_variables:
             raise ValueError(
                 "Argument `inner` has no trainable weights: there is nothing "
@@ -175,11 +180,6 @@ class GMixModel(keras.Model):
         self.per_example_lam = per_example_lam
         self.sync_perturbation = sync_perturbation
         self.jit_gradients = jit_gradients
-        if not isinstance(max_consecutive_skips, int) or max_consecutive_skips < 1:
-            raise ValueError(
-                "Argument `max_consecutive_skips` must be an int >= 1. "
-                f"Received: max_consecutive_skips={max_consecutive_skips!r}"
-            )
         self.max_consecutive_skips = max_consecutive_skips
         self.seed = seed
         # The mixing randomness of step t is drawn from (seed, t, replica):
@@ -188,24 +188,10 @@ class GMixModel(keras.Model):
         self._base_seed = seed if seed is not None else int(
             tf.random.uniform([], maxval=2**31 - 1, dtype=tf.int64)
         )
-        self.mix_step = self.add_weight(
-            name="mix_step",
-            shape=(),
-            dtype="int64",
-            initializer="zeros",
-            trainable=False,
-            aggregation="only_first_replica",
-        )
+        self.mix_step = self._counter_variable("mix_step")
         self.last_lam = self._step_values_variable("last_lam")
         self.last_sensitivity = self._step_values_variable("last_sensitivity")
-        self.consecutive_skips = self.add_weight(
-            name="consecutive_skips",
-            shape=(),
-            dtype="int64",
-            initializer="zeros",
-            trainable=False,
-            aggregation="only_first_replica",
-        )
+        self.consecutive_skips = self._counter_variable("consecutive_skips")
         self.skipped_steps_tracker = keras.metrics.Sum(name="skipped_steps")
         self.step_stat_trackers = [
             keras.metrics.Mean(name=name) for name in step_stat_names(method)
@@ -213,14 +199,19 @@ class GMixModel(keras.Model):
         if inner.built:
             self.built = True
 
+    # Bookkeeping variables: saved with the model (so a resumed run goes on
+    # counting), identical on every replica (the first replica's value wins).
+    def _counter_variable(self, name):
+        return self.add_weight(
+            name=name, shape=(), dtype="int64", initializer="zeros",
+            trainable=False, aggregation="only_first_replica",
+        )
+
     def _step_values_variable(self, name):
         return self.add_weight(
-            name=name,
-            shape=(STEP_VALUES_CAPACITY,),
-            dtype="float32",
+            name=name, shape=(STEP_VALUES_CAPACITY,), dtype="float32",
             initializer=keras.initializers.Constant(float("nan")),
-            trainable=False,
-            aggregation="only_first_replica",
+            trainable=False, aggregation="only_first_replica",
         )
 
     @staticmethod
@@ -383,6 +374,39 @@ class GMixModel(keras.Model):
         arguments["callbacks"] = list(arguments.get("callbacks") or []) + [guard]
         return super().fit(**arguments)
 
+    def record_step(self, result, finite, x, y, y_one_hot, labels_are_ids, sample_weight):
+        """Keeps a finite step's state (BatchNorm, metrics, step values), or counts a skip.
+
+        Kept or dropped arithmetically, not with a tf.cond: under
+        MirroredStrategy these assignments may be merge_calls, which
+        TensorFlow refuses inside a replica-context cond.
+        """
+        keep = tf.cast(finite, tf.float32)
+
+        def kept(new, old):
+            return tf.where(finite, new, old)
+
+        if result.sensitivity is not None:
+            self._record_step_values(self.last_sensitivity, result.sensitivity, finite)
+        # BatchNorm statistics (and RNG state) from the unperturbed pass only.
+        for variable, value in zip(self.inner.non_trainable_variables, result.non_trainable):
+            variable.assign(kept(value, variable))
+        batch_size = tf.cast(tf.shape(y_one_hot)[0], tf.float32)
+        self._loss_tracker.update_state(kept(result.stats["loss"], 0.0), sample_weight=keep * batch_size)
+        for tracker in self.step_stat_trackers:
+            tracker.update_state(kept(result.stats[tracker.name], 0.0), sample_weight=keep)
+        y_metric = y_one_hot
+        if labels_are_ids:
+            # Metrics see the labels in the format the user gave: class ids
+            # stay class ids (the dominant class of a mixed label).
+            y_metric = tf.reshape(tf.cast(tf.argmax(y_one_hot, axis=-1), y.dtype), tf.shape(y))
+        metric_weight = keep if sample_weight is None else keep * sample_weight
+        metric_weight = tf.broadcast_to(metric_weight, tf.shape(y_one_hot)[:1])
+        self.compute_metrics(x, y_metric, kept(result.y_pred, tf.zeros_like(result.y_pred)), metric_weight)
+        # Summed over replicas on read: each replica counts its share of the step.
+        self.skipped_steps_tracker.update_state((1.0 - keep) / distribute.num_replicas())
+        self.consecutive_skips.assign(kept(tf.zeros_like(self.consecutive_skips), self.consecutive_skips + 1))
+
     def train_step(self, data):
         if self.loss is None:
             raise ValueError("GMixModel needs a loss: call `compile(loss=...)` before `fit`.")
@@ -424,37 +448,7 @@ class GMixModel(keras.Model):
             self.optimizer.apply(grads, self.inner.trainable_variables)
         else:
             distribute.apply_if(finite, self.optimizer.apply, grads, self.inner.trainable_variables)
-        batch_size = tf.shape(y_one_hot)[0]
-        y_metric = y_one_hot
-        if labels_are_ids:
-            # Metrics see the labels in the format the user gave: class ids
-            # stay class ids (the dominant class of a mixed label).
-            y_metric = tf.reshape(tf.cast(tf.argmax(y_one_hot, axis=-1), y.dtype), tf.shape(y))
-
-        # The rest of the step's state is kept or dropped arithmetically, not
-        # with a tf.cond: under MirroredStrategy these assignments may be
-        # merge_calls, which TensorFlow refuses inside a replica-context cond.
-        keep = tf.cast(finite, tf.float32)
-
-        def kept(new, old):
-            return tf.where(finite, new, old)
-
-        if result.sensitivity is not None:
-            self._record_step_values(self.last_sensitivity, result.sensitivity, finite)
-        # BatchNorm statistics (and RNG state) from the unperturbed pass only.
-        for variable, value in zip(self.inner.non_trainable_variables, result.non_trainable):
-            variable.assign(kept(value, variable))
-        self._loss_tracker.update_state(
-            kept(result.stats["loss"], 0.0), sample_weight=keep * tf.cast(batch_size, tf.float32)
-        )
-        for tracker in self.step_stat_trackers:
-            tracker.update_state(kept(result.stats[tracker.name], 0.0), sample_weight=keep)
-        metric_weight = keep if sample_weight is None else keep * sample_weight
-        metric_weight = tf.broadcast_to(metric_weight, tf.shape(y_one_hot)[:1])
-        self.compute_metrics(x, y_metric, kept(result.y_pred, tf.zeros_like(result.y_pred)), metric_weight)
-        # Summed over replicas on read: each replica counts its share of the step.
-        self.skipped_steps_tracker.update_state((1.0 - keep) / replicas)
-        self.consecutive_skips.assign(kept(tf.zeros_like(self.consecutive_skips), self.consecutive_skips + 1))
+        self.record_step(result, finite, x, y, y_one_hot, labels_are_ids, sample_weight)
         return self._distributable_logs(self.get_metrics_result())
 
 
