@@ -32,7 +32,7 @@ def mirrored():
     """Runs tests/distributed/mirrored_checks.py once; its measured numbers."""
     completed = subprocess.run(
         [sys.executable, os.path.join(HERE, "distributed", "mirrored_checks.py")],
-        capture_output=True, text=True, timeout=600, env=subprocess_env(), cwd=ROOT,
+        capture_output=True, text=True, timeout=1800, env=subprocess_env(), cwd=ROOT,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     return json.loads(completed.stdout)
