@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -88,35 +89,49 @@ def free_ports(count):
         return [s.getsockname()[1] for s in sockets]
 
 
-def run_workers(tmp_path, method, sync, *extra):
-    """Starts two workers, waits (bounded), kills whatever is left. Returns their results."""
+def start_workers(tmp_path, tag, method, sync, *extra):
+    """Starts the two workers of a cluster on free local ports; logs in tmp_path."""
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     processes = []
-    try:
-        for index in range(2):
-            config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-            log = open(tmp_path / f"worker{index}.log", "w")
-            processes.append(subprocess.Popen(
-                [sys.executable, os.path.join(HERE, "distributed", "multiworker_worker.py"),
-                 str(tmp_path / f"worker{index}.npz"), method, "1" if sync else "0", *extra],
-                stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(TF_CONFIG=config), cwd=ROOT,
-            ))
-        codes = [p.wait(timeout=WORKER_TIMEOUT) for p in processes]
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    for index in range(2):
+        config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        log = open(tmp_path / f"{tag}{index}.log", "w")
+        processes.append(subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "distributed", "multiworker_worker.py"),
+             str(tmp_path / f"{tag}{index}.npz"), method, "1" if sync else "0", *extra],
+            stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(TF_CONFIG=config), cwd=ROOT,
+        ))
+    return processes
+
+
+def stop(processes):
+    for p in processes:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def worker_results(tmp_path, tag):
+    logs = [(tmp_path / f"{tag}{i}.log").read_text() for i in range(2)]
     results = []
     for index in range(2):
-        path = tmp_path / f"worker{index}.npz"
+        path = tmp_path / f"{tag}{index}.npz"
         if path.exists():
             saved = np.load(path)
             weights = [saved[f"arr_{i}"] for i in range(len(saved.files) - 1)]
             results.append((weights, json.loads(str(saved["history"]))))
-    return codes, results, logs
+    return results, logs
+
+
+def run_workers(tmp_path, method, sync, *extra, tag="worker"):
+    """Runs a two-worker cluster to the end (bounded), kills whatever is left."""
+    processes = start_workers(tmp_path, tag, method, sync, *extra)
+    try:
+        codes = [p.wait(timeout=WORKER_TIMEOUT) for p in processes]
+    finally:
+        stop(processes)
+    return (codes, *worker_results(tmp_path, tag))
 
 
 def one_process_reference(method, sync):
@@ -133,6 +148,7 @@ def test_multiworker_sync_sam_equals_one_process(tmp_path):
     for worker_weights, worker_history in results:
         assert max(np.abs(a - b).max() for a, b in zip(worker_weights, weights)) < 1e-5
         np.testing.assert_allclose(worker_history["loss"], history["loss"], rtol=1e-5)
+        assert worker_history["epochs_run"] == [0, 1]
 
 
 def test_multiworker_gmix_completes_and_workers_agree(tmp_path):
@@ -142,6 +158,39 @@ def test_multiworker_gmix_completes_and_workers_agree(tmp_path):
     for a, b in zip(w0, w1):
         np.testing.assert_array_equal(a, b)
     assert h0 == h1 and all(np.isfinite(h0["loss"]))
+
+
+@pytest.mark.slow
+def test_multiworker_lost_worker_restart_resumes_from_checkpoint(tmp_path):
+    """Kill one worker mid-training; restarting both resumes from the last checkpoint and completes."""
+    backup = tmp_path / "backup"
+    args = ["--epochs", "8", "--backup", str(backup)]
+    first = start_workers(tmp_path, "first", "gmix", False, *args, "--step-seconds", "0.25")
+    try:
+        deadline = time.time() + WORKER_TIMEOUT
+        # Wait until both workers have a checkpoint (epoch 1 done), then kill one mid-epoch.
+        while not all((backup / f"worker{i}" / "training_metadata.json").exists() for i in range(2)):
+            assert time.time() < deadline and all(p.poll() is None for p in first), "no checkpoint in time"
+            time.sleep(0.2)
+        time.sleep(0.5)
+        first[1].kill()
+        first[1].wait()
+        # The survivor blocks in its next all-reduce or fails: either way it is stopped.
+        try:
+            first[0].wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+    finally:
+        stop(first)
+    assert not (tmp_path / "first0.npz").exists()  # the first run did not finish
+
+    codes, results, logs = run_workers(tmp_path, "gmix", False, *args, tag="second")
+    assert codes == [0, 0], logs[0][-3000:]
+    (w0, h0), (w1, h1) = results
+    for a, b in zip(w0, w1):
+        np.testing.assert_array_equal(a, b)
+    assert h0["epochs_run"] == h1["epochs_run"]
+    assert 0 < h0["epochs_run"][0] and h0["epochs_run"][-1] == 7  # resumed, then completed
 
 
 def test_keras_still_needs_the_multiworker_workaround(tmp_path):

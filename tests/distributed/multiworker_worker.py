@@ -1,17 +1,23 @@
 """One worker of a MultiWorkerMirroredStrategy run on 127.0.0.1 (TF_CONFIG set by the test).
 
 Usage: python multiworker_worker.py OUTPUT.npz METHOD SYNC(0|1) [--no-workaround]
+           [--epochs N] [--backup DIR] [--step-seconds S]
 
 Trains a small MLP for two epochs on a fixed data set batched at the global
 batch size (auto-sharding by DATA gives each worker its part of every global
 batch) and saves the final weights and the History to OUTPUT.npz.
 `--no-workaround` turns GMixModel's keras-team/keras#20585 workaround off,
-to check that Keras still needs it.
+to check that Keras still needs it. `--backup DIR` adds
+keras.callbacks.BackupAndRestore (a restarted cluster resumes from it);
+`--step-seconds` slows every step down, so that a test can kill a worker
+mid-training.
 """
+
+import argparse
+import time
 
 import json
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
@@ -38,8 +44,16 @@ def make_model(method, sync):
 
 
 def main():
-    output, method, sync = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-    if "--no-workaround" in sys.argv:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("output")
+    parser.add_argument("method")
+    parser.add_argument("sync")
+    parser.add_argument("--no-workaround", action="store_true")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--backup")
+    parser.add_argument("--step-seconds", type=float, default=0.0)
+    args = parser.parse_args()
+    if args.no_workaround:
         distribute.keras_needs_multi_worker_workaround = lambda: False
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     x, y = make_data()
@@ -47,9 +61,20 @@ def main():
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH).with_options(options)
     with strategy.scope():
-        model = make_model(method, sync)
-    history = model.fit(dataset, epochs=2, verbose=0)
-    np.savez(output, history=json.dumps(history.history), *[w.numpy() for w in model.inner.weights])
+        model = make_model(args.method, args.sync == "1")
+    callbacks = []
+    if args.backup:
+        # One folder per worker, as on separate machines: Keras' BackupAndRestore
+        # does not coordinate workers that share a folder.
+        task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(args.backup, f"worker{task}")))
+    if args.step_seconds:
+        callbacks.append(keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: time.sleep(args.step_seconds)))
+    epochs_run = []
+    callbacks.append(keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: epochs_run.append(epoch)))
+    history = model.fit(dataset, epochs=args.epochs, verbose=0, callbacks=callbacks)
+    history.history["epochs_run"] = epochs_run
+    np.savez(args.output, *[w.numpy() for w in model.inner.weights], history=json.dumps(history.history))
 
 
 if __name__ == "__main__":
