@@ -177,3 +177,11 @@ def test_training_stops_after_consecutive_skips():
 def test_max_consecutive_skips_is_checked():
     with pytest.raises(ValueError, match="max_consecutive_skips"):
         kg.GMixModel(small_model(), max_consecutive_skips=0)
+
+
+def test_multiworker_without_tf_config(monkeypatch):
+    from keras_gmix import train
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        train.TrainConfig(distribute="multiworker").validate()
