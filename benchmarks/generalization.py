@@ -347,7 +347,8 @@ def do_sweep(args):
                     continue
                 task = task or Task(key, args.data)
                 print(f"[sweep] {key} {method} rho={rho} alpha={alpha} epochs={epochs}", flush=True)
-                result = train_run(task, method, 0, epochs, rho, alpha, validation=True, eigen=False)
+                result = train_run(task, method, 0, epochs, rho, alpha, validation=True, eigen=False,
+                                   verbose=args.verbose)
                 write_json(path, result)
                 print(f"[sweep] -> val accuracy {result['val_accuracy']:.4f} "
                       f"({result['seconds']:.0f} s)", flush=True)
@@ -370,15 +371,14 @@ def do_runs(args):
                     print(f"[skip] {key} {method}: the sweep is incomplete (run --sweep first, "
                           "or pass --rho and --alpha)", flush=True)
                     continue
-                path = os.path.join(run_dir(args.out, name, subset), f"{method}_seed{seed}.json")
+                # Another budget than the data set's (--epochs): a budget check, kept apart.
+                suffix = "" if epochs == BUDGETS[name]["epochs"] else f"_e{epochs}"
+                path = os.path.join(run_dir(args.out, name, subset), f"{method}_seed{seed}{suffix}.json")
                 if os.path.exists(path):
-                    done = read_json(path)["config"]["epochs"]
-                    if done != epochs:
-                        print(f"[warn] {path} has {done} epochs, not {epochs}; kept", flush=True)
                     continue
                 task = task or Task(key, args.data)
                 print(f"[run] {key} {method} seed={seed} rho={rho} alpha={a} epochs={epochs}", flush=True)
-                result = train_run(task, method, seed, epochs, rho, a)
+                result = train_run(task, method, seed, epochs, rho, a, verbose=args.verbose)
                 write_json(path, result)
                 print(f"[run] -> test accuracy {result['test_accuracy']:.4f} ({result['seconds']:.0f} s, "
                       f"eigenvalue {result['hessian_top_eigenvalue']['value']:.2f})", flush=True)
@@ -426,9 +426,23 @@ def paired_test(a, b):
 
 
 def flattening(loss):
-    """Relative drop of the training loss over the last 10% of epochs."""
+    """Relative drop of the training loss from the second-to-last tenth of the epochs to the last.
+
+    Window means, because the Mixup family's epoch loss is noisy (one lambda
+    per batch): mean(loss[-2k:-k]) / mean(loss[-k:]) - 1 with k = epochs / 10.
+    """
     k = max(1, len(loss) // 10)
-    return (loss[-k - 1] - loss[-1]) / max(abs(loss[-1]), 1e-12)
+    last = sum(loss[-k:]) / k
+    before = sum(loss[-2 * k:-k]) / max(1, len(loss[-2 * k:-k]))
+    return before / max(abs(last), 1e-12) - 1.0
+
+
+def late_gain(result):
+    """Test accuracy at the end minus at 70% of the epochs (from the every-few-epochs curve)."""
+    acc = result["history"].get("val_accuracy", [])
+    if len(acc) < 2:
+        return float("nan")
+    return acc[-1] - acc[int(round(0.7 * len(acc))) - 1]
 
 
 def collect(out, seeds):
@@ -459,6 +473,7 @@ def collect(out, seeds):
                 "eigenvalue": [r["hessian_top_eigenvalue"]["value"] for r in mine.values()],
                 "final_train_loss": [r["history"]["loss"][-1] for r in mine.values()],
                 "flattening": [flattening(r["history"]["loss"]) for r in mine.values()],
+                "late_test_gain": [late_gain(r) for r in mine.values()],
                 "rho": next(iter(mine.values()))["config"]["rho"] if mine else None,
                 "alpha": next(iter(mine.values()))["config"]["alpha"] if mine else None,
                 "epochs": next(iter(mine.values()))["config"]["epochs"] if mine else None,
@@ -467,9 +482,28 @@ def collect(out, seeds):
             if method != "erm" and paired:
                 diff, p = paired_test([erm[s] for s in paired], [mine[s]["test_accuracy"] for s in paired])
                 row.update(diff_to_erm=diff, p_value=p, paired_seeds=paired)
+            for base in ("mixup", "sam"):
+                other = {s: r["test_accuracy"] for (m, s), r in runs.items() if m == base}
+                both = [s for s in mine if s in other]
+                if method in ("gmix", "bgmix", "dgmix") and both:
+                    diff, p = paired_test([other[s] for s in both], [mine[s]["test_accuracy"] for s in both])
+                    row[f"vs_{base}"] = {"diff": diff, "p_value": p, "paired_seeds": both}
             rows[method] = row
+        checks = []
+        for fname in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            stem, _, epochs = fname[:-len(".json")].rpartition("_e")
+            if fname.endswith(".json") and stem and epochs.isdigit():
+                r = read_json(os.path.join(folder, fname))
+                ref = runs.get((r["method"], r["seed"]))
+                checks.append({
+                    "method": r["method"], "seed": r["seed"], "epochs": r["config"]["epochs"],
+                    "test_accuracy": r["test_accuracy"], "seconds": r["seconds"],
+                    "budget_epochs": ref["config"]["epochs"] if ref else None,
+                    "budget_test_accuracy": ref["test_accuracy"] if ref else None,
+                })
         report["datasets"][key] = {
             "rows": rows,
+            "budget_checks": checks,
             "curves": {f"{m}_seed{s}": r["history"]["loss"] for (m, s), r in runs.items()},
             "test_curves": {
                 f"{m}_seed{s}": r["history"].get("val_accuracy", []) for (m, s), r in runs.items()
@@ -528,13 +562,13 @@ def write_report(args):
             "Hessian: top eigenvalue of the training loss (no weight decay term) on the first "
             f"{b['eigen_examples']} training examples, BN in inference mode, at most {b['eigen_iters']} power iterations.",
             "",
-            "| method | rho | alpha | seeds | test acc. % (mean ± std) | vs ERM (pp) | paired p | top Hessian eig. | s / run | train-loss drop over last 10% epochs |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| method | rho | alpha | seeds | test acc. % (mean ± std) | vs ERM (pp) | paired p | top Hessian eig. | s / run | train-loss drop, epochs 81-90% to 91-100% | test acc. gain, 70% to 100% of epochs (pp) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for method in METHODS:
             r = rows[method]
             if not r["seeds_done"]:
-                lines.append(f"| {method} | | | 0/{len(args.seeds)} | **missing** | | | | | |")
+                lines.append(f"| {method} | | | 0/{len(args.seeds)} | **missing** | | | | | | |")
                 continue
             acc = f"{pct(r['mean'])} ± {pct(r['std'])}" if r["std"] is not None else pct(r["mean"])
             diff = r.get("diff_to_erm")
@@ -544,8 +578,41 @@ def write_report(args):
                 + f" | {acc} | {'' if diff is None else f'{100 * diff:+.2f}'}"
                 + f" | {'' if r.get('p_value') is None else format(r['p_value'], '.3f')}"
                 + f" | {np.mean(r['eigenvalue']):.1f} ± {np.std(r['eigenvalue']):.1f}"
-                + f" | {r['seconds']:.0f} | {100 * np.mean(r['flattening']):.1f}% |"
+                + f" | {r['seconds']:.0f} | {100 * np.mean(r['flattening']):.1f}%"
+                + f" | {100 * np.mean(r['late_test_gain']):+.2f} |"
             )
+        lines += [
+            "",
+            "G-Mix family against the baselines (paired by seed; two-sided paired t-test):",
+            "",
+            "| method | vs Mixup (pp) | p | vs SAM (pp) | p |",
+            "|---|---|---|---|---|",
+        ]
+        for method in ("gmix", "bgmix", "dgmix"):
+            cells = []
+            for base in ("mixup", "sam"):
+                v = rows[method].get(f"vs_{base}")
+                if v is None:
+                    cells += ["—", ""]
+                else:
+                    cells += [f"{100 * v['diff']:+.2f} (n={len(v['paired_seeds'])})",
+                              "" if v["p_value"] is None else f"{v['p_value']:.3f}"]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        if data["budget_checks"]:
+            lines += [
+                "",
+                "Budget check: the same seed trained longer (or shorter), test accuracy %:",
+                "",
+                "| method | seed | budget epochs | acc. | check epochs | acc. | difference (pp) |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for c in data["budget_checks"]:
+                diff = ("" if c["budget_test_accuracy"] is None
+                        else f"{100 * (c['test_accuracy'] - c['budget_test_accuracy']):+.2f}")
+                lines.append(
+                    f"| {c['method']} | {c['seed']} | {c['budget_epochs'] or '—'} | {pct(c['budget_test_accuracy'])}"
+                    f" | {c['epochs']} | {pct(c['test_accuracy'])} | {diff} |"
+                )
         lines.append("")
     lines += [
         "## Sweep (validation split: a class-balanced 20% of the training set, seed 0)",
@@ -570,8 +637,9 @@ def write_report(args):
         "## Figures",
         "",
         "- `generalization.png`: mean test accuracy per method and data set (error bars: std over seeds).",
-        "- `generalization_curves.png`: training loss per epoch (on the mixed batch for the Mixup family,",
-        "  so levels differ between families by construction) and test accuracy every few epochs.",
+        "- `generalization_curves.png`: training loss per epoch, 5-epoch running mean (on the mixed batch",
+        "  for the Mixup family, so levels differ between families by construction), and test accuracy",
+        "  every 10 epochs (monitoring only: nothing is chosen on the test set).",
         "",
     ]
     base = os.path.join(args.out, "generalization")
@@ -618,15 +686,22 @@ def plot(report, base):
         for name, loss in data["curves"].items():
             method = name.split("_seed")[0]
             first = name.endswith("_seed0")
-            axes[0, j].plot(np.arange(1, len(loss) + 1), loss, color=colors[method], lw=1,
+            # 5-epoch running mean: one lambda per batch makes the Mixup family's epoch loss jumpy.
+            k = min(5, len(loss))
+            smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+            axes[0, j].plot(np.arange(k, len(loss) + 1), smooth, color=colors[method], lw=1,
                             label=method if first else None)
             acc = data["test_curves"][name]
             if acc:
                 every = max(1, len(loss) // len(acc))
                 axes[1, j].plot(every * np.arange(1, len(acc) + 1), 100 * np.asarray(acc),
                                 color=colors[method], lw=1, marker=".", label=method if first else None)
-        axes[0, j].set_yscale("log")
-        axes[0, j].set_title(f"{key}: training loss")
+        if not data["curves"]:
+            for ax in axes[:, j]:
+                ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=ax.transAxes)
+        else:
+            axes[0, j].set_yscale("log")
+        axes[0, j].set_title(f"{key}: training loss (5-epoch mean)")
         axes[1, j].set_title(f"{key}: test accuracy (%)")
         axes[1, j].set_xlabel("epoch")
         if data["curves"]:
@@ -648,6 +723,7 @@ def main(argv=None):
     parser.add_argument("--sweep", action="store_true", help="run the (alpha, rho) sweep")
     parser.add_argument("--report", action="store_true", help="only build the md/json/png")
     parser.add_argument("--out", default=DEFAULT_OUT, help="results folder")
+    parser.add_argument("--verbose", type=int, default=2, help="fit's verbosity (2: a line per epoch)")
     args = parser.parse_args(argv)
     for key in args.datasets:
         parse_dataset(key)
