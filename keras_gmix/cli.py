@@ -16,11 +16,26 @@ import typing
 _COMPARE_REPLACES = ("method", "seed", "output", "resume")
 
 
+def _choices():
+    from keras_gmix import train
+
+    return {
+        "method": train.METHODS,
+        "model": train.models_lib.MODEL_NAMES,
+        "schedule": train.SCHEDULES,
+        "distribute": train.DISTRIBUTE,
+        "mixed_precision": train.PRECISIONS,
+        "augment": train.AUGMENT,
+        "mix": train.MIXES,
+    }
+
+
 def _parser_from_config(config_cls, description, exclude=(), prog=None):
     """An argparse parser with one --flag per TrainConfig field, typed from it."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", help="JSON or YAML file of settings; flags override it")
     defaults = config_cls()
+    choices = _choices()
     for field in dataclasses.fields(config_cls):
         if field.name in exclude:
             continue
@@ -32,6 +47,8 @@ def _parser_from_config(config_cls, description, exclude=(), prog=None):
                                 help=f"default: {default}")
         elif kind is tuple:
             parser.add_argument(flag, type=float, nargs="+", default=None, help=f"default: {default}")
+        elif field.name in choices:
+            parser.add_argument(flag, choices=choices[field.name], default=None, help=f"default: {default}")
         else:
             parser.add_argument(flag, type=kind, default=None, help=f"default: {default}")
     return parser

@@ -243,7 +243,7 @@ def format_table(rows, rho):
     with_trace = any(row.get("hessian_trace") is not None for row in rows)
     header = ["rank", "model", "method", "accuracy", "loss", "top Hessian eigenvalue"]
     header += [f"rho-sharpness (rho={rho:g})"]
-    header += ["Hessian trace"] if with_trace else []
+    header += ["Hessian trace (± std error)"] if with_trace else []
     header += ["1D landscape mean rise"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -257,7 +257,11 @@ def format_table(rows, rho):
             _format(row["rho_sharpness"]),
         ]
         if with_trace:
-            cells.append(_format(row["hessian_trace"], 3))
+            trace = _format(row["hessian_trace"], 3)
+            error = row.get("hessian_trace_std_error")
+            if row["hessian_trace"] is not None and error is not None and not math.isnan(error):
+                trace += f" ± {_format(error, 3)}"
+            cells.append(trace)
         cells.append(_format(row["landscape_mean_rise"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -373,7 +377,10 @@ def report(
         f"Ranked by the top Hessian eigenvalue (power iteration, "
         f"{settings['eigenvalue_iters']} iterations at most), flattest first. "
         f"rho-sharpness: largest loss rise within ||eps|| <= {settings['rho']:g} "
-        f"({settings['sharpness_steps']} ascent steps). 1D landscape: "
+        f"({settings['sharpness_steps']} ascent steps). "
+        + (f"Hessian trace: Hutchinson, {settings['trace_samples']} Rademacher samples. "
+           if settings["trace_samples"] else "")
+        + f"1D landscape: "
         f"{settings['landscape_points']} points on [-{settings['landscape_span']:g}, "
         f"{settings['landscape_span']:g}] times a filter-normalized random direction "
         f"(seed {settings['seed']}); mean rise = mean of L(w + a d) - L(w)."
