@@ -15,7 +15,7 @@ import yaml
 
 from keras_gmix import cli
 from keras_gmix import train
-from keras_gmix.gradients import METHODS, MIXED_METHODS, PERTURBED_METHODS
+from keras_gmix.gradients import METHODS, PERTURBED_METHODS
 from keras_gmix.layers import BatchNormalization as FusedBatchNormalization
 
 # A few steps: 32 examples in batches of 16, one epoch.
