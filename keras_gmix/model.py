@@ -374,8 +374,11 @@ class GMixModel(keras.Model):
         arguments["callbacks"] = list(arguments.get("callbacks") or []) + [guard]
         return super().fit(**arguments)
 
-    def record_step(self, result, finite, x, y, y_one_hot, labels_are_ids, sample_weight):
+    def record_step(self, result, finite, fault, x, y, y_one_hot, labels_are_ids, sample_weight):
         """Keeps a finite step's state (BatchNorm, metrics, step values), or counts a skip.
+
+        `fault` (a skip that is not a loss-scale overflow) counts towards
+        `max_consecutive_skips`; a finite step resets that count.
 
         Kept or dropped arithmetically, not with a tf.cond: under
         MirroredStrategy these assignments may be merge_calls, which
@@ -405,7 +408,9 @@ class GMixModel(keras.Model):
         self.compute_metrics(x, y_metric, kept(result.y_pred, tf.zeros_like(result.y_pred)), metric_weight)
         # Summed over replicas on read: each replica counts its share of the step.
         self.skipped_steps_tracker.update_state((1.0 - keep) / distribute.num_replicas())
-        self.consecutive_skips.assign(kept(tf.zeros_like(self.consecutive_skips), self.consecutive_skips + 1))
+        self.consecutive_skips.assign(
+            tf.where(fault, self.consecutive_skips + 1, kept(tf.zeros_like(self.consecutive_skips), self.consecutive_skips))
+        )
 
     def train_step(self, data):
         if self.loss is None:
@@ -443,12 +448,16 @@ class GMixModel(keras.Model):
         finite = distribute.all_replicas_true(
             gradients.all_finite(result.grads + [result.stats["loss"]])
         )
+        fault = tf.logical_not(finite)
         if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-            # It skips non-finite steps itself, and must see them to lower its scale.
+            # It skips non-finite steps itself, and must see them to lower its
+            # scale. Overflow at a scale > 1 is its normal business, not a
+            # fault that should stop training.
             self.optimizer.apply(grads, self.inner.trainable_variables)
+            fault = tf.logical_and(fault, self.optimizer.dynamic_scale <= 1.0)
         else:
             distribute.apply_if(finite, self.optimizer.apply, grads, self.inner.trainable_variables)
-        self.record_step(result, finite, x, y, y_one_hot, labels_are_ids, sample_weight)
+        self.record_step(result, finite, fault, x, y, y_one_hot, labels_are_ids, sample_weight)
         return self._distributable_logs(self.get_metrics_result())
 
 
