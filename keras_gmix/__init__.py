@@ -4,7 +4,7 @@
 >>> model = kg.GMixModel(inner, method="dgmix", rho=0.05, alpha=1.0)
 """
 
-from keras_gmix import data, layers, models
+from keras_gmix import data, flatness, layers, models
 from keras_gmix.gradients import METHODS, update_gradients
 from keras_gmix.layers import fuse_batchnorm
 from keras_gmix.mixing import apply_mix, sample_box_center, sample_mix
@@ -18,6 +18,7 @@ __all__ = [
     "apply_mix",
     "fuse_batchnorm",
     "data",
+    "flatness",
     "layers",
     "models",
     "sample_box_center",
