@@ -5,6 +5,7 @@
 """
 
 from keras_gmix import data, flatness, layers, models
+from keras_gmix import train  # registers LinearWarmup, so saved models with warm-up load
 from keras_gmix.gradients import METHODS, update_gradients
 from keras_gmix.layers import fuse_batchnorm
 from keras_gmix.mixing import apply_mix, sample_box_center, sample_mix
