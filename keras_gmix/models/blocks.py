@@ -130,3 +130,26 @@ class ZeroPadChannels(keras.layers.Layer):
         config = super().get_config()
         config["channels"] = self.channels
         return config
+
+
+def preact_block(x, filters, strides, batchnorm, weight_decay, prefix, dropout_rate=0.0):
+    """BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3 plus the shortcut.
+
+    The pre-activation block of PreAct ResNet (He et al. 2016b) and, with
+    dropout, of WideResNet (Zagoruyko & Komodakis 2016). The projection
+    shortcut sees the pre-activated input, as the residual does.
+    """
+    in_channels = x.shape[-1]
+    pre = norm(x, batchnorm, name=f"{prefix}_bn1")
+    pre = relu(pre, name=f"{prefix}_relu1")
+    if strides != 1 or in_channels != filters:
+        shortcut = conv(pre, filters, 1, strides, weight_decay, name=f"{prefix}_proj")
+    else:
+        shortcut = x
+    y = conv(pre, filters, 3, strides, weight_decay, name=f"{prefix}_conv1")
+    y = norm(y, batchnorm, name=f"{prefix}_bn2")
+    y = relu(y, name=f"{prefix}_relu2")
+    if dropout_rate:
+        y = keras.layers.Dropout(dropout_rate, name=f"{prefix}_dropout")(y)
+    y = conv(y, filters, 3, 1, weight_decay, name=f"{prefix}_conv2")
+    return keras.layers.Add(name=f"{prefix}_add")([shortcut, y])

@@ -6,6 +6,7 @@ from keras_gmix.models.blocks import check_common_args
 from keras_gmix.models.blocks import classifier_head
 from keras_gmix.models.blocks import conv
 from keras_gmix.models.blocks import norm
+from keras_gmix.models.blocks import preact_block
 from keras_gmix.models.blocks import relu
 from keras_gmix.models.blocks import ZeroPadChannels
 
@@ -107,25 +108,6 @@ def cifar_resnet(
     return keras.Model(inputs, outputs, name=name or f"resnet{depth}")
 
 
-def _preact_block(x, filters, strides, batchnorm, weight_decay, prefix):
-    """BN-ReLU-conv-BN-ReLU-conv plus the shortcut (He et al. 2016b)."""
-    in_channels = x.shape[-1]
-    pre = norm(x, batchnorm, name=f"{prefix}_bn1")
-    pre = relu(pre, name=f"{prefix}_relu1")
-    if strides != 1 or in_channels != filters:
-        # The projection sees the pre-activated input, as the residual does.
-        shortcut = conv(
-            pre, filters, 1, strides, weight_decay, name=f"{prefix}_proj"
-        )
-    else:
-        shortcut = x
-    y = conv(pre, filters, 3, strides, weight_decay, name=f"{prefix}_conv1")
-    y = norm(y, batchnorm, name=f"{prefix}_bn2")
-    y = relu(y, name=f"{prefix}_relu2")
-    y = conv(y, filters, 3, 1, weight_decay, name=f"{prefix}_conv2")
-    return keras.layers.Add(name=f"{prefix}_add")([shortcut, y])
-
-
 def preact_resnet18(
     num_classes=10,
     input_shape=(32, 32, 3),
@@ -170,7 +152,7 @@ def preact_resnet18(
     for stage, filters in enumerate((64, 128, 256, 512)):
         for block in range(2):
             strides = 2 if stage > 0 and block == 0 else 1
-            x = _preact_block(
+            x = preact_block(
                 x, filters, strides, batchnorm, weight_decay,
                 prefix=f"stage{stage + 1}_block{block + 1}",
             )

@@ -6,28 +6,8 @@ from keras_gmix.models.blocks import check_common_args
 from keras_gmix.models.blocks import classifier_head
 from keras_gmix.models.blocks import conv
 from keras_gmix.models.blocks import norm
+from keras_gmix.models.blocks import preact_block
 from keras_gmix.models.blocks import relu
-
-
-def _wide_block(x, filters, strides, dropout_rate, batchnorm, weight_decay,
-                prefix):
-    """BN-ReLU-conv3x3-BN-ReLU-(dropout)-conv3x3 plus the shortcut."""
-    in_channels = x.shape[-1]
-    pre = norm(x, batchnorm, name=f"{prefix}_bn1")
-    pre = relu(pre, name=f"{prefix}_relu1")
-    if strides != 1 or in_channels != filters:
-        shortcut = conv(
-            pre, filters, 1, strides, weight_decay, name=f"{prefix}_proj"
-        )
-    else:
-        shortcut = x
-    y = conv(pre, filters, 3, strides, weight_decay, name=f"{prefix}_conv1")
-    y = norm(y, batchnorm, name=f"{prefix}_bn2")
-    y = relu(y, name=f"{prefix}_relu2")
-    if dropout_rate:
-        y = keras.layers.Dropout(dropout_rate, name=f"{prefix}_dropout")(y)
-    y = conv(y, filters, 3, 1, weight_decay, name=f"{prefix}_conv2")
-    return keras.layers.Add(name=f"{prefix}_add")([shortcut, y])
 
 
 def wide_resnet(
@@ -92,9 +72,10 @@ def wide_resnet(
     for stage, filters in enumerate((16 * width, 32 * width, 64 * width)):
         for block in range(n):
             strides = 2 if stage > 0 and block == 0 else 1
-            x = _wide_block(
-                x, filters, strides, dropout_rate, batchnorm, weight_decay,
+            x = preact_block(
+                x, filters, strides, batchnorm, weight_decay,
                 prefix=f"stage{stage + 1}_block{block + 1}",
+                dropout_rate=dropout_rate,
             )
     x = norm(x, batchnorm, name="final_bn")
     x = relu(x, name="final_relu")
