@@ -17,23 +17,13 @@ that `gmix-train` wrote beside the first model, and are preprocessed as
 
 import dataclasses
 import json
+import inspect
 import math
 import os
 import time
 
 import keras
 import numpy as np
-
-MEASURE_DEFAULTS = dict(
-    rho=0.05,
-    eigenvalue_iters=20,
-    sharpness_steps=10,
-    trace_samples=0,
-    landscape_points=21,
-    landscape_span=1.0,
-    seed=0,
-    batch_size=256,
-)
 
 # The settings of a run's config.json that decide its data and preprocessing.
 DATA_KEYS = ("dataset", "data_dir", "download", "train_fraction", "train_size", "image_size", "seed")
@@ -107,6 +97,14 @@ def measure_flatness(
 
 # ---------------------------------------------------------------------------
 # Saved models and their data
+
+
+# The measures' settings and defaults, read from measure_flatness itself.
+MEASURE_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(measure_flatness).parameters.items()
+    if parameter.default is not inspect.Parameter.empty
+}
 
 
 def model_label(path):
