@@ -4,7 +4,7 @@
 >>> model = kg.GMixModel(inner, method="dgmix", rho=0.05, alpha=1.0)
 """
 
-from keras_gmix import data, flatness, layers, models
+from keras_gmix import checkpoint, data, flatness, layers, models
 from keras_gmix import train  # registers LinearWarmup, so saved models with warm-up load
 from keras_gmix.gradients import METHODS, update_gradients
 from keras_gmix.layers import fuse_batchnorm
@@ -17,6 +17,7 @@ __all__ = [
     "GMixModel",
     "METHODS",
     "apply_mix",
+    "checkpoint",
     "fuse_batchnorm",
     "data",
     "flatness",

@@ -12,14 +12,18 @@ output folder:
                      histograms of lambda and of the sharpness-sensitivity),
                      flatness/ (with --flatness-every)
     flatness/        FlatnessMonitor's PNGs and flatness.csv (--flatness-every)
-    backup/          BackupAndRestore checkpoints (removed when a run ends)
+    backup/          atomic checkpoints of the last finished epoch
+                     (`checkpoint.BackupAndRestore`; removed when a run ends)
     model.keras      the trained GMixModel
     results.json     test accuracy and loss, method, epochs, seconds, ...
 
-A killed run continues with `resume=True` (`--resume`): BackupAndRestore
-restores the weights, the optimizer (its step count drives the learning-rate
+A killed run continues with `resume=True` (`--resume`): the backup restores
+the weights, the optimizer (its step count drives the learning-rate
 schedule), GMixModel's mixing counter and the epoch, and fit continues with
-the next epoch; history.csv keeps one row per finished epoch.
+the next epoch; history.csv keeps one row per finished epoch. The training
+pipeline's shuffling and augmentation are keyed by (seed, epoch), so the
+resumed run sees the batches the uninterrupted run saw: with op determinism
+on the CPU it ends with the same weights, bit for bit.
 """
 
 import dataclasses
@@ -35,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_gmix import callbacks as callbacks_lib
+from keras_gmix import checkpoint as checkpoint_lib
 from keras_gmix import data as data_lib
 from keras_gmix import layers as layers_lib
 from keras_gmix import models as models_lib
@@ -88,6 +93,9 @@ class TrainConfig:
     mix: str = "mixup"
     label_smoothing: float = 0.0
     seed: int = 0
+    # TensorFlow's op determinism (process-wide, stays on): the same seed
+    # gives the same weights bit for bit, also across --resume. Slower.
+    deterministic: bool = False
     output: Optional[str] = None
     resume: bool = False
     distribute: str = "none"
@@ -399,6 +407,8 @@ def run(config, callbacks=None):
         return results
 
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(config.mixed_precision)
     try:
@@ -428,8 +438,11 @@ def _run(config, output, backup_dir, results_path, extra_callbacks):
     with open(os.path.join(output, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config.to_dict(), f, indent=2)
 
+    # The stream of epochs starts where the backup ends, so that a resumed
+    # run's epoch k has the shuffling and augmentation of epoch k.
+    start_epoch = checkpoint_lib.saved_epoch(backup_dir) if config.resume else 0
     train_ds, test_ds = data_lib.make_pipelines(
-        splits, config.batch_size, augment=config.augment, seed=config.seed
+        splits, config.batch_size, augment=config.augment, seed=config.seed, start_epoch=start_epoch
     )
     steps_per_epoch = math.ceil(splits.train_size / config.batch_size)
     one_hot = bool(config.label_smoothing)
@@ -464,7 +477,7 @@ def _run(config, output, backup_dir, results_path, extra_callbacks):
                 seed=config.seed,
             )
         )
-    backup = keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True)
+    backup = checkpoint_lib.BackupAndRestore(backup_dir)
     callbacks = loggers + [backup] + extra_callbacks
 
     start = time.time()
@@ -472,6 +485,7 @@ def _run(config, output, backup_dir, results_path, extra_callbacks):
         model.fit(
             train_ds,
             epochs=config.epochs,
+            steps_per_epoch=steps_per_epoch,  # the training stream is endless
             validation_data=test_ds,
             callbacks=callbacks,
             verbose=config.verbose,

@@ -447,3 +447,38 @@ def test_pipeline_bad_arrays():
         kd.make_pipeline(x, y[:3], 2, training=False)
     with pytest.raises(ValueError, match="dtype"):
         kd.make_pipeline(x.astype(np.int32), y, 2, training=False)
+
+
+def test_epoch_keyed_stream_starts_where_a_resumed_run_needs_it():
+    """Epoch k of the stream from `start_epoch=k` equals epoch k of the stream from 0."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
+    y = np.arange(20) % 4
+    steps = 3  # ceil(20 / 8)
+
+    def batches(start, count, seed=7):
+        stream = kd.make_pipeline(x, y, 8, training=True, augment="standard", seed=seed, start_epoch=start)
+        return [(xb.numpy(), yb.numpy()) for xb, yb in stream.take(count)]
+
+    from_zero, from_two = batches(0, 4 * steps), batches(2, 2 * steps)
+    for (xa, ya), (xb, yb) in zip(from_zero[2 * steps:], from_two):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    # Each epoch is a permutation of all examples, and epochs differ.
+    epoch_labels = [np.concatenate([b[1] for b in from_zero[e * steps:(e + 1) * steps]]) for e in range(4)]
+    assert all(sorted(labels.tolist()) == sorted(y.tolist()) for labels in epoch_labels)
+    assert not np.array_equal(epoch_labels[0], epoch_labels[1])
+    assert not np.array_equal(batches(0, 1)[0][0], batches(0, 1, seed=8)[0][0])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(start_epoch=0, seed=None), "int `seed`"),
+    (dict(start_epoch=0, training=False), "training=True"),
+    (dict(start_epoch=-1), "int >= 0"),
+    (dict(start_epoch=1.5), "int >= 0"),
+])
+def test_start_epoch_is_checked(kwargs, match):
+    args = dict(training=True, seed=0)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        kd.make_pipeline(np.zeros((4, 8, 8, 3), np.uint8), np.zeros(4), 2, **args)

@@ -169,7 +169,7 @@ def test_multiworker_lost_worker_restart_resumes_from_checkpoint(tmp_path):
     try:
         deadline = time.time() + WORKER_TIMEOUT
         # Wait until both workers have a checkpoint (epoch 1 done), then kill one mid-epoch.
-        while not all((backup / f"worker{i}" / "training_metadata.json").exists() for i in range(2)):
+        while not all((backup / f"worker{i}" / "state.json").exists() for i in range(2)):
             assert time.time() < deadline and all(p.poll() is None for p in first), "no checkpoint in time"
             time.sleep(0.2)
         time.sleep(0.5)

@@ -1,5 +1,10 @@
 """Bad input gets a clear error before training; numerical faults skip steps, never write NaN."""
 
+import os
+import signal
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -185,3 +190,133 @@ def test_multiworker_without_tf_config(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ValueError, match="TF_CONFIG"):
         train.TrainConfig(distribute="multiworker").validate()
+
+
+# -- interruption: SIGKILL mid-epoch, then --resume -------------------------------------
+
+HELPERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Augmented (pad-crop on 16x16 digits), shuffled, dgmix: every source of randomness.
+RESUME_RUN = ["--epochs", "3", "--train-size", "192", "--batch-size", "32", "--image-size", "16",
+              "--augment", "standard", "--method", "dgmix", "--seed", "3", "--deterministic",
+              "--verbose", "0", "--tensorboard-update-freq", "1"]
+
+
+def _gmix_train(args, prefix=(), expect=0):
+    completed = subprocess.run(
+        [sys.executable, *prefix, *args], capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT),
+    )
+    assert completed.returncode == expect, completed.stderr[-3000:]
+
+
+def _state_of(output):
+    """Every variable of the saved GMixModel (weights, BN statistics, optimizer, counters)."""
+    model = keras.saving.load_model(os.path.join(output, "model.keras"))
+    values = [v.numpy() for v in model.variables] + [v.numpy() for v in model.optimizer.variables]
+    history = [{k: v for k, v in row.items() if k != "seconds"}
+               for row in kg.callbacks.read_history(os.path.join(output, "history.csv"))]
+    return values, history
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_same_weights_bit_for_bit(tmp_path):
+    reference, killed = str(tmp_path / "reference"), str(tmp_path / "killed")
+    _gmix_train([*RESUME_RUN, "--output", reference], prefix=["-m", "keras_gmix.cli"])
+    # Killed after batch 2 of epoch 1 (0-based): epoch 0's checkpoint exists.
+    _gmix_train([*RESUME_RUN, "--output", killed], prefix=[os.path.join(HELPERS, "sigkill_mid_epoch.py"), "1", "2"],
+                expect=-signal.SIGKILL)
+    assert kg.checkpoint.saved_epoch(os.path.join(killed, "backup")) == 1
+    assert not os.path.exists(os.path.join(killed, "model.keras"))
+    _gmix_train(["--resume", "--output", killed], prefix=["-m", "keras_gmix.cli"])
+
+    (ref_values, ref_history), (values, history) = _state_of(reference), _state_of(killed)
+    assert history == ref_history and [row["epoch"] for row in history] == [0, 1, 2]
+    assert len(values) == len(ref_values)
+    for got, want in zip(values, ref_values):
+        np.testing.assert_array_equal(got, want)
+    assert not os.path.exists(os.path.join(killed, "backup"))
+
+
+def _trained(seed, steps):
+    model = compiled(small_model(seed), method="gmix")
+    x, y = data(8 * steps, seed)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    return model
+
+
+def test_checkpoint_round_trip_restores_weights_optimizer_and_counters(tmp_path):
+    backup = str(tmp_path / "backup")
+    model = _trained(0, steps=3)
+    kg.checkpoint.save(model, backup, epochs_done=4)
+    fresh = _trained(1, steps=1)  # other weights, other optimizer state
+    assert kg.checkpoint.restore(fresh, backup) == 4 and kg.checkpoint.saved_epoch(backup) == 4
+    for a, b in zip(fresh.variables + fresh.optimizer.variables, model.variables + model.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert int(fresh.mix_step.numpy()) == 3 and int(fresh.optimizer.iterations.numpy()) == 3
+    assert sorted(os.listdir(backup)) == ["epoch-000004.rng.npz", "epoch-000004.weights.h5", "state.json"]
+
+
+def test_a_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    backup = str(tmp_path / "backup")
+    first = _trained(0, steps=2)
+    kg.checkpoint.save(first, backup, epochs_done=1)
+    expected = [v.numpy() for v in first.variables]
+    second = _trained(1, steps=3)
+
+    def die(src, dst):  # the process dies right before a rename
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(kg.checkpoint.os, "replace", die)
+    with pytest.raises(KeyboardInterrupt):
+        kg.checkpoint.save(second, backup, epochs_done=2)
+    monkeypatch.undo()
+    # A half-written weights file may lie there: it is not what state.json names.
+    assert any(name.startswith(".tmp-") for name in os.listdir(backup))
+    restored = _trained(2, steps=1)
+    assert kg.checkpoint.restore(restored, backup) == 1
+    for variable, value in zip(restored.variables, expected):
+        np.testing.assert_array_equal(variable.numpy(), value)
+    kg.checkpoint.save(second, backup, epochs_done=2)  # the next save clears the leftovers
+    assert sorted(os.listdir(backup)) == ["epoch-000002.rng.npz", "epoch-000002.weights.h5", "state.json"]
+
+
+def test_backup_callback_resumes_fit_at_the_saved_epoch(tmp_path):
+    backup = str(tmp_path / "backup")
+    model = compiled(small_model(0), method="sam")
+    x, y = data(32)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, y, batch_size=16, epochs=4, verbose=0, callbacks=[
+            kg.checkpoint.BackupAndRestore(backup),
+            keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: e == 1 and (_ for _ in ()).throw(KeyboardInterrupt)),
+        ])
+    assert kg.checkpoint.saved_epoch(backup) == 2
+    epochs = []
+    again = compiled(small_model(5), method="sam")
+    again.fit(x, y, batch_size=16, epochs=4, verbose=0, callbacks=[
+        kg.checkpoint.BackupAndRestore(backup),
+        keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: epochs.append(e)),
+    ])
+    assert epochs == [2, 3] and int(again.optimizer.iterations.numpy()) == 8
+    assert not os.path.exists(backup)
+
+
+def test_checkpoint_keeps_the_dropout_random_state(tmp_path):
+    """Training on from a restored checkpoint draws the dropout masks the run would have drawn."""
+    def with_dropout(seed):
+        keras.utils.set_random_seed(seed)
+        inner = keras.Sequential([keras.Input((D,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dropout(0.5), keras.layers.Dense(C)])
+        return compiled(inner, method="sam")
+
+    backup = str(tmp_path / "backup")
+    x, y = data(32)
+    model = with_dropout(0)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    kg.checkpoint.save(model, backup, epochs_done=1)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    resumed = with_dropout(1)
+    kg.checkpoint.restore(resumed, backup)
+    assert len(kg.checkpoint.rng_variables(resumed)) == 1
+    resumed.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    for a, b in zip(resumed.variables, model.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

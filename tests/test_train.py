@@ -205,7 +205,7 @@ def test_killed_process_resumes(tmp_path):
     args = [sys.executable, "-m", "keras_gmix.cli", "--epochs", "4", "--method", "erm", "--verbose", "0",
             "--output", output]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metadata = os.path.join(output, "backup", "training_metadata.json")
+    metadata = os.path.join(output, "backup", "state.json")
     deadline = time.time() + 300
     try:
         while not os.path.exists(metadata) and process.poll() is None and time.time() < deadline:

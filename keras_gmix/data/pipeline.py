@@ -105,6 +105,7 @@ def make_pipeline(
     randaugment_num_ops=2,
     randaugment_factor=0.5,
     erasing_probability=0.5,
+    start_epoch=None,
 ):
     """Builds a tf.data pipeline of (image, label) batches from arrays.
 
@@ -147,6 +148,17 @@ def make_pipeline(
             [0, 1]. Defaults to 0.5.
         erasing_probability: float in [0, 1], the probability that
             RandomErasing erases a patch of an image. Defaults to 0.5.
+        start_epoch: None, or an int >= 0 (training only, needs a `seed`).
+            None: every pass over the dataset is one epoch, reshuffled.
+            An int: an endless stream of epochs `start_epoch`,
+            `start_epoch + 1`, ..., whose shuffling and "standard"
+            augmentation are a function of (seed, epoch) alone: train it
+            with `fit(..., steps_per_epoch=ceil(n / batch_size))`. A run
+            resumed at epoch k with `start_epoch=k` then sees exactly the
+            batches the uninterrupted run saw (what `gmix-train --resume`
+            relies on). Keras' RandAugment and RandomErasing keep their
+            random state in a variable and are not keyed by the epoch.
+            Defaults to None.
 
     Returns:
         A `tf.data.Dataset` of (float32 [b, H, W, C], int64 [b]).
@@ -197,12 +209,42 @@ def make_pipeline(
     if pad is None:
         pad = default_pad(x.shape[1])
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int64)))
+    if start_epoch is not None:
+        if not training or seed is None:
+            raise ValueError(
+                "`start_epoch` keys shuffling and augmentation by the epoch: "
+                "it needs `training=True` and an int `seed`. Received: "
+                f"training={training!r}, seed={seed!r}"
+            )
+        if isinstance(start_epoch, bool) or not isinstance(
+            start_epoch, (int, np.integer)
+        ) or start_epoch < 0:
+            raise ValueError(
+                "`start_epoch` must be None or an int >= 0. "
+                f"Received: start_epoch={start_epoch!r}"
+            )
+    examples = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int64)))
     if cache:
-        ds = ds.cache()
-    if training:
-        ds = ds.shuffle(x.shape[0], seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(int(batch_size), drop_remainder=drop_remainder)
+        examples = examples.cache()
+    if not training:
+        batches = examples.batch(int(batch_size), drop_remainder=drop_remainder)
+        ds = batches.map(lambda xb, yb: ((xb, yb), tf.zeros([2], tf.int64)))
+    elif start_epoch is None:
+        batches = examples.shuffle(
+            x.shape[0], seed=seed, reshuffle_each_iteration=True
+        ).batch(int(batch_size), drop_remainder=drop_remainder)
+        # One stateless seed pair per batch; a new sequence every epoch.
+        seeds = tf.data.Dataset.random(
+            seed=seed, rerandomize_each_iteration=True
+        ).batch(2)
+        ds = tf.data.Dataset.zip((batches, seeds))
+    else:
+        ds = tf.data.Dataset.counter(int(start_epoch)).flat_map(
+            lambda epoch: _epoch_batches(
+                examples, epoch, seed, x.shape[0], int(batch_size),
+                drop_remainder,
+            )
+        )
 
     def to_float(images):
         # uint8 is divided by 255; floats are kept as they are.
@@ -211,23 +253,16 @@ def make_pipeline(
     augment = augment if training else "none"
     if augment == "none":
         ds = ds.map(
-            lambda xb, yb: (to_float(xb), yb),
+            lambda batch, _: (to_float(batch[0]), batch[1]),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     else:
-        # One stateless seed pair per batch; a new sequence every epoch.
-        seeds = tf.data.Dataset.random(
-            seed=seed, rerandomize_each_iteration=True
-        ).batch(2)
-
         def crop_flip(batch, batch_seed):
             xb, yb = batch
             xb = random_crop_flip(to_float(xb), batch_seed, pad=pad, flip=flip)
             return xb, yb
 
-        ds = tf.data.Dataset.zip((ds, seeds)).map(
-            crop_flip, num_parallel_calls=tf.data.AUTOTUNE
-        )
+        ds = ds.map(crop_flip, num_parallel_calls=tf.data.AUTOTUNE)
 
     layers = _keras_augmenters(
         _KERAS_LAYERS[augment],
@@ -256,6 +291,44 @@ def make_pipeline(
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_seed(seed, epoch):
+    """The int64 seed of epoch `epoch`'s shuffle and augmentation draws.
+
+    A pure function of (seed, epoch), so that any epoch's batches can be
+    rebuilt on their own (a resumed run). Large odd multiplier: distinct
+    (seed, epoch) pairs with seed, epoch < 2**20 give distinct seeds.
+    """
+    return tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
+
+
+def _epoch_batches(examples, epoch, seed, count, batch_size, drop_remainder):
+    """One epoch's shuffled batches, each zipped with its augmentation seed.
+
+    Shuffles with a stateless permutation of the whole set (the memory of a
+    full shuffle buffer), not `Dataset.shuffle`, whose order also depends on
+    TensorFlow's global seed and which takes no tensor seed when that is 0.
+    """
+    this_seed = epoch_seed(seed, epoch)
+
+    def permute(xs, ys):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(tf.shape(ys)[0]), seed=tf.stack([this_seed, -1])
+        )
+        return tf.gather(xs, order), tf.gather(ys, order)
+
+    batches = (
+        examples.batch(count)
+        .map(permute)
+        .unbatch()
+        .batch(batch_size, drop_remainder=drop_remainder)
+    )
+    # Batch i's stateless seed pair: (epoch seed, i).
+    seeds = tf.data.Dataset.range(tf.int64.max).map(
+        lambda i: tf.stack([this_seed, i])
+    )
+    return tf.data.Dataset.zip((batches, seeds))
 
 
 def make_pipelines(

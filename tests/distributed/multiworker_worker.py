@@ -8,7 +8,7 @@ batch size (auto-sharding by DATA gives each worker its part of every global
 batch) and saves the final weights and the History to OUTPUT.npz.
 `--no-workaround` turns GMixModel's keras-team/keras#20585 workaround off,
 to check that Keras still needs it. `--backup DIR` adds
-keras.callbacks.BackupAndRestore (a restarted cluster resumes from it);
+keras_gmix.checkpoint.BackupAndRestore (a restarted cluster resumes from it);
 `--step-seconds` slows every step down, so that a test can kill a worker
 mid-training.
 """
@@ -64,10 +64,10 @@ def main():
         model = make_model(args.method, args.sync == "1")
     callbacks = []
     if args.backup:
-        # One folder per worker, as on separate machines: Keras' BackupAndRestore
+        # One folder per worker, as on separate machines: BackupAndRestore
         # does not coordinate workers that share a folder.
         task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
-        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(args.backup, f"worker{task}")))
+        callbacks.append(kg.checkpoint.BackupAndRestore(os.path.join(args.backup, f"worker{task}")))
     if args.step_seconds:
         callbacks.append(keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: time.sleep(args.step_seconds)))
     epochs_run = []

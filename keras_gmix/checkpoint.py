@@ -1,0 +1,185 @@
+"""Training checkpoints that a kill at any instant leaves usable.
+
+Keras' `BackupAndRestore` overwrites `latest.weights.h5` in place and writes
+`training_metadata.json` after it, non-atomically: a SIGKILL during the
+weights write leaves a torn file, and one between the two writes leaves the
+new weights beside the old epoch number, so the resumed run trains that
+epoch twice and its weights differ from an uninterrupted run's.
+
+Here every file is written under a temporary name, flushed to disk and
+renamed (atomic on POSIX and Windows), and each epoch's weights get their
+own file name. The small state file `state.json`, replaced last, is the
+commit point: it always names a complete weights file of the epoch it
+states, whatever instant the process died at.
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+
+STATE_FILE = "state.json"
+_WEIGHTS_PATTERN = "epoch-{:06d}.weights.h5"
+_RNG_PATTERN = "epoch-{:06d}.rng.npz"
+_TMP_PREFIX = ".tmp-"
+
+
+def rng_variables(model):
+    """The random-number states of `model`'s layers (Dropout's `SeedGenerator`s).
+
+    `save_weights` leaves them out, and a resumed run would then draw the
+    dropout masks of a fresh start instead of where the run was.
+    """
+    return [v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")]
+
+
+def _fsync_file(path):
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(folder):
+    # Makes the renames themselves durable (a power cut, not just a kill).
+    # Not supported on every platform (Windows): then the OS decides.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path, text):
+    """Writes `text` to `path` so that `path` holds the old or the new text, never a part."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, _TMP_PREFIX + os.path.basename(path))
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(folder)
+
+
+def read_state(backup_dir):
+    """The committed state {"epoch": epochs done, "weights": file name}, or None."""
+    path = os.path.join(backup_dir, STATE_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        state = json.load(f)
+    for key in ("weights", "rng"):
+        if not os.path.exists(os.path.join(backup_dir, state[key])):
+            raise OSError(
+                f"{path} names {state[key]}, which is missing: the backup "
+                "folder was changed by hand. Delete the folder to start over."
+            )
+    return state
+
+
+def saved_epoch(backup_dir):
+    """Epochs finished according to the backup in `backup_dir` (0 if there is none)."""
+    state = read_state(backup_dir)
+    return 0 if state is None else int(state["epoch"])
+
+
+def save(model, backup_dir, epochs_done):
+    """Commits `model`'s weights and optimizer state as `epochs_done` finished epochs."""
+    os.makedirs(backup_dir, exist_ok=True)
+    name = _WEIGHTS_PATTERN.format(epochs_done)
+    # Keras wants the ".weights.h5" ending on the temporary file too.
+    tmp = os.path.join(backup_dir, _TMP_PREFIX + name)
+    model.save_weights(tmp, overwrite=True)
+    _fsync_file(tmp)
+    os.replace(tmp, os.path.join(backup_dir, name))
+    rng_name = _RNG_PATTERN.format(epochs_done)
+    tmp = os.path.join(backup_dir, _TMP_PREFIX + rng_name)
+    with open(tmp, "wb") as f:
+        np.savez(f, *[v.numpy() for v in rng_variables(model)])
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(backup_dir, rng_name))
+    atomic_write_text(
+        os.path.join(backup_dir, STATE_FILE),
+        json.dumps({"epoch": int(epochs_done), "weights": name, "rng": rng_name}),
+    )
+    # Only now is the older checkpoint no longer needed.
+    for other in os.listdir(backup_dir):
+        if other not in (name, rng_name, STATE_FILE) and (
+            other.startswith("epoch-") or other.startswith(_TMP_PREFIX)
+        ):
+            os.remove(os.path.join(backup_dir, other))
+
+
+def restore(model, backup_dir):
+    """Loads the committed checkpoint into `model`; returns its epoch (0: nothing saved)."""
+    state = read_state(backup_dir)
+    if state is None:
+        return 0
+    if model.optimizer is not None and not model.optimizer.built:
+        # The optimizer's variables must exist before its state is loaded.
+        model.optimizer.build(model.trainable_variables)
+    model.load_weights(os.path.join(backup_dir, state["weights"]))
+    with np.load(os.path.join(backup_dir, state["rng"]), allow_pickle=False) as saved:
+        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    variables = rng_variables(model)
+    if len(values) != len(variables):
+        raise ValueError(
+            f"The checkpoint in {backup_dir} holds {len(values)} random-number "
+            f"states, the model has {len(variables)}: it is another model's."
+        )
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+    return int(state["epoch"])
+
+
+class BackupAndRestore(keras.callbacks.Callback):
+    """`keras.callbacks.BackupAndRestore` with atomic checkpoints.
+
+    At the end of every epoch it commits the model's weights, its
+    non-trainable state (BatchNorm statistics, `GMixModel`'s mixing
+    counter, Dropout's random-number state) and the optimizer's state; at the start of `fit` it restores
+    the last committed checkpoint and makes `fit` continue with the next
+    epoch. A process killed at any instant, mid-epoch or mid-write, resumes
+    from the last finished epoch. Combined with a training pipeline keyed by
+    the epoch (`keras_gmix.data.make_pipeline(..., start_epoch=...)`) and op
+    determinism, the resumed run ends with the same weights, bit for bit, as
+    an uninterrupted one.
+
+    Args:
+        backup_dir: str, a folder used by this callback alone.
+        delete_checkpoint: bool, remove the folder when `fit` ends normally.
+            Defaults to True.
+    """
+
+    def __init__(self, backup_dir, delete_checkpoint=True):
+        super().__init__()
+        if not backup_dir:
+            raise ValueError(f"`backup_dir` must be a folder path. Received: {backup_dir!r}")
+        self.backup_dir = backup_dir
+        self.delete_checkpoint = delete_checkpoint
+
+    def on_train_begin(self, logs=None):
+        if not self.model.built:
+            raise ValueError(
+                "BackupAndRestore needs a built model: build it (call it on a "
+                "batch, or `model.build(shape)`) before `fit`."
+            )
+        epoch = restore(self.model, self.backup_dir)
+        if epoch:
+            # The attribute Keras' own BackupAndRestore sets: fit starts here.
+            self.model._initial_epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        save(self.model, self.backup_dir, epoch + 1)
+
+    def on_train_end(self, logs=None):
+        if self.delete_checkpoint and os.path.isdir(self.backup_dir):
+            for name in os.listdir(self.backup_dir):
+                os.remove(os.path.join(self.backup_dir, name))
+            os.rmdir(self.backup_dir)
