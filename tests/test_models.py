@@ -327,3 +327,16 @@ def test_unknown_model_lists_valid_names():
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("name", km.MODEL_NAMES)
+def test_outputs_stay_float32_under_mixed_precision(name):
+    """Mixed precision computes the body in float16; the logits stay float32."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = km.build_model(name, num_classes=10, input_shape=(32, 32, 3), classifier_activation=None)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert model.outputs[0].dtype == "float32"
+    assert any(layer.compute_dtype == "float16" for layer in model.layers)

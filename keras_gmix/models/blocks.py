@@ -84,12 +84,18 @@ def relu(x, name=None):
 def classifier_head(
     x, num_classes, weight_decay, classifier_activation, name="predictions"
 ):
-    """Global average pooling and a dense classifier."""
+    """Global average pooling and a dense classifier with float32 outputs.
+
+    float32 even under a mixed-precision policy, as Keras' mixed-precision
+    guide advises: softmax and the loss on float16 logits lose precision
+    and overflow (logits beyond 65504).
+    """
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     return keras.layers.Dense(
         num_classes,
         activation=classifier_activation,
         kernel_regularizer=kernel_regularizer(weight_decay),
+        dtype="float32",
         name=name,
     )(x)
 

@@ -64,8 +64,6 @@ def mobilenet_v2(
         name=name,
     )
     replace_bn = batchnorm is not keras.layers.BatchNormalization
-    if not replace_bn and not weight_decay:
-        return base
 
     def clone_layer(layer):
         config = layer.get_config()
@@ -80,6 +78,9 @@ def mobilenet_v2(
             layer, (keras.layers.Conv2D, keras.layers.Dense)
         ):
             config["kernel_regularizer"] = kernel_regularizer(weight_decay)
+        if layer.name == "predictions":
+            # float32 logits under mixed precision, as blocks.classifier_head.
+            config["dtype"] = "float32"
         return layer.__class__.from_config(config)
 
     return keras.models.clone_model(base, clone_function=clone_layer)
