@@ -320,3 +320,24 @@ def test_checkpoint_keeps_the_dropout_random_state(tmp_path):
     resumed.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
     for a, b in zip(resumed.variables, model.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+class _Payload:
+    """Unpickling it would create the file `path`: proof that code ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_an_npz_with_pickled_arrays_is_refused_unread(tmp_path):
+    marker = tmp_path / "unpickled"
+    path = tmp_path / "data.npz"
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    np.savez(path, x_train=images, y_train=np.arange(4), x_test=images, y_test=np.arange(4),
+             label_names=np.array([_Payload(str(marker))], dtype=object))
+    with pytest.raises(ValueError, match="object \\(pickled\\) arrays"):
+        kg.data.load_dataset(str(path))
+    assert not marker.exists()

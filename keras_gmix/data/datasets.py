@@ -285,8 +285,18 @@ def load_npz(path, num_classes=None, flip=True):
                 f"The .npz file {path!r} lacks the arrays {missing}; it must "
                 f"hold {list(NPZ_KEYS)}. Found: {sorted(f.files)}"
             )
-        arrays = {k: f[k] for k in NPZ_KEYS}
-        label_names = f["label_names"] if "label_names" in f.files else None
+        try:
+            arrays = {k: f[k] for k in NPZ_KEYS}
+            label_names = f["label_names"] if "label_names" in f.files else None
+        except ValueError as error:
+            if "allow_pickle" not in str(error):
+                raise
+            raise ValueError(
+                f"The .npz file {path!r} holds object (pickled) arrays, and "
+                "unpickling can run arbitrary code, so it is not loaded. Save "
+                "numeric arrays (uint8/float images, integer labels) and string "
+                "label names with dtype 'U'."
+            ) from None
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.ndim == 3:
