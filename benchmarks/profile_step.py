@@ -41,6 +41,8 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=14, help="op types listed")
     parser.add_argument("--logdir", default="/tmp/gmix_profile")
+    parser.add_argument("--counts", action="store_true",
+                        help="also print how many ops of every type run per step")
     return parser.parse_args(argv)
 
 
@@ -106,6 +108,11 @@ def main(argv=None):
     for op_type in HEAVY:
         print(f"{op_type:28}" + "".join(f"{results[m][1][op_type] / n:14.1f}" for m in methods))
     print(f"{'ops of any type':28}" + "".join(f"{sum(results[m][1].values()) / n:14.0f}" for m in methods))
+    if args.counts:
+        print("\nops per step, every type")
+        types = set().union(*(results[m][1] for m in methods))
+        for op_type in sorted(types, key=lambda t: (-max(results[m][1][t] for m in methods), t)):
+            print(f"{op_type[:28]:28}" + "".join(f"{results[m][1][op_type] / n:14.1f}" for m in methods))
 
 
 if __name__ == "__main__":
