@@ -67,7 +67,7 @@ def atomic_write_text(path, text):
 
 
 def read_state(backup_dir):
-    """The committed state {"epoch": epochs done, "weights": file name}, or None."""
+    """The committed state {"epoch": epochs done, "weights": ..., "rng": file names}, or None."""
     path = os.path.join(backup_dir, STATE_FILE)
     if not os.path.exists(path):
         return None
@@ -143,9 +143,9 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     At the end of every epoch it commits the model's weights, its
     non-trainable state (BatchNorm statistics, `GMixModel`'s mixing
-    counter, Dropout's random-number state) and the optimizer's state; at the start of `fit` it restores
-    the last committed checkpoint and makes `fit` continue with the next
-    epoch. A process killed at any instant, mid-epoch or mid-write, resumes
+    counter, Dropout's random-number state) and the optimizer's state; at
+    the start of `fit` it restores the last committed checkpoint and makes
+    `fit` continue with the next epoch. A process killed at any instant, mid-epoch or mid-write, resumes
     from the last finished epoch. Combined with a training pipeline keyed by
     the epoch (`keras_gmix.data.make_pipeline(..., start_epoch=...)`) and op
     determinism, the resumed run ends with the same weights, bit for bit, as

@@ -228,6 +228,7 @@ def make_pipeline(
         examples = examples.cache()
     if not training:
         batches = examples.batch(int(batch_size), drop_remainder=drop_remainder)
+        # The (batch, augmentation seed) structure of training; the seed is unused.
         ds = batches.map(lambda xb, yb: ((xb, yb), tf.zeros([2], tf.int64)))
     elif start_epoch is None:
         batches = examples.shuffle(
@@ -297,8 +298,8 @@ def epoch_seed(seed, epoch):
     """The int64 seed of epoch `epoch`'s shuffle and augmentation draws.
 
     A pure function of (seed, epoch), so that any epoch's batches can be
-    rebuilt on their own (a resumed run). Large odd multiplier: distinct
-    (seed, epoch) pairs with seed, epoch < 2**20 give distinct seeds.
+    rebuilt on their own (a resumed run). Distinct (seed, epoch) pairs give
+    distinct seeds for epochs below the multiplier, 1,000,003.
     """
     return tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
 
