@@ -219,6 +219,7 @@ def _state_of(output):
     return values, history
 
 
+@pytest.mark.slow  # three gmix-train processes, ~70 s; run by .ci/run
 def test_sigkill_mid_epoch_then_resume_gives_the_same_weights_bit_for_bit(tmp_path):
     reference, killed = str(tmp_path / "reference"), str(tmp_path / "killed")
     _gmix_train([*RESUME_RUN, "--output", reference], prefix=["-m", "keras_gmix.cli"])
