@@ -82,6 +82,20 @@ def read_state(backup_dir):
     return state
 
 
+def remove(backup_dir):
+    """Deletes a backup folder as one step: renamed away first, so a kill mid-way never leaves
+    a `state.json` that names deleted files."""
+    if not os.path.isdir(backup_dir):
+        return
+    parent, name = os.path.split(os.path.abspath(backup_dir))
+    doomed = os.path.join(parent, f"{_TMP_PREFIX}{name}-{os.getpid()}")
+    os.replace(backup_dir, doomed)
+    _fsync_dir(parent)
+    for entry in os.listdir(doomed):
+        os.remove(os.path.join(doomed, entry))
+    os.rmdir(doomed)
+
+
 def saved_epoch(backup_dir):
     """Epochs finished according to the backup in `backup_dir` (0 if there is none)."""
     state = read_state(backup_dir)
@@ -154,7 +168,9 @@ class BackupAndRestore(keras.callbacks.Callback):
     Args:
         backup_dir: str, a folder used by this callback alone.
         delete_checkpoint: bool, remove the folder when `fit` ends normally.
-            Defaults to True.
+            Pass False when more must be saved after `fit` (results, the
+            model), and call `remove(backup_dir)` once it is. Defaults to
+            True.
     """
 
     def __init__(self, backup_dir, delete_checkpoint=True):
@@ -171,15 +187,15 @@ class BackupAndRestore(keras.callbacks.Callback):
                 "batch, or `model.build(shape)`) before `fit`."
             )
         epoch = restore(self.model, self.backup_dir)
-        if epoch:
-            # The attribute Keras' own BackupAndRestore sets: fit starts here.
-            self.model._initial_epoch = epoch
+        # The attribute Keras' own BackupAndRestore sets: fit starts here.
+        # None leaves fit's own `initial_epoch` in force.
+        self.model._initial_epoch = epoch or None
 
     def on_epoch_end(self, epoch, logs=None):
         save(self.model, self.backup_dir, epoch + 1)
 
     def on_train_end(self, logs=None):
-        if self.delete_checkpoint and os.path.isdir(self.backup_dir):
-            for name in os.listdir(self.backup_dir):
-                os.remove(os.path.join(self.backup_dir, name))
-            os.rmdir(self.backup_dir)
+        # Keras reads it but never clears it: a later fit would start there.
+        self.model._initial_epoch = None
+        if self.delete_checkpoint:
+            remove(self.backup_dir)

@@ -21,9 +21,11 @@ A killed run continues with `resume=True` (`--resume`): the backup restores
 the weights, the optimizer (its step count drives the learning-rate
 schedule), GMixModel's mixing counter and the epoch, and fit continues with
 the next epoch; history.csv keeps one row per finished epoch. The training
-pipeline's shuffling and augmentation are keyed by (seed, epoch), so the
-resumed run sees the batches the uninterrupted run saw: with op determinism
-on the CPU it ends with the same weights, bit for bit.
+pipeline's shuffling and "standard" augmentation are keyed by (seed,
+epoch), so the resumed run sees the batches the uninterrupted run saw: with
+`deterministic=True`, on one CPU device, with augment "none" or "standard",
+it ends with the same weights, bit for bit. (Keras' RandAugment and
+RandomErasing layers keep their own random state, which is not restored.)
 """
 
 import dataclasses
@@ -94,7 +96,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 0
     # TensorFlow's op determinism (process-wide, stays on): the same seed
-    # gives the same weights bit for bit, also across --resume. Slower.
+    # gives the same weights bit for bit on one CPU device, also across
+    # --resume (augment "none"/"standard"; see the module docstring).
     deterministic: bool = False
     output: Optional[str] = None
     resume: bool = False
@@ -477,7 +480,9 @@ def _run(config, output, backup_dir, results_path, extra_callbacks):
                 seed=config.seed,
             )
         )
-    backup = checkpoint_lib.BackupAndRestore(backup_dir)
+    # Kept until the results are written: a kill before that resumes
+    # from the last epoch instead of training again from epoch 0.
+    backup = checkpoint_lib.BackupAndRestore(backup_dir, delete_checkpoint=False)
     callbacks = loggers + [backup] + extra_callbacks
 
     start = time.time()
@@ -528,7 +533,10 @@ def _run(config, output, backup_dir, results_path, extra_callbacks):
         "wall_seconds": round(wall_seconds, 2),
         "output": output,
     }
-    model.save(os.path.join(output, "model.keras"))
-    with open(results_path, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
+    # Each file appears whole or not at all; the backup goes last.
+    model_tmp = os.path.join(output, ".tmp-model.keras")
+    model.save(model_tmp)
+    os.replace(model_tmp, os.path.join(output, "model.keras"))
+    checkpoint_lib.atomic_write_text(results_path, json.dumps(results, indent=2))
+    checkpoint_lib.remove(backup_dir)
     return results

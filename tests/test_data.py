@@ -476,9 +476,10 @@ def test_epoch_keyed_stream_starts_where_a_resumed_run_needs_it():
     (dict(start_epoch=0, training=False), "training=True"),
     (dict(start_epoch=-1), "int >= 0"),
     (dict(start_epoch=1.5), "int >= 0"),
+    (dict(start_epoch=0, drop_remainder=True, batch_size=8), "make no batch of 8"),
 ])
 def test_start_epoch_is_checked(kwargs, match):
-    args = dict(training=True, seed=0)
+    args = dict(training=True, seed=0, batch_size=2)
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
-        kd.make_pipeline(np.zeros((4, 8, 8, 3), np.uint8), np.zeros(4), 2, **args)
+        kd.make_pipeline(np.zeros((4, 8, 8, 3), np.uint8), np.zeros(4), **args)

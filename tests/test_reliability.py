@@ -299,6 +299,30 @@ def test_backup_callback_resumes_fit_at_the_saved_epoch(tmp_path):
     ])
     assert epochs == [2, 3] and int(again.optimizer.iterations.numpy()) == 8
     assert not os.path.exists(backup)
+    # A later fit of the same model, with a new backup folder, starts at epoch 0 again.
+    epochs.clear()
+    again.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[
+        kg.checkpoint.BackupAndRestore(str(tmp_path / "other")),
+        keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: epochs.append(e)),
+    ])
+    assert epochs == [0, 1]
+
+
+def test_removing_a_backup_renames_it_away_first(tmp_path, monkeypatch):
+    backup = str(tmp_path / "backup")
+    kg.checkpoint.save(_trained(0, steps=1), backup, epochs_done=1)
+    removed = []
+    real_remove = os.remove
+
+    def remove_and_check(path):  # the backup folder is gone before any file is
+        assert not os.path.exists(backup)
+        removed.append(os.path.basename(path))
+        real_remove(path)
+
+    monkeypatch.setattr(kg.checkpoint.os, "remove", remove_and_check)
+    kg.checkpoint.remove(backup)
+    assert sorted(removed) == ["epoch-000001.rng.npz", "epoch-000001.weights.h5", "state.json"]
+    assert os.listdir(tmp_path) == []
 
 
 def test_checkpoint_keeps_the_dropout_random_state(tmp_path):

@@ -185,6 +185,27 @@ def test_resume_continues_from_the_next_epoch(tmp_path):
     assert again == results
 
 
+def test_a_kill_after_training_but_before_the_results_resumes_without_training(tmp_path, monkeypatch):
+    """The backup outlives fit until results.json is written."""
+    output = str(tmp_path / "run")
+    config = train.TrainConfig(method="erm", epochs=2, train_size=32, batch_size=16, verbose=0, output=output)
+
+    def killed(self, path, *args, **kwargs):  # dies while saving the trained model
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(train.GMixModel, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(config)
+    monkeypatch.undo()
+    assert not os.path.exists(os.path.join(output, "results.json"))
+    assert train.checkpoint_lib.saved_epoch(os.path.join(output, "backup")) == 2
+    seen = _Epochs()
+    results = train.run(train.TrainConfig.from_dict(train.resume_values({"output": output, "resume": True})),
+                        callbacks=[seen])
+    assert seen.epochs == [] and results["epochs_done"] == 2
+    assert os.path.exists(os.path.join(output, "results.json")) and not os.path.exists(os.path.join(output, "backup"))
+
+
 def test_resume_drops_a_row_written_after_the_last_backup(tmp_path):
     """A kill between the CSV row and the backup: the epoch is redone, logged once."""
     output = str(tmp_path / "run")

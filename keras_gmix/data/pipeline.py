@@ -153,7 +153,8 @@ def make_pipeline(
             An int: an endless stream of epochs `start_epoch`,
             `start_epoch + 1`, ..., whose shuffling and "standard"
             augmentation are a function of (seed, epoch) alone: train it
-            with `fit(..., steps_per_epoch=ceil(n / batch_size))`. A run
+            with `fit(..., steps_per_epoch=ceil(n / batch_size))` (floor
+            with `drop_remainder=True`). A run
             resumed at epoch k with `start_epoch=k` then sees exactly the
             batches the uninterrupted run saw (what `gmix-train --resume`
             relies on). Keras' RandAugment and RandomErasing keep their
@@ -222,6 +223,14 @@ def make_pipeline(
             raise ValueError(
                 "`start_epoch` must be None or an int >= 0. "
                 f"Received: start_epoch={start_epoch!r}"
+            )
+        if drop_remainder and x.shape[0] < batch_size:
+            # Every epoch would be empty, and the endless stream would
+            # search for a batch forever.
+            raise ValueError(
+                f"With drop_remainder=True, {x.shape[0]} examples make no "
+                f"batch of {batch_size}. Lower `batch_size` or keep the "
+                "last partial batch."
             )
     examples = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int64)))
     if cache:
@@ -307,9 +316,11 @@ def epoch_seed(seed, epoch):
 def _epoch_batches(examples, epoch, seed, count, batch_size, drop_remainder):
     """One epoch's shuffled batches, each zipped with its augmentation seed.
 
-    Shuffles with a stateless permutation of the whole set (the memory of a
-    full shuffle buffer), not `Dataset.shuffle`, whose order also depends on
-    TensorFlow's global seed and which takes no tensor seed when that is 0.
+    Shuffles with a stateless permutation of the whole set, not
+    `Dataset.shuffle`, whose order also depends on TensorFlow's global seed
+    and which takes no tensor seed when that is 0. At the start of every
+    epoch the permutation briefly holds two more copies of the (in-memory)
+    training set; a full shuffle buffer holds one.
     """
     this_seed = epoch_seed(seed, epoch)
 
