@@ -34,9 +34,11 @@ def rng_variables(model):
     return [v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")]
 
 
-def _fsync_file(path):
-    with open(path, "rb+") as f:
+def replace_durably(tmp, path):
+    """Flushes the finished file `tmp` to disk, then renames it to `path` (atomic)."""
+    with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _fsync_dir(folder):
@@ -60,9 +62,7 @@ def atomic_write_text(path, text):
     tmp = os.path.join(folder, _TMP_PREFIX + os.path.basename(path))
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
     _fsync_dir(folder)
 
 
@@ -109,15 +109,12 @@ def save(model, backup_dir, epochs_done):
     # Keras wants the ".weights.h5" ending on the temporary file too.
     tmp = os.path.join(backup_dir, _TMP_PREFIX + name)
     model.save_weights(tmp, overwrite=True)
-    _fsync_file(tmp)
-    os.replace(tmp, os.path.join(backup_dir, name))
+    replace_durably(tmp, os.path.join(backup_dir, name))
     rng_name = _RNG_PATTERN.format(epochs_done)
     tmp = os.path.join(backup_dir, _TMP_PREFIX + rng_name)
     with open(tmp, "wb") as f:
         np.savez(f, *[v.numpy() for v in rng_variables(model)])
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(backup_dir, rng_name))
+    replace_durably(tmp, os.path.join(backup_dir, rng_name))
     atomic_write_text(
         os.path.join(backup_dir, STATE_FILE),
         json.dumps({"epoch": int(epochs_done), "weights": name, "rng": rng_name}),

@@ -536,7 +536,7 @@ def _run(config, output, backup_dir, results_path, extra_callbacks):
     # Each file appears whole or not at all; the backup goes last.
     model_tmp = os.path.join(output, ".tmp-model.keras")
     model.save(model_tmp)
-    os.replace(model_tmp, os.path.join(output, "model.keras"))
+    checkpoint_lib.replace_durably(model_tmp, os.path.join(output, "model.keras"))
     checkpoint_lib.atomic_write_text(results_path, json.dumps(results, indent=2))
     checkpoint_lib.remove(backup_dir)
     return results
