@@ -59,7 +59,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
 METHODS = ("erm", "mixup", "sam", "gmix", "bgmix", "dgmix")
-MODELS = ("small_cnn", "resnet20", "preact_resnet18")
+MODELS = ("small_cnn", "resnet8", "resnet20", "preact_resnet18")
 KERAS_FIT = "keras fit"
 NAIVE_SAM = "naive sam"
 TFK_FIT = "tf-keras fit"

@@ -94,6 +94,7 @@ def small_cnn_count(width=32, classes=10, channels=3):
 #     WRN-16-8 11.0M, WRN-28-10 36.5M.
 TRAINABLE = {
     "small_cnn": (None, small_cnn_count()),
+    "resnet8": (None, resnet_option_a_count(8)),
     "resnet20": (0.27, resnet_option_a_count(20)),
     "resnet32": (0.46, resnet_option_a_count(32)),
     "resnet56": (0.85, resnet_option_a_count(56)),

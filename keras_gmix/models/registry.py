@@ -16,6 +16,8 @@ def _named(builder, name, **fixed):
 
 MODELS = {
     "small_cnn": small_cnn,
+    # ResNet-8 (n = 1): the benchmarks' CIFAR model on 2 CPU cores.
+    "resnet8": _named(cifar_resnet, "resnet8", depth=8),
     "resnet20": _named(cifar_resnet, "resnet20", depth=20),
     "resnet32": _named(cifar_resnet, "resnet32", depth=32),
     "resnet56": _named(cifar_resnet, "resnet56", depth=56),
@@ -40,8 +42,8 @@ def build_model(name, num_classes=10, input_shape=(32, 32, 3), **kwargs):
     """Builds an architecture by name.
 
     Args:
-        name: one of `MODEL_NAMES`: "small_cnn", "resnet20", "resnet32",
-            "resnet56" (He et al. 2016, shortcut A), "preact_resnet18",
+        name: one of `MODEL_NAMES`: "small_cnn", "resnet8", "resnet20",
+            "resnet32", "resnet56" (He et al. 2016, shortcut A), "preact_resnet18",
             "wrn16_8", "wrn28_10", "pyramidnet110_270" (basic blocks, 28.3M),
             "pyramidnet272_200" (bottleneck, 26.0M), "pyramidnet_small"
             (depth 20, alpha 48, basic), "mobilenetv2".
