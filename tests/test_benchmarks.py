@@ -1,0 +1,99 @@
+"""Tests for the pure functions of the benchmark scripts (benchmarks/).
+
+The statistics in the committed reports come from these functions, so they
+are checked against independent references: SciPy's paired t-test for the
+by-hand fallback, and sums worked out by hand for the flattening measure.
+"""
+
+import builtins
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(BENCHMARKS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def generalization():
+    return load("generalization")
+
+
+PAIRED_CASES = [
+    ([0.61, 0.65, 0.63], [0.66, 0.69, 0.67]),  # 3 seeds, a clear gain
+    ([0.9171, 0.9080, 0.9262], [0.9542, 0.9537, 0.9547]),
+    ([0.50, 0.52, 0.49, 0.51, 0.50], [0.51, 0.50, 0.50, 0.52, 0.49]),  # no effect
+]
+
+
+@pytest.mark.parametrize("a, b", PAIRED_CASES)
+def test_paired_test_by_hand_matches_scipy(generalization, a, b, monkeypatch):
+    """Without SciPy the p-value is integrated by hand; it must match ttest_rel."""
+    from scipy import stats
+
+    expected_diff = float(np.mean(np.subtract(b, a)))
+    expected_p = float(stats.ttest_rel(b, a).pvalue)
+    real_import = builtins.__import__
+
+    def refuse_scipy(name, *args, **kwargs):
+        if name == "scipy" or name.startswith("scipy."):
+            raise ImportError("scipy hidden by the test")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", refuse_scipy)
+    with pytest.raises(ImportError):
+        from scipy import stats as _  # noqa: F401  (the hiding works)
+    diff, p = generalization.paired_test(a, b)
+    assert diff == pytest.approx(expected_diff, abs=1e-12)
+    assert p == pytest.approx(expected_p, rel=1e-4, abs=1e-6)
+
+
+def test_paired_test_degenerate_cases(generalization):
+    assert generalization.paired_test([], []) == (None, None)
+    diff, p = generalization.paired_test([0.5], [0.6])  # one seed: no test
+    assert diff == pytest.approx(0.1) and p is None
+    diff, p = generalization.paired_test([0.5, 0.6], [0.6, 0.7])  # constant difference
+    assert diff == pytest.approx(0.1) and p is None
+
+
+def test_flattening_compares_the_last_two_tenths(generalization):
+    # 20 epochs: k = 2; epochs 17-18 average 3.0, epochs 19-20 average 2.0.
+    loss = [9.0] * 16 + [3.5, 2.5, 2.0, 2.0]
+    assert generalization.flattening(loss) == pytest.approx(3.0 / 2.0 - 1.0)
+    assert generalization.flattening([1.0] * 50) == pytest.approx(0.0)
+
+
+def test_late_gain_is_end_minus_seventy_percent(generalization):
+    acc = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    # index round(0.7 * 10) - 1 = 6 holds 0.7
+    assert generalization.late_gain({"history": {"val_accuracy": acc}}) == pytest.approx(0.95 - 0.7)
+    assert np.isnan(generalization.late_gain({"history": {}}))
+
+
+def test_budget_epochs_per_subset(generalization):
+    assert generalization.budget_epochs("mnist1d", "4000") == 200
+    assert generalization.budget_epochs("cifar10_partial", "2500") == 200
+    assert generalization.budget_epochs("cifar10_partial", "5438") == 100
+
+
+@pytest.mark.parametrize("key, expected", [
+    ("mnist1d", ("mnist1d", "4000")),
+    ("cifar10_partial:2500", ("cifar10_partial", "2500")),
+    ("cifar10_partial:5438", ("cifar10_partial", "5438")),
+])
+def test_parse_dataset(generalization, key, expected):
+    assert generalization.parse_dataset(key) == expected
+
+
+@pytest.mark.parametrize("key", ["cifar10", "cifar10_partial", "cifar10_partial:3000", "mnist1d:100"])
+def test_parse_dataset_refuses_unknown_keys(generalization, key):
+    with pytest.raises(ValueError):
+        generalization.parse_dataset(key)
