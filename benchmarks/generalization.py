@@ -282,6 +282,74 @@ def write_json(path, payload):
     os.replace(tmp, path)  # a killed process never leaves half a file
 
 
+def boot_id():
+    """This boot of this machine: a claim made under another one is stale."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return platform.node()
+
+
+def claim_is_live(holder):
+    """Whether the process that wrote a claim still runs on this machine."""
+    if holder.get("boot") != boot_id():
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(path):
+    """Claims the run that writes `path` for this process: True, or False if
+    the run is done or a live process of this machine has claimed it (two
+    processes on the same plan then share the runs instead of training the
+    same one twice).
+
+    The claim is `path + ".claim"`, created with O_EXCL; a claim whose
+    process has died (killed, or another boot) is taken over. Two processes
+    that find the same dead claim at the same moment may both take it over:
+    a duplicated run, never a lost one.
+    """
+    if os.path.exists(path):
+        return False
+    lock = path + ".claim"
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = read_json(lock)
+            except (OSError, ValueError):
+                return False  # being written by its owner right now
+            if claim_is_live(holder):
+                return False
+            try:
+                os.remove(lock)
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"pid": os.getpid(), "boot": boot_id()}, f)
+        if os.path.exists(path):  # finished by another process since the caller looked
+            release(path)
+            return False
+        return True
+    return False
+
+
+def release(path):
+    try:
+        os.remove(path + ".claim")
+    except FileNotFoundError:
+        pass
+
+
 def read_json(path):
     with open(path, encoding="utf-8") as f:
         return json.load(f)
@@ -377,13 +445,16 @@ def do_sweep(args):
         for _ in range(2):  # the second pass adds G-Mix once alpha is known
             for method, rho, alpha in sweep_plan(args.out, name):
                 path = sweep_path(args.out, sname, ssubset, method, rho, alpha, epochs)
-                if os.path.exists(path):
+                if not claim(path):
                     continue
-                task = task or Task(key, args.data)
-                print(f"[sweep] {key} {method} rho={rho} alpha={alpha} epochs={epochs}", flush=True)
-                result = train_run(task, method, 0, epochs, rho, alpha, validation=True, eigen=False,
-                                   verbose=args.verbose)
-                write_json(path, result)
+                try:
+                    task = task or Task(key, args.data)
+                    print(f"[sweep] {key} {method} rho={rho} alpha={alpha} epochs={epochs}", flush=True)
+                    result = train_run(task, method, 0, epochs, rho, alpha, validation=True,
+                                       eigen=False, verbose=args.verbose)
+                    write_json(path, result)
+                finally:
+                    release(path)
                 print(f"[sweep] -> val accuracy {result['val_accuracy']:.4f} "
                       f"({result['seconds']:.0f} s)", flush=True)
 
@@ -408,12 +479,16 @@ def do_runs(args):
                 # Another budget than the data set's (--epochs): a budget check, kept apart.
                 suffix = "" if epochs == budget_epochs(name, subset) else f"_e{epochs}"
                 path = os.path.join(run_dir(args.out, name, subset), f"{method}_seed{seed}{suffix}.json")
-                if os.path.exists(path):
+                if not claim(path):
                     continue
-                task = task or Task(key, args.data)
-                print(f"[run] {key} {method} seed={seed} rho={rho} alpha={a} epochs={epochs}", flush=True)
-                result = train_run(task, method, seed, epochs, rho, a, verbose=args.verbose)
-                write_json(path, result)
+                try:
+                    task = task or Task(key, args.data)
+                    print(f"[run] {key} {method} seed={seed} rho={rho} alpha={a} epochs={epochs}",
+                          flush=True)
+                    result = train_run(task, method, seed, epochs, rho, a, verbose=args.verbose)
+                    write_json(path, result)
+                finally:
+                    release(path)
                 print(f"[run] -> test accuracy {result['test_accuracy']:.4f} ({result['seconds']:.0f} s, "
                       f"eigenvalue {result['hessian_top_eigenvalue']['value']:.2f})", flush=True)
 

@@ -97,3 +97,37 @@ def test_parse_dataset(generalization, key, expected):
 def test_parse_dataset_refuses_unknown_keys(generalization, key):
     with pytest.raises(ValueError):
         generalization.parse_dataset(key)
+
+
+def test_a_claimed_run_is_not_claimed_twice(generalization, tmp_path):
+    path = str(tmp_path / "erm_seed0.json")
+    assert generalization.claim(path)
+    assert not generalization.claim(path)  # held by a live process (this one)
+    generalization.release(path)
+    assert generalization.claim(path)
+
+
+def test_a_finished_run_is_not_claimed(generalization, tmp_path):
+    path = str(tmp_path / "erm_seed0.json")
+    generalization.write_json(path, {"test_accuracy": 0.5})
+    assert not generalization.claim(path)
+    assert not os.path.exists(path + ".claim")
+
+
+def test_the_claim_of_a_dead_process_is_taken_over(generalization, tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path = str(tmp_path / "erm_seed0.json")
+    generalization.write_json(path + ".claim", {"pid": dead.pid, "boot": generalization.boot_id()})
+    assert generalization.claim(path)
+    assert generalization.read_json(path + ".claim")["pid"] == os.getpid()
+
+
+def test_the_claim_of_another_boot_is_taken_over(generalization, tmp_path):
+    path = str(tmp_path / "erm_seed0.json")
+    generalization.write_json(path + ".claim", {"pid": os.getpid(), "boot": "another boot"})
+    assert generalization.claim(path)
+    assert generalization.read_json(path + ".claim")["boot"] == generalization.boot_id()
