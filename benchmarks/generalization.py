@@ -296,11 +296,11 @@ def claim_is_live(holder):
     if holder.get("boot") != boot_id():
         return False
     try:
-        os.kill(int(holder["pid"]), 0)
+        os.kill(int(holder["pid"]), 0)  # PermissionError: alive, another user's
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 
@@ -329,10 +329,7 @@ def claim(path):
                 return False  # being written by its owner right now
             if claim_is_live(holder):
                 return False
-            try:
-                os.remove(lock)
-            except FileNotFoundError:
-                pass
+            release(path)  # the dead claim
             continue
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump({"pid": os.getpid(), "boot": boot_id()}, f)
