@@ -276,10 +276,10 @@ def train_run(task, method, seed, epochs, rho, alpha, validation=False, eigen=Tr
 
 def write_json(path, payload):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)  # a killed process never leaves half a file
+    # Flushed, then renamed: a killed process or a power cut never leaves
+    # half a file (a run costs up to an hour).
+    from keras_gmix.checkpoint import atomic_write_text
+    atomic_write_text(path, json.dumps(payload, indent=1))
 
 
 def boot_id():
@@ -304,6 +304,20 @@ def claim_is_live(holder):
     return True
 
 
+# An unreadable claim this much older than now was left by a process killed
+# between creating the file and writing its two fields (a millisecond's work).
+CLAIM_WRITE_SECONDS = 60
+
+
+def claim_is_abandoned(lock, now=None):
+    """Whether the unreadable claim file `lock` is too old to be still being written."""
+    try:
+        age = (time.time() if now is None else now) - os.path.getmtime(lock)
+    except FileNotFoundError:
+        return False  # released meanwhile: the next attempt creates it
+    return age > CLAIM_WRITE_SECONDS
+
+
 def claim(path):
     """Claims the run that writes `path` for this process: True, or False if
     the run is done or a live process of this machine has claimed it (two
@@ -326,7 +340,9 @@ def claim(path):
             try:
                 holder = read_json(lock)
             except (OSError, ValueError):
-                return False  # being written by its owner right now
+                if not claim_is_abandoned(lock):
+                    return False  # being written by its owner right now
+                holder = {}  # its owner died between creating and writing it
             if claim_is_live(holder):
                 return False
             release(path)  # the dead claim

@@ -137,3 +137,28 @@ def test_the_claim_of_another_boot_is_taken_over(generalization, tmp_path):
     generalization.write_json(path + ".claim", {"pid": os.getpid(), "boot": "another boot"})
     assert generalization.claim(path)
     assert generalization.read_json(path + ".claim")["boot"] == generalization.boot_id()
+
+
+def test_an_empty_claim_blocks_while_it_may_still_be_written(generalization, tmp_path):
+    path = str(tmp_path / "erm_seed0.json")
+    open(path + ".claim", "w").close()  # created, not yet written
+    assert not generalization.claim(path)
+    assert os.path.getsize(path + ".claim") == 0  # left to its owner
+
+
+def test_an_old_empty_claim_is_taken_over(generalization, tmp_path):
+    # Its process was killed between creating the file and writing it.
+    path = str(tmp_path / "erm_seed0.json")
+    open(path + ".claim", "w").close()
+    old = os.path.getmtime(path + ".claim") - generalization.CLAIM_WRITE_SECONDS - 1
+    os.utime(path + ".claim", (old, old))
+    assert generalization.claim(path)
+    assert generalization.read_json(path + ".claim")["pid"] == os.getpid()
+
+
+def test_write_json_leaves_no_temporary_file(generalization, tmp_path):
+    path = str(tmp_path / "runs" / "erm_seed0.json")
+    generalization.write_json(path, {"test_accuracy": 0.5})
+    generalization.write_json(path, {"test_accuracy": 0.75})
+    assert generalization.read_json(path) == {"test_accuracy": 0.75}
+    assert os.listdir(tmp_path / "runs") == ["erm_seed0.json"]
