@@ -18,6 +18,9 @@ import os
 
 import keras
 import numpy as np
+import tensorflow as tf
+
+from keras_gmix import distribute
 
 STATE_FILE = "state.json"
 _WEIGHTS_PATTERN = "epoch-{:06d}.weights.h5"
@@ -102,8 +105,51 @@ def saved_epoch(backup_dir):
     return 0 if state is None else int(state["epoch"])
 
 
-def save(model, backup_dir, epochs_done):
-    """Commits `model`'s weights and optimizer state as `epochs_done` finished epochs."""
+def _checkpoints(state):
+    """The checkpoints a state names, newest first: {"epoch", "weights", "rng"} each."""
+    if state is None:
+        return []
+    newest = {key: state[key] for key in ("epoch", "weights", "rng")}
+    return [newest] + ([state["previous"]] if state.get("previous") else [])
+
+
+def committed_epochs(backup_dir):
+    """The epochs `backup_dir` can restore, newest first (0, a fresh start, always can)."""
+    return [int(c["epoch"]) for c in _checkpoints(read_state(backup_dir))] + [0]
+
+
+def resume_epoch(backup_dir, strategy=None):
+    """The epoch a run resumes from: its newest checkpoint's, or on several
+    workers the oldest of their newest ones.
+
+    Each worker of a multi-worker run commits its own checkpoint at the end of
+    an epoch, so a job killed between two workers' commits leaves them one
+    epoch apart; resuming each from its own newest would train them from
+    different weights and epochs. So workers agree on the oldest, and a worker
+    that is ahead restores the checkpoint before its newest, which
+    `BackupAndRestore` keeps on several workers.
+    """
+    newest = saved_epoch(backup_dir)
+    strategy = strategy or tf.distribute.get_strategy()
+    if not distribute.is_multi_worker(strategy):
+        return newest
+    epoch = distribute.min_over_workers(newest, strategy)
+    if epoch not in committed_epochs(backup_dir):
+        raise ValueError(
+            f"The workers' checkpoints are more than one epoch apart: this worker's "
+            f"{backup_dir} holds epochs {committed_epochs(backup_dir)[:-1]}, another "
+            f"worker's newest is epoch {epoch}. Delete every worker's backup folder "
+            "to start over."
+        )
+    return epoch
+
+
+def save(model, backup_dir, epochs_done, keep_previous=False):
+    """Commits `model`'s weights and optimizer state as `epochs_done` finished epochs.
+
+    `keep_previous` keeps the checkpoint committed before as well, the one
+    a worker that is ahead of the others resumes from (see `resume_epoch`).
+    """
     os.makedirs(backup_dir, exist_ok=True)
     name = _WEIGHTS_PATTERN.format(epochs_done)
     # Keras wants the ".weights.h5" ending on the temporary file too.
@@ -115,23 +161,33 @@ def save(model, backup_dir, epochs_done):
     with open(tmp, "wb") as f:
         np.savez(f, *[v.numpy() for v in rng_variables(model)])
     replace_durably(tmp, os.path.join(backup_dir, rng_name))
-    atomic_write_text(
-        os.path.join(backup_dir, STATE_FILE),
-        json.dumps({"epoch": int(epochs_done), "weights": name, "rng": rng_name}),
-    )
-    # Only now is the older checkpoint no longer needed.
+    newest = {"epoch": int(epochs_done), "weights": name, "rng": rng_name}
+    previous = [c for c in _checkpoints(read_state(backup_dir)) if c["epoch"] < epochs_done]
+    state = dict(newest, previous=previous[0] if keep_previous and previous else None)
+    atomic_write_text(os.path.join(backup_dir, STATE_FILE), json.dumps(state))
+    # Only now are the older checkpoints no longer needed.
+    kept = {STATE_FILE} | {c[key] for c in _checkpoints(state) for key in ("weights", "rng")}
     for other in os.listdir(backup_dir):
-        if other not in (name, rng_name, STATE_FILE) and (
+        if other not in kept and (
             other.startswith("epoch-") or other.startswith(_TMP_PREFIX)
         ):
             os.remove(os.path.join(backup_dir, other))
 
 
-def restore(model, backup_dir):
-    """Loads the committed checkpoint into `model`; returns its epoch (0: nothing saved)."""
-    state = read_state(backup_dir)
-    if state is None:
+def restore(model, backup_dir, epoch=None):
+    """Loads the committed checkpoint of `epoch` (default: the newest) into
+    `model`; returns its epoch (0: nothing saved, `model` is left as it is)."""
+    checkpoints = _checkpoints(read_state(backup_dir))
+    if epoch is None:
+        epoch = checkpoints[0]["epoch"] if checkpoints else 0
+    if epoch == 0:
         return 0
+    state = next((c for c in checkpoints if c["epoch"] == epoch), None)
+    if state is None:
+        raise ValueError(
+            f"{backup_dir} holds no checkpoint of epoch {epoch}; it holds epochs "
+            f"{committed_epochs(backup_dir)[:-1]}."
+        )
     if model.optimizer is not None and not model.optimizer.built:
         # The optimizer's variables must exist before its state is loaded.
         model.optimizer.build(model.trainable_variables)
@@ -156,11 +212,17 @@ class BackupAndRestore(keras.callbacks.Callback):
     non-trainable state (BatchNorm statistics, `GMixModel`'s mixing
     counter, Dropout's random-number state) and the optimizer's state; at
     the start of `fit` it restores the last committed checkpoint and makes
-    `fit` continue with the next epoch. A process killed at any instant, mid-epoch or mid-write, resumes
-    from the last finished epoch. Combined with a training pipeline keyed by
-    the epoch (`keras_gmix.data.make_pipeline(..., start_epoch=...)`) and op
+    `fit` continue with the next epoch. A process killed at any instant,
+    mid-epoch or mid-write, resumes from the last finished epoch. Combined
+    with a training pipeline keyed by the epoch
+    (`keras_gmix.data.make_pipeline(..., start_epoch=...)`) and op
     determinism, the resumed run ends with the same weights, bit for bit, as
     an uninterrupted one.
+
+    On several workers (`MultiWorkerMirroredStrategy`) each worker needs a
+    folder of its own; it keeps its two newest checkpoints, and the workers
+    resume together from the oldest of their newest ones (`resume_epoch`),
+    also when the job was killed between two workers' commits.
 
     Args:
         backup_dir: str, a folder used by this callback alone.
@@ -176,6 +238,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             raise ValueError(f"`backup_dir` must be a folder path. Received: {backup_dir!r}")
         self.backup_dir = backup_dir
         self.delete_checkpoint = delete_checkpoint
+        self._keep_previous = False
 
     def on_train_begin(self, logs=None):
         if not self.model.built:
@@ -183,13 +246,15 @@ class BackupAndRestore(keras.callbacks.Callback):
                 "BackupAndRestore needs a built model: build it (call it on a "
                 "batch, or `model.build(shape)`) before `fit`."
             )
-        epoch = restore(self.model, self.backup_dir)
+        strategy = self.model.distribute_strategy
+        self._keep_previous = distribute.is_multi_worker(strategy)
+        epoch = restore(self.model, self.backup_dir, resume_epoch(self.backup_dir, strategy))
         # The attribute Keras' own BackupAndRestore sets: fit starts here.
         # None leaves fit's own `initial_epoch` in force.
         self.model._initial_epoch = epoch or None
 
     def on_epoch_end(self, epoch, logs=None):
-        save(self.model, self.backup_dir, epoch + 1)
+        save(self.model, self.backup_dir, epoch + 1, keep_previous=self._keep_previous)
 
     def on_train_end(self, logs=None):
         # Keras reads it but never clears it: a later fit would start there.

@@ -54,6 +54,15 @@ def is_multi_worker(strategy=None):
     return bool(in_multi_worker_mode and in_multi_worker_mode())
 
 
+def min_over_workers(value, strategy):
+    """The smallest of the integer `value` over all replicas of `strategy`, on
+    every worker (a collective op: every worker must call it)."""
+    local = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant([value], tf.int64)
+    )
+    return int(tf.reduce_min(strategy.gather(local, axis=0)))
+
+
 def keras_needs_multi_worker_workaround():
     import keras
 

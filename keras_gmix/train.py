@@ -443,7 +443,7 @@ def _run(config, output, backup_dir, results_path, extra_callbacks):
 
     # The stream of epochs starts where the backup ends, so that a resumed
     # run's epoch k has the shuffling and augmentation of epoch k.
-    start_epoch = checkpoint_lib.saved_epoch(backup_dir) if config.resume else 0
+    start_epoch = checkpoint_lib.resume_epoch(backup_dir, strategy) if config.resume else 0
     train_ds, test_ds = data_lib.make_pipelines(
         splits, config.batch_size, augment=config.augment, seed=config.seed, start_epoch=start_epoch
     )

@@ -134,10 +134,10 @@ def run_workers(tmp_path, method, sync, *extra, tag="worker"):
     return (codes, *worker_results(tmp_path, tag))
 
 
-def one_process_reference(method, sync):
+def one_process_reference(method, sync, epochs=2):
     x, y = worker.make_data()
     model = worker.make_model(method, sync)
-    history = model.fit(x, y, batch_size=worker.GLOBAL_BATCH, epochs=2, verbose=0, shuffle=False)
+    history = model.fit(x, y, batch_size=worker.GLOBAL_BATCH, epochs=epochs, verbose=0, shuffle=False)
     return model.inner.get_weights(), history.history
 
 
@@ -191,6 +191,32 @@ def test_multiworker_lost_worker_restart_resumes_from_checkpoint(tmp_path):
         np.testing.assert_array_equal(a, b)
     assert h0["epochs_run"] == h1["epochs_run"]
     assert 0 < h0["epochs_run"][0] and h0["epochs_run"][-1] == 7  # resumed, then completed
+
+
+@pytest.mark.slow
+def test_multiworker_workers_one_epoch_apart_resume_together(tmp_path):
+    """Killed between two workers' commits (worker 0 saved epoch 2, worker 1
+    only epoch 1): both resume from epoch 1 and end as an uninterrupted run."""
+    backup = tmp_path / "backup"
+    args = ["--epochs", "3", "--backup", str(backup)]
+    first = start_workers(tmp_path, "first", "sam", True, *args, "--die-before-commit", "2")
+    try:
+        deadline = time.time() + WORKER_TIMEOUT
+        while kg.checkpoint.saved_epoch(str(backup / "worker0")) < 2:
+            assert time.time() < deadline and first[0].poll() is None, "worker 0 did not save epoch 2"
+            time.sleep(0.2)
+        assert first[1].wait(timeout=WORKER_TIMEOUT) == 3  # died before its commit
+    finally:
+        stop(first)
+    assert [kg.checkpoint.saved_epoch(str(backup / f"worker{i}")) for i in range(2)] == [2, 1]
+
+    codes, results, logs = run_workers(tmp_path, "sam", True, *args, tag="second")
+    assert codes == [0, 0], logs[0][-3000:]
+    weights, history = one_process_reference("sam", True, epochs=3)
+    for worker_weights, worker_history in results:
+        assert worker_history["epochs_run"] == [1, 2]  # both from epoch 1
+        assert max(np.abs(a - b).max() for a, b in zip(worker_weights, weights)) < 1e-5
+        np.testing.assert_allclose(worker_history["loss"], history["loss"][1:], rtol=1e-5)
 
 
 def test_keras_still_needs_the_multiworker_workaround(tmp_path):

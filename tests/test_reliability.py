@@ -281,6 +281,47 @@ def test_a_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path
     assert sorted(os.listdir(backup)) == ["epoch-000002.rng.npz", "epoch-000002.weights.h5", "state.json"]
 
 
+def test_keep_previous_keeps_the_checkpoint_before_the_newest(tmp_path):
+    backup = str(tmp_path / "backup")
+    first, second, third = _trained(0, steps=1), _trained(1, steps=2), _trained(2, steps=3)
+    kg.checkpoint.save(first, backup, epochs_done=1, keep_previous=True)
+    assert kg.checkpoint.committed_epochs(backup) == [1, 0]
+    kg.checkpoint.save(second, backup, epochs_done=2, keep_previous=True)
+    kg.checkpoint.save(third, backup, epochs_done=3, keep_previous=True)
+    assert kg.checkpoint.committed_epochs(backup) == [3, 2, 0]
+    assert sorted(os.listdir(backup)) == [
+        "epoch-000002.rng.npz", "epoch-000002.weights.h5",
+        "epoch-000003.rng.npz", "epoch-000003.weights.h5", "state.json",
+    ]
+    restored = _trained(5, steps=1)
+    assert kg.checkpoint.restore(restored, backup, epoch=2) == 2
+    for a, b in zip(restored.variables + restored.optimizer.variables, second.variables + second.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert kg.checkpoint.restore(restored, backup) == 3
+    np.testing.assert_array_equal(restored.variables[0].numpy(), third.variables[0].numpy())
+    # A worker that resumed from its older checkpoint commits that epoch's successor again.
+    kg.checkpoint.save(second, backup, epochs_done=3, keep_previous=True)
+    assert kg.checkpoint.committed_epochs(backup) == [3, 2, 0]
+    # Without keep_previous only the newest stays.
+    kg.checkpoint.save(third, backup, epochs_done=4)
+    assert kg.checkpoint.committed_epochs(backup) == [4, 0]
+    assert sorted(os.listdir(backup)) == ["epoch-000004.rng.npz", "epoch-000004.weights.h5", "state.json"]
+
+
+def test_restore_of_an_epoch_that_is_not_kept_is_refused(tmp_path):
+    backup = str(tmp_path / "backup")
+    model = _trained(0, steps=1)
+    kg.checkpoint.save(model, backup, epochs_done=1)
+    kg.checkpoint.save(model, backup, epochs_done=2)
+    with pytest.raises(ValueError, match="no checkpoint of epoch 1"):
+        kg.checkpoint.restore(model, backup, epoch=1)
+    before = [v.numpy() for v in model.variables]
+    assert kg.checkpoint.restore(_trained(1, steps=1), backup, epoch=0) == 0  # a fresh start
+    assert kg.checkpoint.resume_epoch(backup) == 2  # one process: its newest
+    for variable, value in zip(model.variables, before):
+        np.testing.assert_array_equal(variable.numpy(), value)
+
+
 def test_backup_callback_resumes_fit_at_the_saved_epoch(tmp_path):
     backup = str(tmp_path / "backup")
     model = compiled(small_model(0), method="sam")

@@ -1,7 +1,7 @@
 """One worker of a MultiWorkerMirroredStrategy run on 127.0.0.1 (TF_CONFIG set by the test).
 
 Usage: python multiworker_worker.py OUTPUT.npz METHOD SYNC(0|1) [--no-workaround]
-           [--epochs N] [--backup DIR] [--step-seconds S]
+           [--epochs N] [--backup DIR] [--step-seconds S] [--die-before-commit N]
 
 Trains a small MLP for two epochs on a fixed data set batched at the global
 batch size (auto-sharding by DATA gives each worker its part of every global
@@ -10,7 +10,9 @@ batch) and saves the final weights and the History to OUTPUT.npz.
 to check that Keras still needs it. `--backup DIR` adds
 keras_gmix.checkpoint.BackupAndRestore (a restarted cluster resumes from it);
 `--step-seconds` slows every step down, so that a test can kill a worker
-mid-training.
+mid-training. `--die-before-commit N` kills worker 1 at the end of epoch N
+(counting from 1), before its checkpoint of that epoch is written, while
+worker 0 writes its own: the workers' backups are then one epoch apart.
 """
 
 import argparse
@@ -52,6 +54,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--backup")
     parser.add_argument("--step-seconds", type=float, default=0.0)
+    parser.add_argument("--die-before-commit", type=int, default=0)
     args = parser.parse_args()
     if args.no_workaround:
         distribute.keras_needs_multi_worker_workaround = lambda: False
@@ -63,10 +66,15 @@ def main():
     with strategy.scope():
         model = make_model(args.method, args.sync == "1")
     callbacks = []
+    task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+    if args.die_before_commit and task == 1:
+        # Before the backup in the list: Keras calls callbacks in order.
+        callbacks.append(keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: epoch + 1 == args.die_before_commit and os._exit(3)
+        ))
     if args.backup:
         # One folder per worker, as on separate machines: BackupAndRestore
         # does not coordinate workers that share a folder.
-        task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
         callbacks.append(kg.checkpoint.BackupAndRestore(os.path.join(args.backup, f"worker{task}")))
     if args.step_seconds:
         callbacks.append(keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: time.sleep(args.step_seconds)))
