@@ -220,25 +220,32 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
 
     def on_epoch_begin(self, epoch, logs=None):
         if not self._opened:
-            self._drop_rows_from(epoch)
+            header = self._drop_rows_from(epoch)
             self.append_header = True  # the parent only ever clears it
             super().on_train_begin(logs)
+            if header:
+                # The kept rows' columns, not those of this attempt's first
+                # epoch: with validation_freq > 1 the parent would otherwise
+                # pick fewer columns when the resumed epoch validates.
+                self.keys = header[1:]
             self._opened = True
 
     def _drop_rows_from(self, epoch):
+        """Drops the rows of `epoch` and later; returns the header kept (None: no file)."""
         if not os.path.exists(self.filename):
-            return
+            return None
         with open(self.filename, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f, delimiter=self.sep))
         header, body = (rows[0], rows[1:]) if rows else ([], [])
         kept = [row for row in body if len(row) == len(header) and _epoch_of(row) < epoch]
         if epoch == 0 or not kept:
             os.remove(self.filename)
-            return
+            return None
         with open(self.filename, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f, delimiter=self.sep)
             writer.writerow(header)
             writer.writerows(kept)
+        return header
 
 
 class FlatnessMonitor(keras.callbacks.Callback):

@@ -96,6 +96,24 @@ def test_epoch_timer_and_resumable_csv_logger(tmp_path):
     assert [row["epoch"] for row in csv.DictReader(open(path))] == ["0"]
 
 
+def test_resumable_csv_logger_keeps_the_columns_when_the_resumed_epoch_validates(tmp_path):
+    # validation_freq=2: the first attempt's first epoch had no val_ logs, so
+    # Keras wrote a val_ column for every key; the resumed attempt starts at
+    # an epoch that validates, whose logs have only val_loss.
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss,seconds,val_loss,val_seconds\n0,1.0,2.0,NA,NA\n")
+    x, y = data()
+    m = model("erm")
+    m.fit(x, y, batch_size=BATCH, epochs=3, initial_epoch=1, verbose=0, validation_data=(x, y),
+          validation_freq=2, callbacks=[callbacks.EpochTimer(), callbacks.ResumableCSVLogger(str(path))])
+    rows = list(csv.reader(open(path)))
+    assert rows[0] == ["epoch", "loss", "seconds", "val_loss", "val_seconds"]
+    assert [len(row) for row in rows] == [5, 5, 5, 5]
+    history = callbacks.read_history(str(path))
+    assert [row["epoch"] for row in history] == [0, 1, 2]
+    assert np.isfinite(history[1]["val_loss"]) and np.isnan(history[2]["val_loss"])
+
+
 def test_flatness_monitor_logs_tags_pngs_and_the_measured_values(tmp_path):
     x, y = data()
     held_out = data(seed=1)
