@@ -89,6 +89,12 @@ BUDGETS = {
         why_by_subset={"5438": "at 100 epochs (4,300 steps, as many as the 2,500 set's 200 epochs) "
                        "ERM's training loss still fell 8.8% between the last two tenths of training "
                        "(seed 0, the budget check below), so the same 200 epochs as the 2,500 set"},
+        # Runs of these subsets train on the epoch-keyed stream of
+        # make_pipeline(start_epoch=...) and keep a checkpoint every epoch,
+        # so that a killed run (a session's end) resumes where it stopped.
+        # Not the 2,500 set: its runs were all made, before this existed,
+        # with the plain seeded shuffle; a re-run must see what they saw.
+        resumable_subsets=("5438",),
         eigen_examples=512, eigen_iters=10,
         sweep_epochs=50,  # shortened: see README
         sweep=dict(alpha=(0.2, 1.0), rho=(0.05, 0.1)),
@@ -101,6 +107,11 @@ def budget_epochs(name, subset):
     """The budget's epochs for one training subset (the same for every method)."""
     budget = BUDGETS[name]
     return budget.get("epochs_by_subset", {}).get(subset, budget["epochs"])
+
+
+def is_resumable(name, subset):
+    """Whether runs of this training subset checkpoint every epoch (see BUDGETS)."""
+    return subset in BUDGETS[name].get("resumable_subsets", ())
 
 
 def parse_dataset(key):
@@ -157,18 +168,20 @@ class Task:
         fit = np.setdiff1d(np.arange(len(self.y_train)), val)
         return self.x_train[fit], self.y_train[fit], self.x_train[val], self.y_train[val]
 
-    def pipeline(self, x, y, batch_size, training, seed):
+    def pipeline(self, x, y, batch_size, training, seed, start_epoch=None):
         import tensorflow as tf
         import keras_gmix as kg
 
         if self.name == "mnist1d":
+            if start_epoch is not None:
+                raise ValueError("the mnist1d pipeline is not keyed by the epoch")
             ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
             if training:
                 ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
             return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
         return kg.data.make_pipeline(
             x, y, batch_size, training=training, augment="standard", seed=seed,
-            normalization=self.normalization, flip=self.flip,
+            normalization=self.normalization, flip=self.flip, start_epoch=start_epoch,
         )
 
     def eigen_data(self):
@@ -198,8 +211,43 @@ class Task:
 # One training run
 
 
-def train_run(task, method, seed, epochs, rho, alpha, validation=False, eigen=True, verbose=0):
-    """Trains one model; returns the result dict (the run's JSON file)."""
+def epoch_clocks():
+    """An `EpochTimer` that also logs the epoch's `cpu_seconds` (all threads)."""
+    import keras_gmix as kg
+
+    class Clocks(kg.callbacks.EpochTimer):
+        def on_epoch_begin(self, epoch, logs=None):
+            super().on_epoch_begin(epoch, logs)
+            self._cpu_start = time.process_time()
+
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            if logs is not None:
+                logs["cpu_seconds"] = time.process_time() - self._cpu_start
+
+    return Clocks()
+
+
+def history_from_rows(rows):
+    """A `History.history`-like dict from `read_history` rows, one per epoch:
+    `val_*` only at the epochs that validated, as in Keras' History."""
+    keys = [k for k in (rows[0] if rows else {}) if k != "epoch"]
+    history = {
+        key: [r[key] for r in rows if not (key.startswith("val_") and math.isnan(r[key]))]
+        for key in keys
+    }
+    # Keras' CSVLogger adds a val_ column for every key (val_seconds, ...).
+    return {key: values for key, values in history.items() if values}
+
+
+def train_run(task, method, seed, epochs, rho, alpha, validation=False, eigen=True, verbose=0,
+              backup_dir=None):
+    """Trains one model; returns the result dict (the run's JSON file).
+
+    With `backup_dir`, the run checkpoints every epoch there and continues
+    from its last checkpoint if one is there (the training stream is keyed
+    by the epoch, so the resumed run sees the batches it would have seen).
+    """
     import keras
     import keras_gmix as kg
     from keras_gmix.flatness import hessian_top_eigenvalue
@@ -212,7 +260,8 @@ def train_run(task, method, seed, epochs, rho, alpha, validation=False, eigen=Tr
     else:
         x_fit, y_fit, x_eval, y_eval = task.x_train, task.y_train, task.x_test, task.y_test
     keras.utils.set_random_seed(seed)
-    train_ds = task.pipeline(x_fit, y_fit, budget["batch_size"], True, seed)
+    start_epoch = None if backup_dir is None else kg.checkpoint.saved_epoch(backup_dir)
+    train_ds = task.pipeline(x_fit, y_fit, budget["batch_size"], True, seed, start_epoch=start_epoch)
     eval_ds = task.pipeline(x_eval, y_eval, 512, False, seed)
     steps = math.ceil(len(y_fit) / budget["batch_size"])
     schedule = learning_rate_schedule(
@@ -225,12 +274,24 @@ def train_run(task, method, seed, epochs, rho, alpha, validation=False, eigen=Tr
         metrics=["accuracy"],
     )
     eval_every = max(1, min(budget["eval_every"], epochs))
-    start, cpu_start = time.time(), time.process_time()
+    callbacks = [epoch_clocks()]  # first: the loggers after it record its values
+    if backup_dir is not None:
+        os.makedirs(backup_dir, exist_ok=True)
+        csv_path = os.path.join(backup_dir, "history.csv")
+        callbacks += [
+            kg.callbacks.ResumableCSVLogger(csv_path),
+            kg.checkpoint.BackupAndRestore(backup_dir, delete_checkpoint=False),
+        ]
+    start = time.time()
     history = model.fit(
         train_ds, epochs=epochs, validation_data=eval_ds, validation_freq=eval_every,
-        callbacks=[kg.callbacks.EpochTimer()], verbose=verbose, shuffle=False,
+        # The keyed stream is endless: an epoch is one pass over the examples.
+        steps_per_epoch=None if backup_dir is None else steps,
+        callbacks=callbacks, verbose=verbose, shuffle=False,
     ).history
-    seconds, cpu_seconds = time.time() - start, time.process_time() - cpu_start
+    wall_seconds = time.time() - start
+    if backup_dir is not None:  # every attempt's epochs, not only this one's
+        history = history_from_rows(kg.callbacks.read_history(csv_path))
     final = model.evaluate(eval_ds, verbose=0, return_dict=True)
     result = {
         "dataset": task.name,
@@ -244,6 +305,8 @@ def train_run(task, method, seed, epochs, rho, alpha, validation=False, eigen=Tr
             "rho": rho, "alpha": alpha, "sensitive_fraction": 0.5,
             "model": "mnist1d_cnn" if task.name == "mnist1d" else f"{budget['model']} (fused BN)",
             "augment": "none" if task.name == "mnist1d" else "standard (pad 4, crop, flip)",
+            "training_stream": "seeded reshuffle every epoch" if backup_dir is None
+            else "keyed by (seed, epoch), resumable",
             "train_examples": int(len(y_fit)), "eval_examples": int(len(y_eval)),
             "evaluated_on": "validation split of the training set" if validation else "test set",
             "parameters": int(model.inner.count_params()),
@@ -253,10 +316,14 @@ def train_run(task, method, seed, epochs, rho, alpha, validation=False, eigen=Tr
         ("val_accuracy" if validation else "test_accuracy"): float(final["accuracy"]),
         ("val_loss" if validation else "test_loss"): float(final["loss"]),
         "seconds": round(float(sum(history["seconds"])), 1),
-        "wall_seconds": round(seconds, 1),
+        # This attempt's fit only, when the run was resumed.
+        "wall_seconds": round(wall_seconds, 1),
         # CPU time of all the process' threads: far less disturbed than the
         # wall-clock seconds when another run shares the two cores.
-        "cpu_seconds": round(cpu_seconds, 1),
+        "cpu_seconds": round(float(sum(history["cpu_seconds"])), 1),
+        # None: not resumable; else the epoch its last attempt started at
+        # (0: it ran in one go).
+        "last_attempt_started_at_epoch": start_epoch,
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     if eigen:
@@ -494,12 +561,19 @@ def do_runs(args):
                 path = os.path.join(run_dir(args.out, name, subset), f"{method}_seed{seed}{suffix}.json")
                 if not claim(path):
                     continue
+                # Checkpoints of the run, removed once its result is written.
+                backup_dir = path[: -len(".json")] + ".backup" if is_resumable(name, subset) else None
                 try:
                     task = task or Task(key, args.data)
                     print(f"[run] {key} {method} seed={seed} rho={rho} alpha={a} epochs={epochs}",
                           flush=True)
-                    result = train_run(task, method, seed, epochs, rho, a, verbose=args.verbose)
+                    result = train_run(task, method, seed, epochs, rho, a, verbose=args.verbose,
+                                       backup_dir=backup_dir)
                     write_json(path, result)
+                    if backup_dir is not None:
+                        from keras_gmix.checkpoint import remove
+
+                        remove(backup_dir)
                 finally:
                     release(path)
                 print(f"[run] -> test accuracy {result['test_accuracy']:.4f} ({result['seconds']:.0f} s, "

@@ -162,3 +162,86 @@ def test_write_json_leaves_no_temporary_file(generalization, tmp_path):
     generalization.write_json(path, {"test_accuracy": 0.75})
     assert generalization.read_json(path) == {"test_accuracy": 0.75}
     assert os.listdir(tmp_path / "runs") == ["erm_seed0.json"]
+
+
+def test_history_from_rows_is_shaped_like_keras_history(generalization):
+    nan = float("nan")
+    rows = [
+        {"epoch": 0, "loss": 2.0, "seconds": 1.0, "val_loss": nan, "val_seconds": nan},
+        {"epoch": 1, "loss": 1.5, "seconds": 1.1, "val_loss": 1.7, "val_seconds": nan},
+        {"epoch": 2, "loss": nan, "seconds": 1.2, "val_loss": nan, "val_seconds": nan},
+    ]
+    history = generalization.history_from_rows(rows)
+    assert list(history) == ["loss", "seconds", "val_loss"]
+    np.testing.assert_array_equal(history["loss"], [2.0, 1.5, nan])  # a diverged epoch stays
+    assert history["val_loss"] == [1.7]
+
+
+def tiny_cifar_task(generalization, epochs):
+    """A Task of the CIFAR kind on 48 random 8x8 images and a 3-class CNN."""
+    import keras
+    import keras_gmix as kg
+
+    rng = np.random.default_rng(0)
+    task = object.__new__(generalization.Task)
+    task.key, task.name, task.subset = "cifar10_partial:5438", "cifar10_partial", "5438"
+    task.budget = dict(generalization.BUDGETS["cifar10_partial"], epochs=epochs, batch_size=16,
+                       learning_rate=0.05, eval_every=2)
+    task.x_train = rng.integers(0, 256, (48, 8, 8, 3)).astype("uint8")
+    task.y_train = np.arange(48) % 3
+    task.x_test, task.y_test = task.x_train[:24], task.y_train[:24]
+    task.num_classes, task.normalization, task.flip = 3, None, True
+    task.build_inner = lambda: keras.Sequential([
+        keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), kg.layers.BatchNormalization(),
+        keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3),
+    ])
+    return task
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_resumable_run_resumes_and_ends_as_an_uninterrupted_one(generalization, tmp_path, monkeypatch):
+    epochs = 4
+    task = tiny_cifar_task(generalization, epochs)
+    run = lambda backup: generalization.train_run(  # noqa: E731
+        task, "gmix", 0, epochs, 0.05, 0.2, eigen=False, backup_dir=str(backup))
+    whole = run(tmp_path / "whole")
+
+    clocks = generalization.epoch_clocks
+
+    def killing_clocks():  # dies at the end of the second epoch, before its checkpoint
+        callback = clocks()
+        end = callback.on_epoch_end
+
+        def on_epoch_end(epoch, logs=None):
+            end(epoch, logs)
+            if epoch == 1:
+                raise Killed
+
+        callback.on_epoch_end = on_epoch_end
+        return callback
+
+    monkeypatch.setattr(generalization, "epoch_clocks", killing_clocks)
+    with pytest.raises(Killed):
+        run(tmp_path / "killed")
+    monkeypatch.undo()
+    import keras_gmix as kg
+
+    assert kg.checkpoint.saved_epoch(str(tmp_path / "killed")) == 1
+    resumed = run(tmp_path / "killed")
+
+    assert whole["last_attempt_started_at_epoch"] == 0 and resumed["last_attempt_started_at_epoch"] == 1
+    assert len(resumed["history"]["loss"]) == epochs and len(resumed["history"]["val_loss"]) == epochs // 2
+    for key in ("loss", "accuracy", "sharpness", "val_loss"):
+        np.testing.assert_allclose(resumed["history"][key], whole["history"][key], rtol=1e-5, err_msg=key)
+    np.testing.assert_allclose(resumed["test_loss"], whole["test_loss"], rtol=1e-5)
+    assert resumed["cpu_seconds"] > 0 and len(resumed["history"]["cpu_seconds"]) == epochs
+    assert resumed["config"]["training_stream"] == "keyed by (seed, epoch), resumable"
+
+
+def test_only_the_5438_set_is_resumable(generalization):
+    assert generalization.is_resumable("cifar10_partial", "5438")
+    assert not generalization.is_resumable("cifar10_partial", "2500")  # its runs used the plain stream
+    assert not generalization.is_resumable("mnist1d", "4000")
