@@ -770,7 +770,10 @@ def write_report(args):
             f"Nesterov 0.9, lr {b['learning_rate']} cosine to 0, weight decay {b['weight_decay']}; "
             f"{'1D CNN (5.2k parameters), no augmentation' if name == 'mnist1d' else 'ResNet-8 (fused BN), pad-crop + flip'}. "
             "Hessian: top eigenvalue of the training loss (no weight decay term) on the first "
-            f"{b['eigen_examples']} training examples, BN in inference mode, at most {b['eigen_iters']} power iterations.",
+            f"{b['eigen_examples']} training examples, BN in inference mode, at most {b['eigen_iters']} power iterations."
+            + (" Training stream keyed by (seed, epoch), with a checkpoint every epoch: a killed run "
+               "resumed from its last epoch (`s / run` sums its attempts' epochs)."
+               if is_resumable(name, subset) else ""),
             "",
             f"Why this budget: {b.get('why_by_subset', {}).get(subset, b['why'])}.",
             "",
