@@ -376,10 +376,10 @@ def claim_is_live(holder):
 CLAIM_WRITE_SECONDS = 60
 
 
-def claim_is_abandoned(lock, now=None):
+def claim_is_abandoned(lock):
     """Whether the unreadable claim file `lock` is too old to be still being written."""
     try:
-        age = (time.time() if now is None else now) - os.path.getmtime(lock)
+        age = time.time() - os.path.getmtime(lock)
     except FileNotFoundError:
         return False  # released meanwhile: the next attempt creates it
     return age > CLAIM_WRITE_SECONDS

@@ -134,10 +134,11 @@ def resume_epoch(backup_dir, strategy=None):
     if not distribute.is_multi_worker(strategy):
         return newest
     epoch = distribute.min_over_workers(newest, strategy)
-    if epoch not in committed_epochs(backup_dir):
+    available = committed_epochs(backup_dir)
+    if epoch not in available:
         raise ValueError(
             f"The workers' checkpoints are more than one epoch apart: this worker's "
-            f"{backup_dir} holds epochs {committed_epochs(backup_dir)[:-1]}, another "
+            f"{backup_dir} holds epochs {available[:-1]}, another "
             f"worker's newest is epoch {epoch}. Delete every worker's backup folder "
             "to start over."
         )
@@ -162,8 +163,10 @@ def save(model, backup_dir, epochs_done, keep_previous=False):
         np.savez(f, *[v.numpy() for v in rng_variables(model)])
     replace_durably(tmp, os.path.join(backup_dir, rng_name))
     newest = {"epoch": int(epochs_done), "weights": name, "rng": rng_name}
-    previous = [c for c in _checkpoints(read_state(backup_dir)) if c["epoch"] < epochs_done]
-    state = dict(newest, previous=previous[0] if keep_previous and previous else None)
+    # Read only when kept: a single process never depends on the old state.
+    older = _checkpoints(read_state(backup_dir)) if keep_previous else []
+    previous = [c for c in older if c["epoch"] < epochs_done]
+    state = dict(newest, previous=previous[0] if previous else None)
     atomic_write_text(os.path.join(backup_dir, STATE_FILE), json.dumps(state))
     # Only now are the older checkpoints no longer needed.
     kept = {STATE_FILE} | {c[key] for c in _checkpoints(state) for key in ("weights", "rng")}
@@ -186,7 +189,7 @@ def restore(model, backup_dir, epoch=None):
     if state is None:
         raise ValueError(
             f"{backup_dir} holds no checkpoint of epoch {epoch}; it holds epochs "
-            f"{committed_epochs(backup_dir)[:-1]}."
+            f"{[c['epoch'] for c in checkpoints]}."
         )
     if model.optimizer is not None and not model.optimizer.built:
         # The optimizer's variables must exist before its state is loaded.
