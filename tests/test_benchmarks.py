@@ -245,3 +245,33 @@ def test_only_the_5438_set_is_resumable(generalization):
     assert generalization.is_resumable("cifar10_partial", "5438")
     assert not generalization.is_resumable("cifar10_partial", "2500")  # its runs used the plain stream
     assert not generalization.is_resumable("mnist1d", "4000")
+
+
+def fake_run(method, seed, epochs, test_accuracy, loss):
+    return {"method": method, "seed": seed, "test_accuracy": test_accuracy, "seconds": 1.0,
+            "config": {"epochs": epochs, "rho": 0.0, "alpha": 1.0},
+            "hessian_top_eigenvalue": {"value": 1.0},
+            "history": {"loss": loss, "val_accuracy": [test_accuracy]}}
+
+
+def test_a_budget_check_is_paired_with_the_same_seed_at_the_budget(generalization, tmp_path):
+    folder = generalization.run_dir(str(tmp_path), "cifar10_partial", "5438")
+    # 20 epochs: the last two tenths are epochs 17-18 and 19-20.
+    budget_loss = [1.0] * 16 + [0.6, 0.6, 0.5, 0.5]  # 0.6 / 0.5 - 1 = 20%
+    check_loss = [1.0] * 26 + [0.44, 0.44, 0.44, 0.4, 0.4, 0.4]  # 30 epochs: 0.44 / 0.4 - 1 = 10%
+    generalization.write_json(os.path.join(folder, "erm_seed0.json"),
+                              fake_run("erm", 0, 20, 0.70, budget_loss))
+    generalization.write_json(os.path.join(folder, "erm_seed1.json"),
+                              fake_run("erm", 1, 20, 0.60, [1.0] * 20))
+    generalization.write_json(os.path.join(folder, "erm_seed0_e30.json"),
+                              fake_run("erm", 0, 30, 0.75, check_loss))
+    data = generalization.collect(str(tmp_path), seeds=[0, 1])["datasets"]["cifar10_partial:5438"]
+
+    (check,) = data["budget_checks"]
+    assert (check["method"], check["seed"], check["epochs"], check["budget_epochs"]) == ("erm", 0, 30, 20)
+    assert check["test_accuracy"] == 0.75 and check["budget_test_accuracy"] == 0.70  # seed 0, not 1
+    assert check["budget_loss_drop"] == pytest.approx(0.20)
+    assert check["loss_drop"] == pytest.approx(0.10)
+    # The check run stays out of the budget's own rows.
+    assert data["rows"]["erm"]["test_accuracy"] == [0.70, 0.60]
+    assert data["other_budgets"][30]["erm"]["test_accuracy"] == [0.75]
