@@ -750,6 +750,56 @@ def pct(x):
     return "—" if x is None else f"{100 * x:.2f}"
 
 
+def short_name(key):
+    name, subset = parse_dataset(key)
+    return "MNIST-1D" if name == "mnist1d" else f"CIFAR-10 (partial) {int(subset):,}"
+
+
+def summary_lines(report, n_seeds):
+    """The two tables README's Benchmarks section shows: every method's accuracy
+    on every data set, and the G-Mix family against Mixup and SAM."""
+    keys = list(report["datasets"])
+
+    def accuracy(r):
+        if not r["seeds_done"]:
+            return "—"
+        cell = pct(r["mean"]) + (f" ± {pct(r['std'])}" if r["std"] is not None else "")
+        done = len(r["seeds_done"])
+        return cell if done == n_seeds else f"{cell} ({done}/{n_seeds} seeds)"
+
+    def versus(v):
+        if v is None:
+            return "—"
+        n = len(v["paired_seeds"])
+        notes = ([] if n == n_seeds else [f"{n} seed" + "s" * (n > 1)]) + (
+            [] if v["p_value"] is None else [f"p {v['p_value']:.3f}"])
+        return f"{100 * v['diff']:+.2f}" + (f" ({', '.join(notes)})" if notes else "")
+
+    lines = [
+        f"Test accuracy %, mean ± std over seeds ({n_seeds} per method):",
+        "",
+        "| method | " + " | ".join(short_name(k) for k in keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
+    for method in METHODS:
+        lines.append(f"| {method} | " + " | ".join(
+            accuracy(report["datasets"][k]["rows"][method]) for k in keys) + " |")
+    family = ("gmix", "bgmix", "dgmix")
+    lines += [
+        "",
+        "The G-Mix family minus Mixup and minus SAM, test accuracy in percentage points "
+        "(seeds paired; two-sided paired t-test p):",
+        "",
+        "| data set | baseline | " + " | ".join(family) + " |",
+        "|---|---|" + "---|" * len(family),
+    ]
+    for k in keys:
+        for base, label in (("mixup", "Mixup"), ("sam", "SAM")):
+            lines.append(f"| {short_name(k)} | {label} | " + " | ".join(
+                versus(report["datasets"][k]["rows"][m].get(f"vs_{base}")) for m in family) + " |")
+    return lines
+
+
 def write_report(args):
     import numpy as np
 
@@ -769,6 +819,10 @@ def write_report(args):
         "shared with other jobs (runs at `nice -n 19`, so times are upper bounds; from the third "
         "session on two runs shared the 2 cores, see the CPU seconds)",
         f"- Report date: {report['date']}",
+        "",
+        "## Summary",
+        "",
+        *summary_lines(report, len(args.seeds)),
         "",
     ]
     for key, data in report["datasets"].items():

@@ -275,3 +275,20 @@ def test_a_budget_check_is_paired_with_the_same_seed_at_the_budget(generalizatio
     # The check run stays out of the budget's own rows.
     assert data["rows"]["erm"]["test_accuracy"] == [0.70, 0.60]
     assert data["other_budgets"][30]["erm"]["test_accuracy"] == [0.75]
+
+
+def test_the_summary_tables_show_means_and_paired_differences(generalization):
+    accuracies = {"mixup": [0.70, 0.72], "sam": [0.60, 0.64], "gmix": [0.73, 0.71]}
+    runs = {(m, s): fake_run(m, s, 20, a, [1.0] * 20)
+            for m, accs in accuracies.items() for s, a in enumerate(accs)}
+    runs[("dgmix", 1)] = fake_run("dgmix", 1, 20, 0.75, [1.0] * 20)
+    report = {"datasets": {"mnist1d": {"rows": generalization.method_rows(runs, [0, 1])}}}
+    lines = generalization.summary_lines(report, n_seeds=2)
+
+    assert "| gmix | 72.00 ± 1.41 |" in lines  # std with ddof=1: |0.73 - 0.71| / sqrt(2)
+    assert "| dgmix | 75.00 (1/2 seeds) |" in lines
+    assert "| erm | — |" in lines
+    # gmix - mixup per seed: +3, -1 points; mean +1, paired t = 1 / (sqrt(8) / sqrt(2)) = 0.5, p = 0.705.
+    assert "| MNIST-1D | Mixup | +1.00 (p 0.705) | — | +3.00 (1 seed) |" in lines
+    # gmix - sam: +13, +7; mean +10, t = 10 / (sqrt(18) / sqrt(2)) = 3.33, p = 0.186.
+    assert "| MNIST-1D | SAM | +10.00 (p 0.186) | — | +11.00 (1 seed) |" in lines
