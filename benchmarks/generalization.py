@@ -750,9 +750,29 @@ def pct(x):
     return "—" if x is None else f"{100 * x:.2f}"
 
 
+def accuracy_cell(row):
+    """Mean ± std in percent; the mean alone when one seed gives no std."""
+    return pct(row["mean"]) + ("" if row["std"] is None else f" ± {pct(row['std'])}")
+
+
+def points(diff):
+    """A difference of accuracies in signed percentage points; blank when unknown."""
+    return "" if diff is None else f"{100 * diff:+.2f}"
+
+
+def p_cell(p_value):
+    return "" if p_value is None else f"{p_value:.3f}"
+
+
 def short_name(key):
     name, subset = parse_dataset(key)
     return "MNIST-1D" if name == "mnist1d" else f"CIFAR-10 (partial) {int(subset):,}"
+
+
+def section_title(key):
+    name, _ = parse_dataset(key)
+    return short_name(key) + (" (4,000 train / 10,000 test)" if name == "mnist1d"
+                              else " training images, 1,017 test")
 
 
 def summary_lines(report, n_seeds):
@@ -763,7 +783,7 @@ def summary_lines(report, n_seeds):
     def accuracy(r):
         if not r["seeds_done"]:
             return "—"
-        cell = pct(r["mean"]) + (f" ± {pct(r['std'])}" if r["std"] is not None else "")
+        cell = accuracy_cell(r)
         done = len(r["seeds_done"])
         return cell if done == n_seeds else f"{cell} ({done}/{n_seeds} seeds)"
 
@@ -772,8 +792,8 @@ def summary_lines(report, n_seeds):
             return "—"
         n = len(v["paired_seeds"])
         notes = ([] if n == n_seeds else [f"{n} seed" + "s" * (n > 1)]) + (
-            [] if v["p_value"] is None else [f"p {v['p_value']:.3f}"])
-        return f"{100 * v['diff']:+.2f}" + (f" ({', '.join(notes)})" if notes else "")
+            [] if v["p_value"] is None else [f"p {p_cell(v['p_value'])}"])
+        return points(v["diff"]) + (f" ({', '.join(notes)})" if notes else "")
 
     lines = [
         f"Test accuracy %, mean ± std over seeds ({n_seeds} per method):",
@@ -830,7 +850,7 @@ def write_report(args):
         b = BUDGETS[name]
         rows = data["rows"]
         lines += [
-            f"## {'MNIST-1D (4,000 train / 10,000 test)' if name == 'mnist1d' else f'CIFAR-10 (partial), {int(subset):,} training images, 1,017 test'}",
+            f"## {section_title(key)}",
             "",
             f"Budget: {rows['erm']['epochs'] or budget_epochs(name, subset)} epochs, batch {b['batch_size']}, SGD "
             f"Nesterov 0.9, lr {b['learning_rate']} cosine to 0, weight decay {b['weight_decay']}; "
@@ -851,13 +871,10 @@ def write_report(args):
             if not r["seeds_done"]:
                 lines.append(f"| {method} | | | 0/{len(args.seeds)} | **missing** | | | | | | |")
                 continue
-            acc = f"{pct(r['mean'])} ± {pct(r['std'])}" if r["std"] is not None else pct(r["mean"])
-            diff = r.get("diff_to_erm")
             lines.append(
                 f"| {method} | {fmt(r['rho'])} | {fmt(r['alpha'])} | {len(r['seeds_done'])}/{len(args.seeds)}"
                 + (f" (missing {r['missing_seeds']})" if r["missing_seeds"] else "")
-                + f" | {acc} | {'' if diff is None else f'{100 * diff:+.2f}'}"
-                + f" | {'' if r.get('p_value') is None else format(r['p_value'], '.3f')}"
+                + f" | {accuracy_cell(r)} | {points(r.get('diff_to_erm'))} | {p_cell(r.get('p_value'))}"
                 + f" | {np.mean(r['eigenvalue']):.1f} ± {np.std(r['eigenvalue']):.1f}"
                 + f" | {r['seconds']:.0f}" + ("" if r["cpu_seconds"] is None else f" ({r['cpu_seconds']:.0f})")
                 + f" | {100 * np.mean(r['flattening']):.1f}%"
@@ -877,8 +894,7 @@ def write_report(args):
                 if v is None:
                     cells += ["—", ""]
                 else:
-                    cells += [f"{100 * v['diff']:+.2f} (n={len(v['paired_seeds'])})",
-                              "" if v["p_value"] is None else f"{v['p_value']:.3f}"]
+                    cells += [f"{points(v['diff'])} (n={len(v['paired_seeds'])})", p_cell(v["p_value"])]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         for epochs, other in data["other_budgets"].items():
             lines += [
@@ -892,14 +908,11 @@ def write_report(args):
                 r = other[method]
                 if not r["seeds_done"]:
                     continue
-                cells = [f"{pct(r['mean'])}" + (f" ± {pct(r['std'])}" if r["std"] is not None else "")]
-                d = r.get("diff_to_erm")
-                cells += ["" if d is None else f"{100 * d:+.2f}",
-                          "" if r.get("p_value") is None else f"{r['p_value']:.3f}"]
+                cells = [accuracy_cell(r), points(r.get("diff_to_erm")), p_cell(r.get("p_value"))]
                 for base in ("mixup", "sam"):
                     v = r.get(f"vs_{base}")
                     cells += (["", ""] if v is None else
-                              [f"{100 * v['diff']:+.2f}", "" if v["p_value"] is None else f"{v['p_value']:.3f}"])
+                              [points(v["diff"]), p_cell(v["p_value"])])
                 cells.append(f"{np.mean(r['eigenvalue']):.1f}")
                 lines.append(f"| {method} | {len(r['seeds_done'])} | " + " | ".join(cells) + " |")
         paired_checks = [c for c in data["budget_checks"] if c["budget_test_accuracy"] is not None]
@@ -914,8 +927,8 @@ def write_report(args):
                 "|---|---|---|---|---|---|---|---|---|",
             ]
             for c in data["budget_checks"]:
-                diff = ("" if c["budget_test_accuracy"] is None
-                        else f"{100 * (c['test_accuracy'] - c['budget_test_accuracy']):+.2f}")
+                diff = points(None if c["budget_test_accuracy"] is None
+                              else c["test_accuracy"] - c["budget_test_accuracy"])
                 lines.append(
                     f"| {c['method']} | {c['seed']} | {c['budget_epochs'] or '—'} | {pct(c['budget_test_accuracy'])}"
                     f" | {c['budget_loss_drop']:.1%} | {c['epochs']} | {pct(c['test_accuracy'])}"
