@@ -875,7 +875,9 @@ def write_report(args):
                 f"| {method} | {fmt(r['rho'])} | {fmt(r['alpha'])} | {len(r['seeds_done'])}/{len(args.seeds)}"
                 + (f" (missing {r['missing_seeds']})" if r["missing_seeds"] else "")
                 + f" | {accuracy_cell(r)} | {points(r.get('diff_to_erm'))} | {p_cell(r.get('p_value'))}"
-                + f" | {np.mean(r['eigenvalue']):.1f} ± {np.std(r['eigenvalue']):.1f}"
+                # The sample std, as for the accuracies.
+                + f" | {np.mean(r['eigenvalue']):.1f}"
+                + (f" ± {np.std(r['eigenvalue'], ddof=1):.1f}" if len(r["eigenvalue"]) > 1 else "")
                 + f" | {r['seconds']:.0f}" + ("" if r["cpu_seconds"] is None else f" ({r['cpu_seconds']:.0f})")
                 + f" | {100 * np.mean(r['flattening']):.1f}%"
                 + f" | {100 * np.mean(r['late_test_gain']):+.2f} |"
