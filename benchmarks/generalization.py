@@ -998,7 +998,7 @@ def plot(report, base):
         for i, m in enumerate(METHODS):
             n = len(rows[m]["seeds_done"])
             ax.text(i, ax.get_ylim()[0], "missing" if n == 0 else f"n={n}", ha="center", va="bottom", fontsize=7)
-        ax.set_title(key)
+        ax.set_title(short_name(key))
         ax.set_ylabel("test accuracy (%)")
     fig.tight_layout()
     fig.savefig(base + ".png", dpi=120)
@@ -1026,8 +1026,8 @@ def plot(report, base):
                 ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=ax.transAxes)
         else:
             axes[0, j].set_yscale("log")
-        axes[0, j].set_title(f"{key}: training loss (5-epoch mean)")
-        axes[1, j].set_title(f"{key}: test accuracy (%)")
+        axes[0, j].set_title(f"{short_name(key)}: training loss (5-epoch mean)")
+        axes[1, j].set_title(f"{short_name(key)}: test accuracy (%)")
         axes[1, j].set_xlabel("epoch")
         if data["curves"]:
             axes[0, j].legend(fontsize=7)
