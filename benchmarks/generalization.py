@@ -53,6 +53,9 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 METHODS = ("erm", "mixup", "sam", "gmix", "bgmix", "dgmix")
+# The methods the benchmark asks about, and the two baselines they must beat.
+GMIX_FAMILY = ("gmix", "bgmix", "dgmix")
+BASELINES = {"mixup": "Mixup", "sam": "SAM"}
 DATASETS = ("mnist1d", "cifar10_partial:2500", "cifar10_partial:5438")
 DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "cifar10_partial.npz")
 DEFAULT_OUT = os.path.join(HERE, "results")
@@ -680,10 +683,10 @@ def method_rows(runs, seeds):
         if method != "erm" and paired:
             diff, p = paired_test([erm[s] for s in paired], [mine[s]["test_accuracy"] for s in paired])
             row.update(diff_to_erm=diff, p_value=p, paired_seeds=paired)
-        for base in ("mixup", "sam"):
+        for base in BASELINES:
             other = {s: r["test_accuracy"] for (m, s), r in runs.items() if m == base}
             both = [s for s in mine if s in other]
-            if method in ("gmix", "bgmix", "dgmix") and both:
+            if method in GMIX_FAMILY and both:
                 diff, p = paired_test([other[s] for s in both], [mine[s]["test_accuracy"] for s in both])
                 row[f"vs_{base}"] = {"diff": diff, "p_value": p, "paired_seeds": both}
         rows[method] = row
@@ -804,19 +807,18 @@ def summary_lines(report, n_seeds):
     for method in METHODS:
         lines.append(f"| {method} | " + " | ".join(
             accuracy(report["datasets"][k]["rows"][method]) for k in keys) + " |")
-    family = ("gmix", "bgmix", "dgmix")
     lines += [
         "",
         "The G-Mix family minus Mixup and minus SAM, test accuracy in percentage points "
         "(seeds paired; two-sided paired t-test p):",
         "",
-        "| data set | baseline | " + " | ".join(family) + " |",
-        "|---|---|" + "---|" * len(family),
+        "| data set | baseline | " + " | ".join(GMIX_FAMILY) + " |",
+        "|---|---|" + "---|" * len(GMIX_FAMILY),
     ]
     for k in keys:
-        for base, label in (("mixup", "Mixup"), ("sam", "SAM")):
+        for base, label in BASELINES.items():
             lines.append(f"| {short_name(k)} | {label} | " + " | ".join(
-                versus(report["datasets"][k]["rows"][m].get(f"vs_{base}")) for m in family) + " |")
+                versus(report["datasets"][k]["rows"][m].get(f"vs_{base}")) for m in GMIX_FAMILY) + " |")
     return lines
 
 
@@ -889,9 +891,9 @@ def write_report(args):
             "| method | vs Mixup (pp) | p | vs SAM (pp) | p |",
             "|---|---|---|---|---|",
         ]
-        for method in ("gmix", "bgmix", "dgmix"):
+        for method in GMIX_FAMILY:
             cells = []
-            for base in ("mixup", "sam"):
+            for base in BASELINES:
                 v = rows[method].get(f"vs_{base}")
                 if v is None:
                     cells += ["—", ""]
@@ -911,7 +913,7 @@ def write_report(args):
                 if not r["seeds_done"]:
                     continue
                 cells = [accuracy_cell(r), points(r.get("diff_to_erm")), p_cell(r.get("p_value"))]
-                for base in ("mixup", "sam"):
+                for base in BASELINES:
                     v = r.get(f"vs_{base}")
                     cells += (["", ""] if v is None else
                               [points(v["diff"]), p_cell(v["p_value"])])
