@@ -1,8 +1,10 @@
-"""Checks of training data, run before `fit` starts, with errors that say the fix.
+"""Checks of training data, with errors that say the fix.
 
-Arrays are checked whole (cheap next to training); a tf.data.Dataset is
-checked for emptiness only: its batches are guarded step by step (class ids
-in range; a non-finite loss or gradient skips the step, see GMixModel).
+Arrays are checked whole before `fit` starts (cheap next to training); a
+tf.data.Dataset is checked for emptiness only: its batches are guarded step
+by step, inside the compiled step, with the same rules (`labels_to_one_hot`,
+`checked_sample_weight`; a non-finite loss or gradient skips the step, see
+GMixModel), so the data is never read twice.
 """
 
 import numpy as np
@@ -47,10 +49,7 @@ def check_labels(y, num_classes):
         )
     if y.shape[0] == 0:
         raise ValueError("The training labels are empty (0 examples).")
-    is_ids = np.issubdtype(y.dtype, np.integer) or y.ndim == 1 or (
-        y.ndim == 2 and y.shape[1] == 1 and num_classes > 1
-    )
-    if is_ids:
+    if labels_are_class_ids(np.issubdtype(y.dtype, np.integer), y.shape, num_classes):
         if y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1):
             raise ValueError(
                 f"Class-id labels must have shape (n,) or (n, 1); received {y.shape}."
@@ -81,4 +80,83 @@ def check_output_shape(shape):
             "GMixModel trains classifiers: the wrapped model must output class "
             f"scores (probabilities or logits) of shape (batch, classes); it outputs {tuple(shape)}. "
             "Flatten or pool the output and end with a Dense(num_classes) layer."
+        )
+
+
+def labels_are_class_ids(is_integer, shape, num_classes):
+    """The label rule: integer labels, and labels of shape [n] or [n, 1] when
+    the model has more than one output unit, are class ids; the rest are
+    one-hot (or soft) rows."""
+    rank = len(shape)
+    return bool(is_integer) or rank == 1 or (rank == 2 and shape[-1] == 1 and num_classes > 1)
+
+
+def labels_to_one_hot(y, num_classes):
+    """One batch's labels as `(y_one_hot float32 [n, C], is_sparse)`, checked in the step.
+
+    Class ids must be whole numbers in [0, num_classes): tf.one_hot would
+    map an out-of-range id to a zero row and a cast would truncate 3.7 to
+    3, and training would go on silently with wrong labels.
+    """
+    y = tf.convert_to_tensor(y)
+    if not (y.dtype.is_integer or y.dtype.is_floating or y.dtype == tf.bool):
+        raise TypeError(
+            f"Labels must be numbers (class ids or one-hot rows); received dtype {y.dtype.name}. "
+            "Map class names to integer ids first (e.g. with tf.keras.layers.StringLookup "
+            "in the pipeline)."
+        )
+    if labels_are_class_ids(y.dtype.is_integer, y.shape, num_classes):
+        if y.shape.rank not in (1, 2) or (y.shape.rank == 2 and y.shape[-1] != 1):
+            raise ValueError(
+                "Class-id labels must have shape (batch,) or (batch, 1). "
+                f"Received labels of shape {y.shape}."
+            )
+        flat = tf.reshape(y, [-1])
+        checks = []
+        if not y.dtype.is_integer:
+            values = tf.cast(flat, tf.float32)
+            checks.append(tf.debugging.assert_equal(
+                values, tf.round(values),
+                message="class-id labels must be whole numbers; a batch holds fractional, NaN or inf ids",
+            ))
+        ids = tf.cast(flat, tf.int32)
+        checks.append(tf.debugging.assert_less(
+            ids, num_classes, message=f"class ids must be < {num_classes}, the model's output width"
+        ))
+        checks.append(tf.debugging.assert_non_negative(ids, message="class ids must be >= 0"))
+        with tf.control_dependencies(checks):
+            return tf.one_hot(ids, num_classes, dtype=tf.float32), True
+    if y.shape.rank != 2 or y.shape[-1] != num_classes:
+        raise ValueError(
+            f"Labels have {y.shape[-1]} classes (shape {y.shape}) but the model "
+            f"outputs {num_classes}. Give one-hot labels of shape (batch, "
+            f"{num_classes}) or integer class ids of shape (batch,)."
+        )
+    return tf.cast(y, tf.float32), False
+
+
+def checked_sample_weight(sample_weight):
+    """One batch's sample weights as float32 [n], checked finite and >= 0 in the step.
+
+    A NaN weight would make the loss NaN and skip the step, every epoch,
+    without a word; fail instead and say which.
+    """
+    weights = tf.cast(tf.reshape(sample_weight, [-1]), tf.float32)
+    finite = tf.debugging.assert_all_finite(
+        weights, "Sample weights must be finite; a batch holds NaN or inf weights"
+    )
+    non_negative = tf.debugging.assert_non_negative(weights, message="Sample weights must be >= 0")
+    with tf.control_dependencies([finite, non_negative]):
+        return tf.identity(weights)
+
+
+def check_sample_weight(sample_weight):
+    """Array sample weights, before fit: finite and >= 0."""
+    if sample_weight is None or not _is_array(sample_weight):
+        return
+    weights = np.asarray(sample_weight, dtype=np.float64)
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ValueError(
+            "Sample weights must be finite numbers >= 0; received NaN, inf or negative values. "
+            "A NaN weight makes its batch's loss NaN, and that step would be skipped every epoch."
         )

@@ -69,6 +69,10 @@ class StepResult(NamedTuple):
     y_pred: tf.Tensor  # predictions of the unperturbed pass
     non_trainable: list  # non-trainable values after the unperturbed pass
     sensitivity: tf.Tensor = None  # [n] s_i = l_i(w + eps) - l_i(w), perturbed methods only
+    # The plain gradient g = grad (L_B + regularizers)(w), loss-scaled, when
+    # asked for (`with_plain_grads`): what a schedule's reuse direction is
+    # formed against (SPEC.md section 4b). No extra pass: pass 1's.
+    plain_grads: list = None
 
 
 def _identity(value):
@@ -117,6 +121,7 @@ def compute_update(
     mean_over_replicas=None,
     weights=None,
     state=None,
+    with_plain_grads=False,
 ):
     """One step's update gradient, statistics and new non-trainable state.
 
@@ -135,6 +140,8 @@ def compute_update(
             `inner.non_trainable_variables` to evaluate at. Defaults to
             `None` (read the variables). Passing them makes this a pure
             function of tensors, which XLA can compile on its own.
+        with_plain_grads: also return the plain gradient at w (pass 1's,
+            regularizers included) as `plain_grads`. Defaults to `False`.
 
     Returns:
         A `StepResult`.
@@ -174,13 +181,16 @@ def compute_update(
 
     if not perturbed:
         grads = _gradient(tape, scaled_total_loss, weights)
-        return StepResult(grads, stats, y_pred, new_state)
+        return StepResult(grads, stats, y_pred, new_state, plain_grads=grads if with_plain_grads else None)
 
     # Backward pass 1: the ascent direction g = grad L_B(w).
     ascent = _gradient(tape, scaled_data_loss, weights)
+    reg_grads = None if reg_loss is None else _gradient(tape, scaled_reg_loss, weights)
+    plain_grads = None
+    if with_plain_grads:
+        plain_grads = ascent if reg_grads is None else pt.add(ascent, reg_grads)
     if mean_over_replicas is not None:
         ascent = mean_over_replicas(ascent)
-    reg_grads = None if reg_loss is None else _gradient(tape, scaled_reg_loss, weights)
     if not partitioned:
         del tape  # free pass 1's activations before pass 2
     eps = pt.perturbation(weights, ascent, rho, adaptive=adaptive, eta=eta)
@@ -230,7 +240,7 @@ def compute_update(
     if reg_grads is not None:
         grads = pt.add(grads, reg_grads)
     grads = [tf.cast(g, w.dtype) for g, w in zip(grads, weights)]
-    return StepResult(grads, stats, y_pred, new_state, sensitivity)
+    return StepResult(grads, stats, y_pred, new_state, sensitivity, plain_grads)
 
 
 def check_update_arguments(method, rho, sensitive_fraction, eta):

@@ -14,6 +14,7 @@ from keras_gmix import distribute
 from keras_gmix import gradients
 from keras_gmix import losses as losses_lib
 from keras_gmix import mixing
+from keras_gmix import perturb_schedule
 
 # The statistics each method adds to fit's logs (SPEC.md section 5), besides
 # "loss" and the compiled metrics.
@@ -23,6 +24,13 @@ PARTITION_STATS = ("sensitive_fraction", "grad_cosine")
 # The last step's lambda and s_i values are kept (NaN-padded) for callbacks
 # that draw their histograms; a batch larger than this keeps its first ones.
 STEP_VALUES_CAPACITY = 1024
+
+# The constructor's settings, read-only once the model exists.
+SETTINGS = (
+    "inner", "method", "rho", "alpha", "sensitive_fraction", "adaptive", "eta", "mix",
+    "per_example_lam", "sync_perturbation", "jit_gradients", "max_consecutive_skips", "seed",
+    "perturb_every", "reuse_scale", "perturb_probability",
+)
 
 
 def step_stat_names(method):
@@ -34,42 +42,6 @@ def step_stat_names(method):
     if method == "dgmix":
         names.append("conflict")
     return tuple(names)
-
-
-def labels_to_one_hot(y, num_classes):
-    """Returns `(y_one_hot float32 [n, C], is_sparse)`; checks the class count.
-
-    Integer labels, and float labels of shape [n] or [n, 1] when the model
-    has more than one output unit, are class ids.
-    """
-    y = tf.convert_to_tensor(y)
-    rank = y.shape.rank
-    is_ids = y.dtype.is_integer or rank == 1 or (
-        rank == 2 and y.shape[-1] == 1 and num_classes > 1
-    )
-    if is_ids:
-        if rank not in (1, 2) or (rank == 2 and y.shape[-1] != 1):
-            raise ValueError(
-                "Integer class-id labels must have shape (batch,) or (batch, 1). "
-                f"Received labels of shape {y.shape}."
-            )
-        ids = tf.cast(tf.reshape(y, [-1]), tf.int32)
-        # tf.one_hot maps an out-of-range id to a zero row: training would go
-        # on silently with a wrong label. Fail instead (datasets are checked
-        # here, batch by batch; arrays up front in `fit`).
-        in_range = tf.debugging.assert_less(
-            ids, num_classes, message=f"class ids must be < {num_classes}, the model's output width"
-        )
-        non_negative = tf.debugging.assert_non_negative(ids, message="class ids must be >= 0")
-        with tf.control_dependencies([in_range, non_negative]):
-            return tf.one_hot(ids, num_classes, dtype=tf.float32), True
-    if rank != 2 or y.shape[-1] != num_classes:
-        raise ValueError(
-            f"Labels have {y.shape[-1]} classes (shape {y.shape}) but the model "
-            f"outputs {num_classes}. Give one-hot labels of shape (batch, "
-            f"{num_classes}) or integer class ids of shape (batch,)."
-        )
-    return tf.cast(y, tf.float32), False
 
 
 @keras.saving.register_keras_serializable(package="keras_gmix")
@@ -109,7 +81,19 @@ class GMixModel(keras.Model):
             is skipped (weights, optimizer state and BatchNorm statistics
             unchanged; counted in the `skipped_steps` log); after this many
             skips in a row, `fit` stops with an error. Defaults to `20`.
-        seed: seed of the mixing randomness. Defaults to `None` (random).
+        seed: seed of the mixing randomness (and of the random schedule).
+            Defaults to `None` (drawn once, then kept in the config).
+        perturb_every: k: a perturbed method (sam, gmix, bgmix, dgmix)
+            makes its full step only when the optimizer's step counter is a
+            multiple of k; the steps in between are cheap (one forward and
+            one backward pass, the plain gradient on the same batch: mixup's
+            step, erm's for sam). SPEC.md section 4b. Defaults to `1`.
+        reuse_scale: on a cheap step, add the part of the last full step's
+            update orthogonal to its plain gradient, scaled to
+            `reuse_scale * ||g||` (LookSAM). Defaults to `0.0` (off).
+        perturb_probability: p: each step is full with probability p,
+            drawn from (seed, step). Not with `perturb_every > 1`.
+            Defaults to `1.0`.
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -142,6 +126,9 @@ class GMixModel(keras.Model):
         jit_gradients=False,
         max_consecutive_skips=20,
         seed=None,
+        perturb_every=1,
+        reuse_scale=0.0,
+        perturb_probability=1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -152,6 +139,17 @@ class GMixModel(keras.Model):
         gradients.check_update_arguments(method, rho, sensitive_fraction, eta)
         mixing.check_alpha(alpha)
         mixing.check_mix(mix)
+        perturb_schedule.check_schedule(perturb_every, reuse_scale, perturb_probability)
+        scheduled = method in gradients.PERTURBED_METHODS and perturb_schedule.has_cheap_steps(
+            perturb_every, perturb_probability
+        )
+        if scheduled and sync_perturbation:
+            raise ValueError(
+                "`sync_perturbation=True` cannot be combined with a schedule "
+                "(`perturb_every > 1` or `perturb_probability < 1`): the all-reduce "
+                "of the ascent gradient would sit inside the branch of full steps, "
+                "where tf.distribute cannot synchronize replicas. Use one of the two."
+            )
         if jit_gradients and sync_perturbation:
             raise ValueError(
                 "`jit_gradients=True` cannot be combined with "
@@ -182,6 +180,12 @@ class GMixModel(keras.Model):
         self.jit_gradients = jit_gradients
         self.max_consecutive_skips = max_consecutive_skips
         self.seed = seed
+        self.perturb_every = perturb_every
+        self.reuse_scale = reuse_scale
+        self.perturb_probability = perturb_probability
+        # Whether some steps are cheap (fixed at construction: the compiled
+        # step is built for one schedule).
+        self.scheduled = scheduled
         # The mixing randomness of step t is drawn from (seed, t, replica):
         # a counter saved with the weights makes a resumed run draw what an
         # uninterrupted one would, and every replica draws its own numbers.
@@ -196,8 +200,25 @@ class GMixModel(keras.Model):
         self.step_stat_trackers = [
             keras.metrics.Mean(name=name) for name in step_stat_names(method)
         ]
+        self.full_step_tracker = keras.metrics.Mean(name="full_step") if scheduled else None
+        # v of SPEC.md section 4b, one variable per trainable variable of
+        # `inner`; created with them (here, or in `build`).
+        self.reuse_direction = None
         if inner.built:
+            self._create_reuse_direction()
             self.built = True
+        self._settings_frozen = True
+
+    def __setattr__(self, name, value):
+        # The compiled train step is built from these values: a change after
+        # construction would be ignored without a word, so it is refused.
+        if name in SETTINGS and getattr(self, "_settings_frozen", False):
+            raise AttributeError(
+                f"`{name}` of a GMixModel cannot be changed after construction: the "
+                "compiled training step keeps the value it was built with. Build a new "
+                f"model around the same network instead: `kg.GMixModel(model.inner, {name}=..., ...)`."
+            )
+        super().__setattr__(name, value)
 
     # Bookkeeping variables: saved with the model (so a resumed run goes on
     # counting), identical on every replica (the first replica's value wins).
@@ -214,6 +235,21 @@ class GMixModel(keras.Model):
             trainable=False, aggregation="only_first_replica",
         )
 
+    def _create_reuse_direction(self):
+        # Training state, saved and restored with the weights like the
+        # optimizer's; the same on every replica (formed from all-reduced
+        # gradients). Only a schedule that reuses it has it, so that the
+        # weights of every other model stay what they were.
+        if not (self.scheduled and self.reuse_scale > 0) or self.reuse_direction is not None:
+            return
+        self.reuse_direction = [
+            self.add_weight(
+                name=f"reuse_direction_{i}", shape=variable.shape, dtype="float32",
+                initializer="zeros", trainable=False, aggregation="only_first_replica",
+            )
+            for i, variable in enumerate(self.inner.trainable_variables)
+        ]
+
     @staticmethod
     def _record_step_values(variable, values, keep=True):
         values = tf.reshape(tf.cast(values, tf.float32), [-1])[:STEP_VALUES_CAPACITY]
@@ -229,6 +265,7 @@ class GMixModel(keras.Model):
     def build(self, input_shape):
         if not self.inner.built:
             self.inner.build(input_shape)
+        self._create_reuse_direction()
         self.built = True
 
     def get_config(self):
@@ -246,7 +283,12 @@ class GMixModel(keras.Model):
             sync_perturbation=self.sync_perturbation,
             jit_gradients=self.jit_gradients,
             max_consecutive_skips=self.max_consecutive_skips,
-            seed=self.seed,
+            # The drawn seed when none was given, so that a reloaded model
+            # continues the same mixing stream.
+            seed=self._base_seed,
+            perturb_every=self.perturb_every,
+            reuse_scale=self.reuse_scale,
+            perturb_probability=self.perturb_probability,
         )
         return config
 
@@ -262,7 +304,7 @@ class GMixModel(keras.Model):
         # The per-step training statistics are metrics (so that fit averages
         # and resets them per epoch), but evaluation computes none of them.
         logs = super().test_step(data)
-        hidden = {tracker.name for tracker in self.step_stat_trackers} | {"skipped_steps"}
+        hidden = {tracker.name for tracker in self._step_trackers()} | {"skipped_steps"}
         return self._distributable_logs(
             {name: value for name, value in logs.items() if name not in hidden}
         )
@@ -328,15 +370,20 @@ class GMixModel(keras.Model):
             sample_weight = label_lam * sw + (1.0 - label_lam) * tf.gather(sw, perm)
         return x_mix, y_mix, sample_weight, label_lam
 
-    def compute_update(self, x, y, sample_weight, loss_fn):
-        """`gradients.compute_update` with this model's settings, optionally under XLA."""
+    def compute_update(self, x, y, sample_weight, loss_fn, method=None, with_plain_grads=False):
+        """`gradients.compute_update` with this model's settings, optionally under XLA.
+
+        `method` defaults to the model's (a schedule's cheap steps pass the
+        unperturbed one).
+        """
         settings = dict(
-            method=self.method,
+            method=method or self.method,
             rho=self.rho,
             sensitive_fraction=self.sensitive_fraction,
             adaptive=self.adaptive,
             eta=self.eta,
             mean_over_replicas=distribute.mean_over_replicas if self.sync_perturbation else None,
+            with_plain_grads=with_plain_grads,
         )
         if not self.jit_gradients:
             return gradients.compute_update(
@@ -361,6 +408,46 @@ class GMixModel(keras.Model):
 
         return gradients.StepResult(*compiled(weights, state, x, y, sample_weight, loss_scale))
 
+    def scheduled_update(self, x, y, sample_weight, loss_fn, full):
+        """One step of a schedule (SPEC.md section 4b): the full method if
+        `full`, else the cheap step (1F + 1B), with the stored direction v
+        added when `reuse_scale > 0`.
+
+        Returns `(result, plain_grads)`: a `StepResult` shaped like the full
+        method's (the values only a full step computes are 0 on cheap
+        steps), and the plain gradient g at w (what v is formed against).
+        """
+        reuse = self.reuse_direction is not None
+
+        def full_step():
+            result = self.compute_update(x, y, sample_weight, loss_fn, with_plain_grads=reuse)
+            return result._replace(plain_grads=result.plain_grads if reuse else ())
+
+        def cheap_step():
+            cheap_method = "mixup" if self.method in gradients.MIXED_METHODS else "erm"
+            result = self.compute_update(x, y, sample_weight, loss_fn, method=cheap_method)
+            plain = result.grads
+            grads = perturb_schedule.reuse_update(plain, self.reuse_direction, self.reuse_scale) if reuse else plain
+            stats = {name: tf.zeros([], tf.float32) for name in ("loss",) + step_stat_names(self.method)}
+            stats["loss"] = result.stats["loss"]
+            return gradients.StepResult(
+                grads, stats, result.y_pred, result.non_trainable,
+                sensitivity=tf.zeros(tf.shape(y)[:1], tf.float32),
+                plain_grads=plain if reuse else (),
+            )
+
+        result = tf.cond(full, full_step, cheap_step)
+        return result._replace(plain_grads=None), result.plain_grads
+
+    def store_reuse_direction(self, update, plain, store):
+        """v = the part of the update orthogonal to g, from the replicas' mean
+        update and plain gradient (the same v on every replica); kept only
+        where `store` (a finite full step)."""
+        update, plain = distribute.mean_over_replicas([list(update), list(plain)])
+        direction = perturb_schedule.orthogonal_part(update, plain)
+        for variable, value in zip(self.reuse_direction, direction):
+            variable.assign(tf.where(store, value, variable))
+
     def fit(self, *args, **kwargs):
         """`keras.Model.fit`, after checking the data, and stopping on repeated non-finite steps."""
         arguments = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs).arguments
@@ -370,15 +457,22 @@ class GMixModel(keras.Model):
         if not isinstance(x, tf.data.Dataset) and x is not None:
             first = tf.nest.flatten(x)[0]
             checks.check_labels(arguments.get("y"), self.num_classes(tf.convert_to_tensor(first[:1])))
+            checks.check_sample_weight(arguments.get("sample_weight"))
         guard = StopAfterConsecutiveSkips(self.max_consecutive_skips)
         arguments["callbacks"] = list(arguments.get("callbacks") or []) + [guard]
         return super().fit(**arguments)
 
-    def record_step(self, result, finite, fault, x, y, y_one_hot, labels_are_ids, sample_weight):
+    def _step_trackers(self):
+        """The per-step statistics' trackers (and full_step with a schedule)."""
+        return self.step_stat_trackers + ([self.full_step_tracker] if self.scheduled else [])
+
+    def record_step(self, result, finite, fault, x, y, y_one_hot, labels_are_ids, sample_weight, full):
         """Keeps a finite step's state (BatchNorm, metrics, step values), or counts a skip.
 
         `fault` (a skip that is not a loss-scale overflow) counts towards
-        `max_consecutive_skips`; a finite step resets that count.
+        `max_consecutive_skips`; a finite step resets that count. `full`
+        (a scalar bool) says whether the step computed the perturbed
+        statistics: they are averaged over full steps only.
 
         Kept or dropped arithmetically, not with a tf.cond: under
         MirroredStrategy these assignments may be merge_calls, which
@@ -390,22 +484,34 @@ class GMixModel(keras.Model):
             return tf.where(finite, new, old)
 
         if result.sensitivity is not None:
-            self._record_step_values(self.last_sensitivity, result.sensitivity, finite)
+            self._record_step_values(self.last_sensitivity, result.sensitivity, tf.logical_and(finite, full))
         # BatchNorm statistics (and RNG state) from the unperturbed pass only.
         for variable, value in zip(self.inner.non_trainable_variables, result.non_trainable):
             variable.assign(kept(value, variable))
+        # A skipped step leaves every metric as it was: whatever a metric
+        # does with zero-weighted NaN predictions, its state is put back.
+        # (Reads and writes of a variable run in program order inside a
+        # tf.function; no explicit control dependency, which would stop
+        # Keras from lifting the compiled metrics' lazy variable creation.)
+        metric_variables = [
+            v for metric in self.metrics if metric is not self.skipped_steps_tracker for v in metric.variables
+        ]
+        before = [tf.identity(v) for v in metric_variables]
         batch_size = tf.cast(tf.shape(y_one_hot)[0], tf.float32)
-        self._loss_tracker.update_state(kept(result.stats["loss"], 0.0), sample_weight=keep * batch_size)
+        self._loss_tracker.update_state(kept(result.stats["loss"], 0.0), sample_weight=batch_size)
+        full_weight = tf.cast(full, tf.float32)
         for tracker in self.step_stat_trackers:
-            tracker.update_state(kept(result.stats[tracker.name], 0.0), sample_weight=keep)
+            tracker.update_state(kept(result.stats[tracker.name], 0.0), sample_weight=full_weight)
+        if self.scheduled:
+            self.full_step_tracker.update_state(full_weight)
         y_metric = y_one_hot
         if labels_are_ids:
             # Metrics see the labels in the format the user gave: class ids
             # stay class ids (the dominant class of a mixed label).
             y_metric = tf.reshape(tf.cast(tf.argmax(y_one_hot, axis=-1), y.dtype), tf.shape(y))
-        metric_weight = keep if sample_weight is None else keep * sample_weight
-        metric_weight = tf.broadcast_to(metric_weight, tf.shape(y_one_hot)[:1])
-        self.compute_metrics(x, y_metric, kept(result.y_pred, tf.zeros_like(result.y_pred)), metric_weight)
+        self.compute_metrics(x, y_metric, kept(result.y_pred, tf.zeros_like(result.y_pred)), sample_weight)
+        for variable, value in zip(metric_variables, before):
+            variable.assign(kept(variable, value))
         # Summed over replicas on read: each replica counts its share of the step.
         self.skipped_steps_tracker.update_state((1.0 - keep) / distribute.num_replicas())
         self.consecutive_skips.assign(
@@ -424,13 +530,15 @@ class GMixModel(keras.Model):
                 "The wrapped model has no trainable weights: there is nothing to train."
             )
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        y_one_hot, labels_are_ids = labels_to_one_hot(y, self.num_classes(x))
+        y_one_hot, labels_are_ids = checks.labels_to_one_hot(y, self.num_classes(x))
         if losses_lib.is_sparse_loss(self.loss) and not labels_are_ids:
             raise ValueError(
                 "The compiled loss is sparse (it expects integer class ids) but "
                 f"the labels have shape {y.shape}: pass class ids of shape "
                 "(batch,), or compile with 'categorical_crossentropy'."
             )
+        if sample_weight is not None:
+            sample_weight = checks.checked_sample_weight(sample_weight)
         step = self.mix_step.assign_add(1)
         if self.method in gradients.MIXED_METHODS:
             x, y_one_hot, sample_weight, label_lam = self.mix_data(
@@ -438,7 +546,14 @@ class GMixModel(keras.Model):
             )
             self._record_step_values(self.last_lam, tf.broadcast_to(label_lam, tf.shape(y_one_hot)[:1]))
 
-        result = self.compute_update(x, y_one_hot, sample_weight, loss_fn)
+        if self.scheduled:
+            full = perturb_schedule.is_full_step(
+                self.optimizer.iterations, self._base_seed, self.perturb_every, self.perturb_probability
+            )
+            result, plain_grads = self.scheduled_update(x, y_one_hot, sample_weight, loss_fn, full)
+        else:
+            full = tf.constant(True)
+            result = self.compute_update(x, y_one_hot, sample_weight, loss_fn)
         # The optimizer all-reduces with SUM: hand it this replica's share.
         replicas = distribute.num_replicas()
         grads = result.grads if replicas == 1 else [g / replicas for g in result.grads]
@@ -448,6 +563,9 @@ class GMixModel(keras.Model):
         finite = distribute.all_replicas_true(
             gradients.all_finite(result.grads + [result.stats["loss"]])
         )
+        if self.reuse_direction is not None:
+            # Before the update: the optimizer advances the step counter.
+            self.store_reuse_direction(result.grads, plain_grads, tf.logical_and(full, finite))
         fault = tf.logical_not(finite)
         if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
             # It skips non-finite steps itself, and must see them to lower its
@@ -457,7 +575,7 @@ class GMixModel(keras.Model):
             fault = tf.logical_and(fault, self.optimizer.dynamic_scale <= 1.0)
         else:
             distribute.apply_if(finite, self.optimizer.apply, grads, self.inner.trainable_variables)
-        self.record_step(result, finite, fault, x, y, y_one_hot, labels_are_ids, sample_weight)
+        self.record_step(result, finite, fault, x, y, y_one_hot, labels_are_ids, sample_weight, full)
         return self._distributable_logs(self.get_metrics_result())
 
 

@@ -83,3 +83,18 @@ def update(method, w, b, x, y, rho=0.05, gamma=0.5, adaptive=False, eta=0.01):
             g = g_flat + g_perp + max(along, 0.0) * u
         stats["conflict"] = float(g_sharp @ g_flat < 0)
     return g[: w.size].reshape(w.shape), g[w.size :], stats
+
+
+# -- efficient schedules (SPEC.md section 4b) --------------------------------
+
+
+def orthogonal_part(u, g):
+    """v = u - (<u, g> / ||g||^2) g, and v = u when g == 0 (flat vectors)."""
+    gg = g @ g
+    return u if gg == 0 else u - (u @ g) / gg * g
+
+
+def reused_update(g, v, reuse_scale):
+    """A cheap step's update: g + reuse_scale * (||g|| / ||v||) v (g when v == 0)."""
+    norm_v = np.linalg.norm(v)
+    return g if norm_v == 0 else g + reuse_scale * np.linalg.norm(g) / norm_v * v

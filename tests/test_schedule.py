@@ -1,0 +1,265 @@
+"""Efficient schedules (SPEC.md section 4b): perturb_every, reuse_scale, perturb_probability."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_gmix as kg
+from keras_gmix import gradients
+from keras_gmix import perturb_schedule
+
+from tests import numpy_reference as ref
+from tests.test_model import C, D, N, CountingModel, compiled, data, dense_bn_model, step_inputs
+
+LOSS = keras.losses.CategoricalCrossentropy(from_logits=True)
+
+
+def train_steps(model, steps, seed=0):
+    """`steps` single-batch fit steps on fresh batches; returns each step's logs."""
+    logs = []
+    for step in range(steps):
+        x, y = data(seed=seed + step)
+        logs.append(model.train_on_batch(x, y, return_dict=True))
+    return logs
+
+
+# -- the schedule itself -------------------------------------------------------
+
+
+def test_every_kth_step_is_full():
+    full = [bool(perturb_schedule.is_full_step(t, seed=3, perturb_every=4)) for t in range(12)]
+    assert full == [t % 4 == 0 for t in range(12)]
+
+
+def test_random_schedule_is_a_function_of_seed_and_step():
+    draw = lambda seed: [bool(perturb_schedule.is_full_step(t, seed, perturb_probability=0.3)) for t in range(400)]  # noqa: E731
+    first = draw(7)
+    assert first == draw(7)  # a resumed run or another replica asks again: same answer
+    assert first != draw(8)
+    assert abs(np.mean(first) - 0.3) < 0.06  # 400 Bernoulli(0.3) draws: std 0.023
+
+
+def test_random_schedule_agrees_in_graph_mode_and_under_xla():
+    steps = tf.range(64, dtype=tf.int64)
+    eager = [bool(perturb_schedule.is_full_step(t, 5, perturb_probability=0.5)) for t in range(64)]
+    xla = tf.function(
+        lambda s: tf.map_fn(lambda t: perturb_schedule.is_full_step(t, 5, perturb_probability=0.5), s, fn_output_signature=tf.bool),
+        jit_compile=True,
+    )(steps)
+    assert eager == [bool(v) for v in xla.numpy()]
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(perturb_every=0), "perturb_every"),
+        (dict(perturb_every=2.5), "perturb_every"),
+        (dict(perturb_every=True), "perturb_every"),
+        (dict(perturb_probability=0.0), "perturb_probability"),
+        (dict(perturb_probability=1.5), "perturb_probability"),
+        (dict(perturb_probability=float("nan")), "perturb_probability"),
+        (dict(reuse_scale=-0.1), "reuse_scale"),
+        (dict(reuse_scale=float("inf")), "reuse_scale"),
+        (dict(perturb_every=5, perturb_probability=0.2), "cannot both be set"),
+        (dict(perturb_every=5, sync_perturbation=True), "sync_perturbation"),
+    ],
+)
+def test_bad_schedule_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        kg.GMixModel(dense_bn_model(), method="gmix", **kwargs)
+
+
+def test_numpy_integers_and_floats_are_accepted():
+    model = kg.GMixModel(dense_bn_model(), perturb_every=np.int64(3), perturb_probability=np.float32(1.0))
+    assert model.scheduled
+
+
+# -- what a step computes -------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", kg.METHODS)
+def test_defaults_reproduce_every_method_bit_for_bit(method):
+    """k = 1 and p = 1 (any reuse_scale) are the method of section 4, and a
+    schedule whose every step is full runs the same arithmetic."""
+    plain = compiled(method)
+    explicit = compiled(method, perturb_every=1, perturb_probability=1.0, reuse_scale=0.7)
+    # p just below 1: the schedule's branch is taken, and every one of these
+    # steps draws "full" (checked through the full_step log).
+    branched = compiled(method, perturb_probability=1.0 - 1e-7)
+    logs = [train_steps(model, 4) for model in (plain, explicit, branched)]
+    if method in gradients.PERTURBED_METHODS:
+        assert [step["full_step"] for step in logs[2]] == [1.0] * 4
+    for model in (explicit, branched):
+        for a, b in zip(model.inner.weights, plain.inner.weights):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("method,cheap_as", [("sam", "erm"), ("gmix", "mixup"), ("bgmix", "mixup"), ("dgmix", "mixup")])
+def test_a_cheap_step_without_reuse_is_the_unperturbed_methods_step(method, cheap_as):
+    model = compiled(method, optimizer=keras.optimizers.SGD(0.5), perturb_every=3)
+    train_steps(model, 1)  # step 0: full
+    reference = dense_bn_model()
+    reference.set_weights(model.inner.get_weights())  # weights and BatchNorm statistics after step 0
+    x, y = data(seed=1)
+    x_in, y_in = step_inputs(model, x, y, step=2)
+    grads, _ = kg.update_gradients(reference, x_in, y_in, loss=LOSS, method=cheap_as)
+    expected = [w.numpy() - 0.5 * g.numpy() for w, g in zip(reference.trainable_variables, grads)]
+    logs = model.train_on_batch(x, y, return_dict=True)  # step 1: cheap
+    assert logs["full_step"] == 0.0  # train_on_batch resets the metrics: this step alone
+    for variable, value in zip(model.inner.trainable_variables, expected):
+        np.testing.assert_allclose(variable.numpy(), value, rtol=1e-5, atol=1e-6)
+
+
+def linear_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((D,)), keras.layers.Dense(C)])
+
+
+def flat_weights(model):
+    w, b = (v.numpy().astype(np.float64) for v in model.inner.trainable_variables)
+    return w, b
+
+
+@pytest.mark.parametrize("method", ["gmix", "dgmix"])
+def test_stored_direction_and_cheap_step_match_numpy(method):
+    """Step 0 (full) stores v = u - <u, g>/||g||^2 g; step 1 (cheap) applies
+    g + a ||g||/||v|| v: both checked against the NumPy reference."""
+    reuse_scale, lr = 0.3, 1.0
+    model = compiled(method, inner=linear_model(), optimizer=keras.optimizers.SGD(lr), perturb_every=2,
+                     reuse_scale=reuse_scale, rho=0.5)
+    batches = [data(seed=s) for s in (0, 1)]
+    mixed = [step_inputs(model, x, y, step=t + 1) for t, (x, y) in enumerate(batches)]
+    to64 = lambda t: np.asarray(t, np.float64)  # noqa: E731
+
+    w0, b0 = flat_weights(model)
+    x0, y0 = map(to64, mixed[0])
+    uw, ub, _ = ref.update(method, w0, b0, x0, y0, rho=0.5)
+    gw, gb = ref.subset_grad(w0, b0, x0, y0, np.ones(N), N)
+    v = ref.orthogonal_part(ref.flat(uw, ub), ref.flat(gw, gb))
+    model.train_on_batch(*batches[0])
+    stored = np.concatenate([d.numpy().ravel() for d in model.reuse_direction])
+    assert np.linalg.norm(v) > 1e-3  # the update is not along g: a real test
+    np.testing.assert_allclose(stored, v, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.concatenate([w0.ravel() - lr * uw.ravel(), b0 - lr * ub]),
+                               np.concatenate([a.ravel() for a in flat_weights(model)]), rtol=1e-5, atol=1e-6)
+
+    w1, b1 = flat_weights(model)
+    x1, y1 = map(to64, mixed[1])
+    g1 = ref.flat(*ref.subset_grad(w1, b1, x1, y1, np.ones(N), N))
+    update = ref.reused_update(g1, v, reuse_scale)
+    model.train_on_batch(*batches[1])
+    w2, b2 = flat_weights(model)
+    np.testing.assert_allclose(ref.flat(w2, b2), ref.flat(w1, b1) - lr * update, rtol=1e-5, atol=1e-6)
+    # v is left as it was by a cheap step.
+    np.testing.assert_allclose(np.concatenate([d.numpy().ravel() for d in model.reuse_direction]), v, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("reuse_scale", [0.0, 0.5])
+@pytest.mark.parametrize("method,full", [("sam", (2, 2)), ("gmix", (2, 2)), ("dgmix", (2, 3))])
+def test_a_cheap_step_makes_one_forward_and_one_backward_pass(method, full, reuse_scale):
+    inner = CountingModel()
+    inner(np.zeros((1, D), "float32"))
+    x, y = data(n=8)
+    model = compiled(method, inner=inner, perturb_every=2, reuse_scale=reuse_scale)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", run_eagerly=True)
+    counts = []
+    for _ in range(3):  # steps 0 (full, also traced symbolically), 1 (cheap), 2 (full)
+        inner.forward_calls = inner.backward_calls = 0
+        model.train_on_batch(x, y)
+        counts.append((inner.forward_calls, inner.backward_calls))
+    assert counts[1:] == [(1, 1), full]
+
+
+def test_perturbed_statistics_are_averaged_over_full_steps_only():
+    # sam with rho = 0.05: eps_norm is 0.05 on every full step; averaged over
+    # all steps of k = 2 it would read 0.025.
+    model = compiled("sam", perturb_every=2, rho=0.05)
+    history = model.fit(*data(n=4 * N), batch_size=N, epochs=1, verbose=0, shuffle=False).history
+    assert history["full_step"] == [0.5]
+    np.testing.assert_allclose(history["eps_norm"], [0.05], rtol=1e-5)
+
+
+def test_non_perturbed_methods_ignore_the_schedule():
+    model = compiled("mixup", perturb_every=5)
+    assert not model.scheduled
+    assert "full_step" not in train_steps(model, 1)[0]
+
+
+# -- modes, precision, serialization, resume ----------------------------------
+
+
+@pytest.mark.parametrize("kwargs", [dict(perturb_every=2, reuse_scale=0.3), dict(perturb_probability=0.5, reuse_scale=0.3)])
+def test_eager_graph_and_xla_agree_with_a_schedule(kwargs):
+    x, y = data(n=64)
+    histories, weights = [], []
+    for mode in ("eager", "graph", "xla", "jit_gradients"):
+        model = compiled("dgmix", inner=dense_bn_model(), jit_gradients=mode == "jit_gradients", **kwargs)
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            run_eagerly=mode == "eager", jit_compile=mode == "xla",
+        )
+        histories.append(model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False).history)
+        weights.append(model.inner.get_weights())
+    for history, other in zip(histories[1:], weights[1:]):
+        for key in histories[0]:
+            np.testing.assert_allclose(history[key], histories[0][key], rtol=1e-5, atol=1e-6, err_msg=key)
+        for a, b in zip(other, weights[0]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_mixed_precision_with_a_schedule():
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = kg.GMixModel(dense_bn_model(), method="dgmix", seed=5, perturb_every=2, reuse_scale=0.3)
+        model.compile(
+            optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1)),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        history = model.fit(*data(n=64), batch_size=16, epochs=2, verbose=0).history
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert history["full_step"] == [0.5, 0.5]
+    direction = np.concatenate([d.numpy().ravel() for d in model.reuse_direction])
+    assert np.all(np.isfinite(direction)) and np.linalg.norm(direction) > 0
+    assert all(np.all(np.isfinite(w)) for w in model.inner.get_weights())
+
+
+def test_config_and_keras_file_round_trip(tmp_path):
+    model = compiled("gmix", perturb_every=3, reuse_scale=0.2)
+    train_steps(model, 2)
+    config = model.get_config()
+    assert (config["perturb_every"], config["reuse_scale"], config["perturb_probability"]) == (3, 0.2, 1.0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert (loaded.perturb_every, loaded.reuse_scale) == (3, 0.2)
+    for a, b in zip(loaded.reuse_direction, model.reuse_direction):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # The reloaded model goes on exactly as the original.
+    for m in (model, loaded):
+        m.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = data(seed=9)
+    model.train_on_batch(x, y)
+    loaded.train_on_batch(x, y)
+    for a, b in zip(model.inner.weights, loaded.inner.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("kwargs", [dict(perturb_every=3, reuse_scale=0.3), dict(perturb_probability=0.4, reuse_scale=0.3)])
+def test_a_checkpointed_and_restored_run_continues_bit_for_bit(tmp_path, kwargs):
+    """Which steps are full (from the optimizer's step counter) and v survive a resume."""
+    straight = compiled("dgmix", **kwargs)
+    straight_logs = train_steps(straight, 6)
+    first = compiled("dgmix", **kwargs)
+    train_steps(first, 3)
+    kg.checkpoint.save(first, str(tmp_path / "backup"), epochs_done=1)
+    resumed = compiled("dgmix", **kwargs)
+    train_steps(resumed, 1, seed=50)  # other state, overwritten by the restore
+    kg.checkpoint.restore(resumed, str(tmp_path / "backup"))
+    resumed_logs = train_steps(resumed, 3, seed=3)
+    for a, b in zip(resumed.weights, straight.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # train_on_batch resets the metrics per call: full_step is that step's value.
+    assert [step["full_step"] for step in resumed_logs] == [step["full_step"] for step in straight_logs[3:]]
