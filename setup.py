@@ -23,6 +23,12 @@ setup(
         "numpy",
         "scikit-learn",  # the digits data set of the default job
         "tensorflow-datasets",  # CIFAR-10/100, SVHN, STL-10 loaders
+        # tensorflow-datasets 4.9.10 imports importlib_resources in
+        # core/dataset_builder.py (DatasetBuilder.code_path, reached by
+        # url_infos when it reads the download checksums) but declares it
+        # only for Python < 3.9, so a fresh install fails every download
+        # with ModuleNotFoundError. tests/test_tfds_download.py covers it.
+        "importlib_resources",
         "matplotlib",  # plots: comparison bar charts, loss landscapes
         "pyyaml",  # recipe config files
         "tensorboard",  # fit's TensorBoard logs (tensorflow-cpu does not pull it in)

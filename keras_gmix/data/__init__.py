@@ -20,6 +20,7 @@ from keras_gmix.data.datasets import load_dataset
 from keras_gmix.data.datasets import load_digits
 from keras_gmix.data.datasets import load_npz
 from keras_gmix.data.datasets import load_tfds
+from keras_gmix.data.download import DownloadUnavailableError
 from keras_gmix.data.pipeline import AUGMENTATIONS
 from keras_gmix.data.pipeline import make_pipeline
 from keras_gmix.data.pipeline import make_pipelines
@@ -33,6 +34,7 @@ __all__ = [
     "CIFAR10_STD",
     "DATASET_NAMES",
     "DataSplits",
+    "DownloadUnavailableError",
     "apply_crop_flip",
     "balanced_subset_indices",
     "compute_mean_std",

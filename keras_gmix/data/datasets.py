@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from keras_gmix.data.download import check_download_reachable
 from keras_gmix.data.subset import balanced_subset_indices
 from keras_gmix.data.subset import check_subset_args
 from keras_gmix.data.subset import resolve_subset_size
@@ -142,6 +143,24 @@ def _as_numpy(dataset):
     return np.concatenate(xs), np.concatenate(ys).astype(np.int64)
 
 
+def _download_urls(builder):
+    """The URLs a TFDS builder downloads, from its registered checksums."""
+    try:
+        url_infos = builder.url_infos
+    except ModuleNotFoundError as error:
+        if error.name != "importlib_resources":
+            raise
+        # Installs made before keras_gmix declared it lack it.
+        raise ModuleNotFoundError(
+            "tensorflow-datasets needs the package importlib_resources to "
+            "download data sets but does not declare it. Install it with "
+            "`pip install importlib_resources`, or reinstall keras_gmix "
+            "(`pip install -e .`), which declares it.",
+            name=error.name,
+        ) from error
+    return sorted(url_infos or ())
+
+
 def load_tfds(name, data_dir=None, download=True):
     """Loads a TensorFlow Datasets image classification set as `DataSplits`.
 
@@ -155,6 +174,12 @@ def load_tfds(name, data_dir=None, download=True):
     Returns:
         A `DataSplits` with uint8 images; the "train" and "test" splits
         (STL-10's "unlabelled" split is not loaded).
+
+    Raises:
+        DownloadUnavailableError: (a `ConnectionError`) if the data set is
+            not prepared in `data_dir` and its download host cannot be
+            reached within `DOWNLOAD_CHECK_TIMEOUT` seconds; the message
+            names `--data-dir` and `.npz` files.
     """
     if name not in TFDS_DATASETS:
         raise ValueError(
@@ -164,12 +189,15 @@ def load_tfds(name, data_dir=None, download=True):
     import tensorflow_datasets as tfds
 
     info = TFDS_DATASETS[name]
-    train, test = tfds.load(
-        name,
-        split=["train", "test"],
-        as_supervised=True,
-        data_dir=data_dir,
-        download=download,
+    builder = tfds.builder(name, data_dir=data_dir)
+    if download:
+        if not builder.is_prepared():
+            # Fail in seconds, with the fix named, rather than after TFDS'
+            # minutes of retries.
+            check_download_reachable(name, _download_urls(builder))
+        builder.download_and_prepare()  # as tfds.load: a no-op if prepared
+    train, test = builder.as_dataset(
+        split=["train", "test"], as_supervised=True
     )
     x_train, y_train = _as_numpy(train)
     x_test, y_test = _as_numpy(test)
