@@ -56,6 +56,12 @@ METHODS = ("erm", "mixup", "sam", "gmix", "bgmix", "dgmix")
 # The methods the benchmark asks about, and the two baselines they must beat.
 GMIX_FAMILY = ("gmix", "bgmix", "dgmix")
 BASELINES = {"mixup": "Mixup", "sam": "SAM"}
+# Efficient schedules (SPEC.md section 4b) of the G-Mix family, named
+# METHOD-kK (perturb_every=K), METHOD-kK-rA (and reuse_scale=A) or METHOD-pP
+# (perturb_probability=P); they train with their full method's (rho, alpha).
+SCHEDULE_VARIANTS = tuple(
+    f"{method}-{suffix}" for method in ("gmix", "dgmix") for suffix in ("k5", "k10", "k5-r0.1", "k5-r0.3", "p0.2")
+)
 DATASETS = ("mnist1d", "cifar10_partial:2500", "cifar10_partial:5438")
 DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "cifar10_partial.npz")
 DEFAULT_OUT = os.path.join(HERE, "results")
@@ -113,6 +119,21 @@ BUDGETS = {
         model="resnet8",
     ),
 }
+
+
+def parse_variant(name):
+    """`"dgmix-k5-r0.3"` -> ("dgmix", {"perturb_every": 5, "reuse_scale": 0.3}); a plain method -> (name, {})."""
+    method, *parts = name.split("-")
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {name!r}: one of {METHODS}, or a schedule like 'gmix-k5'.")
+    keys = {"k": ("perturb_every", int), "r": ("reuse_scale", float), "p": ("perturb_probability", float)}
+    schedule = {}
+    for part in parts:
+        if not part or part[0] not in keys:
+            raise ValueError(f"Unknown schedule part {part!r} in {name!r}: kK, rA or pP.")
+        key, kind = keys[part[0]]
+        schedule[key] = kind(part[1:])
+    return method, schedule
 
 
 def budget_epochs(name, subset):
@@ -253,7 +274,7 @@ def history_from_rows(rows):
 
 
 def train_run(task, method, seed, epochs, rho, alpha, validation=False, eigen=True, verbose=0,
-              backup_dir=None):
+              backup_dir=None, schedule=None):
     """Trains one model; returns the result dict (the run's JSON file).
 
     With `backup_dir`, the run checkpoints every epoch there and continues
@@ -279,7 +300,7 @@ def train_run(task, method, seed, epochs, rho, alpha, validation=False, eigen=Tr
     schedule = learning_rate_schedule(
         TrainConfig(epochs=epochs, learning_rate=budget["learning_rate"], schedule="cosine"), steps
     )
-    model = kg.GMixModel(task.build_inner(), method=method, rho=rho, alpha=alpha, seed=seed)
+    model = kg.GMixModel(task.build_inner(), method=method, rho=rho, alpha=alpha, seed=seed, **(schedule or {}))
     model.compile(
         optimizer=keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -308,13 +329,14 @@ def train_run(task, method, seed, epochs, rho, alpha, validation=False, eigen=Tr
     result = {
         "dataset": task.name,
         "subset": task.subset,
-        "method": method,
+        "method": method + "".join(f"-{k}" for k in _variant_suffix(schedule)),
         "seed": seed,
         "config": {
             "epochs": epochs, "batch_size": budget["batch_size"],
             "learning_rate": budget["learning_rate"], "weight_decay": budget["weight_decay"],
             "optimizer": "SGD(momentum=0.9, nesterov=True), cosine decay to 0",
             "rho": rho, "alpha": alpha, "sensitive_fraction": 0.5,
+            **({"schedule": schedule} if schedule else {}),
             "model": "mnist1d_cnn" if task.name == "mnist1d" else f"{budget['model']} (fused BN)",
             "augment": "none" if task.name == "mnist1d" else "standard (pad 4, crop, flip)",
             "training_stream": "seeded reshuffle every epoch" if backup_dir is None
@@ -351,6 +373,11 @@ def train_run(task, method, seed, epochs, rho, alpha, validation=False, eigen=Tr
             "seconds": round(time.time() - start, 1),
         }
     return result
+
+
+def _variant_suffix(schedule):
+    letters = {"perturb_every": "k", "reuse_scale": "r", "perturb_probability": "p"}
+    return [f"{letters[key]}{value:g}" for key, value in (schedule or {}).items()]
 
 
 def write_json(path, payload):
@@ -562,7 +589,8 @@ def do_runs(args):
         task = None
         epochs = args.epochs or budget_epochs(name, subset)
         for seed in args.seeds:
-            for method in args.methods:
+            for variant in args.methods:
+                method, schedule = parse_variant(variant)
                 rho, a = method_hparams(method, alpha, rho_sam, rho_gmix)
                 if rho is None or a is None:
                     print(f"[skip] {key} {method}: the sweep is incomplete (run --sweep first, "
@@ -570,17 +598,17 @@ def do_runs(args):
                     continue
                 # Another budget than the data set's (--epochs): a budget check, kept apart.
                 suffix = "" if epochs == budget_epochs(name, subset) else f"_e{epochs}"
-                path = os.path.join(run_dir(args.out, name, subset), f"{method}_seed{seed}{suffix}.json")
+                path = os.path.join(run_dir(args.out, name, subset), f"{variant}_seed{seed}{suffix}.json")
                 if not claim(path):
                     continue
                 # Checkpoints of the run, removed once its result is written.
                 backup_dir = path[: -len(".json")] + ".backup" if is_resumable(name, subset) else None
                 try:
                     task = task or Task(key, args.data)
-                    print(f"[run] {key} {method} seed={seed} rho={rho} alpha={a} epochs={epochs}",
+                    print(f"[run] {key} {variant} seed={seed} rho={rho} alpha={a} epochs={epochs}",
                           flush=True)
                     result = train_run(task, method, seed, epochs, rho, a, verbose=args.verbose,
-                                       backup_dir=backup_dir)
+                                       backup_dir=backup_dir, schedule=schedule)
                     write_json(path, result)
                     if backup_dir is not None:
                         from keras_gmix.checkpoint import remove
@@ -1042,7 +1070,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=DEFAULT_DATA, help="path of cifar10_partial.npz")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), help=f"of {DATASETS}")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS),
+                        help=f"methods {METHODS} or schedules such as {SCHEDULE_VARIANTS[:3]}")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=None, help="override the budget (default: BUDGETS)")
     parser.add_argument("--rho", type=float, default=None, help="override the swept rho")
@@ -1054,6 +1083,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     for key in args.datasets:
         parse_dataset(key)
+    for variant in args.methods:
+        try:
+            parse_variant(variant)
+        except ValueError as error:
+            parser.error(str(error))
     print("command:", " ".join(shlex.quote(a) for a in [os.path.basename(sys.argv[0])] + sys.argv[1:]), flush=True)
     if args.report:
         write_report(args)
