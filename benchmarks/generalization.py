@@ -274,7 +274,7 @@ def history_from_rows(rows):
 
 
 def train_run(task, method, seed, epochs, rho, alpha, validation=False, eigen=True, verbose=0,
-              backup_dir=None, schedule=None):
+              backup_dir=None, step_schedule=None):
     """Trains one model; returns the result dict (the run's JSON file).
 
     With `backup_dir`, the run checkpoints every epoch there and continues
@@ -300,7 +300,7 @@ def train_run(task, method, seed, epochs, rho, alpha, validation=False, eigen=Tr
     schedule = learning_rate_schedule(
         TrainConfig(epochs=epochs, learning_rate=budget["learning_rate"], schedule="cosine"), steps
     )
-    model = kg.GMixModel(task.build_inner(), method=method, rho=rho, alpha=alpha, seed=seed, **(schedule or {}))
+    model = kg.GMixModel(task.build_inner(), method=method, rho=rho, alpha=alpha, seed=seed, **(step_schedule or {}))
     model.compile(
         optimizer=keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -329,14 +329,14 @@ def train_run(task, method, seed, epochs, rho, alpha, validation=False, eigen=Tr
     result = {
         "dataset": task.name,
         "subset": task.subset,
-        "method": method + "".join(f"-{k}" for k in _variant_suffix(schedule)),
+        "method": method + "".join(f"-{k}" for k in _variant_suffix(step_schedule)),
         "seed": seed,
         "config": {
             "epochs": epochs, "batch_size": budget["batch_size"],
             "learning_rate": budget["learning_rate"], "weight_decay": budget["weight_decay"],
             "optimizer": "SGD(momentum=0.9, nesterov=True), cosine decay to 0",
             "rho": rho, "alpha": alpha, "sensitive_fraction": 0.5,
-            **({"schedule": schedule} if schedule else {}),
+            **({"schedule": step_schedule} if step_schedule else {}),
             "model": "mnist1d_cnn" if task.name == "mnist1d" else f"{budget['model']} (fused BN)",
             "augment": "none" if task.name == "mnist1d" else "standard (pad 4, crop, flip)",
             "training_stream": "seeded reshuffle every epoch" if backup_dir is None
@@ -608,7 +608,7 @@ def do_runs(args):
                     print(f"[run] {key} {variant} seed={seed} rho={rho} alpha={a} epochs={epochs}",
                           flush=True)
                     result = train_run(task, method, seed, epochs, rho, a, verbose=args.verbose,
-                                       backup_dir=backup_dir, schedule=schedule)
+                                       backup_dir=backup_dir, step_schedule=schedule)
                     write_json(path, result)
                     if backup_dir is not None:
                         from keras_gmix.checkpoint import remove
