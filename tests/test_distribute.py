@@ -67,6 +67,15 @@ def test_mirrored_every_method_logs_finite_values(mirrored):
     assert "conflict" in mirrored["logs"]["dgmix"]
 
 
+def test_mirrored_schedule_keeps_one_v_and_one_choice_on_every_replica(mirrored):
+    schedule = mirrored["schedule"]
+    assert schedule["v_norm"] > 1e-3  # a real direction, not zeros on both sides
+    assert schedule["v_between_replicas"] == 0.0
+    assert schedule["v_vs_reference"] < 1e-5
+    assert schedule["random_logged"] == schedule["random_drawn"]
+    assert 0 < sum(schedule["random_drawn"]) < 8  # both kinds of step were taken
+
+
 @pytest.mark.parametrize("method", ["dgmix", "sam"])
 def test_mirrored_jit_gradients_equal_graph_mode(mirrored, method):
     """XLA per replica (optimizer.apply outside) where compile(jit_compile=True) cannot run."""

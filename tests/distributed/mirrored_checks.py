@@ -19,6 +19,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_gmix as kg  # noqa: E402
+from keras_gmix import perturb_schedule  # noqa: E402
 
 D, C, GLOBAL_BATCH = 6, 3, 16
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -133,6 +134,42 @@ def every_method_runs(mirrored):
     return logs
 
 
+def schedule_on_replicas(mirrored):
+    """Schedules (SPEC.md section 4b) under MirroredStrategy: every replica
+    holds the same v, formed from the replicas' mean update u and plain
+    gradient g; every replica makes the same full/cheap choice."""
+    x, y = data(GLOBAL_BATCH)
+    model, _ = train(mirrored, "dgmix", epochs=1, lr=1.0, n=GLOBAL_BATCH, perturb_every=2, reuse_scale=0.3)
+    reference = mlp()
+    updates, plains = [], []
+    for replica in range(2):
+        half = slice(replica * GLOBAL_BATCH // 2, (replica + 1) * GLOBAL_BATCH // 2)
+        seed = model.mixing_seed(tf.constant(1, tf.int64), replica=replica)
+        x_r, y_r, _, _ = model.mix_data(x[half], tf.one_hot(y[half], C), None, seed)
+        updates.append(np.concatenate([g.numpy().ravel() for g in kg.update_gradients(reference, x_r, y_r, loss=LOSS, method="dgmix")[0]]))
+        plains.append(np.concatenate([g.numpy().ravel() for g in kg.update_gradients(reference, x_r, y_r, loss=LOSS, method="mixup")[0]]))
+    u, g = np.mean(updates, axis=0), np.mean(plains, axis=0)
+    expected_v = u - (u @ g) / (g @ g) * g
+    local_v = [
+        np.concatenate([mirrored.experimental_local_results(d.value)[replica].numpy().ravel() for d in model.reuse_direction])
+        for replica in range(2)
+    ]
+    # The random schedule: the logged full_step of a single step is 0 or 1
+    # only if both replicas chose alike; it must be the (seed, t) draw.
+    with mirrored.scope():
+        random_model = kg.GMixModel(mlp(), method="gmix", seed=3, perturb_probability=0.5, reuse_scale=0.3)
+        random_model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
+    logged = [random_model.train_on_batch(x, y, return_dict=True)["full_step"] for _ in range(8)]
+    drawn = [float(perturb_schedule.is_full_step(t, 3, perturb_probability=0.5)) for t in range(8)]
+    return {
+        "v_vs_reference": float(np.abs(local_v[0] - expected_v).max()),
+        "v_between_replicas": float(np.abs(local_v[0] - local_v[1]).max()),
+        "v_norm": float(np.linalg.norm(expected_v)),
+        "random_logged": logged,
+        "random_drawn": drawn,
+    }
+
+
 def main():
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     results = {
@@ -143,6 +180,7 @@ def main():
         "logs": every_method_runs(mirrored),
         "jit_gradients": jit_gradients_match_graph(mirrored),
         "nan_skip": nan_on_one_replica_skips_everywhere(mirrored),
+        "schedule": schedule_on_replicas(mirrored),
     }
     json.dump(results, sys.stdout)
 
