@@ -176,8 +176,12 @@ def read_history(path):
     """The rows of a `CSVLogger` file as a list of dicts of floats (`epoch` an int)."""
     if not os.path.exists(path):
         return []
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    fix = "repair or delete the damaged rows, or delete the run folder to train again"
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (csv.Error, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is unreadable ({error}): {fix}.") from error
 
     def number(text):
         try:
@@ -185,9 +189,17 @@ def read_history(path):
         except (TypeError, ValueError):
             return math.nan
 
+    def epoch(text, line):
+        try:
+            return int(text)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{path} is unreadable: row {line} has the epoch {text!r}, not a whole number: {fix}."
+            ) from None
+
     return [
-        {key: int(value) if key == "epoch" else number(value) for key, value in row.items()}
-        for row in rows
+        {key: epoch(value, line) if key == "epoch" else number(value) for key, value in row.items()}
+        for line, row in enumerate(rows, start=2)
     ]
 
 
