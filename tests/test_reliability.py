@@ -824,3 +824,31 @@ def test_a_damaged_history_csv_names_itself(tmp_path):
     path.write_text("epoch,loss\n0,0.5\ngarbage,0.4\n")
     with pytest.raises(ValueError, match=rf"{path} is unreadable.*row 3.*delete the run folder"):
         kg.callbacks.read_history(str(path))
+
+
+@pytest.mark.slow  # four gmix-train processes
+def test_two_resumes_of_one_killed_run_one_is_refused(tmp_path):
+    """The issue's case: two --resume of one killed run at once wrote every epoch twice."""
+    output = str(tmp_path / "run")
+    flags = ["--epochs", "3", "--train-size", "64", "--batch-size", "32", "--method", "dgmix", "--verbose", "0"]
+    _gmix_train([*flags, "--output", output], prefix=[os.path.join(HELPERS, "sigkill_mid_epoch.py"), "1", "0"],
+                expect=-signal.SIGKILL)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    first = subprocess.Popen(
+        [sys.executable, os.path.join(HELPERS, "pause_mid_epoch.py"), "1", "0", "--resume", "--output", output],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env,
+    )
+    try:
+        assert first.stdout.readline().strip() == "paused", "the first resume died before it trained"
+        second = subprocess.run([sys.executable, "-m", "keras_gmix.cli", "--resume", "--output", output],
+                                capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert f"{output} is in use by process {first.pid} on host" in second.stderr
+    finally:
+        _kill(first)
+    _gmix_train(["--resume", "--output", output], prefix=["-m", "keras_gmix.cli"])
+    history = kg.callbacks.read_history(os.path.join(output, "history.csv"))
+    assert [row["epoch"] for row in history] == [0, 1, 2]
+    results = json.load(open(os.path.join(output, "results.json")))
+    assert results["epochs_done"] == 3
+    assert results["seconds"] == pytest.approx(sum(row["seconds"] for row in history), abs=0.01)
