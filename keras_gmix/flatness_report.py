@@ -25,6 +25,7 @@ import time
 import keras
 import numpy as np
 
+from keras_gmix import checks
 from keras_gmix import records
 
 # The settings of a run's config.json that decide its data and preprocessing.
@@ -184,8 +185,7 @@ def load_examples(
 
     if split not in ("train", "test"):
         raise ValueError(f"`split` must be 'train' or 'test'. Received: split={split!r}")
-    if not isinstance(examples, int) or examples < 1:
-        raise ValueError(f"`examples` must be an integer >= 1. Received: examples={examples!r}")
+    examples = checks.check_number("examples", examples, low=1, integer=True)
     splits = data_lib.load_dataset(
         dataset,
         data_dir=data_dir,

@@ -852,3 +852,14 @@ def test_two_resumes_of_one_killed_run_one_is_refused(tmp_path):
     results = json.load(open(os.path.join(output, "results.json")))
     assert results["epochs_done"] == 3
     assert results["seconds"] == pytest.approx(sum(row["seconds"] for row in history), abs=0.01)
+
+
+def test_flatness_and_callback_arguments_use_the_same_number_check():
+    model = small_model()
+    x, y = data(8)
+    with pytest.raises(ValueError, match="`rho` must be a finite number >= 0. Received: rho=inf"):
+        kg.flatness.rho_sharpness(model, (x, y), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                                  rho=np.inf)
+    with pytest.raises(ValueError, match="`update_freq` must be an integer >= 1. Received: update_freq=True"):
+        kg.callbacks.StepValuesLogger("logs", update_freq=True)
+    assert kg.callbacks.StepValuesLogger("logs", update_freq=np.int64(5)).update_freq == 5
