@@ -16,11 +16,15 @@ output folder:
                      (`checkpoint.BackupAndRestore`; removed when a run ends)
     model.keras      the trained GMixModel
     results.json     test accuracy and loss, method, epochs, seconds, ...
+    .lock            locked (`fcntl.flock`) by the one process writing the
+                     folder; it names that process (`records.hold_run_folder`)
 
 A killed run continues with `resume=True` (`--resume`): the backup restores
 the weights, the optimizer (its step count drives the learning-rate
 schedule), GMixModel's mixing counter and the epoch, and fit continues with
-the next epoch; history.csv keeps one row per finished epoch. The training
+the next epoch; history.csv keeps one row per finished epoch. A resume
+continues the run in the folder or is refused: the folder and a readable
+config.json must exist, and only `RESUMABLE_FIELDS` may differ from it. The training
 pipeline's shuffling and "standard" augmentation are keyed by (seed,
 epoch), so the resumed run sees the batches the uninterrupted run saw: with
 `deterministic=True`, on one CPU device, with augment "none" or "standard",
