@@ -26,6 +26,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_gmix import checks
+
 STEPS_RUN = "steps"  # TensorBoard run (sub-folder) of StepValuesLogger
 FLATNESS_RUN = "flatness"  # TensorBoard run (sub-folder) of FlatnessMonitor
 
@@ -82,8 +84,7 @@ class StepValuesLogger(keras.callbacks.Callback):
 
     def __init__(self, log_dir, update_freq=10, buckets=30):
         super().__init__()
-        if not isinstance(update_freq, int) or update_freq < 1:
-            raise ValueError(f"`update_freq` must be an integer >= 1. Received: {update_freq!r}")
+        update_freq = checks.check_number("update_freq", update_freq, low=1, integer=True)
         self.log_dir = os.fspath(log_dir)
         self.update_freq = update_freq
         self.buckets = buckets
@@ -176,8 +177,12 @@ def read_history(path):
     """The rows of a `CSVLogger` file as a list of dicts of floats (`epoch` an int)."""
     if not os.path.exists(path):
         return []
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    fix = "repair or delete the damaged rows, or delete the run folder to train again"
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (csv.Error, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is unreadable ({error}): {fix}.") from error
 
     def number(text):
         try:
@@ -185,9 +190,17 @@ def read_history(path):
         except (TypeError, ValueError):
             return math.nan
 
+    def epoch(text, line):
+        try:
+            return int(text)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{path} is unreadable: row {line} has the epoch {text!r}, not a whole number: {fix}."
+            ) from None
+
     return [
-        {key: int(value) if key == "epoch" else number(value) for key, value in row.items()}
-        for row in rows
+        {key: epoch(value, line) if key == "epoch" else number(value) for key, value in row.items()}
+        for line, row in enumerate(rows, start=2)
     ]
 
 
@@ -321,8 +334,7 @@ class FlatnessMonitor(keras.callbacks.Callback):
         batch_size=256,
     ):
         super().__init__()
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"`every` must be an integer >= 1. Received: every={every!r}")
+        every = checks.check_number("every", every, low=1, integer=True)
         self.data = data
         self.every = every
         self.log_dir = None if log_dir is None else os.fspath(log_dir)

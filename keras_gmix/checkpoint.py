@@ -15,12 +15,14 @@ states, whatever instant the process died at.
 
 import json
 import os
+import zipfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_gmix import distribute
+from keras_gmix import records
 
 STATE_FILE = "state.json"
 _WEIGHTS_PATTERN = "epoch-{:06d}.weights.h5"
@@ -69,13 +71,23 @@ def atomic_write_text(path, text):
     _fsync_dir(folder)
 
 
+def _fix(backup_dir):
+    # What to do about a damaged backup: the run's record outside it
+    # (config.json, history.csv) is kept, only the epochs since start are lost.
+    return (
+        f"delete the backup folder {backup_dir} to start the run over from epoch 0 "
+        "(with --resume), or restore the file from a copy"
+    )
+
+
 def read_state(backup_dir):
     """The committed state {"epoch": epochs done, "weights": ..., "rng": file names}, or None."""
     path = os.path.join(backup_dir, STATE_FILE)
     if not os.path.exists(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        state = json.load(f)
+    state = records.read_json(path, _fix(backup_dir))
+    if not isinstance(state.get("epoch"), int) or not all(isinstance(state.get(k), str) for k in ("weights", "rng")):
+        raise ValueError(f"{path} is unreadable (it names no epoch and files): {_fix(backup_dir)}.")
     for key in ("weights", "rng"):
         if not os.path.exists(os.path.join(backup_dir, state[key])):
             raise OSError(
@@ -194,9 +206,17 @@ def restore(model, backup_dir, epoch=None):
     if model.optimizer is not None and not model.optimizer.built:
         # The optimizer's variables must exist before its state is loaded.
         model.optimizer.build(model.trainable_variables)
-    model.load_weights(os.path.join(backup_dir, state["weights"]))
-    with np.load(os.path.join(backup_dir, state["rng"]), allow_pickle=False) as saved:
-        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    weights_path = os.path.join(backup_dir, state["weights"])
+    rng_path = os.path.join(backup_dir, state["rng"])
+    try:
+        model.load_weights(weights_path)
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"{weights_path} is unreadable ({error}): {_fix(backup_dir)}.") from error
+    try:
+        with np.load(rng_path, allow_pickle=False) as saved:
+            values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{rng_path} is unreadable ({error}): {_fix(backup_dir)}.") from error
     variables = rng_variables(model)
     if len(values) != len(variables):
         raise ValueError(

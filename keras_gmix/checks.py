@@ -1,14 +1,108 @@
-"""Checks of training data, with errors that say the fix.
+"""Checks of arguments and of training data, with errors that say the fix.
 
-Arrays are checked whole before `fit` starts (cheap next to training); a
-tf.data.Dataset is checked for emptiness only: its batches are guarded step
-by step, inside the compiled step, with the same rules (`labels_to_one_hot`,
-`checked_sample_weight`; a non-finite loss or gradient skips the step, see
-GMixModel), so the data is never read twice.
+`check_number` and `check_bool` check one argument (API or config file)
+and name it in a Keras-style sentence. Training data is checked before
+`fit` starts: arrays whole (cheap next to training); a tf.data.Dataset for
+emptiness only: its batches are guarded step by step, inside the compiled
+step, with the same rules (`labels_to_one_hot`, `checked_sample_weight`; a
+non-finite loss or gradient skips the step, see GMixModel), so the data is
+never read twice.
 """
+
+import math
+import numbers
 
 import numpy as np
 import tensorflow as tf
+
+
+def _bound(value):
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def _range_text(low, high, low_inclusive, high_inclusive):
+    if low is not None and high is not None:
+        left, right = "[" if low_inclusive else "(", "]" if high_inclusive else ")"
+        return f"in {left}{_bound(low)}, {_bound(high)}{right}"
+    if low is not None:
+        return f"{'>=' if low_inclusive else '>'} {_bound(low)}"
+    if high is not None:
+        return f"{'<=' if high_inclusive else '<'} {_bound(high)}"
+    return ""
+
+
+def _in_range(value, low, high, low_inclusive, high_inclusive):
+    if low is not None and not (value >= low if low_inclusive else value > low):
+        return False
+    return high is None or (value <= high if high_inclusive else value < high)
+
+
+def check_number(
+    name, value, low=None, high=None, low_inclusive=True, high_inclusive=True, integer=False, meaning=None
+):
+    """Checks one numeric argument; returns it as a Python `int` or `float`.
+
+    Python and NumPy numbers (and 0-d arrays) are accepted; `bool` is
+    refused where a number is meant (`True` as a radius is a mistake, not
+    1.0), and so are NaN and inf: they would train silently on garbage.
+
+    Args:
+        name: the argument's name, as the user wrote it.
+        value: the value to check.
+        low: the smallest allowed value, or `None` (no bound). Defaults to `None`.
+        high: the largest allowed value, or `None` (no bound). Defaults to `None`.
+        low_inclusive: whether `low` itself is allowed. Defaults to `True`.
+        high_inclusive: whether `high` itself is allowed. Defaults to `True`.
+        integer: whether only whole-number types (int, np.integer) are
+            allowed. Defaults to `False`.
+        meaning: a few words on what the argument is, added to the error.
+            Defaults to `None`.
+
+    Returns:
+        `value` as a Python `int` (`integer=True`) or `float`, so that
+        configs stay JSON-serializable.
+
+    Raises:
+        ValueError: naming the argument, the allowed values and what was received.
+
+    Example:
+
+    >>> check_number("rho", np.float32(0.05), low=0)
+    0.05000000074505806
+    """
+    received = value
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    kind = numbers.Integral if integer else numbers.Real
+    ok = isinstance(value, kind) and not isinstance(value, (bool, np.bool_))
+    if ok:
+        value = int(value) if integer else float(value)
+        ok = math.isfinite(value) and _in_range(value, low, high, low_inclusive, high_inclusive)
+    if not ok:
+        what = "an integer" if integer else "a finite number"
+        bounds = _range_text(low, high, low_inclusive, high_inclusive)
+        about = f" ({meaning})" if meaning else ""
+        raise ValueError(
+            f"Argument `{name}` must be {what}{' ' + bounds if bounds else ''}{about}. "
+            f"Received: {name}={received!r}"
+        )
+    return value
+
+
+def check_optional_number(name, value, **kwargs):
+    """`check_number` that also lets `None` (meaning "not set") through."""
+    return None if value is None else check_number(name, value, **kwargs)
+
+
+def check_bool(name, value):
+    """Checks a flag; returns it as a Python `bool`.
+
+    Only real booleans pass: a config file's `adaptive: "no"` is a
+    non-empty string, and Python would read it as True.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"Argument `{name}` must be True or False. Received: {name}={value!r}")
+    return bool(value)
 
 
 def _is_array(value):

@@ -10,7 +10,15 @@ import argparse
 import dataclasses
 import json
 import sys
-import typing
+
+
+def _user_errors():
+    """The errors an entry point reports as one sentence (exit code 2): bad
+    settings, missing or unreadable files, a run folder in use."""
+    from keras_gmix import records
+
+    return (ValueError, FileNotFoundError, records.RunFolderInUseError)
+
 
 # Flags of gmix-train that gmix-compare replaces by its own.
 _COMPARE_REPLACES = ("method", "seed", "output", "resume")
@@ -32,6 +40,8 @@ def _choices():
 
 def _parser_from_config(config_cls, description, exclude=(), prog=None):
     """An argparse parser with one --flag per TrainConfig field, typed from it."""
+    from keras_gmix import train
+
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", help="JSON or YAML file of settings; flags override it")
     defaults = config_cls()
@@ -41,7 +51,7 @@ def _parser_from_config(config_cls, description, exclude=(), prog=None):
             continue
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
-        kind = typing.get_args(field.type)[0] if typing.get_origin(field.type) is typing.Union else field.type
+        kind, _ = train.field_kind(field)
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"default: {default}")
@@ -72,7 +82,7 @@ def train_main(argv=None):
         values = train.resume_values(_config_values(train, args))
         config = train.TrainConfig.from_dict(values)
         results = train.run(config)
-    except (ValueError, FileNotFoundError) as error:
+    except _user_errors() as error:
         parser.exit(2, f"gmix-train: error: {error}\n")
     print(json.dumps(results, indent=2))
     print(
@@ -114,7 +124,7 @@ def compare_main(argv=None):
             summary = compare.compare(
                 config, methods=methods or list(train.METHODS), seeds=seeds or [0], output=output
             )
-    except (ValueError, FileNotFoundError) as error:
+    except _user_errors() as error:
         parser.exit(2, f"gmix-compare: error: {error}\n")
     print(summary.markdown)
     print(f"Wrote {summary.table_path} and {summary.chart_path}")
@@ -168,7 +178,7 @@ def flatness_main(argv=None):
             seed=args.seed,
             batch_size=args.batch_size,
         )
-    except (ValueError, FileNotFoundError) as error:
+    except _user_errors() as error:
         parser.exit(2, f"gmix-flatness: error: {error}\n")
     print(result.table)
     print("Wrote " + ", ".join(result.files))

@@ -22,13 +22,12 @@ import time
 
 import numpy as np
 
+from keras_gmix import records
 from keras_gmix.gradients import METHODS
 
 # Fields that, when they differ between collected runs, name the table's rows
 # besides the method.
 LABEL_FIELDS = ("dataset", "model", "train_size", "epochs")
-# Settings that may differ between a finished run and a new request for it.
-_IGNORED_SETTINGS = ("output", "resume", "verbose")
 
 
 @dataclasses.dataclass
@@ -69,13 +68,10 @@ def _check_plan(methods, seeds):
 
 
 def _same_settings(saved, planned):
-    """Whether a finished run's saved config is the run now asked for."""
-    for key, value in planned.items():
-        if key in _IGNORED_SETTINGS or (key == "augment" and value == "auto"):
-            continue
-        if saved.get(key) != value:
-            return False
-    return True
+    """Whether a run's saved config is the run now asked for (`planned`, a TrainConfig)."""
+    from keras_gmix import train
+
+    return not train.resume_differences(saved, planned)
 
 
 def compare(config, methods=METHODS, seeds=(0,), output=None):
@@ -112,7 +108,7 @@ def compare(config, methods=METHODS, seeds=(0,), output=None):
             saved = train.saved_config(folder)
             finished = os.path.exists(os.path.join(folder, "results.json"))
             unfinished = os.path.exists(os.path.join(folder, "backup"))
-            if (finished or unfinished) and saved is not None and not _same_settings(saved, planned.to_dict()):
+            if (finished or unfinished) and saved is not None and not _same_settings(saved, planned):
                 raise ValueError(
                     f"{folder} holds a run with other settings than this comparison's: "
                     "choose another --output."
@@ -142,8 +138,9 @@ def find_results(dirs):
         if not paths:
             raise FileNotFoundError(f"No results.json in {folder!r} or below it.")
         for path in paths:
-            with open(path, encoding="utf-8") as f:
-                results = json.load(f)
+            results = records.read_json(
+                path, "restore it from a copy, or leave its run folder out of --collect"
+            )
             results.setdefault("output", os.path.dirname(path))
             found.append(results)
     return found

@@ -32,6 +32,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_gmix import checks
+
 NORMALIZATIONS = ("filter", None)
 
 
@@ -361,8 +363,7 @@ def _progbar(target, verbose):
 
 
 def _check_positive_int(name, value, minimum=1):
-    if not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}. Received: {name}={value!r}")
+    return checks.check_number(name, value, low=minimum, integer=True)
 
 
 # ---------------------------------------------------------------------------
@@ -559,11 +560,9 @@ def rho_sharpness(
           between sharpness and generalization](
           https://arxiv.org/abs/2302.07011).
     """
-    if not isinstance(rho, (int, float, np.floating, np.integer)) or rho < 0:
-        raise ValueError(f"`rho` must be a number >= 0. Received: rho={rho!r}")
+    rho = checks.check_number("rho", rho, low=0)
     _check_positive_int("steps", steps, minimum=0)
-    if eta < 0:
-        raise ValueError(f"`eta` must be >= 0. Received: eta={eta!r}")
+    eta = checks.check_number("eta", eta, low=0)
     objective = _Objective(model, data, loss, batch_size)
     w, dtype = objective.w, objective.dtype
     base_loss, grad = objective.loss_and_grad(w)

@@ -25,6 +25,9 @@ import time
 import keras
 import numpy as np
 
+from keras_gmix import checks
+from keras_gmix import records
+
 # The settings of a run's config.json that decide its data and preprocessing.
 DATA_KEYS = ("dataset", "data_dir", "download", "train_fraction", "train_size", "image_size", "seed")
 
@@ -122,7 +125,8 @@ def run_files(model_path):
     found = []
     for name in ("config.json", "results.json"):
         path = os.path.join(folder, name)
-        found.append(json.load(open(path, encoding="utf-8")) if os.path.exists(path) else None)
+        fix = f"restore it from a copy, or move {os.path.basename(model_path)} out of the run folder"
+        found.append(records.read_json(path, fix) if os.path.exists(path) else None)
     return tuple(found)
 
 
@@ -133,7 +137,16 @@ def load_model(path):
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"No such model file: {path!r}")
-    return keras.saving.load_model(path)
+    try:
+        return keras.saving.load_model(path)
+    except Exception as error:  # noqa: BLE001  zip, HDF5, JSON and Keras errors alike
+        # Keras' own errors rarely name the file (a truncated one gives
+        # "File is not a zip file").
+        raise ValueError(
+            f"{path} is unreadable as a Keras model ({type(error).__name__}: {error}): "
+            "a run killed while saving leaves no model.keras, so the file was cut or "
+            "changed later. Train the run again, or restore the file from a copy."
+        ) from error
 
 
 def evaluation_loss(model):
@@ -172,8 +185,7 @@ def load_examples(
 
     if split not in ("train", "test"):
         raise ValueError(f"`split` must be 'train' or 'test'. Received: split={split!r}")
-    if not isinstance(examples, int) or examples < 1:
-        raise ValueError(f"`examples` must be an integer >= 1. Received: examples={examples!r}")
+    examples = checks.check_number("examples", examples, low=1, integer=True)
     splits = data_lib.load_dataset(
         dataset,
         data_dir=data_dir,

@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from keras_gmix import checks
 from keras_gmix import losses as losses_lib
 from keras_gmix import partition
 from keras_gmix import perturbation as pt
@@ -47,18 +48,15 @@ def check_method(method):
 
 
 def check_rho(rho):
-    if not isinstance(rho, (int, float)) or isinstance(rho, bool) or not rho >= 0:
-        raise ValueError(
-            "Argument `rho` must be a number >= 0 (the radius of the SAM "
-            f"neighbourhood; 0 turns the perturbation off). Received: rho={rho!r}"
-        )
+    """Returns `rho` as a float; a ValueError unless it is a finite number >= 0."""
+    return checks.check_number(
+        "rho", rho, low=0, meaning="the radius of the SAM neighbourhood; 0 turns the perturbation off"
+    )
 
 
 def check_eta(eta):
-    if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not eta >= 0:
-        raise ValueError(
-            f"Argument `eta` must be a number >= 0 (ASAM's offset). Received: eta={eta!r}"
-        )
+    """Returns `eta` as a float; a ValueError unless it is a finite number >= 0."""
+    return checks.check_number("eta", eta, low=0, meaning="ASAM's offset")
 
 
 class StepResult(NamedTuple):
@@ -244,10 +242,9 @@ def compute_update(
 
 
 def check_update_arguments(method, rho, sensitive_fraction, eta):
+    """Returns `(rho, sensitive_fraction, eta)` as Python floats, after checking all four."""
     check_method(method)
-    check_rho(rho)
-    partition.check_sensitive_fraction(sensitive_fraction)
-    check_eta(eta)
+    return check_rho(rho), partition.check_sensitive_fraction(sensitive_fraction), check_eta(eta)
 
 
 def update_gradients(
@@ -298,7 +295,7 @@ def update_gradients(
         - G-Mix: https://arxiv.org/abs/2308.03236
         - SAM: https://arxiv.org/abs/2010.01412
     """
-    check_update_arguments(method, rho, sensitive_fraction, eta)
+    rho, sensitive_fraction, eta = check_update_arguments(method, rho, sensitive_fraction, eta)
     loss_fn = losses_lib.per_example_loss(loss)
     result = compute_update(
         inner,

@@ -16,16 +16,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_gmix import checks
+
 MIX_MODES = ("mixup", "cutmix")
 
 
 def check_alpha(alpha):
-    """Raises a ValueError unless `alpha` is a number > 0."""
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
-        raise ValueError(
-            f"Argument `alpha` must be a number > 0 (the Beta(alpha, alpha) "
-            f"concentration). Received: alpha={alpha!r}"
-        )
+    """Returns `alpha` as a float; a ValueError unless it is a finite number > 0."""
+    return checks.check_number(
+        "alpha", alpha, low=0, low_inclusive=False, meaning="the Beta(alpha, alpha) concentration"
+    )
 
 
 def check_mix(mix):
@@ -46,7 +46,10 @@ def seed_tensor(seed):
     elif seed is None:
         # Unseeded: a fresh draw, reproducible only under tf.random.set_seed.
         seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
-    elif isinstance(seed, int):
+    elif not (tf.is_tensor(seed) or isinstance(seed, (np.ndarray, list, tuple))):
+        # A scalar seed: checked here, not deep inside TensorFlow ("abc"
+        # would fail there with a message that names no argument).
+        seed = checks.check_number("seed", seed, integer=True)
         seed = tf.constant([seed % 2**31, 0], tf.int32)
     return tf.cast(tf.reshape(seed, [2]), tf.int32)
 
@@ -148,11 +151,13 @@ def sample_mix(batch_size, alpha, seed=None, per_example=False):
     >>> lam, perm = sample_mix(8, alpha=1.0, seed=0)
     >>> x_mix, y_mix = apply_mix(x, y, lam, perm)
     """
-    check_alpha(alpha)
+    alpha = check_alpha(alpha)
+    if not tf.is_tensor(batch_size):
+        batch_size = checks.check_number("batch_size", batch_size, low=1, integer=True)
     seed = seed_tensor(seed)
     lam_seed, perm_seed = split_seed(seed, 2)
     shape = [batch_size] if per_example else []
-    lam = sample_beta(shape, float(alpha), lam_seed)
+    lam = sample_beta(shape, alpha, lam_seed)
     perm = sample_permutation(batch_size, perm_seed)
     return lam, perm
 

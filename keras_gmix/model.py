@@ -136,10 +136,27 @@ class GMixModel(keras.Model):
             raise ValueError(
                 f"Argument `inner` must be a keras.Model. Received: {type(inner).__name__}"
             )
-        gradients.check_update_arguments(method, rho, sensitive_fraction, eta)
-        mixing.check_alpha(alpha)
+        # Checked values are rebound as Python numbers: NumPy scalars are
+        # accepted, and get_config stays JSON-serializable.
+        rho, sensitive_fraction, eta = gradients.check_update_arguments(method, rho, sensitive_fraction, eta)
+        alpha = mixing.check_alpha(alpha)
         mixing.check_mix(mix)
-        perturb_schedule.check_schedule(perturb_every, reuse_scale, perturb_probability)
+        adaptive, per_example_lam, sync_perturbation, jit_gradients = (
+            checks.check_bool(name, value)
+            for name, value in (
+                ("adaptive", adaptive),
+                ("per_example_lam", per_example_lam),
+                ("sync_perturbation", sync_perturbation),
+                ("jit_gradients", jit_gradients),
+            )
+        )
+        max_consecutive_skips = checks.check_number(
+            "max_consecutive_skips", max_consecutive_skips, low=1, integer=True
+        )
+        seed = checks.check_optional_number("seed", seed, low=0, integer=True)
+        perturb_every, reuse_scale, perturb_probability = perturb_schedule.check_schedule(
+            perturb_every, reuse_scale, perturb_probability
+        )
         scheduled = method in gradients.PERTURBED_METHODS and perturb_schedule.has_cheap_steps(
             perturb_every, perturb_probability
         )
@@ -156,11 +173,6 @@ class GMixModel(keras.Model):
                 "`sync_perturbation=True`: the all-reduce of the ascent "
                 "gradient is a synchronization point, which TensorFlow cannot "
                 "place inside a nested XLA function. Use one of the two."
-            )
-        if not isinstance(max_consecutive_skips, int) or max_consecutive_skips < 1:
-            raise ValueError(
-                "Argument `max_consecutive_skips` must be an int >= 1. "
-                f"Received: max_consecutive_skips={max_consecutive_skips!r}"
             )
         if inner.built and not inner.trainable_variables:
             raise ValueError(

@@ -16,20 +16,19 @@ References:
 
 import tensorflow as tf
 
+from keras_gmix import checks
 from keras_gmix import perturbation as pt
 
 
 def check_sensitive_fraction(sensitive_fraction):
-    if (
-        not isinstance(sensitive_fraction, (int, float))
-        or isinstance(sensitive_fraction, bool)
-        or not 0.0 <= sensitive_fraction <= 1.0
-    ):
-        raise ValueError(
-            "Argument `sensitive_fraction` must be a number in [0, 1] (the "
-            "fraction gamma of each batch treated as sharp). Received: "
-            f"sensitive_fraction={sensitive_fraction!r}"
-        )
+    """Returns gamma as a float; a ValueError unless it is a finite number in [0, 1]."""
+    return checks.check_number(
+        "sensitive_fraction",
+        sensitive_fraction,
+        low=0,
+        high=1,
+        meaning="the fraction gamma of each batch treated as sharp",
+    )
 
 
 def sharp_count(batch_size, sensitive_fraction):

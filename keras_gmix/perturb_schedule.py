@@ -23,10 +23,9 @@ References:
       Computational Efficiency in Deep Learning", 2022
 """
 
-import numbers
-
 import tensorflow as tf
 
+from keras_gmix import checks
 from keras_gmix import mixing
 from keras_gmix import perturbation as pt
 
@@ -35,33 +34,26 @@ from keras_gmix import perturbation as pt
 _FULL_STEP_STREAM = 0x5EED
 
 
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def check_schedule(perturb_every, reuse_scale, perturb_probability):
-    """Raises a ValueError naming the first bad schedule argument."""
-    if not isinstance(perturb_every, numbers.Integral) or isinstance(perturb_every, bool) or perturb_every < 1:
-        raise ValueError(
-            "Argument `perturb_every` must be an int >= 1 (1: every step is a full, "
-            f"perturbed step). Received: perturb_every={perturb_every!r}"
-        )
-    if not _is_real(reuse_scale) or not 0 <= reuse_scale < float("inf"):
-        raise ValueError(
-            "Argument `reuse_scale` must be a finite number >= 0 (0: cheap steps "
-            f"reuse nothing). Received: reuse_scale={reuse_scale!r}"
-        )
-    if not _is_real(perturb_probability) or not 0 < perturb_probability <= 1:
-        raise ValueError(
-            "Argument `perturb_probability` must be a number in (0, 1] (1: every "
-            f"step is a full, perturbed step). Received: perturb_probability={perturb_probability!r}"
-        )
+    """Checks the three schedule arguments; returns them as Python numbers.
+
+    Raises a ValueError naming the first bad one.
+    """
+    perturb_every = checks.check_number(
+        "perturb_every", perturb_every, low=1, integer=True, meaning="1: every step is a full, perturbed step"
+    )
+    reuse_scale = checks.check_number("reuse_scale", reuse_scale, low=0, meaning="0: cheap steps reuse nothing")
+    perturb_probability = checks.check_number(
+        "perturb_probability", perturb_probability, low=0, high=1, low_inclusive=False,
+        meaning="1: every step is a full, perturbed step",
+    )
     if perturb_every > 1 and perturb_probability < 1:
         raise ValueError(
             "Arguments `perturb_every` and `perturb_probability` cannot both be set: "
             "choose full steps every k-th step or at random. Received: "
             f"perturb_every={perturb_every!r}, perturb_probability={perturb_probability!r}"
         )
+    return perturb_every, reuse_scale, perturb_probability
 
 
 def has_cheap_steps(perturb_every, perturb_probability):

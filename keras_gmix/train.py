@@ -16,11 +16,15 @@ output folder:
                      (`checkpoint.BackupAndRestore`; removed when a run ends)
     model.keras      the trained GMixModel
     results.json     test accuracy and loss, method, epochs, seconds, ...
+    .lock            locked (`fcntl.flock`) by the one process writing the
+                     folder; it names that process (`records.hold_run_folder`)
 
 A killed run continues with `resume=True` (`--resume`): the backup restores
 the weights, the optimizer (its step count drives the learning-rate
 schedule), GMixModel's mixing counter and the epoch, and fit continues with
-the next epoch; history.csv keeps one row per finished epoch. The training
+the next epoch; history.csv keeps one row per finished epoch. A resume
+continues the run in the folder or is refused: the folder and a readable
+config.json must exist, and only `RESUMABLE_FIELDS` may differ from it. The training
 pipeline's shuffling and "standard" augmentation are keyed by (seed,
 epoch), so the resumed run sees the batches the uninterrupted run saw: with
 `deterministic=True`, on one CPU device, with augment "none" or "standard",
@@ -34,6 +38,7 @@ import json
 import math
 import os
 import time
+import typing
 from typing import Optional
 
 import keras
@@ -42,9 +47,11 @@ import tensorflow as tf
 
 from keras_gmix import callbacks as callbacks_lib
 from keras_gmix import checkpoint as checkpoint_lib
+from keras_gmix import checks
 from keras_gmix import data as data_lib
 from keras_gmix import layers as layers_lib
 from keras_gmix import models as models_lib
+from keras_gmix import records
 from keras_gmix.gradients import METHODS
 from keras_gmix.model import GMixModel
 
@@ -53,6 +60,75 @@ DISTRIBUTE = ("none", "mirrored", "multiworker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 AUGMENT = ("auto",) + tuple(data_lib.AUGMENTATIONS)
 MIXES = ("mixup", "cutmix")
+
+# The TrainConfig fields a resumed run may change: where the data and the
+# record are, and how the run is watched, not what is trained. Every other
+# field, a field added later included, defines the run and must stay as the
+# run began (`resume_differences`); `epochs` may only grow.
+RESUMABLE_FIELDS = (
+    "epochs",
+    "output",
+    "resume",
+    "verbose",
+    "data_dir",
+    "download",
+    "tensorboard_update_freq",
+    "flatness_every",
+    "flatness_examples",
+)
+
+# The allowed range of each numeric field (keywords of `checks.check_number`;
+# int fields must be whole numbers). A numeric field not listed here must
+# still be a finite number of its type.
+NUMBER_RANGES = {
+    "train_fraction": dict(low=0, low_inclusive=False, high=1),
+    "train_size": dict(low=1),
+    "image_size": dict(low=1),
+    "epochs": dict(low=1),
+    "batch_size": dict(low=1),
+    "learning_rate": dict(low=0, low_inclusive=False),
+    "momentum": dict(low=0, high=1),
+    "weight_decay": dict(low=0),
+    "warmup_epochs": dict(low=0),
+    "step_gamma": dict(low=0, low_inclusive=False),
+    "rho": dict(low=0),
+    "alpha": dict(low=0, low_inclusive=False),
+    "sensitive_fraction": dict(low=0, high=1),
+    "eta": dict(low=0),
+    "label_smoothing": dict(low=0, high=1),
+    "seed": dict(low=0, high=2**32 - 1),  # NumPy's seed range (keras.utils.set_random_seed)
+    "tensorboard_update_freq": dict(low=1),
+    "flatness_every": dict(low=0),
+    "flatness_examples": dict(low=1),
+    "verbose": dict(low=0, high=2),
+}
+
+
+def field_kind(field):
+    """`(type, optional)` of a TrainConfig field: `Optional[float]` is `(float, True)`."""
+    if typing.get_origin(field.type) is typing.Union:
+        kinds = [kind for kind in typing.get_args(field.type) if kind is not type(None)]
+        return kinds[0], True
+    return field.type, False
+
+
+def check_milestones(milestones):
+    """Returns the step schedule's milestones as a tuple of floats, strictly increasing in (0, 1)."""
+    values = tuple(milestones) if isinstance(milestones, (list, tuple)) else None
+    try:
+        values = tuple(checks.check_number("step_milestones", m, low=0, high=1, low_inclusive=False,
+                                           high_inclusive=False) for m in values)
+        increasing = all(a < b for a, b in zip(values, values[1:]))
+    except (TypeError, ValueError):
+        increasing = False
+    if not increasing:
+        # Unsorted milestones would give a learning rate that rises again.
+        raise ValueError(
+            "Argument `step_milestones` must be fractions of training, strictly "
+            "increasing in (0, 1), e.g. [0.5, 0.75]. Received: "
+            f"step_milestones={milestones!r}"
+        )
+    return values
 
 
 @dataclasses.dataclass
@@ -109,8 +185,28 @@ class TrainConfig:
     flatness_examples: int = 256  # held-out (test) examples it measures on
     verbose: int = 1
 
+    def __post_init__(self):
+        # Each field on its own: type, finiteness, range. A config file's
+        # `adaptive: "no"` or `epochs: "ten"` stops here with the field's
+        # name, and numbers become plain Python ones (NumPy scalars welcome).
+        for field in dataclasses.fields(self):
+            kind, optional = field_kind(field)
+            value = getattr(self, field.name)
+            if optional and value is None:
+                continue
+            if kind is bool:
+                value = checks.check_bool(field.name, value)
+            elif kind in (int, float):
+                value = checks.check_number(
+                    field.name, value, integer=kind is int, **NUMBER_RANGES.get(field.name, {})
+                )
+            elif field.name == "step_milestones":
+                value = check_milestones(value)
+            setattr(self, field.name, value)
+
     def validate(self):
-        """Raises a ValueError naming the first bad setting."""
+        """Raises a ValueError naming the first bad setting (each field's own
+        type and range are checked when the config is made)."""
         choices = {
             "method": METHODS,
             "schedule": SCHEDULES,
@@ -130,15 +226,6 @@ class TrainConfig:
                 f"`dataset` must be one of {data_lib.DATASET_NAMES} or a path ending in "
                 f"'.npz'. Received: {self.dataset!r}"
             )
-        for name in ("epochs", "batch_size", "tensorboard_update_freq", "flatness_examples"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"`{name}` must be >= 1. Received: {getattr(self, name)!r}")
-        for name in ("learning_rate",):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"`{name}` must be > 0. Received: {getattr(self, name)!r}")
-        for name in ("momentum", "weight_decay", "warmup_epochs", "flatness_every", "label_smoothing"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"`{name}` must be >= 0. Received: {getattr(self, name)!r}")
         if self.warmup_epochs >= self.epochs:
             raise ValueError(
                 f"`warmup_epochs` must be below `epochs` ({self.epochs}). "
@@ -166,8 +253,6 @@ class TrainConfig:
                 for key in unknown
             ]
             raise ValueError(f"Unknown config keys: {', '.join(hints)}. Valid keys: {sorted(fields)}")
-        if "step_milestones" in values:
-            values["step_milestones"] = tuple(values["step_milestones"])
         return cls(**values)
 
     def to_dict(self):
@@ -191,20 +276,31 @@ def load_config_file(path):
     return {key.replace("-", "_"): value for key, value in values.items()}
 
 
+def _config_fix(output):
+    return (
+        f"without it the run's settings are unknown. Restore config.json, or "
+        f"delete {output} to start over (or start a new run elsewhere without --resume)"
+    )
+
+
 def saved_config(output):
-    """The config.json of a run folder as a dict, or None."""
+    """The config.json of a run folder as a dict, or None when there is none.
+
+    Raises:
+        ValueError: config.json is there but unreadable; the message names it.
+    """
     path = os.path.join(output, "config.json")
     if not os.path.exists(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return records.read_json(path, _config_fix(output))
 
 
 def resume_values(values):
     """Settings for `--resume`: the run's saved config.json, overridden by `values`.
 
     So `gmix-train --resume --output DIR` alone continues a run exactly as it
-    was configured. Returns `values` unchanged when there is nothing saved.
+    was configured. Returns `values` unchanged when there is nothing saved
+    (`run` then refuses to resume).
     """
     output = values.get("output")
     saved = saved_config(output) if values.get("resume") and output else None
@@ -213,6 +309,31 @@ def resume_values(values):
     merged = dict(saved)
     merged.update(values)
     return merged
+
+
+def resume_differences(saved, config):
+    """The run-defining settings in which `config` differs from a run's saved config.
+
+    Args:
+        saved: the run's config.json, a dict.
+        config: a `TrainConfig`, the run asked for now.
+
+    Returns:
+        A list of "name: saved -> asked" strings, empty when `config`
+        continues the saved run: only `RESUMABLE_FIELDS` may differ, and
+        `epochs` only grow. A key that the saved config lacks (written
+        before the field existed) counts as its default.
+    """
+    asked = dataclasses.replace(config, augment=resolve_augment(config)).to_dict()
+    defaults = TrainConfig().to_dict()
+    differences = []
+    for name, value in asked.items():
+        before = saved.get(name, defaults[name])
+        if name == "epochs" and value < before:
+            differences.append(f"epochs: {before!r} -> {value!r} (epochs may only grow)")
+        elif name not in RESUMABLE_FIELDS and before != value:
+            differences.append(f"{name}: {before!r} -> {value!r}")
+    return differences
 
 
 def make_strategy(distribute):
@@ -294,11 +415,13 @@ def learning_rate_schedule(config, steps_per_epoch):
     return LinearWarmup(config.learning_rate, warmup, after) if warmup else after
 
 
-def resolve_augment(config, splits):
+def resolve_augment(config):
+    """The augmentation "auto" stands for, known from the config alone (so a
+    resumed run is compared with its config.json before any data is loaded)."""
     if config.augment != "auto":
         return config.augment
     # 8x8 digits: a 1-pixel crop shift is an eighth of the image; no flip.
-    return "none" if splits.name == "digits" else "standard"
+    return "none" if config.dataset == "digits" else "standard"
 
 
 def build_model(config, splits):
@@ -349,12 +472,9 @@ def default_output():
     return os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
 
 
-def _check_output(output, resume):
+def _check_new_output(output):
     """Refuses to start a new run over an existing one; says what to do instead."""
-    backup = os.path.join(output, "backup")
-    if resume:
-        return
-    if os.path.exists(backup):
+    if os.path.exists(os.path.join(output, "backup")):
         raise ValueError(
             f"{output} holds an unfinished run: pass --resume to continue it, "
             "or choose another --output."
@@ -397,17 +517,76 @@ def run(config, callbacks=None):
     """
     config.validate()
     output = config.output or default_output()
-    config = dataclasses.replace(config, output=output)
+    config = dataclasses.replace(config, output=output, augment=resolve_augment(config))
+    strategy = make_strategy(config.distribute)
+    folder = record_folder(output, strategy)
+    if config.resume and not os.path.isdir(folder):
+        # A typo in --output would otherwise start a new run there.
+        raise FileNotFoundError(
+            f"Cannot resume: {folder} does not exist. Check the --output path, "
+            "or drop --resume to start a new run there."
+        )
+    os.makedirs(folder, exist_ok=True)
+    with records.hold_run_folder(folder):
+        return _run_held(config, folder, strategy, list(callbacks or []))
+
+
+def record_folder(output, strategy):
+    """The folder this process writes: `output`, or on a multi-worker run's
+    other workers a scratch folder inside it."""
+    if is_chief(strategy):
+        return output
+    return os.path.join(output, f"worker{strategy.cluster_resolver.task_id}")
+
+
+def _write_config(folder, values):
+    # Atomic: a kill mid-write must not leave --resume an empty config.json.
+    checkpoint_lib.atomic_write_text(os.path.join(folder, "config.json"), json.dumps(values, indent=2))
+
+
+def _check_resume(config, folder):
+    """Refuses a resume that would change the run; returns the saved config.json."""
+    saved = records.read_json(os.path.join(folder, "config.json"), _config_fix(folder))
+    differences = resume_differences(saved, config)
+    if differences:
+        raise ValueError(
+            f"Cannot resume {folder} with other settings than it was started "
+            f"with: {'; '.join(differences)}. Only {list(RESUMABLE_FIELDS)} may "
+            "change on --resume (epochs only grow). Drop those flags to continue "
+            "the run as it was (`gmix-train --resume --output DIR` alone reads "
+            "config.json), or start a new run in another --output."
+        )
+    return saved
+
+
+def _run_held(config, output, strategy, extra_callbacks):
+    """`run` once this process holds the run folder `output`."""
     backup_dir = os.path.join(output, "backup")
     results_path = os.path.join(output, "results.json")
-    _check_output(output, config.resume)
-    if config.resume and not os.path.exists(backup_dir) and os.path.exists(results_path):
-        # Finished already: nothing to continue.
-        with open(results_path, encoding="utf-8") as f:
-            results = json.load(f)
-        if config.verbose:
-            print(f"gmix-train: {output} is finished already; nothing to resume.")
-        return results
+    if config.resume:
+        saved = _check_resume(config, output)
+        if not os.path.exists(backup_dir) and os.path.exists(results_path):
+            if config.epochs != saved["epochs"]:
+                raise ValueError(
+                    f"{output} finished its {saved['epochs']} epochs and kept no "
+                    "checkpoint to continue from: start a new run with "
+                    f"epochs={config.epochs} in another --output."
+                )
+            # Finished already: nothing to continue.
+            results = records.read_json(
+                results_path,
+                "restore it from a copy, or delete the run folder to train again "
+                "(model.keras beside it holds the trained model)",
+            )
+            if config.verbose:
+                print(f"gmix-train: {output} is finished already; nothing to resume.")
+            return results
+        if config.epochs != saved["epochs"]:
+            # The record says what the run is now: only `epochs` is relabelled.
+            _write_config(output, dict(saved, epochs=config.epochs))
+    else:
+        _check_new_output(output)
+        _write_config(output, config.to_dict())
 
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
@@ -415,18 +594,12 @@ def run(config, callbacks=None):
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(config.mixed_precision)
     try:
-        return _run(config, output, backup_dir, results_path, list(callbacks or []))
+        return _run(config, output, backup_dir, results_path, strategy, extra_callbacks)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _run(config, output, backup_dir, results_path, extra_callbacks):
-    strategy = make_strategy(config.distribute)
-    if not is_chief(strategy):
-        # Other workers of a multi-worker run write into a scratch folder.
-        output = os.path.join(output, f"worker{strategy.cluster_resolver.task_id}")
-        backup_dir = os.path.join(output, "backup")
-        results_path = os.path.join(output, "results.json")
+def _run(config, output, backup_dir, results_path, strategy, extra_callbacks):
     splits = data_lib.load_dataset(
         config.dataset,
         data_dir=config.data_dir,
@@ -436,10 +609,6 @@ def _run(config, output, backup_dir, results_path, extra_callbacks):
         seed=config.seed,
         **({"image_size": config.image_size} if config.image_size is not None else {}),
     )
-    config = dataclasses.replace(config, augment=resolve_augment(config, splits))
-    os.makedirs(output, exist_ok=True)
-    with open(os.path.join(output, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config.to_dict(), f, indent=2)
 
     # The stream of epochs starts where the backup ends, so that a resumed
     # run's epoch k has the shuffling and augmentation of epoch k.

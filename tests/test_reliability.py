@@ -1,5 +1,6 @@
 """Bad input gets a clear error before training; numerical faults skip steps, never write NaN."""
 
+import json
 import os
 import signal
 import subprocess
@@ -407,3 +408,458 @@ def test_an_npz_with_pickled_arrays_is_refused_unread(tmp_path):
     with pytest.raises(ValueError, match="object \\(pickled\\) arrays"):
         kg.data.load_dataset(str(path))
     assert not marker.exists()
+
+
+# -- values: every numeric argument is checked, in the API and in config files ---------
+
+
+def test_check_number_accepts_numpy_scalars_and_returns_python_numbers():
+    from keras_gmix.checks import check_number
+
+    assert check_number("rho", np.float32(0.5), low=0) == 0.5 and type(check_number("rho", np.float32(0.5))) is float
+    assert check_number("seed", np.int64(3), integer=True) == 3 and type(check_number("seed", np.int64(3), integer=True)) is int
+    assert check_number("rho", np.array(0.25)) == 0.25  # a 0-d array
+    assert check_number("alpha", 1, low=0, low_inclusive=False) == 1.0
+
+
+@pytest.mark.parametrize(
+    "value, kwargs, allowed",
+    [
+        (np.inf, dict(low=0), "a finite number >= 0"),
+        (np.nan, dict(low=0, low_inclusive=False), "a finite number > 0"),
+        (True, dict(), "a finite number"),  # a bool is not a number here
+        ("0.05", dict(), "a finite number"),
+        (1.5, dict(low=0, high=1), r"a finite number in \[0, 1\]"),
+        (0.0, dict(low=0, high=1, low_inclusive=False), r"a finite number in \(0, 1\]"),
+        (2.0, dict(integer=True), "an integer"),
+        (0, dict(low=1, integer=True), "an integer >= 1"),
+    ],
+)
+def test_check_number_refusals_name_the_argument_and_the_allowed_values(value, kwargs, allowed):
+    from keras_gmix.checks import check_number
+
+    with pytest.raises(ValueError, match=rf"Argument `x` must be {allowed}\. Received: x="):
+        check_number("x", value, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(rho=np.inf), r"`rho` must be a finite number >= 0.*Received: rho=inf"),
+        (dict(alpha=np.nan), r"`alpha` must be a finite number > 0.*Received: alpha=nan"),
+        (dict(sensitive_fraction=np.nan), "`sensitive_fraction` must be a finite number in"),
+        (dict(eta=-0.1), "`eta` must be a finite number >= 0"),
+        (dict(rho=True), "`rho` must be a finite number"),
+        (dict(seed="abc"), "`seed` must be an integer"),
+        (dict(max_consecutive_skips=2.0), "`max_consecutive_skips` must be an integer >= 1"),
+        (dict(adaptive="no"), "`adaptive` must be True or False"),
+    ],
+)
+def test_gmix_model_refuses_bad_numbers_up_front(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        kg.GMixModel(small_model(), **kwargs)
+
+
+def test_gmix_model_accepts_numpy_scalars_and_saves_them_as_numbers(tmp_path):
+    model = kg.GMixModel(
+        small_model(), rho=np.float32(0.5), alpha=np.float64(0.4), sensitive_fraction=np.float32(0.25),
+        eta=np.float32(0.5), seed=np.int64(3), max_consecutive_skips=np.int32(5),
+    )
+    config = model.get_config()
+    assert (config["rho"], config["alpha"], config["sensitive_fraction"], config["seed"]) == (0.5, 0.4, 0.25, 3)
+    json.dumps({k: v for k, v in config.items() if k != "inner"})  # plain numbers: no float32 in a .keras file
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    assert keras.saving.load_model(path).rho == 0.5
+
+
+def test_update_gradients_checks_its_numbers():
+    inner = small_model()
+    x, y = data(8)
+    y = np.eye(C, dtype="float32")[y]
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True)
+    with pytest.raises(ValueError, match="`rho` must be a finite number >= 0"):
+        kg.update_gradients(inner, x, y, loss=loss, method="gmix", rho=np.inf)
+    numpy_grads, _ = kg.update_gradients(inner, x, y, loss=loss, method="bgmix", rho=np.float32(0.5),
+                                         sensitive_fraction=np.float64(0.5))
+    python_grads, _ = kg.update_gradients(inner, x, y, loss=loss, method="bgmix", rho=0.5, sensitive_fraction=0.5)
+    for a, b in zip(numpy_grads, python_grads):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sample_mix_checks_its_numbers():
+    with pytest.raises(ValueError, match="`alpha` must be a finite number > 0.*alpha=nan"):
+        kg.sample_mix(8, np.nan, seed=0)
+    with pytest.raises(ValueError, match="`batch_size` must be an integer >= 1"):
+        kg.sample_mix("8", 1.0, seed=0)
+    with pytest.raises(ValueError, match="`seed` must be an integer"):
+        kg.sample_mix(8, 1.0, seed="abc")
+    lam, perm = kg.sample_mix(np.int64(8), np.float32(0.5), seed=np.int64(4))
+    lam_py, perm_py = kg.sample_mix(8, 0.5, seed=4)
+    assert float(lam) == float(lam_py) and perm.numpy().tolist() == perm_py.numpy().tolist()
+
+
+@pytest.mark.parametrize(
+    "values, match",
+    [
+        ({"adaptive": "no"}, "`adaptive` must be True or False. Received: adaptive='no'"),
+        ({"deterministic": 1}, "`deterministic` must be True or False"),
+        ({"epochs": "ten"}, "`epochs` must be an integer >= 1. Received: epochs='ten'"),
+        ({"batch_size": 16.5}, "`batch_size` must be an integer >= 1"),
+        ({"rho": float("inf")}, "`rho` must be a finite number >= 0"),
+        ({"alpha": float("nan")}, "`alpha` must be a finite number > 0"),
+        ({"seed": "abc"}, "`seed` must be an integer"),
+        ({"train_fraction": 0.0}, r"`train_fraction` must be a finite number in \(0, 1\]"),
+        ({"learning_rate": True}, "`learning_rate` must be a finite number > 0"),
+        ({"step_milestones": [0.75, 0.5]}, "`step_milestones` must be .*strictly increasing in \\(0, 1\\)"),
+        ({"step_milestones": [0.5, 1.0]}, "`step_milestones` must be"),
+        ({"step_milestones": [0.5, 0.5]}, "`step_milestones` must be"),
+        ({"step_milestones": "0.5"}, "`step_milestones` must be"),
+    ],
+)
+def test_config_values_are_checked_for_type_and_range(values, match):
+    from keras_gmix import train
+
+    with pytest.raises(ValueError, match=match):
+        train.TrainConfig.from_dict(values).validate()
+
+
+def test_a_config_file_with_a_string_for_a_flag_is_refused(tmp_path, capsys):
+    from keras_gmix import cli
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text('adaptive: "no"\nepochs: 1\n')
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--config", str(path), "--output", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    assert "`adaptive` must be True or False" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_config_accepts_numpy_scalars_as_plain_numbers():
+    from keras_gmix import train
+
+    config = train.TrainConfig(rho=np.float32(0.5), epochs=np.int64(3), step_milestones=[np.float32(0.5)])
+    assert (config.rho, config.epochs, config.step_milestones) == (0.5, 3, (0.5,))
+    assert type(config.rho) is float and type(config.epochs) is int
+    json.dumps(config.to_dict())  # config.json stays writable
+
+
+# -- run records: one process per run folder; a resume continues the same run ----------
+
+TINY_RUN = dict(method="gmix", epochs=2, train_size=32, batch_size=16, verbose=0, tensorboard_update_freq=1)
+
+
+class _KillAfter(keras.callbacks.Callback):
+    """Stands for a kill after epoch `after` (its backup written)."""
+
+    def __init__(self, after):
+        super().__init__()
+        self.after = after
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.after:
+            raise KeyboardInterrupt("killed")
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory):
+    """A gmix run of 2 epochs stopped after its first: config.json, history.csv, backup/."""
+    from keras_gmix import train
+
+    output = str(tmp_path_factory.mktemp("interrupted") / "run")
+    with pytest.raises(KeyboardInterrupt):
+        train.run(train.TrainConfig(output=output, **TINY_RUN), callbacks=[_KillAfter(0)])
+    return output
+
+
+@pytest.fixture
+def run_copy(interrupted_run, tmp_path):
+    import shutil
+
+    output = str(tmp_path / "run")
+    shutil.copytree(interrupted_run, output)
+    return output
+
+
+def _resume(output, **changes):
+    from keras_gmix import train
+
+    return train.TrainConfig.from_dict(train.resume_values({"output": output, "resume": True, **changes}))
+
+
+HOLDER = (
+    "import sys, time\n"
+    "from keras_gmix import records\n"
+    "with records.hold_run_folder(sys.argv[1]):\n"
+    "    print('held', flush=True)\n"
+    "    time.sleep(600)\n"
+)
+
+
+def _start_holder(folder):
+    """A process that holds `folder` until it is killed; returns once it holds it."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, folder], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT),
+    )
+    assert holder.stdout.readline().strip() == "held", "the holder process died before holding the folder"
+    return holder
+
+
+def _kill(process):
+    process.kill()  # SIGKILL: no Python cleanup, the kernel alone releases the lock
+    process.wait(timeout=60)
+    process.stdout.close()
+
+
+def test_a_run_folder_held_by_another_process_is_refused_naming_it(run_copy, capsys):
+    from keras_gmix import cli
+    from keras_gmix import records
+    from keras_gmix import train
+
+    holder = _start_holder(run_copy)
+    try:
+        history = open(os.path.join(run_copy, "history.csv")).read()
+        with pytest.raises(records.RunFolderInUseError, match=rf"{run_copy} is in use by process {holder.pid} on host"):
+            train.run(_resume(run_copy))
+        # The same through gmix-train: a sentence, exit code 2, nothing written.
+        with pytest.raises(SystemExit) as exit_info:
+            cli.train_main(["--resume", "--output", run_copy])
+        assert exit_info.value.code == 2
+        assert f"in use by process {holder.pid}" in capsys.readouterr().err
+        assert open(os.path.join(run_copy, "history.csv")).read() == history
+    finally:
+        _kill(holder)
+
+
+def test_a_killed_holder_releases_the_run_folder(tmp_path):
+    from keras_gmix import records
+
+    folder = str(tmp_path)
+    holder = _start_holder(folder)
+    with pytest.raises(records.RunFolderInUseError):
+        with records.hold_run_folder(folder):
+            pass
+    _kill(holder)
+    with records.hold_run_folder(folder):
+        assert open(os.path.join(folder, records.LOCK_FILE)).read().startswith(f"process {os.getpid()} ")
+
+
+def test_resume_of_a_missing_folder_is_refused_and_creates_nothing(tmp_path, capsys):
+    from keras_gmix import cli
+    from keras_gmix import train
+
+    missing = str(tmp_path / "typo")
+    with pytest.raises(FileNotFoundError, match=rf"Cannot resume: {missing} does not exist.*drop --resume"):
+        train.run(train.TrainConfig(output=missing, resume=True, **TINY_RUN))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--resume", "--output", missing, "--epochs", "1", "--train-size", "32", "--verbose", "0"])
+    assert exit_info.value.code == 2 and "does not exist" in capsys.readouterr().err
+    assert not os.path.exists(missing)
+
+
+@pytest.mark.parametrize("damage, match", [("delete", "config.json is missing"), ("truncate", "config.json is unreadable")])
+def test_resume_without_a_readable_config_json_is_refused(run_copy, damage, match):
+    from keras_gmix import train
+
+    path = os.path.join(run_copy, "config.json")
+    if damage == "delete":
+        os.remove(path)
+    else:
+        text = open(path).read()
+        open(path, "w").write(text[: len(text) // 2])
+    with pytest.raises((FileNotFoundError, ValueError), match=rf"{match}.*settings are unknown.*delete {run_copy}"):
+        train.run(_resume(run_copy))
+    assert train.checkpoint_lib.saved_epoch(os.path.join(run_copy, "backup")) == 1, "the backup is untouched"
+
+
+def test_resume_with_other_run_settings_is_refused_and_epochs_may_grow(run_copy):
+    from keras_gmix import train
+
+    config_path = os.path.join(run_copy, "config.json")
+    before = open(config_path).read()
+    with pytest.raises(ValueError, match=r"method: 'gmix' -> 'erm'; rho: 0.05 -> 0.1\."):
+        train.run(_resume(run_copy, method="erm", rho=0.1))
+    with pytest.raises(ValueError, match=r"epochs: 2 -> 1 \(epochs may only grow\)"):
+        train.run(_resume(run_copy, epochs=1))
+    assert open(config_path).read() == before, "a refused resume leaves config.json as it was"
+
+    results = train.run(_resume(run_copy, epochs=3, verbose=0))
+    saved = json.load(open(config_path))
+    assert (results["method"], results["epochs"], results["epochs_done"]) == ("gmix", 3, 3)
+    assert (saved["method"], saved["epochs"], saved["resume"]) == ("gmix", 3, False)
+    assert {k: v for k, v in saved.items() if k != "epochs"} == {
+        k: v for k, v in json.loads(before).items() if k != "epochs"}, "only epochs is relabelled"
+
+
+def test_run_defining_settings_are_every_field_but_the_resumable_ones():
+    """A field added to TrainConfig defines the run unless it is listed as resumable."""
+    import dataclasses
+
+    from keras_gmix import train
+
+    fields = [f.name for f in dataclasses.fields(train.TrainConfig)]
+    assert set(train.RESUMABLE_FIELDS) <= set(fields)
+    asked = train.TrainConfig(augment="none")  # config.json holds the resolved augmentation
+    for name in fields:
+        saved = dict(asked.to_dict(), **{name: "another value"})
+        if name == "epochs":
+            continue  # compared by size: the test above
+        expected = [] if name in train.RESUMABLE_FIELDS else [name]
+        assert [d.split(":")[0] for d in train.resume_differences(saved, asked)] == expected, name
+    # A config.json written before a field existed holds its default.
+    saved = asked.to_dict()
+    del saved["rho"]
+    assert train.resume_differences(saved, asked) == []
+
+
+def test_a_finished_run_is_not_extended_silently(tmp_path):
+    from keras_gmix import train
+
+    output = str(tmp_path / "run")
+    train.run(train.TrainConfig(output=output, **dict(TINY_RUN, epochs=1)))
+    with pytest.raises(ValueError, match="finished its 1 epochs and kept no checkpoint"):
+        train.run(_resume(output, epochs=2))
+    assert train.run(_resume(output))["epochs_done"] == 1  # the same settings: read back
+
+
+class _DiesMidWrite:
+    """A file that takes half of what is written to it, then the process "dies"."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.file.close()
+
+    def write(self, text):
+        self.file.write(text[: len(text) // 2])
+        self.file.flush()
+        raise KeyboardInterrupt("killed while writing")
+
+
+def test_a_kill_while_config_json_is_written_leaves_the_old_one(run_copy, monkeypatch):
+    import builtins
+
+    from keras_gmix import train
+
+    config_path = os.path.join(run_copy, "config.json")
+    before = open(config_path).read()
+    real_open = builtins.open
+
+    def dying_open(file, mode="r", *args, **kwargs):
+        opened = real_open(file, mode, *args, **kwargs)
+        if "w" in mode and os.fspath(file).endswith("config.json"):
+            return _DiesMidWrite(opened)
+        return opened
+
+    monkeypatch.setattr(builtins, "open", dying_open)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(_resume(run_copy, epochs=3))  # more epochs: config.json is rewritten
+    monkeypatch.undo()
+    assert open(config_path).read() == before
+    assert train.run(_resume(run_copy))["epochs_done"] == 2  # and the run resumes from it
+
+
+# -- each file read back names itself and the fix when it is damaged --------------------
+
+
+def _truncate(path):
+    with open(path, "rb") as f:
+        content = f.read()
+    with open(path, "wb") as f:
+        f.write(content[: len(content) // 2])
+
+
+def _saved_backup(tmp_path):
+    backup = str(tmp_path / "backup")
+    model = _trained(0, steps=1)
+    kg.checkpoint.save(model, backup, epochs_done=1)
+    return model, backup
+
+
+@pytest.mark.parametrize("name", ["state.json", "epoch-000001.weights.h5", "epoch-000001.rng.npz"])
+def test_a_damaged_checkpoint_file_names_itself_and_the_fix(tmp_path, name):
+    model, backup = _saved_backup(tmp_path)
+    _truncate(os.path.join(backup, name))
+    path = os.path.join(backup, name)
+    with pytest.raises(ValueError, match=rf"{path} is unreadable .*delete the backup folder {backup} to start"):
+        kg.checkpoint.restore(model, backup)
+
+
+def test_a_damaged_model_keras_names_itself_in_gmix_flatness(tmp_path):
+    from keras_gmix import flatness_report
+
+    path = str(tmp_path / "model.keras")
+    compiled(method="erm").save(path)
+    _truncate(path)
+    with pytest.raises(ValueError, match=rf"{path} is unreadable as a Keras model.*restore the file"):
+        flatness_report.load_model(path)
+
+
+def test_a_damaged_config_json_beside_a_model_names_itself(tmp_path):
+    from keras_gmix import flatness_report
+
+    (tmp_path / "config.json").write_text('{"dataset": "dig')
+    with pytest.raises(ValueError, match=r"config.json is unreadable \(truncated\?"):
+        flatness_report.run_files(str(tmp_path / "model.keras"))
+
+
+def test_a_damaged_results_json_names_itself_in_gmix_compare(tmp_path):
+    from keras_gmix import compare
+
+    run = tmp_path / "erm-seed0"
+    run.mkdir()
+    (run / "results.json").write_text('{"method": "erm", "test_acc')
+    with pytest.raises(ValueError, match=rf"{run / 'results.json'} is unreadable.*out of --collect"):
+        compare.find_results([str(tmp_path)])
+
+
+def test_a_damaged_history_csv_names_itself(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss\n0,0.5\ngarbage,0.4\n")
+    with pytest.raises(ValueError, match=rf"{path} is unreadable.*row 3.*delete the run folder"):
+        kg.callbacks.read_history(str(path))
+
+
+@pytest.mark.slow  # four gmix-train processes
+def test_two_resumes_of_one_killed_run_one_is_refused(tmp_path):
+    """The issue's case: two --resume of one killed run at once wrote every epoch twice."""
+    output = str(tmp_path / "run")
+    flags = ["--epochs", "3", "--train-size", "64", "--batch-size", "32", "--method", "dgmix", "--verbose", "0"]
+    _gmix_train([*flags, "--output", output], prefix=[os.path.join(HELPERS, "sigkill_mid_epoch.py"), "1", "0"],
+                expect=-signal.SIGKILL)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    first = subprocess.Popen(
+        [sys.executable, os.path.join(HELPERS, "pause_mid_epoch.py"), "1", "0", "--resume", "--output", output],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env,
+    )
+    try:
+        assert first.stdout.readline().strip() == "paused", "the first resume died before it trained"
+        second = subprocess.run([sys.executable, "-m", "keras_gmix.cli", "--resume", "--output", output],
+                                capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert f"{output} is in use by process {first.pid} on host" in second.stderr
+    finally:
+        _kill(first)
+    _gmix_train(["--resume", "--output", output], prefix=["-m", "keras_gmix.cli"])
+    history = kg.callbacks.read_history(os.path.join(output, "history.csv"))
+    assert [row["epoch"] for row in history] == [0, 1, 2]
+    results = json.load(open(os.path.join(output, "results.json")))
+    assert results["epochs_done"] == 3
+    assert results["seconds"] == pytest.approx(sum(row["seconds"] for row in history), abs=0.01)
+
+
+def test_flatness_and_callback_arguments_use_the_same_number_check():
+    model = small_model()
+    x, y = data(8)
+    with pytest.raises(ValueError, match="`rho` must be a finite number >= 0. Received: rho=inf"):
+        kg.flatness.rho_sharpness(model, (x, y), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                                  rho=np.inf)
+    with pytest.raises(ValueError, match="`update_freq` must be an integer >= 1. Received: update_freq=True"):
+        kg.callbacks.StepValuesLogger("logs", update_freq=True)
+    assert kg.callbacks.StepValuesLogger("logs", update_freq=np.int64(5)).update_freq == 5

@@ -1,0 +1,111 @@
+"""A run folder's record: who may write it, and reading its files back.
+
+A run folder (`gmix-train --output`) is written by one process at a time.
+Two processes resuming the same killed run would otherwise both append to
+history.csv and both count their epochs and seconds in results.json. The
+owner holds an OS lock (`fcntl.flock`) on `LOCK_FILE` for the whole run;
+the kernel releases it when the process ends, however it ends (SIGKILL
+included), so a lock is never left stale and there is nothing to clean up.
+
+Every file the package reads back goes through `read_json` (or names itself
+the same way): a truncated or hand-edited file gives an error that says
+which file it is and what to do, not a bare JSON or HDF5 error.
+"""
+
+import contextlib
+import json
+import os
+import socket
+import time
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; a run folder is then not locked.
+    fcntl = None
+
+LOCK_FILE = ".lock"
+
+
+class RunFolderInUseError(RuntimeError):
+    """Raised when another process holds the run folder."""
+
+
+def _holder_text():
+    return f"process {os.getpid()} on host {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+
+
+def _read_holder(fd):
+    try:
+        text = os.pread(fd, 4096, 0).decode("utf-8", errors="replace").strip()
+    except OSError:
+        text = ""
+    # The holder writes its name just after taking the lock: it may not be
+    # there yet when we look.
+    return text or "a process that has not written its id yet"
+
+
+@contextlib.contextmanager
+def hold_run_folder(folder):
+    """Holds `folder` for this process until the `with` block ends.
+
+    The lock is taken without waiting: a run folder in use is a mistake to
+    report (the same --output twice, a second --resume), not a queue.
+
+    Args:
+        folder: an existing run folder.
+
+    Raises:
+        RunFolderInUseError: another process (or another `with` block of
+            this one) holds the folder; the message names its pid and host.
+
+    Example:
+
+    >>> with hold_run_folder("runs/dgmix"):
+    ...     train_and_write_the_record()
+    """
+    path = os.path.join(folder, LOCK_FILE)
+    # Opened without truncating: the holder's name must survive our look.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunFolderInUseError(
+                    f"{folder} is in use by {_read_holder(fd)}: a run folder is "
+                    "written by one process at a time. Wait for that process to "
+                    "end (or stop it), then try again; its lock goes with it, so "
+                    "there is nothing to delete."
+                ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, _holder_text().encode("utf-8"), 0)
+        yield
+    finally:
+        # Closing the only descriptor releases the lock. The file stays:
+        # deleting it would let a waiting process lock a file no one else sees.
+        os.close(fd)
+
+
+def read_json(path, fix):
+    """The JSON object in `path`.
+
+    Args:
+        path: the file.
+        fix: what the user should do if the file is missing or unreadable,
+            e.g. "delete the backup folder to start over".
+
+    Raises:
+        FileNotFoundError: `path` does not exist; the message names it and `fix`.
+        ValueError: `path` is not a JSON object (truncated by a kill, edited
+            by hand); the message names it and `fix`.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing: {fix}") from None
+    except (ValueError, OSError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path} is unreadable (truncated? {error}): {fix}") from error
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} is unreadable (it holds no JSON object): {fix}")
+    return value
