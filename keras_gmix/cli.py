@@ -14,10 +14,12 @@ import sys
 
 def _user_errors():
     """The errors an entry point reports as one sentence (exit code 2): bad
-    settings, missing or unreadable files, a run folder in use."""
+    settings, missing or unreadable files, a run folder in use, a data set
+    that cannot be downloaded (`data.DownloadUnavailableError` is a
+    ConnectionError)."""
     from keras_gmix import records
 
-    return (ValueError, FileNotFoundError, records.RunFolderInUseError)
+    return (ValueError, FileNotFoundError, ConnectionError, records.RunFolderInUseError)
 
 
 # Flags of gmix-train that gmix-compare replaces by its own.

@@ -95,6 +95,9 @@ NUMBER_RANGES = {
     "alpha": dict(low=0, low_inclusive=False),
     "sensitive_fraction": dict(low=0, high=1),
     "eta": dict(low=0),
+    "perturb_every": dict(low=1),
+    "reuse_scale": dict(low=0),
+    "perturb_probability": dict(low=0, low_inclusive=False, high=1),
     "label_smoothing": dict(low=0, high=1),
     "seed": dict(low=0, high=2**32 - 1),  # NumPy's seed range (keras.utils.set_random_seed)
     "tensorboard_update_freq": dict(low=1),
@@ -169,6 +172,12 @@ class TrainConfig:
     adaptive: bool = False
     eta: float = 0.01
     mix: str = "mixup"
+    # Efficient schedules (SPEC.md section 4b): the full perturbed step every
+    # k-th step (or with probability p), a 1F+1B step in between, optionally
+    # plus reuse_scale times the stored orthogonal direction.
+    perturb_every: int = 1
+    reuse_scale: float = 0.0
+    perturb_probability: float = 1.0
     label_smoothing: float = 0.0
     seed: int = 0
     # TensorFlow's op determinism (process-wide, stays on): the same seed
@@ -443,6 +452,9 @@ def build_model(config, splits):
         eta=config.eta,
         mix=config.mix,
         seed=config.seed,
+        perturb_every=config.perturb_every,
+        reuse_scale=config.reuse_scale,
+        perturb_probability=config.perturb_probability,
     )
 
 

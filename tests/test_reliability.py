@@ -221,12 +221,16 @@ def _state_of(output):
 
 
 @pytest.mark.slow  # three gmix-train processes, ~70 s; run by .ci/run
-def test_sigkill_mid_epoch_then_resume_gives_the_same_weights_bit_for_bit(tmp_path):
+# With a schedule (SPEC.md section 4b) too: full steps come from the restored
+# step counter, and v is restored with the weights. 6 steps per epoch, k = 4:
+# the kill falls between full steps 4 and 8.
+@pytest.mark.parametrize("schedule", [[], ["--perturb-every", "4", "--reuse-scale", "0.3"]], ids=["plain", "schedule"])
+def test_sigkill_mid_epoch_then_resume_gives_the_same_weights_bit_for_bit(tmp_path, schedule):
     reference, killed = str(tmp_path / "reference"), str(tmp_path / "killed")
-    _gmix_train([*RESUME_RUN, "--output", reference], prefix=["-m", "keras_gmix.cli"])
+    _gmix_train([*RESUME_RUN, *schedule, "--output", reference], prefix=["-m", "keras_gmix.cli"])
     # Killed after batch 2 of epoch 1 (0-based): epoch 0's checkpoint exists.
-    _gmix_train([*RESUME_RUN, "--output", killed], prefix=[os.path.join(HELPERS, "sigkill_mid_epoch.py"), "1", "2"],
-                expect=-signal.SIGKILL)
+    _gmix_train([*RESUME_RUN, *schedule, "--output", killed],
+                prefix=[os.path.join(HELPERS, "sigkill_mid_epoch.py"), "1", "2"], expect=-signal.SIGKILL)
     assert kg.checkpoint.saved_epoch(os.path.join(killed, "backup")) == 1
     assert not os.path.exists(os.path.join(killed, "model.keras"))
     _gmix_train(["--resume", "--output", killed], prefix=["-m", "keras_gmix.cli"])

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+import keras_gmix as kg
 from keras_gmix import cli
 from keras_gmix import train
 from keras_gmix.gradients import METHODS, PERTURBED_METHODS
@@ -337,3 +338,19 @@ def test_recipe_files_are_valid_configs(name):
     if name.startswith(("cifar10_", "cifar100_", "svhn", "stl10")) and "partial" not in name:
         assert config.epochs == 200
         assert config.rho == (0.1 if name.startswith("cifar100") else 0.05)
+
+
+def test_gmix_train_takes_a_schedule(tmp_path):
+    """--perturb-every / --reuse-scale reach the model, its config.json and the logs."""
+    output = str(tmp_path / "run")
+    flags = ["--train-size", "64", "--dataset", "digits", "--method", "dgmix", "--perturb-every", "2",
+             "--reuse-scale", "0.3", "--output", output]
+    assert cli.train_main(TINY + flags) == 0
+    config = json.load(open(os.path.join(output, "config.json")))
+    assert (config["perturb_every"], config["reuse_scale"], config["perturb_probability"]) == (2, 0.3, 1.0)
+    model = keras.saving.load_model(os.path.join(output, "model.keras"))
+    assert (model.perturb_every, model.reuse_scale) == (2, 0.3)
+    history = kg.callbacks.read_history(os.path.join(output, "history.csv"))
+    assert history[0]["full_step"] == 0.5  # 4 steps: 0 and 2 are full
+    with pytest.raises(SystemExit):
+        cli.train_main(TINY + ["--perturb-every", "0", "--output", str(tmp_path / "bad")])
