@@ -26,6 +26,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_gmix import flatness
+
 STEPS_RUN = "steps"  # TensorBoard run (sub-folder) of StepValuesLogger
 FLATNESS_RUN = "flatness"  # TensorBoard run (sub-folder) of FlatnessMonitor
 
@@ -347,13 +349,10 @@ class FlatnessMonitor(keras.callbacks.Callback):
 
     def measure(self, epoch):
         """Measures now and logs under `epoch` (0-based); returns the record."""
-        from keras_gmix import flatness
-        from keras_gmix.flatness_report import measure_flatness
-
         loss = self.loss if self.loss is not None else self.model.loss
         if loss is None:
             raise ValueError("FlatnessMonitor needs a loss: pass `loss=` or compile the model.")
-        measures, landscape = measure_flatness(self.model, self.data, loss, **self.settings)
+        measures, landscape = flatness.measure_flatness(self.model, self.data, loss, **self.settings)
         record = {"epoch": epoch + 1, **measures}
         self.records.append(record)
 
