@@ -10,6 +10,7 @@ import keras
 import tensorflow as tf
 
 from keras_gmix import checks
+from keras_gmix import compat
 from keras_gmix import distribute
 from keras_gmix import gradients
 from keras_gmix import losses as losses_lib
@@ -282,12 +283,12 @@ class GMixModel(keras.Model):
         # fails across workers. Building needs only shapes and dtypes: take
         # this worker's first local batch instead.
         if iterator is None or not self._multi_worker_workaround():
-            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+            return compat.maybe_symbolic_build(self, GMixModel, iterator=iterator, data_batch=data_batch)
         for _, _, batches in iterator:
             data_batch = distribute.first_local_batch(next(batches), self.distribute_strategy)
             break
         with self.distribute_strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
+            compat.symbolic_build(self, data_batch)
 
     # -- the step ---------------------------------------------------------
 
@@ -395,7 +396,7 @@ class GMixModel(keras.Model):
         for variable, value in zip(self.inner.non_trainable_variables, result.non_trainable):
             variable.assign(kept(value, variable))
         batch_size = tf.cast(tf.shape(y_one_hot)[0], tf.float32)
-        self._loss_tracker.update_state(kept(result.stats["loss"], 0.0), sample_weight=keep * batch_size)
+        compat.loss_tracker(self).update_state(kept(result.stats["loss"], 0.0), sample_weight=keep * batch_size)
         for tracker in self.step_stat_trackers:
             tracker.update_state(kept(result.stats[tracker.name], 0.0), sample_weight=keep)
         y_metric = y_one_hot
