@@ -36,7 +36,7 @@ setup(
     extras_require={
         "cpu": [f"tensorflow-cpu=={TF_VERSION}"],
         "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
-        "test": ["pytest>=8", "pytest-timeout"],
+        "test": ["pytest>=8", "pytest-timeout", "ruff>=0.17,<0.18"],  # ruff: .ci/run's lint
         # tf-keras pulls in the full `tensorflow` wheel: benchmarks only.
         "bench": ["tf-keras==2.21.0", "mnist1d", "psutil"],
     },

@@ -723,8 +723,6 @@ def method_rows(runs, seeds):
 
 def collect(out, seeds):
     """Everything the report needs, as a JSON-able dict."""
-    import numpy as np
-
     report = {"datasets": {}, "sweeps": {}}
     for key in DATASETS:
         name, subset = parse_dataset(key)

@@ -426,7 +426,6 @@ def summarize(configs, run):
     rows = []
     for c in configs:
         wall = [t for block in c.round_times for t in block]
-        cpu = [t for block in c.round_cpu_times for t in block]
         row = {
             "model": c.model,
             "batchnorm": c.bn,

@@ -27,6 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_gmix import checks
+from keras_gmix import compat
+from keras_gmix import flatness
 
 STEPS_RUN = "steps"  # TensorBoard run (sub-folder) of StepValuesLogger
 FLATNESS_RUN = "flatness"  # TensorBoard run (sub-folder) of FlatnessMonitor
@@ -152,7 +154,7 @@ class ResumableTensorBoard(keras.callbacks.TensorBoard):
     def on_train_batch_begin(self, batch, logs=None):
         if not self._step_synced:
             # The parent increments before writing: start one below.
-            self._global_train_batch = optimizer_step(self.model.optimizer)
+            compat.set_tensorboard_train_step(self, optimizer_step(self.model.optimizer))
             self._step_synced = True
         super().on_train_batch_begin(batch, logs)
 
@@ -227,6 +229,9 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
 
     def __init__(self, filename, separator=","):
         super().__init__(filename, separator=separator, append=True)
+        # Our own copies: the parent's `filename` and `sep` are undocumented.
+        self._path = os.fspath(filename)
+        self._separator = separator
 
     def on_train_begin(self, logs=None):
         self._opened = False
@@ -234,28 +239,28 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
     def on_epoch_begin(self, epoch, logs=None):
         if not self._opened:
             header = self._drop_rows_from(epoch)
-            self.append_header = True  # the parent only ever clears it
+            compat.csv_logger_write_header(self)  # the parent only ever clears it
             super().on_train_begin(logs)
             if header:
                 # The kept rows' columns, not those of this attempt's first
                 # epoch: with validation_freq > 1 the parent would otherwise
                 # pick fewer columns when the resumed epoch validates.
-                self.keys = header[1:]
+                compat.csv_logger_set_columns(self, header[1:])
             self._opened = True
 
     def _drop_rows_from(self, epoch):
         """Drops the rows of `epoch` and later; returns the header kept (None: no file)."""
-        if not os.path.exists(self.filename):
+        if not os.path.exists(self._path):
             return None
-        with open(self.filename, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f, delimiter=self.sep))
+        with open(self._path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f, delimiter=self._separator))
         header, body = (rows[0], rows[1:]) if rows else ([], [])
         kept = [row for row in body if len(row) == len(header) and _epoch_of(row) < epoch]
         if epoch == 0 or not kept:
-            os.remove(self.filename)
+            os.remove(self._path)
             return None
-        with open(self.filename, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f, delimiter=self.sep)
+        with open(self._path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, delimiter=self._separator)
             writer.writerow(header)
             writer.writerows(kept)
         return header
@@ -359,13 +364,10 @@ class FlatnessMonitor(keras.callbacks.Callback):
 
     def measure(self, epoch):
         """Measures now and logs under `epoch` (0-based); returns the record."""
-        from keras_gmix import flatness
-        from keras_gmix.flatness_report import measure_flatness
-
         loss = self.loss if self.loss is not None else self.model.loss
         if loss is None:
             raise ValueError("FlatnessMonitor needs a loss: pass `loss=` or compile the model.")
-        measures, landscape = measure_flatness(self.model, self.data, loss, **self.settings)
+        measures, landscape = flatness.measure_flatness(self.model, self.data, loss, **self.settings)
         record = {"epoch": epoch + 1, **measures}
         self.records.append(record)
 

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_gmix import compat
 from keras_gmix import distribute
 from keras_gmix import records
 
@@ -274,13 +275,13 @@ class BackupAndRestore(keras.callbacks.Callback):
         epoch = restore(self.model, self.backup_dir, resume_epoch(self.backup_dir, strategy))
         # The attribute Keras' own BackupAndRestore sets: fit starts here.
         # None leaves fit's own `initial_epoch` in force.
-        self.model._initial_epoch = epoch or None
+        compat.set_initial_epoch(self.model, epoch or None)
 
     def on_epoch_end(self, epoch, logs=None):
         save(self.model, self.backup_dir, epoch + 1, keep_previous=self._keep_previous)
 
     def on_train_end(self, logs=None):
         # Keras reads it but never clears it: a later fit would start there.
-        self.model._initial_epoch = None
+        compat.set_initial_epoch(self.model, None)
         if self.delete_checkpoint:
             remove(self.backup_dir)

@@ -9,6 +9,8 @@ that the optimizer's all-reduce SUM expects) and an all-reduce for
 
 import tensorflow as tf
 
+from keras_gmix import compat
+
 
 def num_replicas():
     """Replicas in sync under the current strategy (1 without one)."""
@@ -50,8 +52,7 @@ MULTI_WORKER_PATCHED_KERAS = ("3.15",)
 def is_multi_worker(strategy=None):
     """True under a MultiWorkerMirroredStrategy that spans several workers."""
     strategy = strategy or tf.distribute.get_strategy()
-    in_multi_worker_mode = getattr(strategy.extended, "_in_multi_worker_mode", None)
-    return bool(in_multi_worker_mode and in_multi_worker_mode())
+    return compat.in_multi_worker_mode(strategy)
 
 
 def min_over_workers(value, strategy):
@@ -107,7 +108,7 @@ def apply_if(finite, apply, *args):
     def skip():
         return None
 
-    if not tf.distribute.has_strategy() or tf.__internal__.distribute.strategy_supports_no_merge_call():
+    if not tf.distribute.has_strategy() or compat.strategy_supports_no_merge_call():
         tf.cond(finite, lambda: apply(*args), skip)
         return
 

@@ -717,6 +717,75 @@ def loss_landscape(
     )
 
 
+# ---------------------------------------------------------------------------
+# One record of all measures
+
+
+def measure_flatness(
+    model,
+    data,
+    loss,
+    rho=0.05,
+    eigenvalue_iters=20,
+    sharpness_steps=10,
+    trace_samples=0,
+    landscape_points=21,
+    landscape_span=1.0,
+    seed=0,
+    batch_size=256,
+):
+    """The flatness measures of a model at its current weights, as one record.
+
+    The model is evaluated in inference mode with the measures above; its
+    weights are never changed. `FlatnessMonitor` (during training) and
+    `gmix-flatness` (on saved models) both record this.
+
+    Args:
+        model: a built Keras model, or a `GMixModel` (its `inner` is measured).
+        data: a tuple `(x, y)` of arrays or a finite `tf.data.Dataset` of
+            `(x, y)` batches, not reshuffled between passes.
+        loss: a `keras.losses.Loss`, a loss name or a callable.
+        rho: radius of the rho-sharpness ball. Defaults to `0.05`.
+        eigenvalue_iters: power iterations of the top eigenvalue.
+            Defaults to `20`.
+        sharpness_steps: ascent steps of rho-sharpness. Defaults to `10`.
+        trace_samples: Hutchinson samples of the Hessian trace; 0 skips it.
+            Defaults to `0`.
+        landscape_points: points of the 1D landscape. Defaults to `21`.
+        landscape_span: the landscape runs over [-span, span] times a
+            filter-normalized random direction. Defaults to `1.0`.
+        seed: seed of every random vector. Defaults to `0`.
+        batch_size: batch size when `data` is arrays. Defaults to `256`.
+
+    Returns:
+        `(record, landscape)`: a dict with `loss` (L(w)), `top_eigenvalue`,
+        `eigenvalue_converged`, `rho`, `rho_sharpness`, `hessian_trace` and
+        `hessian_trace_std_error` (None when skipped) and
+        `landscape_mean_rise` (the mean of L(w + a d) - L(w) over the
+        landscape's points); and the 1D `LandscapeResult`.
+    """
+    common = dict(seed=seed, batch_size=batch_size)
+    eigen = hessian_top_eigenvalue(model, data, loss, iters=eigenvalue_iters, **common)
+    sharp = rho_sharpness(model, data, loss, rho=rho, steps=sharpness_steps, **common)
+    trace = None
+    if trace_samples:
+        trace = hessian_trace(model, data, loss, samples=trace_samples, **common)
+    landscape = loss_landscape(
+        model, data, loss, directions=1, span=landscape_span, points=landscape_points, **common
+    )
+    record = {
+        "loss": float(sharp.loss),
+        "top_eigenvalue": float(eigen.value),
+        "eigenvalue_converged": bool(eigen.converged),
+        "rho": float(rho),
+        "rho_sharpness": float(sharp.value),
+        "hessian_trace": None if trace is None else float(trace.value),
+        "hessian_trace_std_error": None if trace is None else float(trace.std_error),
+        "landscape_mean_rise": float(np.mean(landscape.losses - sharp.loss)),
+    }
+    return record, landscape
+
+
 def _new_figure(figsize):
     # A Figure with its own Agg canvas, not pyplot: no global backend switch
     # and no figure registry that a long run would fill up.

@@ -1,9 +1,8 @@
 """`gmix-flatness`: flatness measures of saved models, as a table and figures.
 
-`measure_flatness` computes one record of measures for a model (used by
-`gmix-flatness` and by `keras_gmix.callbacks.FlatnessMonitor`); `report`
-loads saved `.keras` models, measures each on the same examples, ranks them
-and writes into its output folder:
+`report` loads saved `.keras` models, measures each on the same examples
+with `keras_gmix.flatness.measure_flatness` (the record `FlatnessMonitor`
+writes during training), ranks them and writes into its output folder:
 
     flatness.md          the table, flattest (smallest top eigenvalue) first
     flatness.json        the records and the raw 1D landscape arrays
@@ -27,75 +26,10 @@ import numpy as np
 
 from keras_gmix import checks
 from keras_gmix import records
+from keras_gmix.flatness import measure_flatness
 
 # The settings of a run's config.json that decide its data and preprocessing.
 DATA_KEYS = ("dataset", "data_dir", "download", "train_fraction", "train_size", "image_size", "seed")
-
-
-def measure_flatness(
-    model,
-    data,
-    loss,
-    rho=0.05,
-    eigenvalue_iters=20,
-    sharpness_steps=10,
-    trace_samples=0,
-    landscape_points=21,
-    landscape_span=1.0,
-    seed=0,
-    batch_size=256,
-):
-    """The flatness measures of a model at its current weights, as one record.
-
-    The model is evaluated in inference mode with the functions of
-    `keras_gmix.flatness`; its weights are never changed.
-
-    Args:
-        model: a built Keras model, or a `GMixModel` (its `inner` is measured).
-        data: a tuple `(x, y)` of arrays or a finite `tf.data.Dataset` of
-            `(x, y)` batches, not reshuffled between passes.
-        loss: a `keras.losses.Loss`, a loss name or a callable.
-        rho: radius of the rho-sharpness ball. Defaults to `0.05`.
-        eigenvalue_iters: power iterations of the top eigenvalue.
-            Defaults to `20`.
-        sharpness_steps: ascent steps of rho-sharpness. Defaults to `10`.
-        trace_samples: Hutchinson samples of the Hessian trace; 0 skips it.
-            Defaults to `0`.
-        landscape_points: points of the 1D landscape. Defaults to `21`.
-        landscape_span: the landscape runs over [-span, span] times a
-            filter-normalized random direction. Defaults to `1.0`.
-        seed: seed of every random vector. Defaults to `0`.
-        batch_size: batch size when `data` is arrays. Defaults to `256`.
-
-    Returns:
-        `(record, landscape)`: a dict with `loss` (L(w)), `top_eigenvalue`,
-        `eigenvalue_converged`, `rho`, `rho_sharpness`, `hessian_trace` and
-        `hessian_trace_std_error` (None when skipped) and
-        `landscape_mean_rise` (the mean of L(w + a d) - L(w) over the
-        landscape's points); and the 1D `LandscapeResult`.
-    """
-    from keras_gmix import flatness
-
-    common = dict(seed=seed, batch_size=batch_size)
-    eigen = flatness.hessian_top_eigenvalue(model, data, loss, iters=eigenvalue_iters, **common)
-    sharp = flatness.rho_sharpness(model, data, loss, rho=rho, steps=sharpness_steps, **common)
-    trace = None
-    if trace_samples:
-        trace = flatness.hessian_trace(model, data, loss, samples=trace_samples, **common)
-    landscape = flatness.loss_landscape(
-        model, data, loss, directions=1, span=landscape_span, points=landscape_points, **common
-    )
-    record = {
-        "loss": float(sharp.loss),
-        "top_eigenvalue": float(eigen.value),
-        "eigenvalue_converged": bool(eigen.converged),
-        "rho": float(rho),
-        "rho_sharpness": float(sharp.value),
-        "hessian_trace": None if trace is None else float(trace.value),
-        "hessian_trace_std_error": None if trace is None else float(trace.std_error),
-        "landscape_mean_rise": float(np.mean(landscape.losses - sharp.loss)),
-    }
-    return record, landscape
 
 
 # ---------------------------------------------------------------------------
@@ -132,8 +66,7 @@ def run_files(model_path):
 
 def load_model(path):
     """Loads a `.keras` model in safe mode, with keras_gmix's classes registered."""
-    import keras_gmix  # noqa: F401  registers GMixModel and BatchNormalization
-    from keras_gmix import train  # noqa: F401  registers the warm-up schedule
+    import keras_gmix  # noqa: F401  registers GMixModel, BatchNormalization, LinearWarmup
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"No such model file: {path!r}")

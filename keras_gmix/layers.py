@@ -10,6 +10,8 @@ this one in an existing functional or Sequential model.
 import keras
 from keras import ops
 
+from keras_gmix import compat
+
 # `tf.compat.v1.nn.fused_batch_norm` raises any epsilon below this to it
 # (a cuDNN requirement); with a smaller epsilon the fused result would differ
 # from the stock layer, so such layers keep the stock code path.
@@ -216,10 +218,8 @@ def fuse_batchnorm(model):
 
     - [Ioffe and Szegedy, 2015](https://arxiv.org/abs/1502.03167).
     """
-    # clone_model accepts a clone_function only for these two classes.
-    from keras.src.models.functional import Functional
-
-    if not isinstance(model, (keras.Sequential, Functional)):
+    # clone_model accepts a clone_function only for these two kinds.
+    if not (isinstance(model, keras.Sequential) or compat.is_functional(model)):
         raise ValueError(
             "fuse_batchnorm() needs a functional or Sequential model, which "
             "keras.models.clone_model can rebuild layer by layer. Received "

@@ -10,6 +10,7 @@ import keras
 import tensorflow as tf
 
 from keras_gmix import checks
+from keras_gmix import compat
 from keras_gmix import distribute
 from keras_gmix import gradients
 from keras_gmix import losses as losses_lib
@@ -336,12 +337,12 @@ class GMixModel(keras.Model):
         # fails across workers. Building needs only shapes and dtypes: take
         # this worker's first local batch instead.
         if iterator is None or not self._multi_worker_workaround():
-            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+            return compat.maybe_symbolic_build(self, GMixModel, iterator=iterator, data_batch=data_batch)
         for _, _, batches in iterator:
             data_batch = distribute.first_local_batch(next(batches), self.distribute_strategy)
             break
         with self.distribute_strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
+            compat.symbolic_build(self, data_batch)
 
     # -- the step ---------------------------------------------------------
 
@@ -510,7 +511,7 @@ class GMixModel(keras.Model):
         ]
         before = [tf.identity(v) for v in metric_variables]
         batch_size = tf.cast(tf.shape(y_one_hot)[0], tf.float32)
-        self._loss_tracker.update_state(kept(result.stats["loss"], 0.0), sample_weight=batch_size)
+        compat.loss_tracker(self).update_state(kept(result.stats["loss"], 0.0), sample_weight=batch_size)
         full_weight = tf.cast(full, tf.float32)
         for tracker in self.step_stat_trackers:
             tracker.update_state(kept(result.stats[tracker.name], 0.0), sample_weight=full_weight)

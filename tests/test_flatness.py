@@ -350,12 +350,12 @@ class Wrapper:
 
 
 MEASURES = {
-    "eigenvalue": lambda m, d, l: flatness.hessian_top_eigenvalue(m, d, l, iters=3),
-    "trace": lambda m, d, l: flatness.hessian_trace(m, d, l, samples=3),
-    "sharpness": lambda m, d, l: flatness.rho_sharpness(m, d, l, rho=0.5, steps=3),
-    "asam": lambda m, d, l: flatness.rho_sharpness(m, d, l, rho=0.5, steps=3, adaptive=True),
-    "landscape": lambda m, d, l: flatness.loss_landscape(m, d, l, points=4),
-    "plane": lambda m, d, l: flatness.loss_landscape(m, d, l, directions=2, points=3),
+    "eigenvalue": lambda m, d, loss: flatness.hessian_top_eigenvalue(m, d, loss, iters=3),
+    "trace": lambda m, d, loss: flatness.hessian_trace(m, d, loss, samples=3),
+    "sharpness": lambda m, d, loss: flatness.rho_sharpness(m, d, loss, rho=0.5, steps=3),
+    "asam": lambda m, d, loss: flatness.rho_sharpness(m, d, loss, rho=0.5, steps=3, adaptive=True),
+    "landscape": lambda m, d, loss: flatness.loss_landscape(m, d, loss, points=4),
+    "plane": lambda m, d, loss: flatness.loss_landscape(m, d, loss, directions=2, points=3),
 }
 
 

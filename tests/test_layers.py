@@ -256,7 +256,7 @@ def test_jit_compile_matches_graph(axis):
     outputs = []
     for jit in (False, True):
         ours, _ = _pair(shape, axis)
-        y = tf.function(lambda t: ours(t, training=True), jit_compile=jit)(x)
+        y = tf.function(lambda t, layer=ours: layer(t, training=True), jit_compile=jit)(x)
         outputs.append(
             (y, ours.moving_mean.numpy(), ours.moving_variance.numpy())
         )

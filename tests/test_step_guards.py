@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import keras_gmix as kg
-from tests.test_reliability import C, D, compiled, data, small_model
+from tests.test_reliability import C, compiled, data, small_model
 
 
 def batches(x, y, *extra, batch_size=16):

@@ -1,0 +1,160 @@
+"""The one room for private Keras and TensorFlow names.
+
+Everything keras_gmix needs from upstream that is not public API goes
+through a function here, with a comment saying why it is needed and which
+upstream issue (if any) would make it unnecessary. tests/test_compat.py
+holds one canary per name: on a Keras or TensorFlow release that moved or
+renamed it, the canary fails with a sentence naming what moved, instead of
+`fit` failing somewhere deep inside a run. No other module of the package
+touches a private upstream name (tests/test_compat.py checks that too).
+
+Checked on Keras 3.15 and TensorFlow 2.21 (SPEC.md section 7). TensorFlow
+is imported where it is used, so that the module loads under any Keras
+backend (layers.py uses it).
+"""
+
+# -- keras.Model (keras/src/trainers/trainer.py, backend/tensorflow/trainer.py)
+
+
+def maybe_symbolic_build(model, owner, iterator=None, data_batch=None):
+    """Keras' own `Model._maybe_symbolic_build`, as `super()` seen from class `owner`.
+
+    GMixModel overrides this private method (the override must stay on the
+    class: Keras' `fit` calls it by name) and falls back to Keras' version
+    outside multi-worker training. keras-team/keras#20585: under
+    MultiWorkerMirroredStrategy it reduces the first distributed batch
+    eagerly with a collective op, which fails across workers.
+    """
+    return super(owner, model)._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+
+def symbolic_build(model, data_batch):
+    """`Model._symbolic_build`: builds metrics and optimizer from one batch's shapes.
+
+    Used by GMixModel's multi-worker `_maybe_symbolic_build` on this
+    worker's first local batch (keras-team/keras#20585, point 1).
+    """
+    model._symbolic_build(data_batch=data_batch)
+
+
+def loss_tracker(model):
+    """The `Mean` metric behind fit's `loss` log (`Model._loss_tracker`).
+
+    A custom train_step that reports "loss" must update this very tracker:
+    fit shows the tracker's value for a key equal to a compiled metric's name
+    (SPEC.md section 7). Keras updates it only inside `compute_loss`, which
+    GMixModel does not call (its loss is per example, on mixed labels). No
+    upstream issue; internal since Keras 3.0.
+    """
+    return model._loss_tracker
+
+
+def set_initial_epoch(model, epoch):
+    """Makes the next `fit` start at `epoch` (None: fit's own `initial_epoch`).
+
+    `Model._initial_epoch` is what Keras' own BackupAndRestore sets since
+    the fix of keras-team/keras#19179 (Keras 3.0 did not resume the epoch);
+    a callback has no public way to move fit's starting epoch. Keras reads
+    it but never clears it, so callers reset it to None at train end.
+    """
+    model._initial_epoch = epoch
+
+
+# -- keras.callbacks (keras/src/callbacks/tensorboard.py, csv_logger.py)
+
+
+def set_tensorboard_train_step(callback, step):
+    """Sets the batch counter of a `keras.callbacks.TensorBoard` (`_global_train_batch`).
+
+    The callback counts batches from 0 in every `fit` call, so a resumed run
+    would write its batch scalars over the first attempt's steps; there is
+    no argument to start elsewhere. The callback increments before writing:
+    pass one below the first step to write. No upstream issue; internal
+    since Keras 3.0.
+    """
+    callback._global_train_batch = step
+
+
+def csv_logger_write_header(logger):
+    """Makes a `keras.callbacks.CSVLogger` write its header line (`append_header`).
+
+    With `append=True` the logger decides once, at `on_train_begin`, whether
+    the file needs a header, and never sets the flag back: a logger that
+    truncates or removes its file before opening it must set it again. No
+    upstream issue; `append_header` is an undocumented attribute.
+    """
+    logger.append_header = True
+
+
+def csv_logger_set_columns(logger, columns):
+    """Fixes the columns a `keras.callbacks.CSVLogger` writes (its `keys`).
+
+    The logger takes its columns from the first epoch's logs; when that
+    epoch validates and earlier ones did not (validation_freq > 1), or the
+    other way round, the appended rows would not match the header kept from
+    an earlier attempt. tensorflow/tensorflow#40114 (CSVLogger with
+    validation_freq > 1; still the behaviour of Keras 3). `keys` is an
+    undocumented attribute, reset to None by `on_train_begin`: call this
+    after it.
+    """
+    logger.keys = list(columns)
+
+
+# -- keras.Model kinds (keras/src/models/functional.py)
+
+
+def is_functional(model):
+    """True for a functional model (an instance of Keras' `Functional` class).
+
+    `keras.models.clone_model` accepts a `clone_function` only for
+    Sequential and functional models, and Keras exports no `Functional`
+    class to test for the second. No upstream issue; internal since
+    Keras 3.0.
+    """
+    from keras.src.models.functional import Functional
+
+    return isinstance(model, Functional)
+
+
+# -- tf.distribute
+
+
+def in_multi_worker_mode(strategy):
+    """`StrategyExtended._in_multi_worker_mode()`: does `strategy` span several workers?
+
+    TensorFlow has no public way to ask; GMixModel needs it to apply its
+    MultiWorkerMirroredStrategy workarounds (keras-team/keras#20585) only
+    there. A strategy without the method is treated as single-worker.
+    """
+    method = getattr(strategy.extended, "_in_multi_worker_mode", None)
+    return bool(method and method())
+
+
+def strategy_supports_no_merge_call():
+    """`tf.__internal__.distribute.strategy_supports_no_merge_call()`.
+
+    True when the current strategy's optimizer update needs no merge_call,
+    so a `tf.cond` around `optimizer.apply` may run in the replica context.
+    Keras' LossScaleOptimizer asks the same question for the same reason
+    (keras-team/keras#18666, fixed by keras-team/keras#18691); TensorFlow
+    exposes it only under `tf.__internal__`.
+    """
+    import tensorflow as tf
+
+    return tf.__internal__.distribute.strategy_supports_no_merge_call()
+
+
+# The private names above, for tests/test_compat.py: each function here
+# must have a canary there.
+INTERNALS = (
+    "maybe_symbolic_build",
+    "symbolic_build",
+    "loss_tracker",
+    "set_initial_epoch",
+    "set_tensorboard_train_step",
+    "csv_logger_write_header",
+    "csv_logger_set_columns",
+    "is_functional",
+    "in_multi_worker_mode",
+    "strategy_supports_no_merge_call",
+)
