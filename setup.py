@@ -38,7 +38,7 @@ setup(
         "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
         "test": ["pytest>=8", "pytest-timeout", "ruff>=0.17,<0.18"],  # ruff: .ci/run's lint
         # tf-keras pulls in the full `tensorflow` wheel: benchmarks only.
-        "bench": ["tf-keras==2.21.0", "mnist1d", "psutil"],
+        "bench": ["tf-keras==2.21.0", "mnist1d", "psutil", "scipy"],
     },
     entry_points={
         "console_scripts": [

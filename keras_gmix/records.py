@@ -34,9 +34,43 @@ def _holder_text():
     return f"process {os.getpid()} on host {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
 
 
-def _read_holder(fd):
+def lock_file(path):
+    """Takes the OS lock (`fcntl.flock`) on `path` without waiting.
+
+    The file is created if missing, and this process's name is written into
+    it once the lock is held.
+
+    Args:
+        path: the lock file.
+
+    Returns:
+        The open file descriptor, which holds the lock until it is closed or
+        the process ends (the kernel releases it then, SIGKILL included);
+        `None` when another process (or another descriptor of this one)
+        holds it: `lock_holder(path)` names that process.
+    """
+    # Opened without truncating: the holder's name must survive our look.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        text = os.pread(fd, 4096, 0).decode("utf-8", errors="replace").strip()
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, _holder_text().encode("utf-8"), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def lock_holder(path):
+    """The process named in the lock file `path`, as a phrase."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read(4096).strip()
     except OSError:
         text = ""
     # The holder writes its name just after taking the lock: it may not be
@@ -64,21 +98,15 @@ def hold_run_folder(folder):
     ...     train_and_write_the_record()
     """
     path = os.path.join(folder, LOCK_FILE)
-    # Opened without truncating: the holder's name must survive our look.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = lock_file(path)
+    if fd is None:
+        raise RunFolderInUseError(
+            f"{folder} is in use by {lock_holder(path)}: a run folder is "
+            "written by one process at a time. Wait for that process to "
+            "end (or stop it), then try again; its lock goes with it, so "
+            "there is nothing to delete."
+        )
     try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunFolderInUseError(
-                    f"{folder} is in use by {_read_holder(fd)}: a run folder is "
-                    "written by one process at a time. Wait for that process to "
-                    "end (or stop it), then try again; its lock goes with it, so "
-                    "there is nothing to delete."
-                ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, _holder_text().encode("utf-8"), 0)
         yield
     finally:
         # Closing the only descriptor releases the lock. The file stays:

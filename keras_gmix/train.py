@@ -374,15 +374,25 @@ def resolve_augment(config):
     return "none" if config.dataset == "digits" else "standard"
 
 
-def build_model(config, splits):
-    inner = models_lib.build_model(
-        config.model,
-        num_classes=splits.num_classes,
-        input_shape=splits.input_shape,
-        weight_decay=config.weight_decay / 2,
-        classifier_activation=None,  # logits: the loss applies the softmax stably
-        batchnorm=keras.layers.BatchNormalization if config.stock_batchnorm else layers_lib.BatchNormalization,
-    )
+def build_model(config, splits, inner=None):
+    """The GMixModel of `config` around `inner`.
+
+    Args:
+        config: a `TrainConfig`.
+        splits: the data's `Splits` (for the classes and the input shape).
+        inner: a `keras.Model` (logits out) to wrap instead of
+            `config.model`, e.g. a network the model registry lacks; its
+            weight decay is then the caller's. Defaults to `None`.
+    """
+    if inner is None:
+        inner = models_lib.build_model(
+            config.model,
+            num_classes=splits.num_classes,
+            input_shape=splits.input_shape,
+            weight_decay=config.weight_decay / 2,
+            classifier_activation=None,  # logits: the loss applies the softmax stably
+            batchnorm=keras.layers.BatchNormalization if config.stock_batchnorm else layers_lib.BatchNormalization,
+        )
     return GMixModel(
         inner,
         method=config.method,
@@ -399,13 +409,13 @@ def build_model(config, splits):
     )
 
 
-def build_compiled_model(config, splits, steps_per_epoch):
+def build_compiled_model(config, splits, steps_per_epoch, inner=None):
     """The GMixModel of `config`, compiled with its optimizer, schedule and loss.
 
     Call it inside the strategy's scope. With `label_smoothing`, the loss
-    expects one-hot labels.
+    expects one-hot labels. `inner`: as in `build_model`.
     """
-    model = build_model(config, splits)
+    model = build_model(config, splits, inner)
     optimizer = keras.optimizers.SGD(
         learning_rate_schedule(config, steps_per_epoch),
         momentum=config.momentum,
@@ -552,6 +562,55 @@ def _run_held(config, output, strategy, extra_callbacks):
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
+def fit_and_evaluate(
+    model, train_ds, test_ds, *, epochs, steps_per_epoch, callbacks, loggers, verbose, validation_freq=1
+):
+    """Fits `model` on `train_ds` (validating on `test_ds`), then evaluates it on `test_ds`.
+
+    Args:
+        model: a compiled model.
+        train_ds: the training `tf.data.Dataset`, shuffled by itself (fit
+            does not shuffle).
+        test_ds: the held-out `tf.data.Dataset`.
+        epochs: int, the last epoch (a resumed fit starts at its backup's).
+        steps_per_epoch: int, or `None` for one pass over a finite `train_ds`.
+        callbacks: all Keras callbacks of the fit.
+        loggers: those of `callbacks` to close (`on_train_end`) when fit is
+            interrupted; not a backup, which is what a resume continues from.
+        verbose: fit's verbosity.
+        validation_freq: validate every this many epochs. Defaults to 1.
+
+    Returns:
+        `(history, wall_seconds, test)`: fit's `History.history`, the
+        seconds of this fit, and the `evaluate` metrics dict.
+    """
+    start = time.time()
+    try:
+        history = model.fit(
+            train_ds,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=test_ds,
+            validation_freq=validation_freq,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,  # the tf.data pipeline shuffles, seeded
+        )
+    except BaseException:
+        # fit calls no on_train_end when it is interrupted: close the loggers'
+        # files and writers (Keras' TensorBoard would otherwise leave its
+        # summary context in force for the rest of the process).
+        for callback in loggers:
+            try:
+                callback.on_train_end()
+            except Exception:  # noqa: BLE001  the original error matters more
+                pass
+        raise
+    wall_seconds = time.time() - start
+    test = model.evaluate(test_ds, verbose=0, return_dict=True)
+    return history.history, wall_seconds, test
+
+
 def _run(config, output, backup_dir, results_path, strategy, extra_callbacks):
     splits = data_lib.load_dataset(
         config.dataset,
@@ -607,30 +666,16 @@ def _run(config, output, backup_dir, results_path, strategy, extra_callbacks):
     backup = checkpoint_lib.BackupAndRestore(backup_dir, delete_checkpoint=False)
     callbacks = loggers + [backup] + extra_callbacks
 
-    start = time.time()
-    try:
-        model.fit(
-            train_ds,
-            epochs=config.epochs,
-            steps_per_epoch=steps_per_epoch,  # the training stream is endless
-            validation_data=test_ds,
-            callbacks=callbacks,
-            verbose=config.verbose,
-            shuffle=False,  # the tf.data pipeline shuffles, seeded
-        )
-    except BaseException:
-        # fit calls no on_train_end when it is interrupted: close the loggers'
-        # files and writers (Keras' TensorBoard would otherwise leave its
-        # summary context in force for the rest of the process). Not the
-        # backup: it is what --resume continues from.
-        for callback in loggers:
-            try:
-                callback.on_train_end()
-            except Exception:  # noqa: BLE001  the original error matters more
-                pass
-        raise
-    wall_seconds = time.time() - start
-    test = model.evaluate(test_ds, verbose=0, return_dict=True)
+    _, wall_seconds, test = fit_and_evaluate(
+        model,
+        train_ds,
+        test_ds,
+        epochs=config.epochs,
+        steps_per_epoch=steps_per_epoch,  # the training stream is endless
+        callbacks=callbacks,
+        loggers=loggers,
+        verbose=config.verbose,
+    )
     history = callbacks_lib.read_history(os.path.join(output, "history.csv"))
     last = history[-1] if history else {}
     results = {

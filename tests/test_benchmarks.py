@@ -1,13 +1,15 @@
-"""Tests for the pure functions of the benchmark scripts (benchmarks/).
+"""Tests for the benchmark scripts (benchmarks/).
 
 The statistics in the committed reports come from these functions, so they
-are checked against independent references: SciPy's paired t-test for the
-by-hand fallback, and sums worked out by hand for the flattening measure.
+are checked against values worked out by hand; the run claims against real
+processes; a killed training run against an uninterrupted one.
 """
 
-import builtins
-import importlib.util
+import json
 import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,79 +17,56 @@ import pytest
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
 
-def load(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(BENCHMARKS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def generalization():
+    sys.path.insert(0, BENCHMARKS)
+    import generalization
+
+    return generalization
 
 
 @pytest.fixture(scope="module")
-def generalization():
-    return load("generalization")
+def plan(generalization):
+    import generalization_plan
+
+    return generalization_plan
 
 
-PAIRED_CASES = [
-    ([0.61, 0.65, 0.63], [0.66, 0.69, 0.67]),  # 3 seeds, a clear gain
-    ([0.9171, 0.9080, 0.9262], [0.9542, 0.9537, 0.9547]),
-    ([0.50, 0.52, 0.49, 0.51, 0.50], [0.51, 0.50, 0.50, 0.52, 0.49]),  # no effect
-]
+@pytest.fixture(scope="module")
+def report(generalization):
+    import generalization_report
+
+    return generalization_report
 
 
-@pytest.mark.parametrize("a, b", PAIRED_CASES)
-def test_paired_test_by_hand_matches_scipy(generalization, a, b, monkeypatch):
-    """Without SciPy the p-value is integrated by hand; it must match ttest_rel."""
-    from scipy import stats
-
-    expected_diff = float(np.mean(np.subtract(b, a)))
-    expected_p = float(stats.ttest_rel(b, a).pvalue)
-    real_import = builtins.__import__
-
-    def refuse_scipy(name, *args, **kwargs):
-        if name == "scipy" or name.startswith("scipy."):
-            raise ImportError("scipy hidden by the test")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", refuse_scipy)
-    with pytest.raises(ImportError):
-        from scipy import stats as _  # noqa: F401  (the hiding works)
-    diff, p = generalization.paired_test(a, b)
-    assert diff == pytest.approx(expected_diff, abs=1e-12)
-    assert p == pytest.approx(expected_p, rel=1e-4, abs=1e-6)
+def test_paired_test_p_value_by_hand(report):
+    # Differences +3 and -1 points: t = 1 / (sqrt(8) / sqrt(2)) = 0.5 with one
+    # degree of freedom, where Student's t is Cauchy: p = 1 - 2 / pi * atan(t).
+    diff, p = report.paired_test([0.70, 0.72], [0.73, 0.71])
+    assert diff == pytest.approx(0.01)
+    assert p == pytest.approx(1 - 2 / np.pi * np.arctan(0.5), rel=1e-9)
 
 
-def test_paired_test_degenerate_cases(generalization):
-    assert generalization.paired_test([], []) == (None, None)
-    diff, p = generalization.paired_test([0.5], [0.6])  # one seed: no test
+def test_paired_test_degenerate_cases(report):
+    assert report.paired_test([], []) == (None, None)
+    diff, p = report.paired_test([0.5], [0.6])  # one seed: no test
     assert diff == pytest.approx(0.1) and p is None
-    diff, p = generalization.paired_test([0.5, 0.6], [0.6, 0.7])  # constant difference
+    diff, p = report.paired_test([0.5, 0.6], [0.6, 0.7])  # constant difference
     assert diff == pytest.approx(0.1) and p is None
 
 
-def test_flattening_compares_the_last_two_tenths(generalization):
+def test_flattening_compares_the_last_two_tenths(report):
     # 20 epochs: k = 2; epochs 17-18 average 3.0, epochs 19-20 average 2.0.
     loss = [9.0] * 16 + [3.5, 2.5, 2.0, 2.0]
-    assert generalization.flattening(loss) == pytest.approx(3.0 / 2.0 - 1.0)
-    assert generalization.flattening([1.0] * 50) == pytest.approx(0.0)
+    assert report.flattening(loss) == pytest.approx(3.0 / 2.0 - 1.0)
+    assert report.flattening([1.0] * 50) == pytest.approx(0.0)
 
 
-def test_late_gain_is_end_minus_seventy_percent(generalization):
+def test_late_gain_is_end_minus_seventy_percent(report):
     acc = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
     # index round(0.7 * 10) - 1 = 6 holds 0.7
-    assert generalization.late_gain({"history": {"val_accuracy": acc}}) == pytest.approx(0.95 - 0.7)
-    assert np.isnan(generalization.late_gain({"history": {}}))
-
-
-def test_budget_epochs_per_subset(generalization):
-    assert generalization.budget_epochs("mnist1d", "4000") == 200
-    assert generalization.budget_epochs("cifar10_partial", "2500") == 200
-    assert generalization.budget_epochs("cifar10_partial", "5438") == 200
-    generalization.BUDGETS["cifar10_partial"]["epochs_by_subset"] = {"5438": 100}
-    try:
-        assert generalization.budget_epochs("cifar10_partial", "5438") == 100
-        assert generalization.budget_epochs("cifar10_partial", "2500") == 200
-    finally:
-        del generalization.BUDGETS["cifar10_partial"]["epochs_by_subset"]
+    assert report.late_gain({"history": {"val_accuracy": acc}}) == pytest.approx(0.95 - 0.7)
+    assert np.isnan(report.late_gain({"history": {}}))
 
 
 @pytest.mark.parametrize("key, expected", [
@@ -95,72 +74,89 @@ def test_budget_epochs_per_subset(generalization):
     ("cifar10_partial:2500", ("cifar10_partial", "2500")),
     ("cifar10_partial:5438", ("cifar10_partial", "5438")),
 ])
-def test_parse_dataset(generalization, key, expected):
-    assert generalization.parse_dataset(key) == expected
+def test_parse_dataset(plan, key, expected):
+    assert plan.parse_dataset(key) == expected
 
 
 @pytest.mark.parametrize("key", ["cifar10", "cifar10_partial", "cifar10_partial:3000", "mnist1d:100"])
-def test_parse_dataset_refuses_unknown_keys(generalization, key):
+def test_parse_dataset_refuses_unknown_keys(plan, key):
     with pytest.raises(ValueError):
-        generalization.parse_dataset(key)
+        plan.parse_dataset(key)
 
 
-def test_a_claimed_run_is_not_claimed_twice(generalization, tmp_path):
+@pytest.mark.parametrize("variant, expected", [
+    ("gmix", ("gmix", {})),
+    ("gmix-k5", ("gmix", {"perturb_every": 5})),
+    ("dgmix-k5-r0.3", ("dgmix", {"perturb_every": 5, "reuse_scale": 0.3})),
+    ("gmix-p0.2", ("gmix", {"perturb_probability": 0.2})),
+])
+def test_parse_variant(plan, variant, expected):
+    assert plan.parse_variant(variant) == expected
+
+
+@pytest.mark.parametrize("variant", ["sgd", "gmix-x5", "gmix-"])
+def test_parse_variant_refuses_unknown_names(plan, variant):
+    with pytest.raises(ValueError):
+        plan.parse_variant(variant)
+
+
+def test_a_claimed_run_is_not_claimed_twice(plan, generalization, tmp_path):
     path = str(tmp_path / "erm_seed0.json")
-    assert generalization.claim(path)
-    assert not generalization.claim(path)  # held by a live process (this one)
-    generalization.release(path)
-    assert generalization.claim(path)
+    fd = generalization.claim(path)
+    assert fd is not None
+    assert generalization.claim(path) is None  # held (by this process, through another descriptor)
+    generalization.release(path, fd)  # failed: no result
+    assert os.path.exists(path + ".claim")  # left, unlocked
+    fd = generalization.claim(path)
+    assert fd is not None
+    plan.write_json(path, {"test_accuracy": 0.5})
+    generalization.release(path, fd)
+    assert not os.path.exists(path + ".claim")  # the result is there: the claim goes
 
 
-def test_a_finished_run_is_not_claimed(generalization, tmp_path):
+def test_a_finished_run_is_not_claimed(plan, generalization, tmp_path):
     path = str(tmp_path / "erm_seed0.json")
-    generalization.write_json(path, {"test_accuracy": 0.5})
-    assert not generalization.claim(path)
+    plan.write_json(path, {"test_accuracy": 0.5})
+    assert generalization.claim(path) is None
     assert not os.path.exists(path + ".claim")
 
 
-def test_the_claim_of_a_dead_process_is_taken_over(generalization, tmp_path):
-    import subprocess
-    import sys
-
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
+def test_the_claim_of_a_killed_process_is_free_at_once(generalization, tmp_path):
     path = str(tmp_path / "erm_seed0.json")
-    generalization.write_json(path + ".claim", {"pid": dead.pid, "boot": generalization.boot_id()})
-    assert generalization.claim(path)
-    assert generalization.read_json(path + ".claim")["pid"] == os.getpid()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; sys.path.insert(0, sys.argv[1]); import generalization as g\n"
+         "assert g.claim(sys.argv[2]) is not None\nprint('held', flush=True)\nsys.stdin.read()",
+         BENCHMARKS, path],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert generalization.claim(path) is None  # a live process holds it
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    finally:
+        holder.kill()
+    fd = generalization.claim(path)
+    assert fd is not None
+    assert f"process {os.getpid()}" in open(path + ".claim").read()
+    generalization.release(path, fd)
 
 
-def test_the_claim_of_another_boot_is_taken_over(generalization, tmp_path):
+def test_a_claim_file_of_the_pid_protocol_is_taken(plan, generalization, tmp_path):
+    # Left by the script before the OS lock (a JSON pid and boot id): unlocked.
     path = str(tmp_path / "erm_seed0.json")
-    generalization.write_json(path + ".claim", {"pid": os.getpid(), "boot": "another boot"})
-    assert generalization.claim(path)
-    assert generalization.read_json(path + ".claim")["boot"] == generalization.boot_id()
+    plan.write_json(path + ".claim", {"pid": os.getpid(), "boot": "an old boot"})
+    fd = generalization.claim(path)
+    assert fd is not None
+    generalization.release(path, fd)
 
 
-def test_an_empty_claim_blocks_while_it_may_still_be_written(generalization, tmp_path):
-    path = str(tmp_path / "erm_seed0.json")
-    open(path + ".claim", "w").close()  # created, not yet written
-    assert not generalization.claim(path)
-    assert os.path.getsize(path + ".claim") == 0  # left to its owner
-
-
-def test_an_old_empty_claim_is_taken_over(generalization, tmp_path):
-    # Its process was killed between creating the file and writing it.
-    path = str(tmp_path / "erm_seed0.json")
-    open(path + ".claim", "w").close()
-    old = os.path.getmtime(path + ".claim") - generalization.CLAIM_WRITE_SECONDS - 1
-    os.utime(path + ".claim", (old, old))
-    assert generalization.claim(path)
-    assert generalization.read_json(path + ".claim")["pid"] == os.getpid()
-
-
-def test_write_json_leaves_no_temporary_file(generalization, tmp_path):
+def test_write_json_leaves_no_temporary_file(plan, tmp_path):
     path = str(tmp_path / "runs" / "erm_seed0.json")
-    generalization.write_json(path, {"test_accuracy": 0.5})
-    generalization.write_json(path, {"test_accuracy": 0.75})
-    assert generalization.read_json(path) == {"test_accuracy": 0.75}
+    plan.write_json(path, {"test_accuracy": 0.5})
+    plan.write_json(path, {"test_accuracy": 0.75})
+    assert plan.read_json(path) == {"test_accuracy": 0.75}
     assert os.listdir(tmp_path / "runs") == ["erm_seed0.json"]
 
 
@@ -190,8 +186,8 @@ def tiny_cifar_task(generalization, epochs):
     task.x_train = rng.integers(0, 256, (48, 8, 8, 3)).astype("uint8")
     task.y_train = np.arange(48) % 3
     task.x_test, task.y_test = task.x_train[:24], task.y_train[:24]
-    task.num_classes, task.normalization, task.flip = 3, None, True
-    task.build_inner = lambda: keras.Sequential([
+    task.num_classes, task.normalization, task.flip, task.splits = 3, None, True, None
+    task.inner = lambda: keras.Sequential([
         keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), kg.layers.BatchNormalization(),
         keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3),
     ])
@@ -241,10 +237,10 @@ def test_a_killed_resumable_run_resumes_and_ends_as_an_uninterrupted_one(general
     assert resumed["config"]["training_stream"] == "keyed by (seed, epoch), resumable"
 
 
-def test_only_the_5438_set_is_resumable(generalization):
-    assert generalization.is_resumable("cifar10_partial", "5438")
-    assert not generalization.is_resumable("cifar10_partial", "2500")  # its runs used the plain stream
-    assert not generalization.is_resumable("mnist1d", "4000")
+def test_only_the_5438_set_is_resumable(plan):
+    assert plan.is_resumable("cifar10_partial", "5438")
+    assert not plan.is_resumable("cifar10_partial", "2500")  # its runs used the plain stream
+    assert not plan.is_resumable("mnist1d", "4000")
 
 
 def fake_run(method, seed, epochs, test_accuracy, loss):
@@ -254,18 +250,18 @@ def fake_run(method, seed, epochs, test_accuracy, loss):
             "history": {"loss": loss, "val_accuracy": [test_accuracy]}}
 
 
-def test_a_budget_check_is_paired_with_the_same_seed_at_the_budget(generalization, tmp_path):
-    folder = generalization.run_dir(str(tmp_path), "cifar10_partial", "5438")
+def test_a_budget_check_is_paired_with_the_same_seed_at_the_budget(plan, report, tmp_path):
+    folder = plan.run_dir(str(tmp_path), "cifar10_partial", "5438")
     # 20 epochs: the last two tenths are epochs 17-18 and 19-20.
     budget_loss = [1.0] * 16 + [0.6, 0.6, 0.5, 0.5]  # 0.6 / 0.5 - 1 = 20%
     check_loss = [1.0] * 26 + [0.44, 0.44, 0.44, 0.4, 0.4, 0.4]  # 30 epochs: 0.44 / 0.4 - 1 = 10%
-    generalization.write_json(os.path.join(folder, "erm_seed0.json"),
+    plan.write_json(os.path.join(folder, "erm_seed0.json"),
                               fake_run("erm", 0, 20, 0.70, budget_loss))
-    generalization.write_json(os.path.join(folder, "erm_seed1.json"),
+    plan.write_json(os.path.join(folder, "erm_seed1.json"),
                               fake_run("erm", 1, 20, 0.60, [1.0] * 20))
-    generalization.write_json(os.path.join(folder, "erm_seed0_e30.json"),
+    plan.write_json(os.path.join(folder, "erm_seed0_e30.json"),
                               fake_run("erm", 0, 30, 0.75, check_loss))
-    data = generalization.collect(str(tmp_path), seeds=[0, 1])["datasets"]["cifar10_partial:5438"]
+    data = report.collect(str(tmp_path), seeds=[0, 1])["datasets"]["cifar10_partial:5438"]
 
     (check,) = data["budget_checks"]
     assert (check["method"], check["seed"], check["epochs"], check["budget_epochs"]) == ("erm", 0, 30, 20)
@@ -277,13 +273,12 @@ def test_a_budget_check_is_paired_with_the_same_seed_at_the_budget(generalizatio
     assert data["other_budgets"][30]["erm"]["test_accuracy"] == [0.75]
 
 
-def test_the_summary_tables_show_means_and_paired_differences(generalization):
+def test_the_summary_tables_show_means_and_paired_differences(report):
     accuracies = {"mixup": [0.70, 0.72], "sam": [0.60, 0.64], "gmix": [0.73, 0.71]}
     runs = {(m, s): fake_run(m, s, 20, a, [1.0] * 20)
             for m, accs in accuracies.items() for s, a in enumerate(accs)}
     runs[("dgmix", 1)] = fake_run("dgmix", 1, 20, 0.75, [1.0] * 20)
-    report = {"datasets": {"mnist1d": {"rows": generalization.method_rows(runs, [0, 1])}}}
-    lines = generalization.summary_lines(report, n_seeds=2)
+    lines = report.summary_lines({"datasets": {"mnist1d": {"rows": report.method_rows(runs, [0, 1])}}}, n_seeds=2)
 
     assert "| gmix | 72.00 ± 1.41 |" in lines  # std with ddof=1: |0.73 - 0.71| / sqrt(2)
     assert "| dgmix | 75.00 (1/2 seeds) |" in lines
@@ -292,3 +287,42 @@ def test_the_summary_tables_show_means_and_paired_differences(generalization):
     assert "| MNIST-1D | Mixup | +1.00 (p 0.705) | — | +3.00 (1 seed) |" in lines
     # gmix - sam: +13, +7; mean +10, t = 10 / (sqrt(18) / sqrt(2)) = 3.33, p = 0.186.
     assert "| MNIST-1D | SAM | +10.00 (p 0.186) | — | +11.00 (1 seed) |" in lines
+
+
+def test_a_folder_with_schedule_variant_runs_is_read(plan, report, tmp_path):
+    folder = plan.run_dir(str(tmp_path), "mnist1d", "4000")
+    plan.write_json(os.path.join(folder, "gmix_seed0.json"), fake_run("gmix", 0, 20, 0.70, [1.0] * 20))
+    plan.write_json(os.path.join(folder, "gmix-k5_seed0.json"), fake_run("gmix-k5", 0, 20, 0.60, [1.0] * 20))
+    plan.write_json(os.path.join(folder, "dgmix-k5-r0.3_seed0.json"),
+                              fake_run("dgmix-k5-r0.3", 0, 20, 0.60, [1.0] * 20))
+    data = report.collect(str(tmp_path), seeds=[0])["datasets"]["mnist1d"]
+    assert data["rows"]["gmix"]["test_accuracy"] == [0.70]
+    assert data["rows"]["dgmix"]["seeds_done"] == []
+    assert data["budget_checks"] == []
+
+
+def test_budget_reasons_are_read_from_wrapped_bullets(report, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "# B\n\n### Why these budgets\n\nIntro.\n\n"
+        "- `mnist1d`: at 100 epochs it still rose\n  (0.4-1.7 points).\n"
+        "- `cifar10_partial:2500`: the same.\n- `cifar10_partial:5438`: the same.\n\n"
+        "### Next\n- `x`: y\n"
+    )
+    reasons = report.budget_reasons(str(readme))
+    assert reasons["mnist1d"] == "at 100 epochs it still rose (0.4-1.7 points)"
+    assert "x" not in reasons
+    budgets = report.recorded_budgets(reasons)
+    assert budgets["cifar10_partial"]["why"] == "the same"
+    assert "why_by_subset" not in budgets["cifar10_partial"]  # 5438 says the same
+    assert "sweep" not in budgets["mnist1d"]
+    readme.write_text("# B\n\n### Why these budgets\n\n- `mnist1d`: one.\n")
+    with pytest.raises(ValueError, match="no reason for"):
+        report.budget_reasons(str(readme))
+
+
+def test_the_committed_report_records_the_readme_budgets(report):
+    # The report quotes benchmarks/README.md: an edit there changes the report.
+    committed = report.read_json(os.path.join(BENCHMARKS, "results", "generalization.json"))
+    recorded = json.loads(json.dumps(report.recorded_budgets(report.budget_reasons())))
+    assert committed["budgets"] == recorded
