@@ -400,7 +400,8 @@ def main(argv=None):
     parser.add_argument("--rho", type=float, default=None, help="override the swept rho")
     parser.add_argument("--alpha", type=float, default=None, help="override the swept alpha")
     parser.add_argument("--sweep", action="store_true", help="run the (alpha, rho) sweep")
-    parser.add_argument("--report", action="store_true", help="only build the md/json/png")
+    parser.add_argument("--report", action="store_true",
+                        help="only build the reports: generalization and schedules .md/.json/.png")
     parser.add_argument("--out", default=DEFAULT_OUT, help="results folder")
     parser.add_argument("--verbose", type=int, default=2, help="fit's verbosity (2: a line per epoch)")
     args = parser.parse_args(argv)
@@ -414,8 +415,12 @@ def main(argv=None):
     print("command:", " ".join(shlex.quote(a) for a in [os.path.basename(sys.argv[0])] + sys.argv[1:]), flush=True)
     if args.report:
         from generalization_report import write_report
+        import schedule_report
 
         write_report(args)
+        # The efficient schedules' accuracy/cost table and frontier figure
+        # (schedules.md/.json/.png), from the same run files.
+        schedule_report.write(args.out)
     elif args.sweep:
         do_sweep(args)
     else:

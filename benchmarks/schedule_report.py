@@ -14,7 +14,7 @@ generalization report:
 - one figure: test accuracy against cost per step, one point per method or
   schedule with its seed spread, and the accuracy/cost frontier.
 
-Usage:
+Usage (also run by `python benchmarks/generalization.py --report`):
 
     python benchmarks/schedule_report.py            # reads/writes benchmarks/results
 """
@@ -184,18 +184,16 @@ def build(out):
     return report
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=DEFAULT_OUT, help="results folder (default: benchmarks/results)")
-    args = parser.parse_args(argv)
-    report = build(args.out)
+def write(out):
+    """Writes schedules.md, .json and .png into `out` from its run files."""
+    report = build(out)
     lines = ["# Efficient schedules: accuracy against cost", "",
              "Made by `python benchmarks/schedule_report.py` from the run files of "
              "`benchmarks/generalization.py` (see benchmarks/README.md).", ""]
     for data in report.values():
         if data["rows"]:
             lines += table(data["rows"], data["title"], data["seeds"], set(data["frontier"]))
-    base = os.path.join(args.out, "schedules")
+    base = os.path.join(out, "schedules")
     with open(base + ".md", "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
     with open(base + ".json", "w", encoding="utf-8") as f:
@@ -203,6 +201,12 @@ def main(argv=None):
     plot(report, base + ".png")
     print("\n".join(lines))
     print(f"wrote {base}.md, .json and .png")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=DEFAULT_OUT, help="results folder (default: benchmarks/results)")
+    write(parser.parse_args(argv).out)
 
 
 if __name__ == "__main__":
