@@ -405,3 +405,32 @@ class FlatnessMonitor(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+# -- the skip policy ------------------------------------------------------------
+
+
+class StopAfterConsecutiveSkips(keras.callbacks.Callback):
+    """Ends `fit` with an error after `limit` skipped (non-finite) steps in a row.
+
+    GMixModel skips a step whose loss or gradient is not finite (weights,
+    optimizer, BatchNorm statistics and metrics unchanged) and counts the
+    skips in a row in `model.consecutive_skips`; its `fit` adds this
+    callback with `max_consecutive_skips`, so that a diverged run stops
+    with a sentence instead of skipping forever.
+    """
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit = limit
+
+    def on_train_batch_end(self, batch, logs=None):
+        skips = int(keras.ops.convert_to_numpy(self.model.consecutive_skips))
+        if skips >= self.limit:
+            self.model.stop_training = True
+            raise FloatingPointError(
+                f"Training stopped: the last {skips} steps all had a non-finite loss or "
+                "gradient, so each was skipped and the weights are those of the last good "
+                "step. Look for NaN/inf in the data, lower the learning rate, or add "
+                "gradient clipping (e.g. optimizer global_clipnorm)."
+            )

@@ -70,6 +70,28 @@ def keras_needs_multi_worker_workaround():
     return keras.__version__.startswith(MULTI_WORKER_PATCHED_KERAS)
 
 
+def needs_multi_worker_workaround(strategy):
+    """Whether fit under `strategy` needs the two workarounds below."""
+    return is_multi_worker(strategy) and keras_needs_multi_worker_workaround()
+
+
+def logs_for_keras(logs, strategy):
+    """A step's logs as Keras' fit can reduce them under `strategy` (point 2)."""
+    return logs_for_multi_worker(logs) if needs_multi_worker_workaround(strategy) else logs
+
+
+def symbolic_build_from_first_local_batch(model, iterator):
+    """Point 1: builds `model` (metrics, optimizer) from this worker's first
+    local batch, with no collective op. Building needs only shapes and
+    dtypes; Keras reduces the first distributed batch eagerly instead."""
+    strategy = model.distribute_strategy
+    for _, _, batches in iterator:
+        data_batch = first_local_batch(next(batches), strategy)
+        break
+    with strategy.scope():
+        compat.symbolic_build(model, data_batch)
+
+
 def first_local_batch(batch, strategy):
     """The first local replica's part of a distributed batch (no collective op)."""
 

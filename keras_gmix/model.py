@@ -9,6 +9,7 @@ import inspect
 import keras
 import tensorflow as tf
 
+from keras_gmix import callbacks
 from keras_gmix import checks
 from keras_gmix import compat
 from keras_gmix import distribute
@@ -322,27 +323,15 @@ class GMixModel(keras.Model):
             {name: value for name, value in logs.items() if name not in hidden}
         )
 
-    def _multi_worker_workaround(self):
-        return distribute.is_multi_worker(self.distribute_strategy) and (
-            distribute.keras_needs_multi_worker_workaround()
-        )
-
     def _distributable_logs(self, logs):
-        # keras-team/keras#20585, point 2 (see distribute.py).
-        return distribute.logs_for_multi_worker(logs) if self._multi_worker_workaround() else logs
+        return distribute.logs_for_keras(logs, self.distribute_strategy)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # keras-team/keras#20585, point 1 (see distribute.py): Keras reduces
-        # the first distributed batch with a collective op, eagerly, which
-        # fails across workers. Building needs only shapes and dtypes: take
-        # this worker's first local batch instead.
-        if iterator is None or not self._multi_worker_workaround():
+        # Keras' fit calls this private method by name, so the override stays
+        # here; the multi-worker workaround itself lives in distribute.py.
+        if iterator is None or not distribute.needs_multi_worker_workaround(self.distribute_strategy):
             return compat.maybe_symbolic_build(self, GMixModel, iterator=iterator, data_batch=data_batch)
-        for _, _, batches in iterator:
-            data_batch = distribute.first_local_batch(next(batches), self.distribute_strategy)
-            break
-        with self.distribute_strategy.scope():
-            compat.symbolic_build(self, data_batch)
+        distribute.symbolic_build_from_first_local_batch(self, iterator)
 
     # -- the step ---------------------------------------------------------
 
@@ -471,7 +460,7 @@ class GMixModel(keras.Model):
             first = tf.nest.flatten(x)[0]
             checks.check_labels(arguments.get("y"), self.num_classes(tf.convert_to_tensor(first[:1])))
             checks.check_sample_weight(arguments.get("sample_weight"))
-        guard = StopAfterConsecutiveSkips(self.max_consecutive_skips)
+        guard = callbacks.StopAfterConsecutiveSkips(self.max_consecutive_skips)
         arguments["callbacks"] = list(arguments.get("callbacks") or []) + [guard]
         return super().fit(**arguments)
 
@@ -590,22 +579,3 @@ class GMixModel(keras.Model):
             distribute.apply_if(finite, self.optimizer.apply, grads, self.inner.trainable_variables)
         self.record_step(result, finite, fault, x, y, y_one_hot, labels_are_ids, sample_weight, full)
         return self._distributable_logs(self.get_metrics_result())
-
-
-class StopAfterConsecutiveSkips(keras.callbacks.Callback):
-    """Ends `fit` with an error after `limit` skipped (non-finite) steps in a row."""
-
-    def __init__(self, limit):
-        super().__init__()
-        self.limit = limit
-
-    def on_train_batch_end(self, batch, logs=None):
-        skips = int(keras.ops.convert_to_numpy(self.model.consecutive_skips))
-        if skips >= self.limit:
-            self.model.stop_training = True
-            raise FloatingPointError(
-                f"Training stopped: the last {skips} steps all had a non-finite loss or "
-                "gradient, so each was skipped and the weights are those of the last good "
-                "step. Look for NaN/inf in the data, lower the learning rate, or add "
-                "gradient clipping (e.g. optimizer global_clipnorm)."
-            )
