@@ -231,10 +231,17 @@ class TrainConfig:
                 raise ValueError(
                     f"`{name}` must be one of {allowed}. Received: {getattr(self, name)!r}"
                 )
-        if not (str(self.dataset).endswith(".npz") or self.dataset in data_lib.DATASET_NAMES):
+        folder = self.dataset not in data_lib.DATASET_NAMES and os.path.isdir(str(self.dataset))
+        if not (str(self.dataset).endswith(".npz") or self.dataset in data_lib.DATASET_NAMES or folder):
             raise ValueError(
-                f"`dataset` must be one of {data_lib.DATASET_NAMES} or a path ending in "
-                f"'.npz'. Received: {self.dataset!r}"
+                f"`dataset` must be one of {data_lib.DATASET_NAMES}, a path ending in "
+                "'.npz', or an existing folder with one subfolder of images per class. "
+                f"Received: {self.dataset!r}"
+            )
+        if self.test_dataset is not None and not (folder and os.path.isdir(self.test_dataset)):
+            raise ValueError(
+                "`test_dataset` must be a folder of class subfolders, and needs a folder "
+                f"`dataset`. Received: dataset={self.dataset!r}, test_dataset={self.test_dataset!r}"
             )
         if self.warmup_epochs >= self.epochs:
             raise ValueError(
@@ -688,6 +695,7 @@ def _run(config, output, backup_dir, results_path, strategy, extra_callbacks):
         train_size=config.train_size,
         seed=config.seed,
         **({"image_size": config.image_size} if config.image_size is not None else {}),
+        **({"test_dataset": config.test_dataset} if config.test_dataset is not None else {}),
     )
 
     # The stream of epochs starts where the backup ends, so that a resumed
@@ -767,6 +775,7 @@ def _run(config, output, backup_dir, results_path, strategy, extra_callbacks):
         "epochs": config.epochs,
         "epochs_done": len(history),
         "seed": config.seed,
+        "class_names": None if splits.class_names is None else list(splits.class_names),
         "train_size": splits.train_size,
         "test_size": splits.test_size,
         "steps_per_epoch": steps_per_epoch,
