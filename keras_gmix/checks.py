@@ -159,7 +159,9 @@ def check_labels(y, num_classes):
                 "build the model with more classes."
             )
     else:
-        if y.ndim != 2 or y.shape[1] != num_classes:
+        if y.ndim != 2:
+            raise ValueError(_label_shape_text(y.shape, num_classes))
+        if y.shape[1] != num_classes:
             raise ValueError(
                 f"One-hot labels have {y.shape[-1]} columns (shape {y.shape}) but the model "
                 f"outputs {num_classes} classes."
@@ -195,6 +197,13 @@ def label_kind(shape, num_classes):
     if rank == 1 or (rank == 2 and shape[-1] == 1):
         return "ids"
     return "one_hot"
+
+
+def _label_shape_text(shape, num_classes):
+    return (
+        f"Labels must be class ids of shape (n,) or (n, 1), or one-hot rows of shape "
+        f"(n, {num_classes}) (the model's output width). Received labels of shape {tuple(shape)}."
+    )
 
 
 def _binary_labels_text(shape):
@@ -248,7 +257,9 @@ def labels_to_one_hot(y, num_classes):
         checks.append(tf.debugging.assert_non_negative(ids, message="class ids must be >= 0"))
         with tf.control_dependencies(checks):
             return tf.one_hot(ids, num_classes, dtype=tf.float32), kind
-    if y.shape.rank != 2 or y.shape[-1] != num_classes:
+    if y.shape.rank != 2:
+        raise ValueError(_label_shape_text(y.shape, num_classes))
+    if y.shape[-1] != num_classes:
         raise ValueError(
             f"Labels have {y.shape[-1]} classes (shape {y.shape}) but the model "
             f"outputs {num_classes}. Give one-hot labels of shape (batch, "
