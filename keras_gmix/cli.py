@@ -40,29 +40,38 @@ def _choices():
     }
 
 
+def _with_default(text, default):
+    """A help sentence with the default appended (argparse's own defaults are
+    None here, so that a config file's values are not overridden)."""
+    shown = "not set" if default is None else default
+    return f"{text} Default: {shown}."
+
+
 def _parser_from_config(config_cls, description, exclude=(), prog=None):
-    """An argparse parser with one --flag per TrainConfig field, typed from it."""
+    """An argparse parser with one --flag per TrainConfig field, typed from it,
+    with its help sentence from `train.FIELD_HELP`."""
     from keras_gmix import train
 
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", help="JSON or YAML file of settings; flags override it")
+    parser.add_argument("--config", metavar="FILE",
+                        help="JSON or YAML file of settings (the keys are the flags' names); "
+                             "flags given as well override it. Default: none.")
     defaults = config_cls()
     choices = _choices()
     for field in dataclasses.fields(config_cls):
         if field.name in exclude:
             continue
         flag = "--" + field.name.replace("_", "-")
-        default = getattr(defaults, field.name)
+        text = _with_default(train.FIELD_HELP[field.name], getattr(defaults, field.name))
         kind, _ = train.field_kind(field)
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"default: {default}")
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif kind is tuple:
-            parser.add_argument(flag, type=float, nargs="+", default=None, help=f"default: {default}")
+            parser.add_argument(flag, type=float, nargs="+", default=None, help=text)
         elif field.name in choices:
-            parser.add_argument(flag, choices=choices[field.name], default=None, help=f"default: {default}")
+            parser.add_argument(flag, choices=choices[field.name], default=None, help=text)
         else:
-            parser.add_argument(flag, type=kind, default=None, help=f"default: {default}")
+            parser.add_argument(flag, type=kind, default=None, help=text)
     return parser
 
 
@@ -74,11 +83,17 @@ def _config_values(train, args):
     return values
 
 
+def train_parser():
+    from keras_gmix import train
+
+    return _parser_from_config(train.TrainConfig, train_main.__doc__, prog="gmix-train")
+
+
 def train_main(argv=None):
     """`gmix-train`: one training run; with no arguments, dgmix on digits."""
     from keras_gmix import train
 
-    parser = _parser_from_config(train.TrainConfig, train_main.__doc__, prog="gmix-train")
+    parser = train_parser()
     args = vars(parser.parse_args(argv))
     try:
         values = train.resume_values(_config_values(train, args))
@@ -95,23 +110,31 @@ def train_main(argv=None):
     return 0
 
 
-def compare_main(argv=None):
-    """`gmix-compare`: runs methods x seeds on one recipe (or collects runs) into results.md and results.png."""
-    from keras_gmix import compare
+def compare_parser():
     from keras_gmix import train
 
     parser = _parser_from_config(
         train.TrainConfig, compare_main.__doc__, exclude=_COMPARE_REPLACES, prog="gmix-compare"
     )
     parser.add_argument("--methods", nargs="+", default=None,
-                        help=f"methods to run; default: all six {train.METHODS}")
-    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds to run; default: 0")
+                        help=f"Methods to train and compare, any of {train.METHODS}. Default: all six.")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="Seeds to train each method with (one run per method and seed). Default: 0.")
     parser.add_argument("--output", default=None,
-                        help="folder of the runs and of results.md/results.png; "
-                             "default: runs/compare-<time> (with --collect: the single DIR)")
+                        help="Folder of the runs and of results.md/results.png. "
+                             "Default: runs/compare-<time> (with --collect: the single DIR).")
     parser.add_argument("--collect", nargs="+", metavar="DIR", default=None,
-                        help="train nothing: read results.json of these run folders "
-                             "(searched recursively) and write the table and chart")
+                        help="Train nothing: read results.json of these run folders "
+                             "(searched recursively) and write the table and chart. Default: off.")
+    return parser
+
+
+def compare_main(argv=None):
+    """`gmix-compare`: runs methods x seeds on one recipe (or collects runs) into results.md and results.png."""
+    from keras_gmix import compare
+    from keras_gmix import train
+
+    parser = compare_parser()
     args = vars(parser.parse_args(argv))
     methods, seeds = args.pop("methods"), args.pop("seeds")
     output, collect = args.pop("output"), args.pop("collect")
@@ -133,34 +156,54 @@ def compare_main(argv=None):
     return 0
 
 
+def flatness_parser():
+    from keras_gmix import flatness_report as fr
+
+    parser = argparse.ArgumentParser(prog="gmix-flatness", description=flatness_main.__doc__)
+    parser.add_argument("models", nargs="+", metavar="MODEL.keras",
+                        help="Saved models to measure, e.g. <run>/model.keras.")
+    parser.add_argument("--dataset", default=None,
+                        help="Data set to measure on: a name, a .npz path or a folder of class "
+                             "subfolders. Default: the dataset of config.json beside the first model.")
+    parser.add_argument("--data-dir", default=None,
+                        help="Directory where TensorFlow Datasets keeps its data. Default: TFDS' own.")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="Digits and folders: side length in pixels the models take. "
+                             "Default: from config.json, else the data set's own size.")
+    parser.add_argument("--split", choices=("test", "train"), default="test",
+                        help="Split whose examples are measured. Default: test.")
+    parser.add_argument("--examples", type=int, default=512,
+                        help="Number of examples measured: the first N of the split. Default: 512.")
+    parser.add_argument("--output", default=None,
+                        help="Folder of the table and figures. Default: runs/flatness-<time>.")
+    defaults = fr.MEASURE_DEFAULTS
+    parser.add_argument("--rho", type=float, default=defaults["rho"],
+                        help=f"Radius of the rho-sharpness ball (>= 0). Default: {defaults['rho']}.")
+    parser.add_argument("--eigenvalue-iters", type=int, default=defaults["eigenvalue_iters"],
+                        help="Power iterations of the top Hessian eigenvalue. "
+                             f"Default: {defaults['eigenvalue_iters']}.")
+    parser.add_argument("--sharpness-steps", type=int, default=defaults["sharpness_steps"],
+                        help=f"Gradient-ascent steps of rho-sharpness. Default: {defaults['sharpness_steps']}.")
+    parser.add_argument("--trace-samples", type=int, default=defaults["trace_samples"],
+                        help="Hutchinson samples of the Hessian trace; 0 skips it. "
+                             f"Default: {defaults['trace_samples']}.")
+    parser.add_argument("--points", type=int, default=defaults["landscape_points"],
+                        help=f"Points of the 1D loss landscape. Default: {defaults['landscape_points']}.")
+    parser.add_argument("--span", type=float, default=defaults["landscape_span"],
+                        help="The 1D landscape runs over [-span, span] times a filter-normalized "
+                             f"direction. Default: {defaults['landscape_span']}.")
+    parser.add_argument("--seed", type=int, default=defaults["seed"],
+                        help=f"Seed of every random direction and vector. Default: {defaults['seed']}.")
+    parser.add_argument("--batch-size", type=int, default=defaults["batch_size"],
+                        help=f"Examples per evaluation batch. Default: {defaults['batch_size']}.")
+    return parser
+
+
 def flatness_main(argv=None):
     """`gmix-flatness`: top Hessian eigenvalue, rho-sharpness and 1D landscapes of saved models."""
     from keras_gmix import flatness_report as fr
 
-    parser = argparse.ArgumentParser(prog="gmix-flatness", description=flatness_main.__doc__)
-    parser.add_argument("models", nargs="+", metavar="MODEL.keras", help="saved models, e.g. <run>/model.keras")
-    parser.add_argument("--dataset", default=None,
-                        help="data set name or .npz path; default: from config.json beside the first model")
-    parser.add_argument("--data-dir", default=None, help="TFDS data directory")
-    parser.add_argument("--image-size", type=int, default=None, help="digits only: side length the models take")
-    parser.add_argument("--split", choices=("test", "train"), default="test", help="default: test")
-    parser.add_argument("--examples", type=int, default=512, help="first N examples of the split; default: 512")
-    parser.add_argument("--output", default=None, help="default: runs/flatness-<time>")
-    defaults = fr.MEASURE_DEFAULTS
-    parser.add_argument("--rho", type=float, default=defaults["rho"], help=f"default: {defaults['rho']}")
-    parser.add_argument("--eigenvalue-iters", type=int, default=defaults["eigenvalue_iters"],
-                        help=f"power iterations; default: {defaults['eigenvalue_iters']}")
-    parser.add_argument("--sharpness-steps", type=int, default=defaults["sharpness_steps"],
-                        help=f"ascent steps; default: {defaults['sharpness_steps']}")
-    parser.add_argument("--trace-samples", type=int, default=defaults["trace_samples"],
-                        help="Hutchinson samples of the Hessian trace; 0 skips it; default: 0")
-    parser.add_argument("--points", type=int, default=defaults["landscape_points"],
-                        help=f"1D landscape points; default: {defaults['landscape_points']}")
-    parser.add_argument("--span", type=float, default=defaults["landscape_span"],
-                        help=f"1D landscape over [-span, span]; default: {defaults['landscape_span']}")
-    parser.add_argument("--seed", type=int, default=defaults["seed"], help="default: 0")
-    parser.add_argument("--batch-size", type=int, default=defaults["batch_size"],
-                        help=f"default: {defaults['batch_size']}")
+    parser = flatness_parser()
     args = parser.parse_args(argv)
     try:
         result = fr.report(

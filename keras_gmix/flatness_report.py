@@ -29,7 +29,9 @@ from keras_gmix import records
 from keras_gmix.flatness import measure_flatness
 
 # The settings of a run's config.json that decide its data and preprocessing.
-DATA_KEYS = ("dataset", "data_dir", "download", "train_fraction", "train_size", "image_size", "seed")
+DATA_KEYS = (
+    "dataset", "test_dataset", "data_dir", "download", "train_fraction", "train_size", "image_size", "seed",
+)
 
 
 # ---------------------------------------------------------------------------
@@ -107,6 +109,7 @@ def load_examples(
     train_size=None,
     image_size=None,
     seed=0,
+    test_dataset=None,
 ):
     """The first `examples` images of a split, preprocessed as gmix-train does.
 
@@ -127,6 +130,7 @@ def load_examples(
         train_size=train_size,
         seed=seed,
         **({"image_size": image_size} if image_size is not None else {}),
+        **({"test_dataset": test_dataset} if test_dataset is not None else {}),
     )
     x = getattr(splits, f"x_{split}")[:examples]
     y = getattr(splits, f"y_{split}")[:examples]

@@ -125,8 +125,10 @@ def compute_update(
 
     Args:
         inner: a built Keras model.
-        x, y: the (already mixed, if the method mixes) batch; y one-hot/soft.
-        loss_fn: per-example loss `fn(y_true, y_pred) -> [n]`.
+        x, y: the (already mixed, if the method mixes) batch; y one-hot/soft
+            (a list in output order for several outputs).
+        loss_fn: per-example loss `fn(y_true, y_pred) -> [n]` (with several
+            outputs: summed over them, `losses.per_example_loss`).
         method, rho, sensitive_fraction, adaptive, eta: see `update_gradients`.
         sample_weight: optional [n] weights multiplying each l_i.
         scale_loss: applied to every differentiated loss inside the tapes
@@ -151,7 +153,8 @@ def compute_update(
         weights = [tf.convert_to_tensor(v) for v in inner.trainable_variables]
     if state is None:
         state = [tf.convert_to_tensor(v) for v in inner.non_trainable_variables]
-    n = tf.cast(tf.shape(y)[0], tf.float32)
+    # y is one label tensor, or a list of them for a model of several outputs.
+    n = tf.cast(tf.shape(tf.nest.flatten(y)[0])[0], tf.float32)
     training = _training_kwargs(inner)
 
     # Forward pass 1, at w. Its tape is kept (persistent) when more than one

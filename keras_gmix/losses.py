@@ -31,31 +31,14 @@ def _resolve(loss):
     if isinstance(loss, keras.losses.Loss) or callable(loss):
         return loss
     raise ValueError(
-        "GMixModel needs one loss for its single output: a Keras loss name, "
+        "GMixModel needs a loss per output: a Keras loss name, "
         "a `keras.losses.Loss` or a function `loss(y_true, y_pred)`. "
         f"Received: loss={loss!r}"
     )
 
 
-def per_example_loss(loss):
-    """Returns `fn(y_true, y_pred) -> [n]`, the unreduced loss per example.
-
-    Args:
-        loss: what was given to `compile(loss=...)`: a name, a
-            `keras.losses.Loss` or a function. Sparse categorical
-            cross-entropy is replaced by categorical cross-entropy with the
-            same `from_logits`, because labels reach it one-hot.
-
-    Returns:
-        A function of (y_true one-hot, y_pred) giving a float32 tensor of
-        shape [n]: each example's loss, averaged over any non-batch axes
-        (as Keras' "sum_over_batch_size" reduction would).
-    """
-    if isinstance(loss, (dict, list, tuple)):
-        raise ValueError(
-            "GMixModel supports models with one output and one loss. "
-            f"Received: loss={loss!r}"
-        )
+def _unreduced(loss):
+    """`fn(y_true, y_pred) -> [n]` of one output's resolved loss."""
     loss = _resolve(loss)
     # `Loss.call` is the unreduced loss; `__call__` would reduce it.
     unreduced = loss.call if isinstance(loss, keras.losses.Loss) else loss
@@ -67,6 +50,90 @@ def per_example_loss(loss):
         if values.shape.rank is not None and values.shape.rank > 1:
             values = tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
         return values
+
+    return fn
+
+
+def per_output(value, output_names, what):
+    """`value` (one for all outputs, a list in output order, or a dict keyed by
+    output name) as a list with one entry per output."""
+    count = len(output_names)
+    if isinstance(value, dict):
+        missing = [name for name in output_names if name not in value]
+        if missing:
+            raise ValueError(
+                f"`{what}` is a dict, but has no entry for the outputs {missing}; the "
+                f"model's outputs are {list(output_names)}. Give one entry per output."
+            )
+        return [value[name] for name in output_names]
+    if isinstance(value, (list, tuple)):
+        if len(value) != count:
+            raise ValueError(
+                f"`{what}` is a list of {len(value)}, but the model has {count} outputs "
+                f"{list(output_names)}. Give one entry per output, in that order."
+            )
+        return list(value)
+    return [value] * count
+
+
+def outputs_as_list(values, output_names):
+    """A model's predictions (or labels) as a list in output order."""
+    if isinstance(values, dict):
+        return [values[name] for name in output_names]
+    if isinstance(values, (list, tuple)):
+        return list(values)
+    return [values]
+
+
+def per_example_loss(loss, output_names=None, loss_weights=None):
+    """Returns `fn(y_true, y_pred) -> [n]`, the unreduced loss per example.
+
+    Args:
+        loss: what was given to `compile(loss=...)`: a name, a
+            `keras.losses.Loss` or a function; with several outputs also a
+            list (in output order) or a dict keyed by output name. Sparse
+            categorical cross-entropy is replaced by categorical
+            cross-entropy with the same `from_logits`, because labels reach
+            it one-hot.
+        output_names: the model's output names, when it has several
+            outputs. Defaults to `None` (one output).
+        loss_weights: `compile(loss_weights=...)`: a float, or per output a
+            list or dict. Defaults to `None` (all 1).
+
+    Returns:
+        A function of (y_true one-hot, y_pred) giving a float32 tensor of
+        shape [n]: each example's loss, averaged over any non-batch axes
+        (as Keras' "sum_over_batch_size" reduction would). With several
+        outputs, y_true and y_pred are lists (or y_pred a dict) in output
+        order, and l_i is the weighted sum over outputs, as Keras sums the
+        outputs' losses; so is the sharpness-sensitivity s_i.
+    """
+    if output_names is None or len(output_names) == 1:
+        if isinstance(loss, (dict, list, tuple)):
+            if len(loss) != 1:
+                raise ValueError(
+                    "The model has one output, so `compile` takes one loss. "
+                    f"Received: loss={loss!r}"
+                )
+            loss = list(loss.values())[0] if isinstance(loss, dict) else loss[0]
+        fn = _unreduced(loss)
+        if loss_weights is None:
+            return fn
+        weight = float(per_output(loss_weights, output_names or ["output"], "loss_weights")[0])
+        return lambda y_true, y_pred: weight * fn(y_true, y_pred)
+
+    # An output whose loss is None is not trained (as in Keras).
+    fns = [None if one is None else _unreduced(one) for one in per_output(loss, output_names, "loss")]
+    weights = [1.0] * len(fns) if loss_weights is None else [
+        float(w) for w in per_output(loss_weights, output_names, "loss_weights")
+    ]
+
+    def fn(y_true, y_pred):
+        y_true = outputs_as_list(y_true, output_names)
+        y_pred = outputs_as_list(y_pred, output_names)
+        return tf.add_n([
+            w * f(t, p) for w, f, t, p in zip(weights, fns, y_true, y_pred) if f is not None
+        ])
 
     return fn
 

@@ -219,42 +219,87 @@ def cutmix_mask(image_shape, lam, box_center):
     return 1.0 - inside, label_lam
 
 
+def _blend(a, b, weight):
+    """weight * a + (1 - weight) * b, with a [] or [n] weight broadcast over a's example axes."""
+    weight = tf.cast(_broadcast_to_rank(weight, a.shape.rank), a.dtype)
+    return weight * a + (1 - weight) * b
+
+
+def _check_floating(inputs):
+    for i, value in enumerate(inputs):
+        if not value.dtype.is_floating:
+            which = "The input" if len(inputs) == 1 else f"Input {i} (in `tf.nest.flatten` order)"
+            raise ValueError(
+                f"{which} has dtype {value.dtype.name}: Mixup and CutMix blend inputs, "
+                "which needs floating-point values. Cast images to float32 in the data "
+                "(e.g. `x.astype('float32')`); inputs that cannot be blended, such as "
+                "token ids, cannot be mixed: train them with method='sam' or 'erm'."
+            )
+
+
+def _cutmix(images, lam, box_center):
+    """Pastes the partner's box into every image input; returns (mixed, label_lam)."""
+    sizes = {(int(image.shape[1]), int(image.shape[2])) for image, _ in images}
+    if len(sizes) != 1:
+        raise ValueError(
+            "`mix='cutmix'` pastes one box into every image input, so they must share "
+            f"their height and width; received image inputs of sizes {sorted(sizes)}. "
+            "Resize them to one size, or use mix='mixup'."
+        )
+    if box_center is None:
+        box_center = tf.constant([0.5, 0.5])
+    box_center = tf.convert_to_tensor(box_center, tf.float32)
+    if lam.shape.rank == 1 and box_center.shape.rank == 1:
+        box_center = tf.broadcast_to(box_center, [tf.shape(lam)[0], 2])
+    mask, label_lam = cutmix_mask(sizes.pop(), lam, box_center)
+    mixed = []
+    for image, partner in images:
+        keep = tf.cast(mask[..., None], image.dtype)  # broadcast over channels
+        mixed.append(keep * image + (1 - keep) * partner)
+    return mixed, label_lam
+
+
 def mix_batch(x, y, lam, perm, mix="mixup", box_center=None):
     """Mixes a batch; returns `(x_mix, y_mix, label_lam)`.
+
+    `x` and `y` may be nests (a model with several inputs or outputs): every
+    input and every label of example i is mixed with the same lam and the
+    same partner perm(i). CutMix pastes one box into each image input (rank
+    4, channels last) and blends the other inputs and the labels with the
+    kept area.
 
     `label_lam` is the weight of the original example in the mixed label
     (lam itself for Mixup, the clipped kept area for CutMix): callers use it
     to mix anything else attached to an example, e.g. sample weights.
     """
     check_mix(mix)
-    x = tf.convert_to_tensor(x)
-    y = tf.convert_to_tensor(y)
+    inputs = [tf.convert_to_tensor(value) for value in tf.nest.flatten(x)]
+    _check_floating(inputs)
     lam = tf.convert_to_tensor(lam, tf.float32)
-    x_partner = tf.gather(x, perm)
+    partners = [tf.gather(value, perm) for value in inputs]
     if mix == "mixup":
         label_lam = lam
-        weight = tf.cast(_broadcast_to_rank(lam, x.shape.rank), x.dtype)
-        x_mix = weight * x + (1 - weight) * x_partner
+        mixed = [_blend(value, partner, lam) for value, partner in zip(inputs, partners)]
     else:
-        if x.shape.rank != 4:
+        is_image = [value.shape.rank == 4 for value in inputs]
+        if not any(is_image):
+            shapes = ", ".join(str(value.shape) for value in inputs)
             raise ValueError(
                 "`mix='cutmix'` needs image batches of rank 4 (n, height, "
-                f"width, channels); received inputs of shape {x.shape}. Use "
+                f"width, channels); received inputs of shape {shapes}. Use "
                 "mix='mixup' for other inputs."
             )
-        if box_center is None:
-            box_center = tf.constant([0.5, 0.5])
-        box_center = tf.convert_to_tensor(box_center, tf.float32)
-        if lam.shape.rank == 1 and box_center.shape.rank == 1:
-            box_center = tf.broadcast_to(box_center, [tf.shape(lam)[0], 2])
-        mask, label_lam = cutmix_mask(
-            (x.shape[1], x.shape[2]), lam, box_center
-        )
-        mask = tf.cast(mask[..., None], x.dtype)  # broadcast over channels
-        x_mix = mask * x + (1 - mask) * x_partner
-    y_weight = tf.cast(_broadcast_to_rank(label_lam, y.shape.rank), y.dtype)
-    y_mix = y_weight * y + (1 - y_weight) * tf.gather(y, perm)
-    return x_mix, y_mix, label_lam
+        images = [(v, p) for v, p, image in zip(inputs, partners, is_image) if image]
+        mixed_images, label_lam = _cutmix(images, lam, box_center)
+        mixed_images = iter(mixed_images)
+        # Non-image inputs of the example are weighted like its label.
+        mixed = [
+            next(mixed_images) if image else _blend(value, partner, label_lam)
+            for value, partner, image in zip(inputs, partners, is_image)
+        ]
+    labels = [tf.convert_to_tensor(value) for value in tf.nest.flatten(y)]
+    y_mixed = [_blend(value, tf.gather(value, perm), label_lam) for value in labels]
+    return tf.nest.pack_sequence_as(x, mixed), tf.nest.pack_sequence_as(y, y_mixed), label_lam
 
 
 def apply_mix(x, y, lam, perm, mix="mixup", box_center=None):
@@ -265,8 +310,10 @@ def apply_mix(x, y, lam, perm, mix="mixup", box_center=None):
     `x_i`; the label weight is recomputed from the clipped box area.
 
     Args:
-        x: input batch, shape [n, ...] (rank 4, channels last, for CutMix).
-        y: one-hot (or soft) labels, shape [n, classes].
+        x: input batch, shape [n, ...] (rank 4, channels last, for CutMix),
+            or a list/dict of them (several inputs: mixed alike).
+        y: one-hot (or soft) labels, shape [n, classes], or a list/dict of
+            them (several outputs).
         lam: [] or [n] mixing coefficient(s), from `sample_mix`.
         perm: [n] permutation, from `sample_mix`.
         mix: `"mixup"` or `"cutmix"`. Defaults to `"mixup"`.

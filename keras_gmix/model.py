@@ -5,8 +5,10 @@ everything else (evaluate, predict, saving) is plain Keras.
 """
 
 import inspect
+import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_gmix import callbacks
@@ -26,6 +28,20 @@ PARTITION_STATS = ("sensitive_fraction", "grad_cosine")
 # The last step's lambda and s_i values are kept (NaN-padded) for callbacks
 # that draw their histograms; a batch larger than this keeps its first ones.
 STEP_VALUES_CAPACITY = 1024
+
+NO_LABELS = (
+    "The training data yields inputs without labels: GMixModel mixes each example's "
+    "label with its partner's, so it needs (x, y) or (x, y, sample_weight) batches. "
+    "Add the labels to the data (e.g. `dataset.map(lambda x: (x, label_of(x)))`)."
+)
+
+SOFT_LABELS = (
+    "The labels arrive soft (values strictly between 0 and 1) and method={method!r} "
+    "mixes them again: if the input pipeline already mixes (Keras' MixUp or CutMix "
+    "layers), every example is mixed twice. Use method='sam' there (the same "
+    "perturbation, no second mix), or drop the pipeline's mixing. Soft labels from "
+    "label smoothing are mixed once; then this warning does not apply."
+)
 
 # The constructor's settings, read-only once the model exists.
 SETTINGS = (
@@ -56,8 +72,10 @@ class GMixModel(keras.Model):
     optimizer. `evaluate` and `predict` run the wrapped model plainly.
 
     Args:
-        inner: a built `keras.Model` (functional, Sequential or subclassed)
-            with a single output of class scores.
+        inner: a `keras.Model` (functional, Sequential or subclassed) with
+            one or several outputs of class scores, shape (batch, classes);
+            a one-unit output is a binary classifier (sigmoid or logit,
+            labels 0/1 or probabilities). Several inputs are mixed alike.
         method: `"erm"`, `"mixup"`, `"sam"`, `"gmix"`, `"bgmix"` or
             `"dgmix"`. Defaults to `"dgmix"`.
         rho: SAM neighbourhood radius, >= 0. Defaults to `0.05`.
@@ -182,6 +200,10 @@ class GMixModel(keras.Model):
                 "for G-Mix to train. Unfreeze some layers (`layer.trainable = True`)."
             )
         self.inner = inner
+        if inner.built and len(getattr(inner, "output_names", None) or ()) > 1:
+            # Keras' compile reads it: per-output metrics are named like a
+            # functional model's ("cls_accuracy"), dict labels matched by name.
+            self.output_names = list(inner.output_names)
         self.method = method
         self.rho = rho
         self.alpha = alpha
@@ -215,6 +237,10 @@ class GMixModel(keras.Model):
             keras.metrics.Mean(name=name) for name in step_stat_names(method)
         ]
         self.full_step_tracker = keras.metrics.Mean(name="full_step") if scheduled else None
+        # Counts batches whose labels arrive soft, for the once-only warning
+        # of `WarnOnSoftLabels`; a metric, not a weight: saved models keep
+        # their variables. Not logged.
+        self.soft_labels_tracker = keras.metrics.Sum(name="soft_labels") if method in gradients.MIXED_METHODS else None
         # v of SPEC.md section 4b, one variable per trainable variable of
         # `inner`; created with them (here, or in `build`).
         self.reuse_direction = None
@@ -278,7 +304,9 @@ class GMixModel(keras.Model):
 
     def build(self, input_shape):
         if not self.inner.built:
-            self.inner.build(input_shape)
+            # Symbolically, as Keras builds a model on its first call: a
+            # Sequential without an Input learns its layers' shapes from it.
+            self.inner(_specs_from_shapes(input_shape))
         self._create_reuse_direction()
         self.built = True
 
@@ -314,11 +342,19 @@ class GMixModel(keras.Model):
         )
         return cls(inner, **config)
 
+    def make_train_function(self, force=False):
+        # Eager, before every fit and train_on_batch: `loss_weights` is read
+        # from the public compile config (Keras keeps the argument itself
+        # only in its private CompileLoss; serializing the config fails
+        # inside the traced step).
+        self._loss_weights = (self.get_compile_config() or {}).get("loss_weights")
+        return super().make_train_function(force=force)
+
     def test_step(self, data):
         # The per-step training statistics are metrics (so that fit averages
         # and resets them per epoch), but evaluation computes none of them.
         logs = super().test_step(data)
-        hidden = {tracker.name for tracker in self._step_trackers()} | {"skipped_steps"}
+        hidden = {tracker.name for tracker in self._step_trackers()} | {"skipped_steps", "soft_labels"}
         return self._distributable_logs(
             {name: value for name, value in logs.items() if name not in hidden}
         )
@@ -335,18 +371,50 @@ class GMixModel(keras.Model):
 
     # -- the step ---------------------------------------------------------
 
-    def num_classes(self, x):
-        """Width of the model's output, from its static output shape."""
-        if getattr(self, "_num_classes", None) is None:
-            outputs = getattr(self.inner, "outputs", None)
-            if outputs:
-                shape = outputs[0].shape
-            else:  # subclassed: trace it symbolically, once
-                spec = keras.KerasTensor((None,) + tuple(x.shape[1:]), dtype=x.dtype)
-                shape = self.inner.compute_output_spec(spec).shape
-            checks.check_output_shape(shape)
-            self._num_classes = shape[-1]
-        return self._num_classes
+    def output_widths(self, x):
+        """The width of each output (classes; 1 for a binary one), from the
+        static output shapes; `x` is a batch or its structure of specs."""
+        if getattr(self, "_output_widths", None) is None:
+            outputs = getattr(self.inner, "outputs", None) if self.inner.built else None
+            names = getattr(self.inner, "output_names", None) if outputs else None
+            if not outputs:  # subclassed (or never built): trace it symbolically, once
+                specs = tf.nest.map_structure(_symbolic_spec, x)
+                # A call builds a model that is not built yet (Sequential's
+                # compute_output_spec fails then, passing `training` to
+                # layers that take none).
+                outputs = self.inner.compute_output_spec(specs) if self.inner.built else self.inner(specs)
+                names = sorted(outputs) if isinstance(outputs, dict) else None
+                outputs = losses_lib.outputs_as_list(outputs, names)
+            for output in outputs:
+                checks.check_output_shape(output.shape)
+            self._output_names = list(names) if names else [f"output_{i}" for i in range(len(outputs))]
+            self._output_widths = tuple(output.shape[-1] for output in outputs)
+        return self._output_widths
+
+    def labels_per_output(self, y):
+        """The labels as a list in output order (one array per output)."""
+        widths = self._output_widths
+        if len(widths) == 1:
+            if isinstance(y, (list, tuple)) and len(y) == 1:
+                return [y[0]]
+            if isinstance(y, dict) and len(y) == 1:
+                return list(y.values())
+            return [y]
+        if isinstance(y, dict) or (isinstance(y, (list, tuple)) and len(y) == len(widths)):
+            return losses_lib.per_output(y, self._output_names, "y")
+        raise ValueError(
+            f"The model has {len(widths)} outputs {self._output_names}: give one label "
+            "array per output, as a list in that order or a dict keyed by output name. "
+            f"Received labels of type {type(y).__name__}."
+        )
+
+    def _pack_like_labels(self, y, values):
+        """Per-output values in the structure the user's labels have."""
+        if len(values) == 1 and not isinstance(y, (list, tuple, dict)):
+            return values[0]
+        if isinstance(y, dict):
+            return dict(zip(self._output_names, values))
+        return list(values)
 
     def mixing_seed(self, step, replica=None):
         """Stateless seed of step `step` on `replica` (default: this replica)."""
@@ -360,7 +428,7 @@ class GMixModel(keras.Model):
 
         Returns `(x_mix, y_mix, sample_weight_mix, label_lam)`.
         """
-        n = tf.shape(y)[0]
+        n = tf.shape(tf.nest.flatten(y)[0])[0]
         mix_seed, box_seed = mixing.split_seed(seed, 2)
         lam, perm = mixing.sample_mix(n, self.alpha, seed=mix_seed, per_example=self.per_example_lam)
         box_center = None
@@ -434,7 +502,7 @@ class GMixModel(keras.Model):
             stats["loss"] = result.stats["loss"]
             return gradients.StepResult(
                 grads, stats, result.y_pred, result.non_trainable,
-                sensitivity=tf.zeros(tf.shape(y)[:1], tf.float32),
+                sensitivity=tf.zeros(tf.shape(tf.nest.flatten(y)[0])[:1], tf.float32),
                 plain_grads=plain if reuse else (),
             )
 
@@ -456,21 +524,35 @@ class GMixModel(keras.Model):
         arguments.pop("self")
         x = arguments.get("x")
         checks.check_inputs(x)
-        if not isinstance(x, tf.data.Dataset) and x is not None:
-            first = tf.nest.flatten(x)[0]
-            checks.check_labels(arguments.get("y"), self.num_classes(tf.convert_to_tensor(first[:1])))
+        # Arrays are checked whole before training; generators, PyDatasets
+        # and tf.data batch by batch in the step (never read twice here).
+        if x is not None and all(checks._is_array(leaf) for leaf in tf.nest.flatten(x)):
+            widths = self.output_widths(tf.nest.map_structure(_symbolic_spec, x))
+            y = arguments.get("y")
+            if y is not None:
+                for labels, width in zip(self.labels_per_output(y), widths):
+                    checks.check_labels(labels, width)
+                    if self.method in gradients.MIXED_METHODS and _soft_array(labels, width):
+                        self._warn_soft_labels()
             checks.check_sample_weight(arguments.get("sample_weight"))
         guard = callbacks.StopAfterConsecutiveSkips(self.max_consecutive_skips)
-        arguments["callbacks"] = list(arguments.get("callbacks") or []) + [guard]
+        extra = [guard] + ([WarnOnSoftLabels()] if self.soft_labels_tracker is not None else [])
+        arguments["callbacks"] = list(arguments.get("callbacks") or []) + extra
         return super().fit(**arguments)
+
+    def _warn_soft_labels(self):
+        if not getattr(self, "_soft_labels_warned", False):
+            self._soft_labels_warned = True
+            warnings.warn(SOFT_LABELS.format(method=self.method), UserWarning, stacklevel=3)
 
     def _step_trackers(self):
         """The per-step statistics' trackers (and full_step with a schedule)."""
         return self.step_stat_trackers + ([self.full_step_tracker] if self.scheduled else [])
 
-    def record_step(self, result, finite, fault, x, y, y_one_hot, labels_are_ids, sample_weight, full):
+    def record_step(self, result, finite, fault, x, y_metric, batch_size, sample_weight, full):
         """Keeps a finite step's state (BatchNorm, metrics, step values), or counts a skip.
 
+        `y_metric` are the labels the compiled metrics see (`checks.metric_labels`).
         `fault` (a skip that is not a loss-scale overflow) counts towards
         `max_consecutive_skips`; a finite step resets that count. `full`
         (a scalar bool) says whether the step computed the perturbed
@@ -499,19 +581,15 @@ class GMixModel(keras.Model):
             v for metric in self.metrics if metric is not self.skipped_steps_tracker for v in metric.variables
         ]
         before = [tf.identity(v) for v in metric_variables]
-        batch_size = tf.cast(tf.shape(y_one_hot)[0], tf.float32)
+        batch_size = tf.cast(batch_size, tf.float32)
         compat.loss_tracker(self).update_state(kept(result.stats["loss"], 0.0), sample_weight=batch_size)
         full_weight = tf.cast(full, tf.float32)
         for tracker in self.step_stat_trackers:
             tracker.update_state(kept(result.stats[tracker.name], 0.0), sample_weight=full_weight)
         if self.scheduled:
             self.full_step_tracker.update_state(full_weight)
-        y_metric = y_one_hot
-        if labels_are_ids:
-            # Metrics see the labels in the format the user gave: class ids
-            # stay class ids (the dominant class of a mixed label).
-            y_metric = tf.reshape(tf.cast(tf.argmax(y_one_hot, axis=-1), y.dtype), tf.shape(y))
-        self.compute_metrics(x, y_metric, kept(result.y_pred, tf.zeros_like(result.y_pred)), sample_weight)
+        y_pred = tf.nest.map_structure(lambda p: kept(p, tf.zeros_like(p)), result.y_pred)
+        self.compute_metrics(x, y_metric, y_pred, sample_weight)
         for variable, value in zip(metric_variables, before):
             variable.assign(kept(variable, value))
         # Summed over replicas on read: each replica counts its share of the step.
@@ -523,22 +601,39 @@ class GMixModel(keras.Model):
     def train_step(self, data):
         if self.loss is None:
             raise ValueError("GMixModel needs a loss: call `compile(loss=...)` before `fit`.")
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if y is None:
+            raise ValueError(NO_LABELS)
+        widths = self.output_widths(x)
+        several = len(widths) > 1
         # The compiled loss, per example and on one-hot labels (sparse
-        # cross-entropy becomes categorical). Resolved at trace time, so that
-        # a model re-compiled by `load_model` needs nothing else.
-        loss_fn = losses_lib.per_example_loss(self.loss)
+        # cross-entropy becomes categorical), summed over outputs. Resolved
+        # at trace time, so that a model re-compiled by `load_model` needs
+        # nothing else.
+        loss_fn = losses_lib.per_example_loss(
+            self.loss, self._output_names if several else None, getattr(self, "_loss_weights", None)
+        )
         if not self.inner.trainable_variables:
             raise ValueError(
                 "The wrapped model has no trainable weights: there is nothing to train."
             )
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        y_one_hot, labels_are_ids = checks.labels_to_one_hot(y, self.num_classes(x))
-        if losses_lib.is_sparse_loss(self.loss) and not labels_are_ids:
-            raise ValueError(
-                "The compiled loss is sparse (it expects integer class ids) but "
-                f"the labels have shape {y.shape}: pass class ids of shape "
-                "(batch,), or compile with 'categorical_crossentropy'."
-            )
+        labels = self.labels_per_output(y)
+        converted = [checks.labels_to_one_hot(t, width) for t, width in zip(labels, widths)]
+        y_soft = [soft for soft, _ in converted]
+        kinds = [kind for _, kind in converted]
+        output_losses = losses_lib.per_output(self.loss, self._output_names, "loss") if several else [self.loss]
+        for output_loss, kind, t, name in zip(output_losses, kinds, labels, self._output_names):
+            if losses_lib.is_sparse_loss(output_loss) and kind != "ids":
+                where = f" of output {name!r}" if several else ""
+                raise ValueError(
+                    f"The compiled loss{where} is sparse (it expects integer class ids) but "
+                    f"the labels have shape {t.shape}: pass class ids of shape "
+                    "(batch,), or compile with 'categorical_crossentropy'."
+                )
+        if self.soft_labels_tracker is not None:
+            soft = [checks.labels_are_soft(v) for v, kind in zip(y_soft, kinds) if kind != "ids"]
+            self.soft_labels_tracker.update_state(tf.cast(tf.reduce_any(soft) if soft else False, tf.float32))
+        y_one_hot = y_soft if several else y_soft[0]
         if sample_weight is not None:
             sample_weight = checks.checked_sample_weight(sample_weight)
         step = self.mix_step.assign_add(1)
@@ -546,7 +641,7 @@ class GMixModel(keras.Model):
             x, y_one_hot, sample_weight, label_lam = self.mix_data(
                 x, y_one_hot, sample_weight, self.mixing_seed(step)
             )
-            self._record_step_values(self.last_lam, tf.broadcast_to(label_lam, tf.shape(y_one_hot)[:1]))
+            self._record_step_values(self.last_lam, tf.broadcast_to(label_lam, tf.shape(tf.nest.flatten(y_one_hot)[0])[:1]))
 
         if self.scheduled:
             full = perturb_schedule.is_full_step(
@@ -577,5 +672,50 @@ class GMixModel(keras.Model):
             fault = tf.logical_and(fault, self.optimizer.dynamic_scale <= 1.0)
         else:
             distribute.apply_if(finite, self.optimizer.apply, grads, self.inner.trainable_variables)
-        self.record_step(result, finite, fault, x, y, y_one_hot, labels_are_ids, sample_weight, full)
-        return self._distributable_logs(self.get_metrics_result())
+        mixed = self.method in gradients.MIXED_METHODS
+        y_metric = self._pack_like_labels(y, [
+            checks.metric_labels(t, soft, kind, mixed)
+            for t, soft, kind in zip(labels, tf.nest.flatten(y_one_hot), kinds)
+        ])
+        batch_size = tf.shape(tf.nest.flatten(y_one_hot)[0])[0]
+        self.record_step(result, finite, fault, x, y_metric, batch_size, sample_weight, full)
+        logs = self.get_metrics_result()
+        logs.pop("soft_labels", None)
+        return self._distributable_logs(logs)
+
+
+def _is_shape(value):
+    return isinstance(value, (list, tuple)) and all(d is None or isinstance(d, int) for d in value)
+
+
+def _specs_from_shapes(shapes):
+    """KerasTensors of the shapes Keras passes to `build` (one shape, or a list/dict of them)."""
+    if _is_shape(shapes):
+        return keras.KerasTensor(tuple(shapes), dtype="float32")
+    if isinstance(shapes, dict):
+        return {key: _specs_from_shapes(value) for key, value in shapes.items()}
+    return [_specs_from_shapes(value) for value in shapes]
+
+
+def _symbolic_spec(value):
+    """A KerasTensor with a value's shape (batch axis unknown) and dtype."""
+    return keras.KerasTensor((None,) + tuple(value.shape[1:]), dtype=keras.backend.standardize_dtype(value.dtype))
+
+
+def _soft_array(labels, width):
+    """Array labels of one output that are soft (not class ids)."""
+    labels = np.asarray(labels)
+    if checks.label_kind(labels.shape, width) == "ids" or not np.issubdtype(labels.dtype, np.floating):
+        return False
+    return bool(np.any((labels > 0) & (labels < 1)))
+
+
+class WarnOnSoftLabels(keras.callbacks.Callback):
+    """Warns once, at the first batch whose labels arrive soft, that a mixing
+    method mixes them a second time (`GMixModel.soft_labels_tracker`)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if getattr(self.model, "_soft_labels_warned", False):
+            return
+        if float(keras.ops.convert_to_numpy(self.model.soft_labels_tracker.result())) > 0:
+            self.model._warn_soft_labels()

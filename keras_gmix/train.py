@@ -143,12 +143,13 @@ class TrainConfig:
     a key of a `--config` JSON/YAML file.
     """
 
-    dataset: str = "digits"  # cifar10, cifar100, svhn_cropped, stl10, digits or a .npz path
+    dataset: str = "digits"  # cifar10, cifar100, svhn_cropped, stl10, digits, a .npz path or a folder
+    test_dataset: Optional[str] = None  # a folder data set's test images (else a held-out split)
     data_dir: Optional[str] = None
     download: bool = True
     train_fraction: Optional[float] = None  # class-balanced subset: the limited-data regime
     train_size: Optional[int] = None
-    image_size: Optional[int] = None  # digits only: upsample 8x8 to this side
+    image_size: Optional[int] = None  # digits and folders: the side images are resized to
     # "auto": "standard" (pad-crop, flip where label-preserving) for image
     # data sets, "none" for the 8x8 digits.
     augment: str = "auto"
@@ -231,10 +232,17 @@ class TrainConfig:
                 raise ValueError(
                     f"`{name}` must be one of {allowed}. Received: {getattr(self, name)!r}"
                 )
-        if not (str(self.dataset).endswith(".npz") or self.dataset in data_lib.DATASET_NAMES):
+        folder = self.dataset not in data_lib.DATASET_NAMES and os.path.isdir(str(self.dataset))
+        if not (str(self.dataset).endswith(".npz") or self.dataset in data_lib.DATASET_NAMES or folder):
             raise ValueError(
-                f"`dataset` must be one of {data_lib.DATASET_NAMES} or a path ending in "
-                f"'.npz'. Received: {self.dataset!r}"
+                f"`dataset` must be one of {data_lib.DATASET_NAMES}, a path ending in "
+                "'.npz', or an existing folder with one subfolder of images per class. "
+                f"Received: {self.dataset!r}"
+            )
+        if self.test_dataset is not None and not (folder and os.path.isdir(self.test_dataset)):
+            raise ValueError(
+                "`test_dataset` must be a folder of class subfolders, and needs a folder "
+                f"`dataset`. Received: dataset={self.dataset!r}, test_dataset={self.test_dataset!r}"
             )
         if self.warmup_epochs >= self.epochs:
             raise ValueError(
@@ -269,6 +277,73 @@ class TrainConfig:
         values = dataclasses.asdict(self)
         values["step_milestones"] = list(values["step_milestones"])
         return values
+
+
+# One sentence per TrainConfig field: what it does, its unit or allowed
+# values (gmix-train, gmix-compare and a config file's keys share them; the
+# command line adds each default from TrainConfig itself).
+FIELD_HELP = {
+    "dataset": "Training data: a TFDS name (cifar10, cifar100, svhn_cropped, stl10), "
+               "'digits' (scikit-learn, offline), a .npz file with x_train/y_train/x_test/y_test, "
+               "or a folder with one subfolder of images per class.",
+    "test_dataset": "Folder data sets only: a second folder of class subfolders to test on "
+                    "(same class names); without it a stratified fifth of the training folder "
+                    "is held out, always the same images.",
+    "data_dir": "Directory where TensorFlow Datasets keeps (and downloads) its data.",
+    "download": "Let TensorFlow Datasets download a data set that is not prepared yet.",
+    "train_fraction": "Train on a class-balanced fraction in (0, 1] of the training split "
+                      "(the limited-data regime); the test split is never reduced.",
+    "train_size": "Train on this many training examples (class-balanced); exclusive with --train-fraction.",
+    "image_size": "Side length in pixels that images are resized to: digits (8x8 upsampled) and "
+                  "folder data sets (default there: the first image's size).",
+    "augment": "Training augmentation: 'standard' pads, crops and flips (flips only where "
+               "label-preserving), 'randaugment'/'erasing'/'strong' add Keras' layers, "
+               "'auto' is 'none' for digits and 'standard' otherwise.",
+    "model": "Architecture to train (keras_gmix.models).",
+    "stock_batchnorm": "Use Keras' BatchNormalization instead of keras_gmix's fused one.",
+    "method": "Training method: erm, mixup, sam, gmix, bgmix or dgmix (SPEC.md section 4).",
+    "epochs": "Number of passes over the training split.",
+    "batch_size": "Training examples per step (the global batch under a distribution strategy).",
+    "learning_rate": "Peak learning rate of SGD (after warm-up).",
+    "momentum": "SGD momentum in [0, 1].",
+    "nesterov": "Use Nesterov momentum.",
+    "weight_decay": "Coupled L2 weight decay on kernels (PyTorch's convention: the term "
+                    "weight_decay / 2 * ||w||^2), evaluated at w.",
+    "schedule": "Learning-rate schedule after warm-up: cosine (to 0), step (times --step-gamma "
+                "at each milestone) or constant.",
+    "warmup_epochs": "Epochs of linear learning-rate warm-up from 0 (may be fractional).",
+    "step_milestones": "Step schedule: fractions of training in (0, 1), increasing, where the "
+                       "learning rate drops.",
+    "step_gamma": "Step schedule: factor the learning rate is multiplied by at each milestone.",
+    "rho": "Radius of the SAM neighbourhood (>= 0; 0 turns the perturbation off).",
+    "alpha": "Concentration of the Beta(alpha, alpha) mixing coefficient (> 0).",
+    "sensitive_fraction": "bgmix/dgmix: fraction in [0, 1] of each batch treated as sharp.",
+    "adaptive": "ASAM's scale-invariant perturbation instead of SAM's.",
+    "eta": "ASAM's offset added to |w| (>= 0).",
+    "mix": "How examples are mixed: mixup (blend) or cutmix (paste a box; image data only).",
+    "perturb_every": "Perturbed methods: the full step every k-th optimizer step, a plain "
+                     "one in between (SPEC.md section 4b; integer >= 1).",
+    "reuse_scale": "On the cheap steps of a schedule, add the stored orthogonal direction "
+                   "scaled to this times ||g|| (LookSAM; >= 0, 0 is off).",
+    "perturb_probability": "Perturbed methods: probability in (0, 1] that a step is full, "
+                           "drawn from (seed, step); not with --perturb-every > 1.",
+    "label_smoothing": "Label smoothing in [0, 1] of the cross-entropy (one-hot labels).",
+    "seed": "Seed of initialization, shuffling, augmentation, mixing and subsets (0 to 2**32 - 1).",
+    "deterministic": "Turn on TensorFlow's op determinism: the same seed gives the same "
+                     "weights bit for bit on one CPU device.",
+    "output": "Folder of the run's record (config.json, history.csv, model.keras, "
+              "results.json, ...); default runs/<time>.",
+    "resume": "Continue the killed run in --output from its last finished epoch.",
+    "distribute": "Distribution strategy: none, mirrored (the GPUs of this machine) or "
+                  "multiworker (needs TF_CONFIG).",
+    "jit": "Compile the training step with XLA (compile(jit_compile=True)).",
+    "mixed_precision": "Keras mixed-precision policy: float32, mixed_float16 (with loss "
+                       "scaling) or mixed_bfloat16.",
+    "tensorboard_update_freq": "Steps between the TensorBoard batch values.",
+    "flatness_every": "Measure flatness (FlatnessMonitor) every N epochs; 0 turns it off.",
+    "flatness_examples": "Held-out (test) examples the flatness measures use.",
+    "verbose": "Keras fit's verbosity: 0 silent, 1 progress bar, 2 one line per epoch.",
+}
 
 
 def load_config_file(path):
@@ -620,6 +695,7 @@ def _run(config, output, backup_dir, results_path, strategy, extra_callbacks):
         train_size=config.train_size,
         seed=config.seed,
         **({"image_size": config.image_size} if config.image_size is not None else {}),
+        **({"test_dataset": config.test_dataset} if config.test_dataset is not None else {}),
     )
 
     # The stream of epochs starts where the backup ends, so that a resumed
@@ -685,6 +761,7 @@ def _run(config, output, backup_dir, results_path, strategy, extra_callbacks):
         "epochs": config.epochs,
         "epochs_done": len(history),
         "seed": config.seed,
+        "class_names": None if splits.class_names is None else list(splits.class_names),
         "train_size": splits.train_size,
         "test_size": splits.test_size,
         "steps_per_epoch": steps_per_epoch,

@@ -52,6 +52,29 @@ def test_gmix_flatness_flags(capsys):
         assert flag in text
 
 
+@pytest.mark.parametrize("make_parser", [cli.train_parser, cli.compare_parser, cli.flatness_parser])
+def test_every_option_has_a_help_sentence_with_its_default(make_parser):
+    parser = make_parser()
+    options = [a for a in parser._actions if a.dest != "help"]
+    assert len(options) > 10
+    for action in options:
+        text = (action.help or "").strip()
+        assert len(text) > 20 and text.endswith("."), (action.dest, text)
+        if action.option_strings:  # the positional MODEL.keras has no default
+            assert "Default: " in text, (action.dest, text)
+
+
+def test_every_train_config_field_has_a_help_text():
+    fields = {field.name for field in dataclasses.fields(train.TrainConfig)}
+    assert set(train.FIELD_HELP) == fields
+    assert all(text.strip() for text in train.FIELD_HELP.values())
+
+
+def test_help_shows_the_sentence_and_the_default(capsys):
+    text = " ".join(help_text(cli.train_main, capsys).split())
+    assert "Radius of the SAM neighbourhood (>= 0; 0 turns the perturbation off). Default: 0.05." in text
+
+
 def saved_model(folder, seed, softmax=False, config=None):
     """A small untrained CNN on digits' 8x8x1 images, wrapped and saved as <folder>/model.keras."""
     keras.utils.set_random_seed(seed)

@@ -485,3 +485,70 @@ def test_start_epoch_is_checked(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         kd.make_pipeline(np.zeros((4, 8, 8, 3), np.uint8), np.zeros(4), **args)
+
+
+# -- a folder of class subfolders ------------------------------------------
+
+
+def test_folder_data_set_reads_the_images_and_holds_out_a_fixed_stratified_split(tmp_path):
+    from tests.folder_data import write_digit_folder
+
+    images, labels, paths = write_digit_folder(str(tmp_path / "train"), per_class=10)
+    splits = kd.load_dataset(str(tmp_path / "train"))
+    assert splits.class_names == ("digit_0", "digit_1", "digit_2")
+    assert splits.num_classes == 3 and splits.input_shape == (8, 8, 1)
+    # A fifth of every class held out, the rest trained on, no file in both.
+    assert np.bincount(splits.y_test).tolist() == [2, 2, 2]
+    assert splits.train_size == 24
+    assert not set(splits.x_train.paths) & set(splits.x_test.paths)
+    # The same images every time (and whatever the run's seed).
+    again = kd.load_dataset(str(tmp_path / "train"), seed=5)
+    assert list(again.x_test.paths) == list(splits.x_test.paths)
+    # Labels follow the subfolders; pixels are the PNGs' own (no resize at 8x8).
+    by_path = dict(zip(paths, zip(images, labels)))
+    ds = kd.make_pipeline(splits.x_test, splits.y_test, 4, training=False)
+    x, y = (np.concatenate(a) for a in zip(*ds.as_numpy_iterator()))
+    for path, image, label in zip(splits.x_test.paths, x, y):
+        np.testing.assert_allclose(image[..., 0], by_path[path][0] / 255.0, atol=1e-7)
+        assert label == by_path[path][1]
+
+
+def test_folder_data_set_with_a_test_folder_resize_and_subset(tmp_path):
+    from tests.folder_data import write_digit_folder
+
+    write_digit_folder(str(tmp_path / "train"), per_class=10)
+    write_digit_folder(str(tmp_path / "test"), per_class=4, offset=50)
+    splits = kd.load_dataset(
+        str(tmp_path / "train"), test_dataset=str(tmp_path / "test"), image_size=16, train_size=12, seed=1
+    )
+    assert splits.test_size == 12 and np.bincount(splits.y_test).tolist() == [4, 4, 4]
+    assert splits.train_size == 12 and np.bincount(splits.y_train).tolist() == [4, 4, 4]
+    x, _ = next(kd.make_pipeline(splits.x_train, splits.y_train, 12, training=True, seed=0).as_numpy_iterator())
+    assert x.shape == (12, 16, 16, 1)
+    write_digit_folder(str(tmp_path / "other"), per_class=2, classes=(0, 1, 7))
+    with pytest.raises(ValueError, match="same class subfolders"):
+        kd.load_dataset(str(tmp_path / "train"), test_dataset=str(tmp_path / "other"))
+    with pytest.raises(ValueError, match="test_dataset"):
+        kd.load_dataset("digits", test_dataset=str(tmp_path / "test"))
+
+
+def test_folder_images_stream_from_disk_every_epoch(tmp_path):
+    """Nothing is cached: an image changed on disk is read anew the next pass."""
+    from PIL import Image
+
+    from tests.folder_data import write_digit_folder
+
+    write_digit_folder(str(tmp_path / "train"), per_class=5)
+    splits = kd.load_dataset(str(tmp_path / "train"))
+    for epoch_keyed in (False, True):
+        ds = kd.make_pipeline(
+            splits.x_train, splits.y_train, 64, training=True, augment="none", seed=0,
+            start_epoch=0 if epoch_keyed else None,
+        )
+        first, _ = next(iter(ds))
+        assert float(np.max(first)) > 0
+        for path in splits.x_train.paths:
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(path)
+        second, _ = next(iter(ds))
+        assert float(np.max(second)) == 0.0
+        write_digit_folder(str(tmp_path / "train"), per_class=5)  # restore

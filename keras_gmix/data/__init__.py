@@ -1,10 +1,11 @@
 """Data sets and input pipelines for the recipes.
 
 `load_dataset` returns a `DataSplits` of NumPy arrays (TFDS CIFAR-10/100,
-SVHN, STL-10; scikit-learn digits; local `.npz` files), optionally reduced to
-a class-balanced training subset; `make_pipeline` / `make_pipelines` build
-the tf.data input with the standard or a stronger augmentation.
-"""
+SVHN, STL-10; scikit-learn digits; local `.npz` files; a folder of class
+subfolders, held as file paths, `ImageFiles`), optionally reduced to a
+class-balanced training subset; `make_pipeline` / `make_pipelines` build
+the tf.data input with the standard or a stronger augmentation (image
+files are read as they stream)."""
 
 from keras_gmix.data.augment import apply_crop_flip
 from keras_gmix.data.augment import draw_crop_flip
@@ -21,6 +22,8 @@ from keras_gmix.data.datasets import load_digits
 from keras_gmix.data.datasets import load_npz
 from keras_gmix.data.datasets import load_tfds
 from keras_gmix.data.download import DownloadUnavailableError
+from keras_gmix.data.folder import ImageFiles
+from keras_gmix.data.folder import load_image_folder
 from keras_gmix.data.pipeline import AUGMENTATIONS
 from keras_gmix.data.pipeline import make_pipeline
 from keras_gmix.data.pipeline import make_pipelines
@@ -35,12 +38,14 @@ __all__ = [
     "DATASET_NAMES",
     "DataSplits",
     "DownloadUnavailableError",
+    "ImageFiles",
     "apply_crop_flip",
     "balanced_subset_indices",
     "compute_mean_std",
     "draw_crop_flip",
     "load_dataset",
     "load_digits",
+    "load_image_folder",
     "load_npz",
     "load_tfds",
     "make_pipeline",

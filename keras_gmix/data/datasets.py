@@ -1,7 +1,9 @@
-"""Data set loaders: TensorFlow Datasets, scikit-learn digits, local `.npz`.
+"""Data set loaders: TensorFlow Datasets, scikit-learn digits, local `.npz`,
+a folder of class subfolders (`folder.py`).
 
-Every loader returns a `DataSplits` of NumPy arrays. Images are HWC: uint8 in
-[0, 255] for photographs (TFDS, `.npz`), float32 in [0, 1] for digits.
+Every loader returns a `DataSplits` of NumPy arrays (of file paths for a
+folder: `ImageFiles`). Images are HWC: uint8 in [0, 255] for photographs
+(TFDS, `.npz`, folders), float32 in [0, 1] for digits.
 `make_pipeline` turns either into float32 in [0, 1] before augmenting.
 """
 
@@ -11,6 +13,7 @@ import os
 import numpy as np
 
 from keras_gmix.data.download import check_download_reachable
+from keras_gmix.data.folder import load_image_folder
 from keras_gmix.data.subset import balanced_subset_indices
 from keras_gmix.data.subset import check_subset_args
 from keras_gmix.data.subset import resolve_subset_size
@@ -72,6 +75,8 @@ class DataSplits:
         mean: tuple of C floats, per-channel mean of the training pixels in
             [0, 1] units (for normalization).
         std: tuple of C floats, per-channel standard deviation likewise.
+        class_names: tuple of str or None, the name of each class id (a
+            folder's subfolders, a `.npz` file's `label_names`).
     """
 
     name: str
@@ -84,6 +89,7 @@ class DataSplits:
     flip: bool
     mean: tuple
     std: tuple
+    class_names: tuple = None
 
     @property
     def train_size(self):
@@ -366,6 +372,7 @@ def load_npz(path, num_classes=None, flip=True):
         flip=bool(flip),
         mean=mean,
         std=std,
+        class_names=None if label_names is None else tuple(str(n) for n in label_names),
     )
 
 
@@ -387,13 +394,15 @@ def load_dataset(
     image_size=None,
     num_classes=None,
     flip=None,
+    test_dataset=None,
 ):
     """Loads a data set by name, optionally keeping a class-balanced subset.
 
     Args:
         name: "cifar10", "cifar100", "svhn_cropped", "stl10" (TensorFlow
-            Datasets), "digits" (scikit-learn, no download), or a path ending
-            in ".npz" holding x_train, y_train, x_test, y_test.
+            Datasets), "digits" (scikit-learn, no download), a path ending
+            in ".npz" holding x_train, y_train, x_test, y_test, or a folder
+            with one subfolder of images per class (`load_image_folder`).
         data_dir: str or None, TFDS data directory. Defaults to TFDS' default.
         train_fraction: float in (0, 1] or None, the share of the training
             split to keep. Defaults to None (all).
@@ -402,12 +411,15 @@ def load_dataset(
         seed: int, seed of the subset draw: the same seed gives the same
             subset. Defaults to 0.
         download: bool, whether TFDS may download. Defaults to True.
-        image_size: int or None, digits only: resize 8x8 to this side.
-            Defaults to None.
+        image_size: int or None, digits and folders: resize images to this
+            side. Defaults to None (8x8 digits; a folder's first image's size).
         num_classes: int or None, `.npz` only: the number of classes.
             Defaults to None (inferred).
-        flip: bool or None, `.npz` only: whether horizontal flips keep the
-            label. Defaults to None (True).
+        flip: bool or None, `.npz` and folders: whether horizontal flips
+            keep the label. Defaults to None (True).
+        test_dataset: str or None, folders only: a second folder of the same
+            classes to test on. Defaults to None (a fixed stratified fifth of
+            the folder is held out).
 
     Returns:
         A `DataSplits`. With a subset, each class keeps as equal a number of
@@ -422,13 +434,17 @@ def load_dataset(
     """
     if not isinstance(name, (str, os.PathLike)):
         raise ValueError(
-            f"`name` must be one of {list(DATASET_NAMES)} or a path ending "
-            f"in '.npz'. Received: name={name!r}"
+            f"`name` must be one of {list(DATASET_NAMES)}, a path ending "
+            f"in '.npz' or a folder. Received: name={name!r}"
         )
     name = os.fspath(name)
     check_subset_args(train_fraction, train_size)  # fail before loading
+    # A known name wins over a folder of that name (write ./digits for the folder).
+    is_folder = name not in DATASET_NAMES and not name.endswith(".npz") and os.path.isdir(name)
+    if not is_folder:
+        _check_option("test_dataset", test_dataset, None, name, "folders of class subfolders")
     if name.endswith(".npz"):
-        _check_option("image_size", image_size, None, name, "'digits'")
+        _check_option("image_size", image_size, None, name, "'digits' and folders")
         splits = load_npz(
             name,
             num_classes=num_classes,
@@ -436,16 +452,22 @@ def load_dataset(
         )
     elif name in TFDS_DATASETS or name == "digits":
         _check_option("num_classes", num_classes, None, name, ".npz files")
-        _check_option("flip", flip, None, name, ".npz files")
+        _check_option("flip", flip, None, name, ".npz files and folders")
         if name == "digits":
             splits = load_digits(image_size=image_size)
         else:
-            _check_option("image_size", image_size, None, name, "'digits'")
+            _check_option("image_size", image_size, None, name, "'digits' and folders")
             splits = load_tfds(name, data_dir=data_dir, download=download)
+    elif is_folder:
+        _check_option("num_classes", num_classes, None, name, ".npz files")
+        splits = load_image_folder(
+            name, image_size=image_size, test_directory=test_dataset, flip=True if flip is None else flip
+        )
     else:
         raise ValueError(
             f"Unknown data set name={name!r}. Expected one of "
-            f"{list(DATASET_NAMES)} or a path ending in '.npz'."
+            f"{list(DATASET_NAMES)}, a path ending in '.npz', or an existing "
+            "folder with one subfolder of images per class."
         )
     size = resolve_subset_size(
         splits.train_size, train_fraction=train_fraction, train_size=train_size

@@ -6,6 +6,8 @@ import tensorflow as tf
 from keras_gmix.data.augment import default_pad
 from keras_gmix.data.augment import random_crop_flip
 from keras_gmix.data.datasets import TFDS_DATASETS
+from keras_gmix.data.folder import ImageFiles
+from keras_gmix.data.folder import decode_image
 
 # "standard": pad-and-crop plus (optional) horizontal flip. The stronger ones
 # add Keras' own layers after it: RandAugment (Cubuk et al. 2020, arXiv
@@ -122,8 +124,13 @@ def make_pipeline(
     delivers about 23,000 CIFAR images/s, "randaugment" about 650 seeded
     and 1,100 unseeded, close to what a ResNet-20 trains on per second.
 
+    Image files (`ImageFiles`, a folder data set) stream: their paths are
+    shuffled, and each image is read and resized after shuffling, never
+    cached, so only the batches in flight are in memory.
+
     Args:
-        x: array [n, H, W, C], uint8 in [0, 255] or float in [0, 1].
+        x: array [n, H, W, C], uint8 in [0, 255] or float in [0, 1], or
+            `ImageFiles` (read as uint8).
         y: array [n] of integer labels.
         batch_size: int, examples per batch.
         training: bool. True shuffles and augments; False keeps the order
@@ -142,7 +149,8 @@ def make_pipeline(
         pad: int or None, zero padding before the random crop. Defaults to
             None (1/8 of the height: 4 for 32x32).
         drop_remainder: bool, drop the last partial batch. Defaults to False.
-        cache: bool, cache the examples before shuffling. Defaults to True.
+        cache: bool, cache the examples before shuffling (arrays only:
+            image files are never cached). Defaults to True.
         randaugment_num_ops: int, RandAugment's `num_ops`. Defaults to 2.
         randaugment_factor: float, RandAugment's `factor` (magnitude) in
             [0, 1]. Defaults to 0.5.
@@ -171,9 +179,11 @@ def make_pipeline(
     ...                    seed=0, flip=splits.flip)
     >>> model.fit(ds, epochs=5)
     """
-    x = np.asarray(x)
+    files = isinstance(x, ImageFiles)
+    if not files:
+        x = np.asarray(x)
     y = np.asarray(y)
-    if x.ndim != 4:
+    if len(x.shape) != 4:
         raise ValueError(
             f"`x` must have shape [n, H, W, C]. Received shape {x.shape}."
         )
@@ -232,17 +242,30 @@ def make_pipeline(
                 f"batch of {batch_size}. Lower `batch_size` or keep the "
                 "last partial batch."
             )
-    examples = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int64)))
-    if cache:
-        examples = examples.cache()
+    decode = None
+    if files:
+        # Shuffled as paths, read after: a buffer of paths, not of images.
+        image_shape = x.image_shape
+        decode = lambda path, label: (decode_image(path, image_shape), label)  # noqa: E731
+        examples = tf.data.Dataset.from_tensor_slices((x.paths, y.astype(np.int64)))
+    else:
+        examples = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int64)))
+        if cache:
+            examples = examples.cache()
+
+    def read(elements):
+        if decode is None:
+            return elements
+        return elements.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+
     if not training:
-        batches = examples.batch(int(batch_size), drop_remainder=drop_remainder)
+        batches = read(examples).batch(int(batch_size), drop_remainder=drop_remainder)
         # The (batch, augmentation seed) structure of training; the seed is unused.
         ds = batches.map(lambda xb, yb: ((xb, yb), tf.zeros([2], tf.int64)))
     elif start_epoch is None:
-        batches = examples.shuffle(
+        batches = read(examples.shuffle(
             x.shape[0], seed=seed, reshuffle_each_iteration=True
-        ).batch(int(batch_size), drop_remainder=drop_remainder)
+        )).batch(int(batch_size), drop_remainder=drop_remainder)
         # One stateless seed pair per batch; a new sequence every epoch.
         seeds = tf.data.Dataset.random(
             seed=seed, rerandomize_each_iteration=True
@@ -252,7 +275,7 @@ def make_pipeline(
         ds = tf.data.Dataset.counter(int(start_epoch)).flat_map(
             lambda epoch: _epoch_batches(
                 examples, epoch, seed, x.shape[0], int(batch_size),
-                drop_remainder,
+                drop_remainder, read,
             )
         )
 
@@ -313,8 +336,11 @@ def epoch_seed(seed, epoch):
     return tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
 
 
-def _epoch_batches(examples, epoch, seed, count, batch_size, drop_remainder):
+def _epoch_batches(examples, epoch, seed, count, batch_size, drop_remainder, read):
     """One epoch's shuffled batches, each zipped with its augmentation seed.
+
+    `read` maps the shuffled examples to images (reads image files; the
+    identity for arrays).
 
     Shuffles with a stateless permutation of the whole set, not
     `Dataset.shuffle`, whose order also depends on TensorFlow's global seed
@@ -330,11 +356,8 @@ def _epoch_batches(examples, epoch, seed, count, batch_size, drop_remainder):
         )
         return tf.gather(xs, order), tf.gather(ys, order)
 
-    batches = (
-        examples.batch(count)
-        .map(permute)
-        .unbatch()
-        .batch(batch_size, drop_remainder=drop_remainder)
+    batches = read(examples.batch(count).map(permute).unbatch()).batch(
+        batch_size, drop_remainder=drop_remainder
     )
     # Batch i's stateless seed pair: (epoch seed, i).
     seeds = tf.data.Dataset.range(tf.int64.max).map(
