@@ -172,8 +172,13 @@ def _package_files():
                 yield os.path.join(folder, name)
 
 
+# collections.namedtuple's documented public methods: underscored only so
+# that they cannot clash with field names.
+NAMEDTUPLE_API = {"_replace", "_asdict", "_fields", "_make", "_field_defaults"}
+
+
 def _private(name):
-    return name.startswith("_") and not name.startswith("__") and name != "_"
+    return name.startswith("_") and not name.startswith("__") and name != "_" and name not in NAMEDTUPLE_API
 
 
 def _private_names(tree):
