@@ -66,6 +66,7 @@ SUBSET_SEED = 0  # the CIFAR-10 (partial) 2,500-image subset never changes
 VAL_SEED = 1  # the validation split of the sweep
 VAL_FRACTION = 0.2
 
+
 class Task:
     """Arrays and tf.data pipelines of one data set and training subset."""
 
@@ -84,11 +85,14 @@ class Task:
         else:
             size = int(self.subset)
             splits = kg.data.load_dataset(
-                os.path.abspath(data_path), seed=SUBSET_SEED,
+                os.path.abspath(data_path),
+                seed=SUBSET_SEED,
                 train_size=None if size == 5438 else size,
             )
             if splits.train_size != size:
-                raise ValueError(f"{data_path} holds {splits.train_size} training images, not {size}.")
+                raise ValueError(
+                    f"{data_path} holds {splits.train_size} training images, not {size}."
+                )
             self.x_train, self.y_train = splits.x_train, splits.y_train
             self.x_test, self.y_test = splits.x_test, splits.y_test
             self.num_classes, self.flip = splits.num_classes, splits.flip
@@ -117,8 +121,15 @@ class Task:
                 ds = ds.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
             return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
         return kg.data.make_pipeline(
-            x, y, batch_size, training=training, augment="standard", seed=seed,
-            normalization=self.normalization, flip=self.flip, start_epoch=start_epoch,
+            x,
+            y,
+            batch_size,
+            training=training,
+            augment="standard",
+            seed=seed,
+            normalization=self.normalization,
+            flip=self.flip,
+            start_epoch=start_epoch,
         )
 
     def eigen_data(self):
@@ -126,7 +137,9 @@ class Task:
         import numpy as np
 
         n = self.budget["eigen_examples"]
-        xs, ys = zip(*self.pipeline(self.x_train[:n], self.y_train[:n], 256, False, 0).as_numpy_iterator())
+        xs, ys = zip(
+            *self.pipeline(self.x_train[:n], self.y_train[:n], 256, False, 0).as_numpy_iterator()
+        )
         return np.concatenate(xs), np.concatenate(ys)
 
     def inner(self):
@@ -169,8 +182,19 @@ def history_from_rows(rows):
     return {key: values for key, values in history.items() if values}
 
 
-def train_run(task, method, seed, epochs, rho, alpha, validation=False, eigen=True, verbose=0,
-              backup_dir=None, step_schedule=None):
+def train_run(
+    task,
+    method,
+    seed,
+    epochs,
+    rho,
+    alpha,
+    validation=False,
+    eigen=True,
+    verbose=0,
+    backup_dir=None,
+    step_schedule=None,
+):
     """Trains one model; returns the result dict (the run's JSON file).
 
     With `backup_dir`, the run checkpoints every epoch there and continues
@@ -188,14 +212,27 @@ def train_run(task, method, seed, epochs, rho, alpha, validation=False, eigen=Tr
     else:
         x_fit, y_fit, x_eval, y_eval = task.x_train, task.y_train, task.x_test, task.y_test
     config = train.TrainConfig(
-        dataset=task.key, model=budget.get("model", "mnist1d_cnn"), method=method, epochs=epochs,
-        batch_size=budget["batch_size"], learning_rate=budget["learning_rate"], momentum=0.9,
-        nesterov=True, weight_decay=budget["weight_decay"], schedule="cosine", rho=rho, alpha=alpha,
-        seed=seed, verbose=verbose, **(step_schedule or {}),
+        dataset=task.key,
+        model=budget.get("model", "mnist1d_cnn"),
+        method=method,
+        epochs=epochs,
+        batch_size=budget["batch_size"],
+        learning_rate=budget["learning_rate"],
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=budget["weight_decay"],
+        schedule="cosine",
+        rho=rho,
+        alpha=alpha,
+        seed=seed,
+        verbose=verbose,
+        **(step_schedule or {}),
     )
     keras.utils.set_random_seed(seed)
     start_epoch = None if backup_dir is None else kg.checkpoint.saved_epoch(backup_dir)
-    train_ds = task.pipeline(x_fit, y_fit, budget["batch_size"], True, seed, start_epoch=start_epoch)
+    train_ds = task.pipeline(
+        x_fit, y_fit, budget["batch_size"], True, seed, start_epoch=start_epoch
+    )
     eval_ds = task.pipeline(x_eval, y_eval, 512, False, seed)
     steps = math.ceil(len(y_fit) / budget["batch_size"])
     model = train.build_compiled_model(config, task.splits, steps, inner=task.inner())
@@ -208,10 +245,16 @@ def train_run(task, method, seed, epochs, rho, alpha, validation=False, eigen=Tr
         loggers.append(kg.callbacks.ResumableCSVLogger(csv_path))
         callbacks = loggers + [kg.checkpoint.BackupAndRestore(backup_dir, delete_checkpoint=False)]
     history, wall_seconds, final = train.fit_and_evaluate(
-        model, train_ds, eval_ds, epochs=epochs,
+        model,
+        train_ds,
+        eval_ds,
+        epochs=epochs,
         # The keyed stream is endless: an epoch is one pass over the examples.
         steps_per_epoch=None if backup_dir is None else steps,
-        callbacks=callbacks, loggers=loggers, verbose=verbose, validation_freq=eval_every,
+        callbacks=callbacks,
+        loggers=loggers,
+        verbose=verbose,
+        validation_freq=eval_every,
     )
     if backup_dir is not None:  # every attempt's epochs, not only this one's
         history = history_from_rows(kg.callbacks.read_history(csv_path))
@@ -221,16 +264,22 @@ def train_run(task, method, seed, epochs, rho, alpha, validation=False, eigen=Tr
         "method": method + "".join(f"-{k}" for k in _variant_suffix(step_schedule)),
         "seed": seed,
         "config": {
-            "epochs": epochs, "batch_size": budget["batch_size"],
-            "learning_rate": budget["learning_rate"], "weight_decay": budget["weight_decay"],
+            "epochs": epochs,
+            "batch_size": budget["batch_size"],
+            "learning_rate": budget["learning_rate"],
+            "weight_decay": budget["weight_decay"],
             "optimizer": "SGD(momentum=0.9, nesterov=True), cosine decay to 0",
-            "rho": rho, "alpha": alpha, "sensitive_fraction": config.sensitive_fraction,
+            "rho": rho,
+            "alpha": alpha,
+            "sensitive_fraction": config.sensitive_fraction,
             **({"schedule": step_schedule} if step_schedule else {}),
             "model": "mnist1d_cnn" if task.name == "mnist1d" else f"{budget['model']} (fused BN)",
             "augment": "none" if task.name == "mnist1d" else "standard (pad 4, crop, flip)",
-            "training_stream": "seeded reshuffle every epoch" if backup_dir is None
+            "training_stream": "seeded reshuffle every epoch"
+            if backup_dir is None
             else "keyed by (seed, epoch), resumable",
-            "train_examples": int(len(y_fit)), "eval_examples": int(len(y_eval)),
+            "train_examples": int(len(y_fit)),
+            "eval_examples": int(len(y_eval)),
             "evaluated_on": "validation split of the training set" if validation else "test set",
             "parameters": int(model.inner.count_params()),
         },
@@ -253,12 +302,19 @@ def train_run(task, method, seed, epochs, rho, alpha, validation=False, eigen=Tr
         x, y = task.eigen_data()
         start = time.time()
         eig = hessian_top_eigenvalue(
-            model, (x, y), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            iters=budget["eigen_iters"], seed=0, tol=1e-3, batch_size=256,
+            model,
+            (x, y),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            iters=budget["eigen_iters"],
+            seed=0,
+            tol=1e-3,
+            batch_size=256,
         )
         result["hessian_top_eigenvalue"] = {
-            "value": float(eig.value), "history": [float(v) for v in eig.history],
-            "converged": bool(eig.converged), "examples": int(len(y)),
+            "value": float(eig.value),
+            "history": [float(v) for v in eig.history],
+            "converged": bool(eig.converged),
+            "examples": int(len(y)),
             "seconds": round(time.time() - start, 1),
         }
     return result
@@ -348,12 +404,24 @@ def do_sweep(args):
                 result = run_once(
                     sweep_path(args.out, sname, ssubset, method, rho, alpha, epochs),
                     f"[sweep] {key} {method} rho={rho} alpha={alpha} epochs={epochs}",
-                    lambda: train_run(load_task(key, args.data), method, 0, epochs, rho, alpha,
-                                      validation=True, eigen=False, verbose=args.verbose),
+                    lambda: train_run(
+                        load_task(key, args.data),
+                        method,
+                        0,
+                        epochs,
+                        rho,
+                        alpha,
+                        validation=True,
+                        eigen=False,
+                        verbose=args.verbose,
+                    ),
                 )
                 if result is not None:
-                    print(f"[sweep] -> val accuracy {result['val_accuracy']:.4f} "
-                          f"({result['seconds']:.0f} s)", flush=True)
+                    print(
+                        f"[sweep] -> val accuracy {result['val_accuracy']:.4f} "
+                        f"({result['seconds']:.0f} s)",
+                        flush=True,
+                    )
 
 
 def do_runs(args):
@@ -370,40 +438,71 @@ def do_runs(args):
                 method, schedule = parse_variant(variant)
                 rho, a = method_hparams(method, alpha, rho_sam, rho_gmix)
                 if rho is None or a is None:
-                    print(f"[skip] {key} {method}: the sweep is incomplete (run --sweep first, "
-                          "or pass --rho and --alpha)", flush=True)
+                    print(
+                        f"[skip] {key} {method}: the sweep is incomplete (run --sweep first, "
+                        "or pass --rho and --alpha)",
+                        flush=True,
+                    )
                     continue
                 # Another budget than the data set's (--epochs): a budget check, kept apart.
                 suffix = "" if epochs == budget_epochs(name, subset) else f"_e{epochs}"
-                path = os.path.join(run_dir(args.out, name, subset), f"{variant}_seed{seed}{suffix}.json")
+                path = os.path.join(
+                    run_dir(args.out, name, subset), f"{variant}_seed{seed}{suffix}.json"
+                )
                 # Checkpoints of the run, removed once its result is written.
-                backup_dir = path[: -len(".json")] + ".backup" if is_resumable(name, subset) else None
+                backup_dir = (
+                    path[: -len(".json")] + ".backup" if is_resumable(name, subset) else None
+                )
                 result = run_once(
-                    path, f"[run] {key} {variant} seed={seed} rho={rho} alpha={a} epochs={epochs}",
-                    lambda: train_run(load_task(key, args.data), method, seed, epochs, rho, a,
-                                      verbose=args.verbose, backup_dir=backup_dir, step_schedule=schedule),
+                    path,
+                    f"[run] {key} {variant} seed={seed} rho={rho} alpha={a} epochs={epochs}",
+                    lambda: train_run(
+                        load_task(key, args.data),
+                        method,
+                        seed,
+                        epochs,
+                        rho,
+                        a,
+                        verbose=args.verbose,
+                        backup_dir=backup_dir,
+                        step_schedule=schedule,
+                    ),
                     backup_dir,
                 )
                 if result is not None:
-                    print(f"[run] -> test accuracy {result['test_accuracy']:.4f} ({result['seconds']:.0f} s, "
-                          f"eigenvalue {result['hessian_top_eigenvalue']['value']:.2f})", flush=True)
+                    print(
+                        f"[run] -> test accuracy {result['test_accuracy']:.4f} ({result['seconds']:.0f} s, "
+                        f"eigenvalue {result['hessian_top_eigenvalue']['value']:.2f})",
+                        flush=True,
+                    )
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=DEFAULT_DATA, help="path of cifar10_partial.npz")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), help=f"of {DATASETS}")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS),
-                        help=f"methods {METHODS} or schedules such as {SCHEDULE_VARIANTS[:3]}")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        help=f"methods {METHODS} or schedules such as {SCHEDULE_VARIANTS[:3]}",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=None, help="override the budget (default: BUDGETS)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="override the budget (default: BUDGETS)"
+    )
     parser.add_argument("--rho", type=float, default=None, help="override the swept rho")
     parser.add_argument("--alpha", type=float, default=None, help="override the swept alpha")
     parser.add_argument("--sweep", action="store_true", help="run the (alpha, rho) sweep")
-    parser.add_argument("--report", action="store_true",
-                        help="only build the reports: generalization and schedules .md/.json/.png")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="only build the reports: generalization and schedules .md/.json/.png",
+    )
     parser.add_argument("--out", default=DEFAULT_OUT, help="results folder")
-    parser.add_argument("--verbose", type=int, default=2, help="fit's verbosity (2: a line per epoch)")
+    parser.add_argument(
+        "--verbose", type=int, default=2, help="fit's verbosity (2: a line per epoch)"
+    )
     args = parser.parse_args(argv)
     for key in args.datasets:
         parse_dataset(key)
@@ -412,7 +511,11 @@ def main(argv=None):
             parse_variant(variant)
         except ValueError as error:
             parser.error(str(error))
-    print("command:", " ".join(shlex.quote(a) for a in [os.path.basename(sys.argv[0])] + sys.argv[1:]), flush=True)
+    print(
+        "command:",
+        " ".join(shlex.quote(a) for a in [os.path.basename(sys.argv[0])] + sys.argv[1:]),
+        flush=True,
+    )
     if args.report:
         from generalization_report import write_report
         import schedule_report

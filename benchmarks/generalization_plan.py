@@ -16,26 +16,38 @@ BASELINES = {"mixup": "Mixup", "sam": "SAM"}
 # METHOD-kK (perturb_every=K), METHOD-kK-rA (and reuse_scale=A) or METHOD-pP
 # (perturb_probability=P); they train with their full method's (rho, alpha).
 SCHEDULE_VARIANTS = tuple(
-    f"{method}-{suffix}" for method in ("gmix", "dgmix") for suffix in ("k5", "k10", "k5-r0.1", "k5-r0.3", "p0.2")
+    f"{method}-{suffix}"
+    for method in ("gmix", "dgmix")
+    for suffix in ("k5", "k10", "k5-r0.1", "k5-r0.3", "p0.2")
 )
 DATASETS = ("mnist1d", "cifar10_partial:2500", "cifar10_partial:5438")
 # The budget of each data set: the same for every method. Why each budget
 # is what it is: benchmarks/README.md, "Why these budgets" (the report quotes it).
 BUDGETS = {
     "mnist1d": dict(
-        epochs=200, batch_size=128, learning_rate=0.05, weight_decay=5e-4, eval_every=10,
-        eigen_examples=1000, eigen_iters=20,
+        epochs=200,
+        batch_size=128,
+        learning_rate=0.05,
+        weight_decay=5e-4,
+        eval_every=10,
+        eigen_examples=1000,
+        eigen_iters=20,
         sweep_epochs=100,  # shortened (the budget was 100 when it ran)
         sweep=dict(alpha=(0.2, 0.5, 1.0), rho=(0.02, 0.05, 0.1, 0.2)),
     ),
     "cifar10_partial": dict(
-        epochs=200, batch_size=128, learning_rate=0.1, weight_decay=5e-4, eval_every=10,
+        epochs=200,
+        batch_size=128,
+        learning_rate=0.1,
+        weight_decay=5e-4,
+        eval_every=10,
         # Runs of these subsets train on the epoch-keyed stream and keep a
         # checkpoint every epoch, so a killed run resumes where it stopped.
         # Not the 2,500 set: its runs were made with the plain seeded
         # shuffle, and a re-run must see what they saw.
         resumable_subsets=("5438",),
-        eigen_examples=512, eigen_iters=10,
+        eigen_examples=512,
+        eigen_iters=10,
         sweep_epochs=50,  # shortened: see README
         sweep=dict(alpha=(0.2, 1.0), rho=(0.05, 0.1)),
         model="resnet8",
@@ -47,8 +59,14 @@ def parse_variant(name):
     """`"dgmix-k5-r0.3"` -> ("dgmix", {"perturb_every": 5, "reuse_scale": 0.3}); a plain method -> (name, {})."""
     method, *parts = name.split("-")
     if method not in METHODS:
-        raise ValueError(f"Unknown method {name!r}: one of {METHODS}, or a schedule like 'gmix-k5'.")
-    keys = {"k": ("perturb_every", int), "r": ("reuse_scale", float), "p": ("perturb_probability", float)}
+        raise ValueError(
+            f"Unknown method {name!r}: one of {METHODS}, or a schedule like 'gmix-k5'."
+        )
+    keys = {
+        "k": ("perturb_every", int),
+        "r": ("reuse_scale", float),
+        "p": ("perturb_probability", float),
+    }
     schedule = {}
     for part in parts:
         if not part or part[0] not in keys:
@@ -86,6 +104,7 @@ def write_json(path, payload):
     # Flushed, then renamed: a killed process or a power cut never leaves
     # half a file (a run costs up to an hour).
     from keras_gmix.checkpoint import atomic_write_text
+
     atomic_write_text(path, json.dumps(payload, indent=1))
 
 
@@ -104,7 +123,8 @@ def fmt(value):
 
 def sweep_path(out, name, subset, method, rho, alpha, epochs):
     return os.path.join(
-        run_dir(out, name, subset), "sweep",
+        run_dir(out, name, subset),
+        "sweep",
         f"{method}_rho{fmt(rho)}_alpha{fmt(alpha)}_e{epochs}_seed0.json",
     )
 

@@ -42,7 +42,7 @@ def budget_reasons(readme=README):
     if REASONS_HEADING not in lines:
         raise ValueError(f"{readme} has no {REASONS_HEADING!r} section: the report quotes it.")
     reasons, key = {}, None
-    for line in lines[lines.index(REASONS_HEADING) + 1:]:
+    for line in lines[lines.index(REASONS_HEADING) + 1 :]:
         if line.startswith("#"):
             break
         bullet = re.match(r"- `([^`]+)`: (.*)", line)
@@ -114,7 +114,7 @@ def flattening(loss):
     """
     k = max(1, len(loss) // 10)
     last = sum(loss[-k:]) / k
-    before = sum(loss[-2 * k:-k]) / max(1, len(loss[-2 * k:-k]))
+    before = sum(loss[-2 * k : -k]) / max(1, len(loss[-2 * k : -k]))
     return before / max(abs(last), 1e-12) - 1.0
 
 
@@ -136,14 +136,16 @@ def method_rows(runs, seeds):
         mine = {s: runs[(method, s)] for s in seeds if (method, s) in runs}
         acc = [r["test_accuracy"] for r in mine.values()]
         row = {
-            "seeds_done": sorted(mine), "missing_seeds": [s for s in seeds if s not in mine],
+            "seeds_done": sorted(mine),
+            "missing_seeds": [s for s in seeds if s not in mine],
             "test_accuracy": acc,
             "mean": float(np.mean(acc)) if acc else None,
             "std": float(np.std(acc, ddof=1)) if len(acc) > 1 else None,
             "seconds": float(np.mean([r["seconds"] for r in mine.values()])) if mine else None,
             # Recorded from the third session on (older runs have none).
-            "cpu_seconds": float(np.mean(cpu)) if (cpu := [
-                r["cpu_seconds"] for r in mine.values() if "cpu_seconds" in r]) else None,
+            "cpu_seconds": float(np.mean(cpu))
+            if (cpu := [r["cpu_seconds"] for r in mine.values() if "cpu_seconds" in r])
+            else None,
             "eigenvalue": [r["hessian_top_eigenvalue"]["value"] for r in mine.values()],
             "final_train_loss": [r["history"]["loss"][-1] for r in mine.values()],
             "flattening": [flattening(r["history"]["loss"]) for r in mine.values()],
@@ -154,13 +156,17 @@ def method_rows(runs, seeds):
         }
         paired = [s for s in mine if s in erm]
         if method != "erm" and paired:
-            diff, p = paired_test([erm[s] for s in paired], [mine[s]["test_accuracy"] for s in paired])
+            diff, p = paired_test(
+                [erm[s] for s in paired], [mine[s]["test_accuracy"] for s in paired]
+            )
             row.update(diff_to_erm=diff, p_value=p, paired_seeds=paired)
         for base in BASELINES:
             other = {s: r["test_accuracy"] for (m, s), r in runs.items() if m == base}
             both = [s for s in mine if s in other]
             if method in GMIX_FAMILY and both:
-                diff, p = paired_test([other[s] for s in both], [mine[s]["test_accuracy"] for s in both])
+                diff, p = paired_test(
+                    [other[s] for s in both], [mine[s]["test_accuracy"] for s in both]
+                )
                 row[f"vs_{base}"] = {"diff": diff, "p_value": p, "paired_seeds": both}
         rows[method] = row
     return rows
@@ -182,20 +188,25 @@ def collect(out, seeds):
         rows = method_rows(runs, seeds)
         checks, other_runs = [], {}
         for fname in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-            stem, _, epochs = fname[:-len(".json")].rpartition("_e")
+            stem, _, epochs = fname[: -len(".json")].rpartition("_e")
             if fname.endswith(".json") and stem and epochs.isdigit():
                 r = read_json(os.path.join(folder, fname))
                 other_runs.setdefault(int(epochs), {})[(r["method"], r["seed"])] = r
                 ref = runs.get((r["method"], r["seed"]))
-                checks.append({
-                    "method": r["method"], "seed": r["seed"], "epochs": r["config"]["epochs"],
-                    "test_accuracy": r["test_accuracy"], "seconds": r["seconds"],
-                    "budget_epochs": ref["config"]["epochs"] if ref else None,
-                    "budget_test_accuracy": ref["test_accuracy"] if ref else None,
-                    # Whether a longer budget flattens the end of training more.
-                    "loss_drop": flattening(r["history"]["loss"]),
-                    "budget_loss_drop": flattening(ref["history"]["loss"]) if ref else None,
-                })
+                checks.append(
+                    {
+                        "method": r["method"],
+                        "seed": r["seed"],
+                        "epochs": r["config"]["epochs"],
+                        "test_accuracy": r["test_accuracy"],
+                        "seconds": r["seconds"],
+                        "budget_epochs": ref["config"]["epochs"] if ref else None,
+                        "budget_test_accuracy": ref["test_accuracy"] if ref else None,
+                        # Whether a longer budget flattens the end of training more.
+                        "loss_drop": flattening(r["history"]["loss"]),
+                        "budget_loss_drop": flattening(ref["history"]["loss"]) if ref else None,
+                    }
+                )
         report["datasets"][key] = {
             "rows": rows,
             "budget_checks": checks,
@@ -246,8 +257,9 @@ def short_name(key):
 
 def section_title(key):
     name, _ = parse_dataset(key)
-    return short_name(key) + (" (4,000 train / 10,000 test)" if name == "mnist1d"
-                              else " training images, 1,017 test")
+    return short_name(key) + (
+        " (4,000 train / 10,000 test)" if name == "mnist1d" else " training images, 1,017 test"
+    )
 
 
 def summary_lines(report, n_seeds):
@@ -267,7 +279,8 @@ def summary_lines(report, n_seeds):
             return "—"
         n = len(v["paired_seeds"])
         notes = ([] if n == n_seeds else [f"{n} seed" + "s" * (n > 1)]) + (
-            [] if v["p_value"] is None else [f"p {p_cell(v['p_value'])}"])
+            [] if v["p_value"] is None else [f"p {p_cell(v['p_value'])}"]
+        )
         return points(v["diff"]) + (f" ({', '.join(notes)})" if notes else "")
 
     lines = [
@@ -277,8 +290,11 @@ def summary_lines(report, n_seeds):
         "|---|" + "---|" * len(keys),
     ]
     for method in METHODS:
-        lines.append(f"| {method} | " + " | ".join(
-            accuracy(report["datasets"][k]["rows"][method]) for k in keys) + " |")
+        lines.append(
+            f"| {method} | "
+            + " | ".join(accuracy(report["datasets"][k]["rows"][method]) for k in keys)
+            + " |"
+        )
     lines += [
         "",
         "The G-Mix family minus Mixup and minus SAM, test accuracy in percentage points "
@@ -289,8 +305,13 @@ def summary_lines(report, n_seeds):
     ]
     for k in keys:
         for base, label in BASELINES.items():
-            lines.append(f"| {short_name(k)} | {label} | " + " | ".join(
-                versus(report["datasets"][k]["rows"][m].get(f"vs_{base}")) for m in GMIX_FAMILY) + " |")
+            lines.append(
+                f"| {short_name(k)} | {label} | "
+                + " | ".join(
+                    versus(report["datasets"][k]["rows"][m].get(f"vs_{base}")) for m in GMIX_FAMILY
+                )
+                + " |"
+            )
     return lines
 
 
@@ -302,7 +323,9 @@ def write_report(args):
     report["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     reasons = budget_reasons()
     report["budgets"] = recorded_budgets(reasons)
-    report["command"] = "python benchmarks/generalization.py --sweep && python benchmarks/generalization.py && python benchmarks/generalization.py --report"
+    report["command"] = (
+        "python benchmarks/generalization.py --sweep && python benchmarks/generalization.py && python benchmarks/generalization.py --report"
+    )
     lines = [
         "# Generalization: the six methods on real data with little of it",
         "",
@@ -332,9 +355,12 @@ def write_report(args):
             f"{'1D CNN (5.2k parameters), no augmentation' if name == 'mnist1d' else 'ResNet-8 (fused BN), pad-crop + flip'}. "
             "Hessian: top eigenvalue of the training loss (no weight decay term) on the first "
             f"{b['eigen_examples']} training examples, BN in inference mode, at most {b['eigen_iters']} power iterations."
-            + (" Training stream keyed by (seed, epoch), with a checkpoint every epoch: a killed run "
-               "resumed from its last epoch (`s / run` sums its attempts' epochs)."
-               if is_resumable(name, subset) else ""),
+            + (
+                " Training stream keyed by (seed, epoch), with a checkpoint every epoch: a killed run "
+                "resumed from its last epoch (`s / run` sums its attempts' epochs)."
+                if is_resumable(name, subset)
+                else ""
+            ),
             "",
             f"Why this budget: {reasons[key]}.",
             "",
@@ -353,7 +379,8 @@ def write_report(args):
                 # The sample std, as for the accuracies.
                 + f" | {np.mean(r['eigenvalue']):.1f}"
                 + (f" ± {np.std(r['eigenvalue'], ddof=1):.1f}" if len(r["eigenvalue"]) > 1 else "")
-                + f" | {r['seconds']:.0f}" + ("" if r["cpu_seconds"] is None else f" ({r['cpu_seconds']:.0f})")
+                + f" | {r['seconds']:.0f}"
+                + ("" if r["cpu_seconds"] is None else f" ({r['cpu_seconds']:.0f})")
                 + f" | {100 * np.mean(r['flattening']):.1f}%"
                 + f" | {100 * np.mean(r['late_test_gain']):+.2f} |"
             )
@@ -371,7 +398,10 @@ def write_report(args):
                 if v is None:
                     cells += ["—", ""]
                 else:
-                    cells += [f"{points(v['diff'])} (n={len(v['paired_seeds'])})", p_cell(v["p_value"])]
+                    cells += [
+                        f"{points(v['diff'])} (n={len(v['paired_seeds'])})",
+                        p_cell(v["p_value"]),
+                    ]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         for epochs, other in data["other_budgets"].items():
             lines += [
@@ -388,8 +418,7 @@ def write_report(args):
                 cells = [accuracy_cell(r), points(r.get("diff_to_erm")), p_cell(r.get("p_value"))]
                 for base in BASELINES:
                     v = r.get(f"vs_{base}")
-                    cells += (["", ""] if v is None else
-                              [points(v["diff"]), p_cell(v["p_value"])])
+                    cells += ["", ""] if v is None else [points(v["diff"]), p_cell(v["p_value"])]
                 cells.append(f"{np.mean(r['eigenvalue']):.1f}")
                 lines.append(f"| {method} | {len(r['seeds_done'])} | " + " | ".join(cells) + " |")
         paired_checks = [c for c in data["budget_checks"] if c["budget_test_accuracy"] is not None]
@@ -397,15 +426,20 @@ def write_report(args):
             data = dict(data, budget_checks=paired_checks)
             lines += [
                 "",
-                ("Budget check, per seed: the same seed at the budget and at another number of epochs, test "
-                 "accuracy % and training-loss drop from epochs 81-90% to 91-100% of each run:"),
+                (
+                    "Budget check, per seed: the same seed at the budget and at another number of epochs, test "
+                    "accuracy % and training-loss drop from epochs 81-90% to 91-100% of each run:"
+                ),
                 "",
                 "| method | seed | budget epochs | acc. | train-loss drop | check epochs | acc. | train-loss drop | check − budget (pp) |",
                 "|---|---|---|---|---|---|---|---|---|",
             ]
             for c in data["budget_checks"]:
-                diff = points(None if c["budget_test_accuracy"] is None
-                              else c["test_accuracy"] - c["budget_test_accuracy"])
+                diff = points(
+                    None
+                    if c["budget_test_accuracy"] is None
+                    else c["test_accuracy"] - c["budget_test_accuracy"]
+                )
                 lines.append(
                     f"| {c['method']} | {c['seed']} | {c['budget_epochs'] or '—'} | {pct(c['budget_test_accuracy'])}"
                     f" | {c['budget_loss_drop']:.1%} | {c['epochs']} | {pct(c['test_accuracy'])}"
@@ -426,11 +460,17 @@ def write_report(args):
             "| method | rho | alpha | val acc. % |",
             "|---|---|---|---|",
         ]
-        lines += [f"| {r['method']} | {fmt(r['rho'])} | {fmt(r['alpha'])} | {pct(r['val_accuracy'])} |"
-                  for r in sw["results"]] or ["| (no sweep runs yet) | | | |"]
+        lines += [
+            f"| {r['method']} | {fmt(r['rho'])} | {fmt(r['alpha'])} | {pct(r['val_accuracy'])} |"
+            for r in sw["results"]
+        ] or ["| (no sweep runs yet) | | | |"]
         c = sw["chosen"]
-        lines += ["", f"Chosen: alpha = {c['alpha']}, rho (SAM) = {c['rho_sam']}, rho (G-Mix family) = {c['rho_gmix']}"
-                  + (" (None: sweep incomplete)" if None in c.values() else ""), ""]
+        lines += [
+            "",
+            f"Chosen: alpha = {c['alpha']}, rho (SAM) = {c['rho_sam']}, rho (G-Mix family) = {c['rho_gmix']}"
+            + (" (None: sweep incomplete)" if None in c.values() else ""),
+            "",
+        ]
     lines += [
         "## Figures",
         "",
@@ -461,8 +501,13 @@ def plot(report, base):
         rows = report["datasets"][key]["rows"]
         means = [100 * (rows[m]["mean"] or 0) for m in METHODS]
         stds = [100 * (rows[m]["std"] or 0) for m in METHODS]
-        ax.bar(METHODS, means, yerr=stds, capsize=3,
-               color=["0.6", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"])
+        ax.bar(
+            METHODS,
+            means,
+            yerr=stds,
+            capsize=3,
+            color=["0.6", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"],
+        )
         done = [m for m in METHODS if rows[m]["mean"] is not None]
         if done:
             lo = min(100 * rows[m]["mean"] for m in done)
@@ -472,7 +517,14 @@ def plot(report, base):
             ax.set_ylim(0, 100)
         for i, m in enumerate(METHODS):
             n = len(rows[m]["seeds_done"])
-            ax.text(i, ax.get_ylim()[0], "missing" if n == 0 else f"n={n}", ha="center", va="bottom", fontsize=7)
+            ax.text(
+                i,
+                ax.get_ylim()[0],
+                "missing" if n == 0 else f"n={n}",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
         ax.set_title(short_name(key))
         ax.set_ylabel("test accuracy (%)")
     fig.tight_layout()
@@ -480,7 +532,9 @@ def plot(report, base):
     plt.close(fig)
 
     fig, axes = plt.subplots(2, len(keys), figsize=(5 * len(keys), 7), squeeze=False)
-    colors = dict(zip(METHODS, ["k", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]))
+    colors = dict(
+        zip(METHODS, ["k", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"])
+    )
     for j, key in enumerate(keys):
         data = report["datasets"][key]
         for name, loss in data["curves"].items():
@@ -489,16 +543,34 @@ def plot(report, base):
             # 5-epoch running mean: one lambda per batch makes the Mixup family's epoch loss jumpy.
             k = min(5, len(loss))
             smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
-            axes[0, j].plot(np.arange(k, len(loss) + 1), smooth, color=colors[method], lw=1,
-                            label=method if first else None)
+            axes[0, j].plot(
+                np.arange(k, len(loss) + 1),
+                smooth,
+                color=colors[method],
+                lw=1,
+                label=method if first else None,
+            )
             acc = data["test_curves"][name]
             if acc:
                 every = max(1, len(loss) // len(acc))
-                axes[1, j].plot(every * np.arange(1, len(acc) + 1), 100 * np.asarray(acc),
-                                color=colors[method], lw=1, marker=".", label=method if first else None)
+                axes[1, j].plot(
+                    every * np.arange(1, len(acc) + 1),
+                    100 * np.asarray(acc),
+                    color=colors[method],
+                    lw=1,
+                    marker=".",
+                    label=method if first else None,
+                )
         if not data["curves"]:
             for ax in axes[:, j]:
-                ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=ax.transAxes)
+                ax.text(
+                    0.5,
+                    0.5,
+                    "no finished runs yet",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                )
         else:
             axes[0, j].set_yscale("log")
         axes[0, j].set_title(f"{short_name(key)}: training loss (5-epoch mean)")

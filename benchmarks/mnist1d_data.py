@@ -72,7 +72,11 @@ def build_mnist1d_cnn(num_classes=NUM_CLASSES, length=40, channels=25, weight_de
     x = inputs
     for kernel_size in (5, 3, 3):
         x = keras.layers.Conv1D(
-            channels, kernel_size, strides=2, padding="same", activation="relu",
+            channels,
+            kernel_size,
+            strides=2,
+            padding="same",
+            activation="relu",
             kernel_regularizer=reg,
         )(x)
     x = keras.layers.Flatten()(x)

@@ -101,8 +101,13 @@ def tf_keras_resnet20(num_classes=10, input_shape=(32, 32, 3)):
 
     def conv(x, filters, kernel_size, strides, name):
         return layers.Conv2D(
-            filters, kernel_size, strides=strides, padding="same", use_bias=False,
-            kernel_initializer="he_normal", name=name,
+            filters,
+            kernel_size,
+            strides=strides,
+            padding="same",
+            use_bias=False,
+            kernel_initializer="he_normal",
+            name=name,
         )(x)
 
     def norm(x, name):
@@ -121,7 +126,9 @@ def tf_keras_resnet20(num_classes=10, input_shape=(32, 32, 3)):
             y = norm(conv(y, filters, 3, 1, f"{prefix}_conv2"), f"{prefix}_bn2")
             if strides != 1 or in_channels != filters:
                 if strides != 1:
-                    x = layers.MaxPooling2D(pool_size=1, strides=strides, name=f"{prefix}_subsample")(x)
+                    x = layers.MaxPooling2D(
+                        pool_size=1, strides=strides, name=f"{prefix}_subsample"
+                    )(x)
                 x = ZeroPadChannels(filters, name=f"{prefix}_pad")(x)
             x = layers.ReLU(name=f"{prefix}_out")(layers.Add(name=f"{prefix}_add")([x, y]))
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)

@@ -24,25 +24,33 @@ sys.path.insert(0, HERE)
 
 # Op types that carry the FLOPs; their counts per step are the pass counts.
 HEAVY = (
-    "Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter",
-    "FusedBatchNormV3", "FusedBatchNormGradV3", "MatMul",
+    "Conv2D",
+    "Conv2DBackpropInput",
+    "Conv2DBackpropFilter",
+    "FusedBatchNormV3",
+    "FusedBatchNormGradV3",
+    "MatMul",
 )
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet20")
-    parser.add_argument("--bn", default="fused", help="stock, fused or tf-keras (for the peer rows)")
+    parser.add_argument(
+        "--bn", default="fused", help="stock, fused or tf-keras (for the peer rows)"
+    )
     parser.add_argument("--jit", default="off")
     parser.add_argument(
-        "--methods", default="erm,sam,bgmix",
+        "--methods",
+        default="erm,sam,bgmix",
         help="comma-separated: keras fit, erm ... dgmix, naive sam, tf-keras fit, tf-keras SAM",
     )
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=14, help="op types listed")
     parser.add_argument("--logdir", default="/tmp/gmix_profile")
-    parser.add_argument("--counts", action="store_true",
-                        help="also print how many ops of every type run per step")
+    parser.add_argument(
+        "--counts", action="store_true", help="also print how many ops of every type run per step"
+    )
     return parser.parse_args(argv)
 
 
@@ -82,7 +90,9 @@ def main(argv=None):
     for method in args.methods.split(","):
         config = st.Config(args.model, args.bn, args.jit == "on", method)
         st.prepare(config, dataset, options)
-        logdir = os.path.join(args.logdir, f"{args.model}_{args.bn}_{args.jit}_{method.replace(' ', '_')}")
+        logdir = os.path.join(
+            args.logdir, f"{args.model}_{args.bn}_{args.jit}_{method.replace(' ', '_')}"
+        )
         tf.profiler.experimental.start(logdir)
         start = time.perf_counter()
         for _ in range(args.steps):
@@ -95,7 +105,9 @@ def main(argv=None):
 
     methods = list(results)
     n = args.steps
-    print(f"\n{args.model}, {args.bn} BN, jit {args.jit}: ms per step (op time summed over threads)")
+    print(
+        f"\n{args.model}, {args.bn} BN, jit {args.jit}: ms per step (op time summed over threads)"
+    )
     print(f"{'':28}" + "".join(f"{m[:13]:>14}" for m in methods))
     print(f"{'wall time':28}" + "".join(f"{1000 * results[m][2] / n:14.0f}" for m in methods))
     print(f"{'all ops':28}" + "".join(f"{sum(results[m][0].values()) / n:14.0f}" for m in methods))
@@ -103,16 +115,24 @@ def main(argv=None):
     for times, _, _ in results.values():
         every.update(times)
     for op_type, _ in every.most_common(args.top):
-        print(f"{op_type[:28]:28}" + "".join(f"{results[m][0][op_type] / n:14.1f}" for m in methods))
+        print(
+            f"{op_type[:28]:28}" + "".join(f"{results[m][0][op_type] / n:14.1f}" for m in methods)
+        )
     print("\nheavy ops per step (pass counts)")
     for op_type in HEAVY:
         print(f"{op_type:28}" + "".join(f"{results[m][1][op_type] / n:14.1f}" for m in methods))
-    print(f"{'ops of any type':28}" + "".join(f"{sum(results[m][1].values()) / n:14.0f}" for m in methods))
+    print(
+        f"{'ops of any type':28}"
+        + "".join(f"{sum(results[m][1].values()) / n:14.0f}" for m in methods)
+    )
     if args.counts:
         print("\nops per step, every type")
         types = set().union(*(results[m][1] for m in methods))
         for op_type in sorted(types, key=lambda t: (-max(results[m][1][t] for m in methods), t)):
-            print(f"{op_type[:28]:28}" + "".join(f"{results[m][1][op_type] / n:14.1f}" for m in methods))
+            print(
+                f"{op_type[:28]:28}"
+                + "".join(f"{results[m][1][op_type] / n:14.1f}" for m in methods)
+            )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,14 @@ DATASETS = {
 }
 BASELINES = ("erm", "mixup", "sam")
 FULL_METHODS = ("gmix", "dgmix", "bgmix")
-COLORS = {"erm": "0.5", "mixup": "tab:blue", "sam": "tab:orange", "gmix": "tab:green",
-          "bgmix": "tab:red", "dgmix": "tab:purple"}
+COLORS = {
+    "erm": "0.5",
+    "mixup": "tab:blue",
+    "sam": "tab:orange",
+    "gmix": "tab:green",
+    "bgmix": "tab:red",
+    "dgmix": "tab:purple",
+}
 # Marker of each schedule (the part of the name after the method); full
 # methods and baselines are filled circles, labelled by name.
 MARKERS = {"k5": "s", "k10": "D", "k5-r0.1": "^", "k5-r0.3": "v", "p0.2": "X"}
@@ -82,13 +88,19 @@ def dataset_rows(runs, seeds):
         return {s: r["test_accuracy"] for s, r in runs.get(name, {}).items() if s in seeds}
 
     def cpu(name):
-        values = [r["cpu_seconds"] for s, r in runs.get(name, {}).items() if s in seeds and r.get("cpu_seconds")]
+        values = [
+            r["cpu_seconds"]
+            for s, r in runs.get(name, {}).items()
+            if s in seeds and r.get("cpu_seconds")
+        ]
         return float(np.mean(values)) if values else None
 
     erm_cpu = cpu("erm")
     order = list(BASELINES) + [m for m in FULL_METHODS if m in runs]
-    order += sorted((n for n in runs if n not in order and base_method(n) in FULL_METHODS),
-                    key=lambda n: (FULL_METHODS.index(base_method(n)), n))
+    order += sorted(
+        (n for n in runs if n not in order and base_method(n) in FULL_METHODS),
+        key=lambda n: (FULL_METHODS.index(base_method(n)), n),
+    )
     rows = []
     for name in order:
         acc = accuracies(name)
@@ -97,24 +109,29 @@ def dataset_rows(runs, seeds):
         values = np.array(list(acc.values())) * 100
         own_cpu = cpu(name)
         base = base_method(name)
-        rows.append({
-            "name": name,
-            "method": base,
-            "seeds": sorted(acc),
-            "mean": float(values.mean()),
-            "std": float(values.std(ddof=1)) if len(values) > 1 else None,
-            "cost": own_cpu / erm_cpu if own_cpu and erm_cpu else None,
-            "vs_full": paired(accuracies(base), acc) if name != base else None,
-            "vs_mixup": paired(accuracies("mixup"), acc) if base in FULL_METHODS else None,
-        })
+        rows.append(
+            {
+                "name": name,
+                "method": base,
+                "seeds": sorted(acc),
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if len(values) > 1 else None,
+                "cost": own_cpu / erm_cpu if own_cpu and erm_cpu else None,
+                "vs_full": paired(accuracies(base), acc) if name != base else None,
+                "vs_mixup": paired(accuracies("mixup"), acc) if base in FULL_METHODS else None,
+            }
+        )
     return rows
 
 
 def frontier(rows):
     """Names of the rows no other row beats on both accuracy and cost."""
     costed = [r for r in rows if r["cost"] is not None]
-    return [r["name"] for r in costed
-            if not any(o["cost"] <= r["cost"] and o["mean"] > r["mean"] for o in costed if o is not r)]
+    return [
+        r["name"]
+        for r in costed
+        if not any(o["cost"] <= r["cost"] and o["mean"] > r["mean"] for o in costed if o is not r)
+    ]
 
 
 def fmt_diff(result):
@@ -125,18 +142,24 @@ def fmt_diff(result):
 
 
 def table(rows, title, seeds, best):
-    lines = [f"### {title}", "",
-             f"Seeds {', '.join(map(str, seeds))}; test accuracy in %; cost: CPU time per step over ERM's; "
-             "differences in points, paired by seed, two-sided paired t-test. "
-             "On the frontier (*): no other row is both cheaper and more accurate.", "",
-             "| method or schedule | seeds | test accuracy | cost (x ERM) | − full method | − Mixup |",
-             "|---|---:|---|---:|---|---|"]
+    lines = [
+        f"### {title}",
+        "",
+        f"Seeds {', '.join(map(str, seeds))}; test accuracy in %; cost: CPU time per step over ERM's; "
+        "differences in points, paired by seed, two-sided paired t-test. "
+        "On the frontier (*): no other row is both cheaper and more accurate.",
+        "",
+        "| method or schedule | seeds | test accuracy | cost (x ERM) | − full method | − Mixup |",
+        "|---|---:|---|---:|---|---|",
+    ]
     for r in rows:
         std = "" if r["std"] is None else f" ± {r['std']:.2f}"
         cost = "–" if r["cost"] is None else f"{r['cost']:.2f}"
         mark = " *" if r["name"] in best else ""
-        lines.append(f"| {r['name']}{mark} | {len(r['seeds'])} | {r['mean']:.2f}{std} | {cost} "
-                     f"| {fmt_diff(r['vs_full'])} | {fmt_diff(r['vs_mixup'])} |")
+        lines.append(
+            f"| {r['name']}{mark} | {len(r['seeds'])} | {r['mean']:.2f}{std} | {cost} "
+            f"| {fmt_diff(r['vs_full'])} | {fmt_diff(r['vs_mixup'])} |"
+        )
     return lines + [""]
 
 
@@ -153,18 +176,38 @@ def plot(report, path):
         best = set(report[key]["frontier"])
         for r in rows:
             color = COLORS[r["method"]]
-            schedule = r["name"][len(r["method"]) + 1:]
-            ax.errorbar(r["cost"], r["mean"], yerr=r["std"] or 0, fmt=MARKERS.get(schedule, "o"),
-                        color=color, mfc="white" if schedule else color, capsize=3, ms=7)
+            schedule = r["name"][len(r["method"]) + 1 :]
+            ax.errorbar(
+                r["cost"],
+                r["mean"],
+                yerr=r["std"] or 0,
+                fmt=MARKERS.get(schedule, "o"),
+                color=color,
+                mfc="white" if schedule else color,
+                capsize=3,
+                ms=7,
+            )
             if not schedule:
-                ax.annotate(r["name"], (r["cost"], r["mean"]), textcoords="offset points", xytext=(6, -10),
-                            fontsize=8, color=color)
+                ax.annotate(
+                    r["name"],
+                    (r["cost"], r["mean"]),
+                    textcoords="offset points",
+                    xytext=(6, -10),
+                    fontsize=8,
+                    color=color,
+                )
         for schedule, marker in MARKERS.items():
             if any(r["name"].endswith("-" + schedule) for r in rows):
                 ax.plot([], [], marker, color="k", mfc="white", label=schedule)
         edge = sorted((r for r in rows if r["name"] in best), key=lambda r: r["cost"])
         if edge:
-            ax.plot([r["cost"] for r in edge], [r["mean"] for r in edge], "k--", lw=0.8, label="frontier")
+            ax.plot(
+                [r["cost"] for r in edge],
+                [r["mean"] for r in edge],
+                "k--",
+                lw=0.8,
+                label="frontier",
+            )
         ax.legend(loc="lower right", fontsize=8, title="schedule (open markers)", title_fontsize=8)
         ax.set_xlabel("cost per step (CPU time, x ERM)")
         ax.set_ylabel("test accuracy (%)")
@@ -179,17 +222,25 @@ def build(out):
     report = {}
     for key, spec in DATASETS.items():
         rows = dataset_rows(read_runs(os.path.join(out, "generalization_runs", key)), spec["seeds"])
-        report[key] = {"title": spec["title"], "seeds": list(spec["seeds"]), "rows": rows,
-                       "frontier": frontier(rows)}
+        report[key] = {
+            "title": spec["title"],
+            "seeds": list(spec["seeds"]),
+            "rows": rows,
+            "frontier": frontier(rows),
+        }
     return report
 
 
 def write(out):
     """Writes schedules.md, .json and .png into `out` from its run files."""
     report = build(out)
-    lines = ["# Efficient schedules: accuracy against cost", "",
-             "Made by `python benchmarks/schedule_report.py` from the run files of "
-             "`benchmarks/generalization.py` (see benchmarks/README.md).", ""]
+    lines = [
+        "# Efficient schedules: accuracy against cost",
+        "",
+        "Made by `python benchmarks/schedule_report.py` from the run files of "
+        "`benchmarks/generalization.py` (see benchmarks/README.md).",
+        "",
+    ]
     for data in report.values():
         if data["rows"]:
             lines += table(data["rows"], data["title"], data["seeds"], set(data["frontier"]))
@@ -205,7 +256,9 @@ def write(out):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=DEFAULT_OUT, help="results folder (default: benchmarks/results)")
+    parser.add_argument(
+        "--out", default=DEFAULT_OUT, help="results folder (default: benchmarks/results)"
+    )
     write(parser.parse_args(argv).out)
 
 

@@ -81,8 +81,12 @@ ISSUE19_LIMITS = {"gmix:k5": 1.25, "dgmix:k5": 1.35}
 def parse_method(spec):
     """`"gmix:k5"` -> ("gmix", 5); `"gmix"` -> ("gmix", 1)."""
     name, _, schedule = spec.partition(":")
-    if name not in METHODS or (schedule and not (schedule.startswith("k") and schedule[1:].isdigit())):
-        raise ValueError(f"unknown method {spec!r}; choose from {METHODS}, optionally with ':kK' (e.g. gmix:k5)")
+    if name not in METHODS or (
+        schedule and not (schedule.startswith("k") and schedule[1:].isdigit())
+    ):
+        raise ValueError(
+            f"unknown method {spec!r}; choose from {METHODS}, optionally with ':kK' (e.g. gmix:k5)"
+        )
     return name, int(schedule[1:]) if schedule else 1
 
 
@@ -92,14 +96,19 @@ def parse_args(argv=None):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--models", default="small_cnn,resnet20",
+        "--models",
+        default="small_cnn,resnet20",
         help="comma-separated models; NAME:KxR overrides steps x rounds for "
         "that model (default: %(default)s)",
     )
-    parser.add_argument("--steps", type=int, default=1, help="steps per configuration per round (K)")
+    parser.add_argument(
+        "--steps", type=int, default=1, help="steps per configuration per round (K)"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (R)")
     parser.add_argument(
-        "--warmup", type=int, default=0,
+        "--warmup",
+        type=int,
+        default=0,
         help="untimed steps after the first fit step (which traces, compiles and runs "
         "one step; the timing iterator reuses its function) (default: %(default)s)",
     )
@@ -107,30 +116,44 @@ def parse_args(argv=None):
     parser.add_argument("--jit", default="off,on", help="off, on, or off,on")
     parser.add_argument("--bn", default="stock,fused", help="stock, fused, or stock,fused")
     parser.add_argument(
-        "--model-options", action="append", default=[], metavar="NAME:JIT:BN",
+        "--model-options",
+        action="append",
+        default=[],
+        metavar="NAME:JIT:BN",
         help="restrict a model to some jit/bn settings, e.g. "
         "preact_resnet18:off:stock,fused (repeatable)",
     )
-    parser.add_argument("--no-keras-fit", action="store_true", help="skip the bare Keras 3 model rows")
+    parser.add_argument(
+        "--no-keras-fit", action="store_true", help="skip the bare Keras 3 model rows"
+    )
     parser.add_argument("--no-naive", action="store_true", help="skip the naive SAM rows")
-    parser.add_argument("--peer-model", default="resnet20", help="model that gets the tf-keras rows ('' for none)")
+    parser.add_argument(
+        "--peer-model", default="resnet20", help="model that gets the tf-keras rows ('' for none)"
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rho", type=float, default=0.05)
     parser.add_argument("--learning-rate", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--allocator", choices=("bfc", "default"), default="bfc",
+        "--allocator",
+        choices=("bfc", "default"),
+        default="bfc",
         help="TensorFlow CPU allocator; bfc gives per-configuration peak memory",
     )
-    parser.add_argument("--output", default=os.path.join(HERE, "results", "step_time"),
-                        help="writes OUTPUT.md and OUTPUT.json")
+    parser.add_argument(
+        "--output",
+        default=os.path.join(HERE, "results", "step_time"),
+        help="writes OUTPUT.md and OUTPUT.json",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument(
-        "--report", action="store_true",
+        "--report",
+        action="store_true",
         help="measure nothing: rewrite OUTPUT.md (and the targets) from OUTPUT.json",
     )
     parser.add_argument(
-        "--merge", action="store_true",
+        "--merge",
+        action="store_true",
         help="keep the rows of OUTPUT.json that this run does not measure (other "
         "models or settings, measured by an earlier run) and write the union",
     )
@@ -188,11 +211,15 @@ def git_commit():
     try:
         commit = subprocess.run(
             ["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         status = subprocess.run(
             ["git", "-C", REPO, "status", "--porcelain", "--", "keras_gmix"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.split("\n")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -209,7 +236,9 @@ class Config:
     def __init__(self, model, bn, jit, method):
         self.model, self.bn, self.jit, self.method = model, bn, jit, method
         # Rows other than GMixModel's (keras fit, naive sam, tf-keras) have no schedule.
-        self.base_method, self.perturb_every = parse_method(method) if ":" in method else (method, 1)
+        self.base_method, self.perturb_every = (
+            parse_method(method) if ":" in method else (method, 1)
+        )
         self.round_full = []  # per round: for each step, whether it was a full step
         self.train_model = None
         self.iterator = None
@@ -277,7 +306,9 @@ def build(config, args):
         return model
 
     keras.utils.set_random_seed(args.seed)
-    batchnorm = kg.layers.BatchNormalization if config.bn == "fused" else keras.layers.BatchNormalization
+    batchnorm = (
+        kg.layers.BatchNormalization if config.bn == "fused" else keras.layers.BatchNormalization
+    )
     inner = build_model(config.model, input_shape=(32, 32, 3), batchnorm=batchnorm)
     if config.method == KERAS_FIT:
         model = inner
@@ -285,7 +316,11 @@ def build(config, args):
         model = NaiveSAM(inner, rho=args.rho)
     else:
         model = kg.GMixModel(
-            inner, method=config.base_method, rho=args.rho, alpha=1.0, seed=args.seed,
+            inner,
+            method=config.base_method,
+            rho=args.rho,
+            alpha=1.0,
+            seed=args.seed,
             perturb_every=config.perturb_every,
         )
     model.compile(
@@ -350,7 +385,9 @@ def time_block(config, steps, memory):
     times, cpu_times, full = [], [], []
     for _ in range(steps):
         if config.perturb_every > 1:
-            full.append(int(config.train_model.optimizer.iterations.numpy()) % config.perturb_every == 0)
+            full.append(
+                int(config.train_model.optimizer.iterations.numpy()) % config.perturb_every == 0
+            )
         start, cpu_start = time.perf_counter(), time.process_time()
         run_step(config)
         times.append(time.perf_counter() - start)
@@ -368,7 +405,9 @@ def run_model(model, steps, rounds, args, dataset, memory, log):
     log(f"\n== {model}: {len(configs)} configurations, {rounds} rounds of {steps} steps")
     for config in configs:
         prepare(config, dataset, args)
-        warm = "" if config.warm_step_s is None else f", then {1000 * config.warm_step_s:.0f} ms/step"
+        warm = (
+            "" if config.warm_step_s is None else f", then {1000 * config.warm_step_s:.0f} ms/step"
+        )
         log(f"  ready {config!r}: first call {config.first_call_s:.1f} s{warm}")
     rng = random.Random(args.seed)
     for r in range(rounds):
@@ -403,7 +442,9 @@ def round_values(config, cpu=False):
         full_times = [t for t, f in zip(times, full) if f]
         cheap_times = [t for t, f in zip(times, full) if not f]
         if not full_times or not cheap_times:
-            raise ValueError(f"{config!r}: a round needs full and cheap steps; time at least {k} steps per round")
+            raise ValueError(
+                f"{config!r}: a round needs full and cheap steps; time at least {k} steps per round"
+            )
         values.append((median(full_times) + (k - 1) * median(cheap_times)) / k)
     return values
 
@@ -478,21 +519,26 @@ def check_targets(rows):
         value = row.get(key + "_cpu" if on_cpu else key)
         if value is None:
             return
-        checks.append({
-            "target": target,
-            "model": row["model"],
-            "batchnorm": row["batchnorm"],
-            "jit_compile": row["jit_compile"],
-            "method": row["method"],
-            "ratio": value,
-            "ratio_cpu": row.get(key + "_cpu"),
-            "round_range": [min(row[key + "_rounds"]), max(row[key + "_rounds"])]
-            if row.get(key + "_rounds") else None,
-            "limit": limit,
-            "holds": value <= limit,
-        })
+        checks.append(
+            {
+                "target": target,
+                "model": row["model"],
+                "batchnorm": row["batchnorm"],
+                "jit_compile": row["jit_compile"],
+                "method": row["method"],
+                "ratio": value,
+                "ratio_cpu": row.get(key + "_cpu"),
+                "round_range": [min(row[key + "_rounds"]), max(row[key + "_rounds"])]
+                if row.get(key + "_rounds")
+                else None,
+                "limit": limit,
+                "holds": value <= limit,
+            }
+        )
         if on_cpu:
-            checks[-1].update(ratio=row.get(key), verdict="yes" if value <= limit else "no", on_cpu=True)
+            checks[-1].update(
+                ratio=row.get(key), verdict="yes" if value <= limit else "no", on_cpu=True
+            )
             return
         cpu = checks[-1]["ratio_cpu"]
         if cpu is None or (cpu <= limit) == (value <= limit):
@@ -505,9 +551,19 @@ def check_targets(rows):
         if row["batchnorm"] == PEER_BN:
             continue
         if method in ISSUE6_LIMITS:
-            add(f"issue 6: {method} <= {ISSUE6_LIMITS[method]}x erm", row, "x_erm", ISSUE6_LIMITS[method])
+            add(
+                f"issue 6: {method} <= {ISSUE6_LIMITS[method]}x erm",
+                row,
+                "x_erm",
+                ISSUE6_LIMITS[method],
+            )
         if method in ISSUE9_LIMITS and row["batchnorm"] == "fused":
-            add(f"issue 9: {method} <= {ISSUE9_LIMITS[method]}x erm (fused)", row, "x_erm", ISSUE9_LIMITS[method])
+            add(
+                f"issue 9: {method} <= {ISSUE9_LIMITS[method]}x erm (fused)",
+                row,
+                "x_erm",
+                ISSUE9_LIMITS[method],
+            )
         if method == "sam":
             add("issue 6: sam <= naive sam", row, "x_naive_sam", 1.0)
             if row["batchnorm"] == "fused":
@@ -515,8 +571,13 @@ def check_targets(rows):
         if method == "erm" and row["batchnorm"] == "fused":
             add("issue 9: erm (fused) <= tf-keras fit", row, "x_tf_keras_fit", 1.0)
         if method in ISSUE19_LIMITS:
-            add(f"issue 19: {method} <= {ISSUE19_LIMITS[method]}x erm (CPU time)", row, "x_erm",
-                ISSUE19_LIMITS[method], on_cpu=True)
+            add(
+                f"issue 19: {method} <= {ISSUE19_LIMITS[method]}x erm (CPU time)",
+                row,
+                "x_erm",
+                ISSUE19_LIMITS[method],
+                on_cpu=True,
+            )
     return checks
 
 
@@ -566,10 +627,16 @@ def tables(rows, checks):
                 f"| {fmt_ratio(fused, 'fused_x_stock')} | {fmt(stock.get('step_peak_mb'), '.0f')} "
                 f"| {fmt(fused.get('step_peak_mb'), '.0f')} |"
             )
-        peers = [r for r in rows if (r["model"], r["jit_compile"]) == (model, jit) and r["batchnorm"] == PEER_BN]
+        peers = [
+            r
+            for r in rows
+            if (r["model"], r["jit_compile"]) == (model, jit) and r["batchnorm"] == PEER_BN
+        ]
         if peers:
             lines.append("")
-            lines.append("| peer row | ms/step | x its own fit | peak MB | ours | ours ms/step | ours / peer |")
+            lines.append(
+                "| peer row | ms/step | x its own fit | peak MB | ours | ours ms/step | ours / peer |"
+            )
             lines.append("|---|---:|---:|---:|---|---:|---:|")
             for peer in peers:
                 ours_methods = [KERAS_FIT, "erm"] if peer["method"] == TFK_FIT else ["sam"]
@@ -589,9 +656,11 @@ def tables(rows, checks):
         naive = [r for r in naive if r and r.get("x_naive_sam") is not None]
         if naive:
             lines.append("")
-            lines.append("Our sam over the naive SAM (assign_add/assign_sub): " + ", ".join(
-                f"{r['batchnorm']} BN {fmt_ratio(r, 'x_naive_sam')}" for r in naive
-            ) + ".")
+            lines.append(
+                "Our sam over the naive SAM (assign_add/assign_sub): "
+                + ", ".join(f"{r['batchnorm']} BN {fmt_ratio(r, 'x_naive_sam')}" for r in naive)
+                + "."
+            )
         lines.append("")
     if checks:
         lines.append("### Targets")
@@ -619,14 +688,15 @@ def tables(rows, checks):
 def run_header(meta):
     allocator = (
         "BFC CPU allocator (`TF_CPU_ALLOCATOR_USE_BFC=true`)"
-        if meta["allocator"] == "bfc" else "default CPU allocator (no per-row peak memory)"
+        if meta["allocator"] == "bfc"
+        else "default CPU allocator (no per-row peak memory)"
     )
-    return f"""- Run {meta['run']}: `{meta['command']}`
-  - {meta['date']} (git {meta['git_commit']}); {meta['total_s'] / 60:.1f} min; steps x rounds: {meta['steps_rounds']}
-  - {meta['cpu_count']} CPU cores, {meta['cpu_model']}; Python {meta['python']}, TensorFlow
-    {meta['tensorflow']}, Keras {meta['keras']}, tf-keras {meta['tf_keras']}; {allocator}
-  - load average (1, 5, 15 min) before {meta['load_before']}, after {meta['load_after']};
-    process RSS high-water mark {meta['max_rss_mb']:.0f} MB
+    return f"""- Run {meta["run"]}: `{meta["command"]}`
+  - {meta["date"]} (git {meta["git_commit"]}); {meta["total_s"] / 60:.1f} min; steps x rounds: {meta["steps_rounds"]}
+  - {meta["cpu_count"]} CPU cores, {meta["cpu_model"]}; Python {meta["python"]}, TensorFlow
+    {meta["tensorflow"]}, Keras {meta["keras"]}, tf-keras {meta["tf_keras"]}; {allocator}
+  - load average (1, 5, 15 min) before {meta["load_before"]}, after {meta["load_after"]};
+    process RSS high-water mark {meta["max_rss_mb"]:.0f} MB
 """
 
 
@@ -642,8 +712,8 @@ Generated by `benchmarks/step_time.py`. How to read it, and the profiling of
 the targets that are missed: `benchmarks/README.md`.
 
 {"".join(run_header(meta) for meta in runs)}
-Setup: batch {runs[-1]['batch_size']} of random 32x32x3 images, 10 classes, SGD (momentum
-0.9), sparse categorical cross-entropy, rho {runs[-1]['rho']}, alpha 1.0, gamma 0.5.
+Setup: batch {runs[-1]["batch_size"]} of random 32x32x3 images, 10 classes, SGD (momentum
+0.9), sparse categorical cross-entropy, rho {runs[-1]["rho"]}, alpha 1.0, gamma 0.5.
 Each configuration is built and traced (and compiled) by one `fit` step,
 which runs a step too; {warmup} more untimed step(s) follow; then it is timed
 in rounds: every round runs K steps of every configuration of a model, in a
@@ -681,8 +751,13 @@ def main(argv=None):
         if not previous["runs"]:
             sys.exit(f"{args.output}.json holds no results to report")
         checks = check_targets(previous["rows"])
-        write_results(args.output, previous["runs"], previous["rows"], checks,
-                      tables(previous["rows"], checks))
+        write_results(
+            args.output,
+            previous["runs"],
+            previous["rows"],
+            checks,
+            tables(previous["rows"], checks),
+        )
         print(f"wrote {args.output}.md and {args.output}.json")
         return
     if args.allocator == "bfc":
@@ -697,6 +772,7 @@ def main(argv=None):
 
     try:
         import tf_keras
+
         tf_keras_version = tf_keras.__version__
     except ImportError:
         tf_keras_version = None
@@ -717,7 +793,8 @@ def main(argv=None):
     previous = load_previous(args.output) if args.merge else {"runs": [], "rows": []}
     measured = {c.key for c in configs}
     kept = [
-        r for r in previous["rows"]
+        r
+        for r in previous["rows"]
         if (r["model"], r["batchnorm"], r["jit_compile"], r["method"]) not in measured
     ]
     kept_runs = sorted({r["run"] for r in kept})
@@ -725,8 +802,10 @@ def main(argv=None):
     run = max(kept_runs, default=0) + 1
     meta = {
         "run": run,
-        "command": "python " + " ".join(
-            shlex.quote(a) for a in [os.path.relpath(os.path.abspath(__file__), REPO)] + sys.argv[1:]
+        "command": "python "
+        + " ".join(
+            shlex.quote(a)
+            for a in [os.path.relpath(os.path.abspath(__file__), REPO)] + sys.argv[1:]
         ),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="minutes"),
         "git_commit": git_commit(),
@@ -754,8 +833,10 @@ def main(argv=None):
     text = tables(rows, checks)
     print()
     print(tables(new_rows, check_targets(new_rows)))
-    print(f"load before {meta['load_before']}, after {meta['load_after']}; "
-          f"RSS high-water mark {meta['max_rss_mb']:.0f} MB; total {meta['total_s'] / 60:.1f} min")
+    print(
+        f"load before {meta['load_before']}, after {meta['load_after']}; "
+        f"RSS high-water mark {meta['max_rss_mb']:.0f} MB; total {meta['total_s'] / 60:.1f} min"
+    )
     if not args.no_write:
         write_results(args.output, runs, rows, checks, text)
         print(f"wrote {args.output}.md and {args.output}.json")

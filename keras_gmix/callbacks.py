@@ -367,7 +367,9 @@ class FlatnessMonitor(keras.callbacks.Callback):
         loss = self.loss if self.loss is not None else self.model.loss
         if loss is None:
             raise ValueError("FlatnessMonitor needs a loss: pass `loss=` or compile the model.")
-        measures, landscape = flatness.measure_flatness(self.model, self.data, loss, **self.settings)
+        measures, landscape = flatness.measure_flatness(
+            self.model, self.data, loss, **self.settings
+        )
         record = {"epoch": epoch + 1, **measures}
         self.records.append(record)
 
@@ -376,7 +378,9 @@ class FlatnessMonitor(keras.callbacks.Callback):
         flatness.plot_landscape_1d(landscape, png, title=title)
         if self.plot_dir:
             os.makedirs(self.plot_dir, exist_ok=True)
-            with open(os.path.join(self.plot_dir, f"landscape_1d_epoch{epoch + 1:03d}.png"), "wb") as f:
+            with open(
+                os.path.join(self.plot_dir, f"landscape_1d_epoch{epoch + 1:03d}.png"), "wb"
+            ) as f:
                 f.write(png.getvalue())
             self._append_csv(record)
         if self.log_dir:

@@ -87,7 +87,9 @@ def read_state(backup_dir):
     if not os.path.exists(path):
         return None
     state = records.read_json(path, _fix(backup_dir))
-    if not isinstance(state.get("epoch"), int) or not all(isinstance(state.get(k), str) for k in ("weights", "rng")):
+    if not isinstance(state.get("epoch"), int) or not all(
+        isinstance(state.get(k), str) for k in ("weights", "rng")
+    ):
         raise ValueError(f"{path} is unreadable (it names no epoch and files): {_fix(backup_dir)}.")
     for key in ("weights", "rng"):
         if not os.path.exists(os.path.join(backup_dir, state[key])):
@@ -184,9 +186,7 @@ def save(model, backup_dir, epochs_done, keep_previous=False):
     # Only now are the older checkpoints no longer needed.
     kept = {STATE_FILE} | {c[key] for c in _checkpoints(state) for key in ("weights", "rng")}
     for other in os.listdir(backup_dir):
-        if other not in kept and (
-            other.startswith("epoch-") or other.startswith(_TMP_PREFIX)
-        ):
+        if other not in kept and (other.startswith("epoch-") or other.startswith(_TMP_PREFIX)):
             os.remove(os.path.join(backup_dir, other))
 
 

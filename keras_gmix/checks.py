@@ -38,7 +38,14 @@ def _in_range(value, low, high, low_inclusive, high_inclusive):
 
 
 def check_number(
-    name, value, low=None, high=None, low_inclusive=True, high_inclusive=True, integer=False, meaning=None
+    name,
+    value,
+    low=None,
+    high=None,
+    low_inclusive=True,
+    high_inclusive=True,
+    integer=False,
+    meaning=None,
 ):
     """Checks one numeric argument; returns it as a Python `int` or `float`.
 
@@ -107,7 +114,9 @@ def check_bool(name, value):
 
 def _is_array(value):
     return isinstance(value, np.ndarray) or (
-        hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, tf.data.Dataset)
+        hasattr(value, "shape")
+        and hasattr(value, "dtype")
+        and not isinstance(value, tf.data.Dataset)
     )
 
 
@@ -146,11 +155,18 @@ def check_labels(y, num_classes):
     kind = label_kind(y.shape, num_classes)
     if kind == "binary":
         values = y.astype(np.float64)
-        if y.ndim > 2 or not np.all(np.isfinite(values)) or np.any(values < 0) or np.any(values > 1):
+        if (
+            y.ndim > 2
+            or not np.all(np.isfinite(values))
+            or np.any(values < 0)
+            or np.any(values > 1)
+        ):
             raise ValueError(_binary_labels_text(y.shape))
     elif kind == "ids":
         if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-            raise ValueError("Class-id labels must be whole numbers; some are fractional, NaN or inf.")
+            raise ValueError(
+                "Class-id labels must be whole numbers; some are fractional, NaN or inf."
+            )
         low, high = y.min(), y.max()
         if low < 0 or high >= num_classes:
             raise ValueError(
@@ -246,14 +262,21 @@ def labels_to_one_hot(y, num_classes):
         checks = []
         if not y.dtype.is_integer:
             values = tf.cast(flat, tf.float32)
-            checks.append(tf.debugging.assert_equal(
-                values, tf.round(values),
-                message="class-id labels must be whole numbers; a batch holds fractional, NaN or inf ids",
-            ))
+            checks.append(
+                tf.debugging.assert_equal(
+                    values,
+                    tf.round(values),
+                    message="class-id labels must be whole numbers; a batch holds fractional, NaN or inf ids",
+                )
+            )
         ids = tf.cast(flat, tf.int32)
-        checks.append(tf.debugging.assert_less(
-            ids, num_classes, message=f"class ids must be < {num_classes}, the model's output width"
-        ))
+        checks.append(
+            tf.debugging.assert_less(
+                ids,
+                num_classes,
+                message=f"class ids must be < {num_classes}, the model's output width",
+            )
+        )
         checks.append(tf.debugging.assert_non_negative(ids, message="class ids must be >= 0"))
         with tf.control_dependencies(checks):
             return tf.one_hot(ids, num_classes, dtype=tf.float32), kind

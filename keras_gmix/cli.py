@@ -53,9 +53,12 @@ def _parser_from_config(config_cls, description, exclude=(), prog=None):
     from keras_gmix import train
 
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", metavar="FILE",
-                        help="JSON or YAML file of settings (the keys are the flags' names); "
-                             "flags given as well override it. Default: none.")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="JSON or YAML file of settings (the keys are the flags' names); "
+        "flags given as well override it. Default: none.",
+    )
     defaults = config_cls()
     choices = _choices()
     for field in dataclasses.fields(config_cls):
@@ -65,7 +68,9 @@ def _parser_from_config(config_cls, description, exclude=(), prog=None):
         text = _with_default(train.FIELD_HELP[field.name], getattr(defaults, field.name))
         kind, _ = train.field_kind(field)
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=text
+            )
         elif kind is tuple:
             parser.add_argument(flag, type=float, nargs="+", default=None, help=text)
         elif field.name in choices:
@@ -116,16 +121,33 @@ def compare_parser():
     parser = _parser_from_config(
         train.TrainConfig, compare_main.__doc__, exclude=_COMPARE_REPLACES, prog="gmix-compare"
     )
-    parser.add_argument("--methods", nargs="+", default=None,
-                        help=f"Methods to train and compare, any of {train.METHODS}. Default: all six.")
-    parser.add_argument("--seeds", nargs="+", type=int, default=None,
-                        help="Seeds to train each method with (one run per method and seed). Default: 0.")
-    parser.add_argument("--output", default=None,
-                        help="Folder of the runs and of results.md/results.png. "
-                             "Default: runs/compare-<time> (with --collect: the single DIR).")
-    parser.add_argument("--collect", nargs="+", metavar="DIR", default=None,
-                        help="Train nothing: read results.json of these run folders "
-                             "(searched recursively) and write the table and chart. Default: off.")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help=f"Methods to train and compare, any of {train.METHODS}. Default: all six.",
+    )
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="Seeds to train each method with (one run per method and seed). Default: 0.",
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="Folder of the runs and of results.md/results.png. "
+        "Default: runs/compare-<time> (with --collect: the single DIR).",
+    )
+    parser.add_argument(
+        "--collect",
+        nargs="+",
+        metavar="DIR",
+        default=None,
+        help="Train nothing: read results.json of these run folders "
+        "(searched recursively) and write the table and chart. Default: off.",
+    )
     return parser
 
 
@@ -142,7 +164,9 @@ def compare_main(argv=None):
         if collect:
             config_flags = [k for k, v in args.items() if v is not None]
             if config_flags:
-                raise ValueError(f"--collect trains nothing: drop the training flags {config_flags}.")
+                raise ValueError(
+                    f"--collect trains nothing: drop the training flags {config_flags}."
+                )
             summary = compare.collect_and_report(collect, output=output)
         else:
             config = train.TrainConfig.from_dict(_config_values(train, args))
@@ -160,42 +184,99 @@ def flatness_parser():
     from keras_gmix import flatness_report as fr
 
     parser = argparse.ArgumentParser(prog="gmix-flatness", description=flatness_main.__doc__)
-    parser.add_argument("models", nargs="+", metavar="MODEL.keras",
-                        help="Saved models to measure, e.g. <run>/model.keras.")
-    parser.add_argument("--dataset", default=None,
-                        help="Data set to measure on: a name, a .npz path or a folder of class "
-                             "subfolders. Default: the dataset of config.json beside the first model.")
-    parser.add_argument("--data-dir", default=None,
-                        help="Directory where TensorFlow Datasets keeps its data. Default: TFDS' own.")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="Digits and folders: side length in pixels the models take. "
-                             "Default: from config.json, else the data set's own size.")
-    parser.add_argument("--split", choices=("test", "train"), default="test",
-                        help="Split whose examples are measured. Default: test.")
-    parser.add_argument("--examples", type=int, default=512,
-                        help="Number of examples measured: the first N of the split. Default: 512.")
-    parser.add_argument("--output", default=None,
-                        help="Folder of the table and figures. Default: runs/flatness-<time>.")
+    parser.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL.keras",
+        help="Saved models to measure, e.g. <run>/model.keras.",
+    )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="Data set to measure on: a name, a .npz path or a folder of class "
+        "subfolders. Default: the dataset of config.json beside the first model.",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="Directory where TensorFlow Datasets keeps its data. Default: TFDS' own.",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="Digits and folders: side length in pixels the models take. "
+        "Default: from config.json, else the data set's own size.",
+    )
+    parser.add_argument(
+        "--split",
+        choices=("test", "train"),
+        default="test",
+        help="Split whose examples are measured. Default: test.",
+    )
+    parser.add_argument(
+        "--examples",
+        type=int,
+        default=512,
+        help="Number of examples measured: the first N of the split. Default: 512.",
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="Folder of the table and figures. Default: runs/flatness-<time>.",
+    )
     defaults = fr.MEASURE_DEFAULTS
-    parser.add_argument("--rho", type=float, default=defaults["rho"],
-                        help=f"Radius of the rho-sharpness ball (>= 0). Default: {defaults['rho']}.")
-    parser.add_argument("--eigenvalue-iters", type=int, default=defaults["eigenvalue_iters"],
-                        help="Power iterations of the top Hessian eigenvalue. "
-                             f"Default: {defaults['eigenvalue_iters']}.")
-    parser.add_argument("--sharpness-steps", type=int, default=defaults["sharpness_steps"],
-                        help=f"Gradient-ascent steps of rho-sharpness. Default: {defaults['sharpness_steps']}.")
-    parser.add_argument("--trace-samples", type=int, default=defaults["trace_samples"],
-                        help="Hutchinson samples of the Hessian trace; 0 skips it. "
-                             f"Default: {defaults['trace_samples']}.")
-    parser.add_argument("--points", type=int, default=defaults["landscape_points"],
-                        help=f"Points of the 1D loss landscape. Default: {defaults['landscape_points']}.")
-    parser.add_argument("--span", type=float, default=defaults["landscape_span"],
-                        help="The 1D landscape runs over [-span, span] times a filter-normalized "
-                             f"direction. Default: {defaults['landscape_span']}.")
-    parser.add_argument("--seed", type=int, default=defaults["seed"],
-                        help=f"Seed of every random direction and vector. Default: {defaults['seed']}.")
-    parser.add_argument("--batch-size", type=int, default=defaults["batch_size"],
-                        help=f"Examples per evaluation batch. Default: {defaults['batch_size']}.")
+    parser.add_argument(
+        "--rho",
+        type=float,
+        default=defaults["rho"],
+        help=f"Radius of the rho-sharpness ball (>= 0). Default: {defaults['rho']}.",
+    )
+    parser.add_argument(
+        "--eigenvalue-iters",
+        type=int,
+        default=defaults["eigenvalue_iters"],
+        help="Power iterations of the top Hessian eigenvalue. "
+        f"Default: {defaults['eigenvalue_iters']}.",
+    )
+    parser.add_argument(
+        "--sharpness-steps",
+        type=int,
+        default=defaults["sharpness_steps"],
+        help=f"Gradient-ascent steps of rho-sharpness. Default: {defaults['sharpness_steps']}.",
+    )
+    parser.add_argument(
+        "--trace-samples",
+        type=int,
+        default=defaults["trace_samples"],
+        help="Hutchinson samples of the Hessian trace; 0 skips it. "
+        f"Default: {defaults['trace_samples']}.",
+    )
+    parser.add_argument(
+        "--points",
+        type=int,
+        default=defaults["landscape_points"],
+        help=f"Points of the 1D loss landscape. Default: {defaults['landscape_points']}.",
+    )
+    parser.add_argument(
+        "--span",
+        type=float,
+        default=defaults["landscape_span"],
+        help="The 1D landscape runs over [-span, span] times a filter-normalized "
+        f"direction. Default: {defaults['landscape_span']}.",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=defaults["seed"],
+        help=f"Seed of every random direction and vector. Default: {defaults['seed']}.",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults["batch_size"],
+        help=f"Examples per evaluation batch. Default: {defaults['batch_size']}.",
+    )
     return parser
 
 

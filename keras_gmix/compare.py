@@ -104,18 +104,27 @@ def compare(config, methods=METHODS, seeds=(0,), output=None):
     for method in methods:
         for seed in seeds:
             folder = run_folder(output, method, seed)
-            planned = dataclasses.replace(config, method=method, seed=seed, output=folder, resume=False)
+            planned = dataclasses.replace(
+                config, method=method, seed=seed, output=folder, resume=False
+            )
             saved = train.saved_config(folder)
             finished = os.path.exists(os.path.join(folder, "results.json"))
             unfinished = os.path.exists(os.path.join(folder, "backup"))
-            if (finished or unfinished) and saved is not None and not _same_settings(saved, planned):
+            if (
+                (finished or unfinished)
+                and saved is not None
+                and not _same_settings(saved, planned)
+            ):
                 raise ValueError(
                     f"{folder} holds a run with other settings than this comparison's: "
                     "choose another --output."
                 )
             if config.verbose:
-                state = "finished, read back" if finished and not unfinished else (
-                    "resuming" if unfinished else "training")
+                state = (
+                    "finished, read back"
+                    if finished and not unfinished
+                    else ("resuming" if unfinished else "training")
+                )
                 print(f"gmix-compare: {method}, seed {seed}: {state} ({folder})", flush=True)
             run_config = dataclasses.replace(planned, resume=finished or unfinished)
             all_results.append(train.run(run_config))
@@ -132,8 +141,10 @@ def find_results(dirs):
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"No such run folder: {folder!r}")
         direct = os.path.join(folder, "results.json")
-        paths = [direct] if os.path.exists(direct) else sorted(
-            glob.glob(os.path.join(folder, "**", "results.json"), recursive=True)
+        paths = (
+            [direct]
+            if os.path.exists(direct)
+            else sorted(glob.glob(os.path.join(folder, "**", "results.json"), recursive=True))
         )
         if not paths:
             raise FileNotFoundError(f"No results.json in {folder!r} or below it.")
@@ -161,7 +172,9 @@ def collect_and_report(dirs, output=None):
     dirs = list(dirs)
     if output is None:
         if len(dirs) != 1:
-            raise ValueError("Collecting several folders needs --output: where to write results.md.")
+            raise ValueError(
+                "Collecting several folders needs --output: where to write results.md."
+            )
         output = dirs[0]
     results = find_results(dirs)
     os.makedirs(output, exist_ok=True)
@@ -186,16 +199,20 @@ def summarize(results):
         accuracy = np.array([r["test_accuracy"] for r in runs], dtype=np.float64)
         seconds = np.array([r.get("seconds", math.nan) for r in runs], dtype=np.float64)
         extra = ", ".join(f"{f}={v}" for f, v in zip(varying, key[1:]))
-        rows.append({
-            "label": key[0] + (f" ({extra})" if extra else ""),
-            "method": key[0],
-            "runs": len(runs),
-            "accuracy_mean": float(accuracy.mean()),
-            "accuracy_std": float(accuracy.std(ddof=1)) if len(runs) > 1 else math.nan,
-            "seconds_mean": float(np.nanmean(seconds)) if np.isfinite(seconds).any() else math.nan,
-            "seeds": [r.get("seed") for r in runs],
-            "folders": [r.get("output") for r in runs],
-        })
+        rows.append(
+            {
+                "label": key[0] + (f" ({extra})" if extra else ""),
+                "method": key[0],
+                "runs": len(runs),
+                "accuracy_mean": float(accuracy.mean()),
+                "accuracy_std": float(accuracy.std(ddof=1)) if len(runs) > 1 else math.nan,
+                "seconds_mean": float(np.nanmean(seconds))
+                if np.isfinite(seconds).any()
+                else math.nan,
+                "seeds": [r.get("seed") for r in runs],
+                "folders": [r.get("output") for r in runs],
+            }
+        )
     return rows
 
 
@@ -232,7 +249,11 @@ def plot_results(rows, path, title=None):
     pad = max(0.01, 0.2 * (high - low))
     axes.set_ylim(max(0.0, low - pad), min(1.0, high + pad) + 0.3 * pad)
     axes.set_xticks(positions)
-    axes.set_xticklabels([r["label"] for r in rows], rotation=20 if len(rows) > 4 else 0, ha="right" if len(rows) > 4 else "center")
+    axes.set_xticklabels(
+        [r["label"] for r in rows],
+        rotation=20 if len(rows) > 4 else 0,
+        ha="right" if len(rows) > 4 else "center",
+    )
     axes.set_ylabel("test accuracy (mean ± std over runs)")
     if title:
         axes.set_title(title, fontsize=9)
@@ -248,9 +269,8 @@ def write_report(results, output, title="gmix-compare"):
     rows = summarize(results)
     table = format_table(rows)
     folders = "\n".join(
-        f"- {row['label']}: " + ", ".join(
-            os.path.relpath(p, output) if p else "?" for p in row["folders"]
-        )
+        f"- {row['label']}: "
+        + ", ".join(os.path.relpath(p, output) if p else "?" for p in row["folders"])
         for row in rows
     )
     markdown = (
@@ -264,5 +284,6 @@ def write_report(results, output, title="gmix-compare"):
     with open(table_path, "w", encoding="utf-8") as f:
         f.write(markdown)
     chart_path = plot_results(rows, os.path.join(output, "results.png"), title=title)
-    return CompareSummary(rows=rows, results=results, markdown=markdown, table_path=table_path,
-                          chart_path=chart_path)
+    return CompareSummary(
+        rows=rows, results=results, markdown=markdown, table_path=table_path, chart_path=chart_path
+    )

@@ -113,7 +113,9 @@ def all_replicas_true(flag):
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return flag
-    false_count = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(flag), tf.float32))
+    false_count = context.all_reduce(
+        tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(flag), tf.float32)
+    )
     return tf.equal(false_count, 0.0)
 
 

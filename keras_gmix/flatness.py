@@ -370,9 +370,7 @@ def _check_positive_int(name, value, minimum=1):
 # Hessian
 
 
-def hessian_top_eigenvalue(
-    model, data, loss, iters=20, seed=0, tol=1e-4, batch_size=32, verbose=0
-):
+def hessian_top_eigenvalue(model, data, loss, iters=20, seed=0, tol=1e-4, batch_size=32, verbose=0):
     """Top eigenvalue of the Hessian of the mean loss, by power iteration.
 
     Power iteration on exact Hessian-vector products (double backpropagation

@@ -30,7 +30,14 @@ from keras_gmix.flatness import measure_flatness
 
 # The settings of a run's config.json that decide its data and preprocessing.
 DATA_KEYS = (
-    "dataset", "test_dataset", "data_dir", "download", "train_fraction", "train_size", "image_size", "seed",
+    "dataset",
+    "test_dataset",
+    "data_dir",
+    "download",
+    "train_fraction",
+    "train_size",
+    "image_size",
+    "seed",
 )
 
 
@@ -61,7 +68,9 @@ def run_files(model_path):
     found = []
     for name in ("config.json", "results.json"):
         path = os.path.join(folder, name)
-        fix = f"restore it from a copy, or move {os.path.basename(model_path)} out of the run folder"
+        fix = (
+            f"restore it from a copy, or move {os.path.basename(model_path)} out of the run folder"
+        )
         found.append(records.read_json(path, fix) if os.path.exists(path) else None)
     return tuple(found)
 
@@ -181,7 +190,11 @@ def _format(value, digits=4):
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) >= 1e4 or (value and abs(value) < 1e-3) else f"{value:.{digits}f}"
+        return (
+            f"{value:.{digits}g}"
+            if abs(value) >= 1e4 or (value and abs(value) < 1e-3)
+            else f"{value:.{digits}f}"
+        )
     return str(value)
 
 
@@ -269,7 +282,9 @@ def report(
                 f"No --dataset given and no config.json beside {model_paths[0]}: "
                 "name the data set the models were trained on."
             )
-        data_settings = {k: first_config.get(k) for k in DATA_KEYS if first_config.get(k) is not None}
+        data_settings = {
+            k: first_config.get(k) for k in DATA_KEYS if first_config.get(k) is not None
+        }
     else:
         data_settings["dataset"] = dataset
     if data_dir is not None:
@@ -285,7 +300,10 @@ def report(
     rows, landscapes, files = [], {}, []
     for label, path in zip(labels, model_paths):
         if verbose:
-            print(f"gmix-flatness: measuring {label} ({path}) on {len(y)} {split} examples ...", flush=True)
+            print(
+                f"gmix-flatness: measuring {label} ({path}) on {len(y)} {split} examples ...",
+                flush=True,
+            )
         model = load_model(path)
         config, results = run_files(path)
         start = time.perf_counter()
@@ -325,8 +343,11 @@ def report(
         f"{settings['eigenvalue_iters']} iterations at most), flattest first. "
         f"rho-sharpness: largest loss rise within ||eps|| <= {settings['rho']:g} "
         f"({settings['sharpness_steps']} ascent steps). "
-        + (f"Hessian trace: Hutchinson, {settings['trace_samples']} Rademacher samples. "
-           if settings["trace_samples"] else "")
+        + (
+            f"Hessian trace: Hutchinson, {settings['trace_samples']} Rademacher samples. "
+            if settings["trace_samples"]
+            else ""
+        )
         + f"1D landscape: "
         f"{settings['landscape_points']} points on [-{settings['landscape_span']:g}, "
         f"{settings['landscape_span']:g}] times a filter-normalized random direction "
@@ -352,4 +373,6 @@ def report(
             indent=2,
         )
     files = [md_path, json_path] + files
-    return FlatnessReport(rows=rows, landscapes=landscapes, data=data_info, table=table, files=files)
+    return FlatnessReport(
+        rows=rows, landscapes=landscapes, data=data_info, table=table, files=files
+    )

@@ -42,15 +42,16 @@ PARTITIONED_METHODS = ("bgmix", "dgmix")
 
 def check_method(method):
     if method not in METHODS:
-        raise ValueError(
-            f"Argument `method` must be one of {METHODS}. Received: method={method!r}"
-        )
+        raise ValueError(f"Argument `method` must be one of {METHODS}. Received: method={method!r}")
 
 
 def check_rho(rho):
     """Returns `rho` as a float; a ValueError unless it is a finite number >= 0."""
     return checks.check_number(
-        "rho", rho, low=0, meaning="the radius of the SAM neighbourhood; 0 turns the perturbation off"
+        "rho",
+        rho,
+        low=0,
+        meaning="the radius of the SAM neighbourhood; 0 turns the perturbation off",
     )
 
 
@@ -168,7 +169,9 @@ def compute_update(
         losses_at_w = _per_example(loss_fn, y, y_pred, sample_weight)
         data_loss = tf.reduce_sum(losses_at_w) / n
         # Regularizers are evaluated at w only, and added once.
-        reg_loss = tf.add_n([tf.cast(t, tf.float32) for t in extra_losses]) if extra_losses else None
+        reg_loss = (
+            tf.add_n([tf.cast(t, tf.float32) for t in extra_losses]) if extra_losses else None
+        )
         scaled_losses_at_w = scale_loss(losses_at_w)
         scaled_data_loss = scale_loss(data_loss)
         scaled_reg_loss = scale_loss(reg_loss) if reg_loss is not None else None
@@ -182,7 +185,9 @@ def compute_update(
 
     if not perturbed:
         grads = _gradient(tape, scaled_total_loss, weights)
-        return StepResult(grads, stats, y_pred, new_state, plain_grads=grads if with_plain_grads else None)
+        return StepResult(
+            grads, stats, y_pred, new_state, plain_grads=grads if with_plain_grads else None
+        )
 
     # Backward pass 1: the ascent direction g = grad L_B(w).
     ascent = _gradient(tape, scaled_data_loss, weights)
@@ -318,7 +323,8 @@ def update_gradients(
     return result.grads, stats
 
 
-
 def all_finite(tensors):
     """True if every element of every tensor is finite (a scalar bool tensor)."""
-    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(tf.cast(t, tf.float32))) for t in tensors])
+    return tf.reduce_all(
+        [tf.reduce_all(tf.math.is_finite(tf.cast(t, tf.float32))) for t in tensors]
+    )

@@ -173,9 +173,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         # and tf.distribute see the same updates.
         moving_mean = ops.cast(self.moving_mean, "float32")
         moving_variance = ops.cast(self.moving_variance, "float32")
-        self.moving_mean.assign(
-            moving_mean * self.momentum + mean * (1.0 - self.momentum)
-        )
+        self.moving_mean.assign(moving_mean * self.momentum + mean * (1.0 - self.momentum))
         self.moving_variance.assign(
             moving_variance * self.momentum + variance * (1.0 - self.momentum)
         )
@@ -247,9 +245,7 @@ def fuse_batchnorm(model):
             copies.append((layer, new))
         return new
 
-    new_model = keras.models.clone_model(
-        model, clone_function=clone_function, recursive=True
-    )
+    new_model = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
     if not new_model.built:
         # A Sequential model without an Input is rebuilt unbuilt.
         new_model.build(model.input_shape)

@@ -123,17 +123,21 @@ def per_example_loss(loss, output_names=None, loss_weights=None):
         return lambda y_true, y_pred: weight * fn(y_true, y_pred)
 
     # An output whose loss is None is not trained (as in Keras).
-    fns = [None if one is None else _unreduced(one) for one in per_output(loss, output_names, "loss")]
-    weights = [1.0] * len(fns) if loss_weights is None else [
-        float(w) for w in per_output(loss_weights, output_names, "loss_weights")
+    fns = [
+        None if one is None else _unreduced(one) for one in per_output(loss, output_names, "loss")
     ]
+    weights = (
+        [1.0] * len(fns)
+        if loss_weights is None
+        else [float(w) for w in per_output(loss_weights, output_names, "loss_weights")]
+    )
 
     def fn(y_true, y_pred):
         y_true = outputs_as_list(y_true, output_names)
         y_pred = outputs_as_list(y_pred, output_names)
-        return tf.add_n([
-            w * f(t, p) for w, f, t, p in zip(weights, fns, y_true, y_pred) if f is not None
-        ])
+        return tf.add_n(
+            [w * f(t, p) for w, f, t, p in zip(weights, fns, y_true, y_pred) if f is not None]
+        )
 
     return fn
 

@@ -30,9 +30,7 @@ def check_alpha(alpha):
 
 def check_mix(mix):
     if mix not in MIX_MODES:
-        raise ValueError(
-            f"Argument `mix` must be one of {MIX_MODES}. Received: mix={mix!r}"
-        )
+        raise ValueError(f"Argument `mix` must be one of {MIX_MODES}. Received: mix={mix!r}")
 
 
 def seed_tensor(seed):
@@ -71,7 +69,9 @@ def uniform(shape, seed):
     floats under XLA; the integer bits themselves agree, so convert them
     here: the top 24 bits of each draw, plus half a step (never exactly 0).
     """
-    bits = tf.random.stateless_uniform(shape, seed, minval=None, maxval=None, dtype=tf.int32, alg=RNG_ALG)
+    bits = tf.random.stateless_uniform(
+        shape, seed, minval=None, maxval=None, dtype=tf.int32, alg=RNG_ALG
+    )
     top = tf.bitwise.right_shift(tf.bitcast(bits, tf.uint32), 8)
     return (tf.cast(top, tf.float32) + 0.5) * (2.0**-24)
 

@@ -45,9 +45,22 @@ SOFT_LABELS = (
 
 # The constructor's settings, read-only once the model exists.
 SETTINGS = (
-    "inner", "method", "rho", "alpha", "sensitive_fraction", "adaptive", "eta", "mix",
-    "per_example_lam", "sync_perturbation", "jit_gradients", "max_consecutive_skips", "seed",
-    "perturb_every", "reuse_scale", "perturb_probability",
+    "inner",
+    "method",
+    "rho",
+    "alpha",
+    "sensitive_fraction",
+    "adaptive",
+    "eta",
+    "mix",
+    "per_example_lam",
+    "sync_perturbation",
+    "jit_gradients",
+    "max_consecutive_skips",
+    "seed",
+    "perturb_every",
+    "reuse_scale",
+    "perturb_probability",
 )
 
 
@@ -158,7 +171,9 @@ class GMixModel(keras.Model):
             )
         # Checked values are rebound as Python numbers: NumPy scalars are
         # accepted, and get_config stays JSON-serializable.
-        rho, sensitive_fraction, eta = gradients.check_update_arguments(method, rho, sensitive_fraction, eta)
+        rho, sensitive_fraction, eta = gradients.check_update_arguments(
+            method, rho, sensitive_fraction, eta
+        )
         alpha = mixing.check_alpha(alpha)
         mixing.check_mix(mix)
         adaptive, per_example_lam, sync_perturbation, jit_gradients = (
@@ -225,8 +240,10 @@ class GMixModel(keras.Model):
         # The mixing randomness of step t is drawn from (seed, t, replica):
         # a counter saved with the weights makes a resumed run draw what an
         # uninterrupted one would, and every replica draws its own numbers.
-        self._base_seed = seed if seed is not None else int(
-            tf.random.uniform([], maxval=2**31 - 1, dtype=tf.int64)
+        self._base_seed = (
+            seed
+            if seed is not None
+            else int(tf.random.uniform([], maxval=2**31 - 1, dtype=tf.int64))
         )
         self.mix_step = self._counter_variable("mix_step")
         self.last_lam = self._step_values_variable("last_lam")
@@ -240,7 +257,9 @@ class GMixModel(keras.Model):
         # Counts batches whose labels arrive soft, for the once-only warning
         # of `WarnOnSoftLabels`; a metric, not a weight: saved models keep
         # their variables. Not logged.
-        self.soft_labels_tracker = keras.metrics.Sum(name="soft_labels") if method in gradients.MIXED_METHODS else None
+        self.soft_labels_tracker = (
+            keras.metrics.Sum(name="soft_labels") if method in gradients.MIXED_METHODS else None
+        )
         # v of SPEC.md section 4b, one variable per trainable variable of
         # `inner`; created with them (here, or in `build`).
         self.reuse_direction = None
@@ -264,15 +283,22 @@ class GMixModel(keras.Model):
     # counting), identical on every replica (the first replica's value wins).
     def _counter_variable(self, name):
         return self.add_weight(
-            name=name, shape=(), dtype="int64", initializer="zeros",
-            trainable=False, aggregation="only_first_replica",
+            name=name,
+            shape=(),
+            dtype="int64",
+            initializer="zeros",
+            trainable=False,
+            aggregation="only_first_replica",
         )
 
     def _step_values_variable(self, name):
         return self.add_weight(
-            name=name, shape=(STEP_VALUES_CAPACITY,), dtype="float32",
+            name=name,
+            shape=(STEP_VALUES_CAPACITY,),
+            dtype="float32",
             initializer=keras.initializers.Constant(float("nan")),
-            trainable=False, aggregation="only_first_replica",
+            trainable=False,
+            aggregation="only_first_replica",
         )
 
     def _create_reuse_direction(self):
@@ -284,8 +310,12 @@ class GMixModel(keras.Model):
             return
         self.reuse_direction = [
             self.add_weight(
-                name=f"reuse_direction_{i}", shape=variable.shape, dtype="float32",
-                initializer="zeros", trainable=False, aggregation="only_first_replica",
+                name=f"reuse_direction_{i}",
+                shape=variable.shape,
+                dtype="float32",
+                initializer="zeros",
+                trainable=False,
+                aggregation="only_first_replica",
             )
             for i, variable in enumerate(self.inner.trainable_variables)
         ]
@@ -354,7 +384,10 @@ class GMixModel(keras.Model):
         # The per-step training statistics are metrics (so that fit averages
         # and resets them per epoch), but evaluation computes none of them.
         logs = super().test_step(data)
-        hidden = {tracker.name for tracker in self._step_trackers()} | {"skipped_steps", "soft_labels"}
+        hidden = {tracker.name for tracker in self._step_trackers()} | {
+            "skipped_steps",
+            "soft_labels",
+        }
         return self._distributable_logs(
             {name: value for name, value in logs.items() if name not in hidden}
         )
@@ -365,8 +398,12 @@ class GMixModel(keras.Model):
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras' fit calls this private method by name, so the override stays
         # here; the multi-worker workaround itself lives in distribute.py.
-        if iterator is None or not distribute.needs_multi_worker_workaround(self.distribute_strategy):
-            return compat.maybe_symbolic_build(self, GMixModel, iterator=iterator, data_batch=data_batch)
+        if iterator is None or not distribute.needs_multi_worker_workaround(
+            self.distribute_strategy
+        ):
+            return compat.maybe_symbolic_build(
+                self, GMixModel, iterator=iterator, data_batch=data_batch
+            )
         distribute.symbolic_build_from_first_local_batch(self, iterator)
 
     # -- the step ---------------------------------------------------------
@@ -382,12 +419,16 @@ class GMixModel(keras.Model):
                 # A call builds a model that is not built yet (Sequential's
                 # compute_output_spec fails then, passing `training` to
                 # layers that take none).
-                outputs = self.inner.compute_output_spec(specs) if self.inner.built else self.inner(specs)
+                outputs = (
+                    self.inner.compute_output_spec(specs) if self.inner.built else self.inner(specs)
+                )
                 names = sorted(outputs) if isinstance(outputs, dict) else None
                 outputs = losses_lib.outputs_as_list(outputs, names)
             for output in outputs:
                 checks.check_output_shape(output.shape)
-            self._output_names = list(names) if names else [f"output_{i}" for i in range(len(outputs))]
+            self._output_names = (
+                list(names) if names else [f"output_{i}" for i in range(len(outputs))]
+            )
             self._output_widths = tuple(output.shape[-1] for output in outputs)
         return self._output_widths
 
@@ -430,11 +471,17 @@ class GMixModel(keras.Model):
         """
         n = tf.shape(tf.nest.flatten(y)[0])[0]
         mix_seed, box_seed = mixing.split_seed(seed, 2)
-        lam, perm = mixing.sample_mix(n, self.alpha, seed=mix_seed, per_example=self.per_example_lam)
+        lam, perm = mixing.sample_mix(
+            n, self.alpha, seed=mix_seed, per_example=self.per_example_lam
+        )
         box_center = None
         if self.mix == "cutmix":
-            box_center = mixing.sample_box_center(n, seed=box_seed, per_example=self.per_example_lam)
-        x_mix, y_mix, label_lam = mixing.mix_batch(x, y, lam, perm, mix=self.mix, box_center=box_center)
+            box_center = mixing.sample_box_center(
+                n, seed=box_seed, per_example=self.per_example_lam
+            )
+        x_mix, y_mix, label_lam = mixing.mix_batch(
+            x, y, lam, perm, mix=self.mix, box_center=box_center
+        )
         if sample_weight is not None:
             sw = tf.cast(tf.reshape(sample_weight, [-1]), tf.float32)
             sample_weight = label_lam * sw + (1.0 - label_lam) * tf.gather(sw, perm)
@@ -457,8 +504,13 @@ class GMixModel(keras.Model):
         )
         if not self.jit_gradients:
             return gradients.compute_update(
-                self.inner, x, y, loss_fn, sample_weight=sample_weight,
-                scale_loss=self.optimizer.scale_loss, **settings,
+                self.inner,
+                x,
+                y,
+                loss_fn,
+                sample_weight=sample_weight,
+                scale_loss=self.optimizer.scale_loss,
+                **settings,
             )
         # XLA compiles a pure function of tensors: the variables (and the
         # loss scale) are read outside it, because an XLA cluster that reads
@@ -470,9 +522,15 @@ class GMixModel(keras.Model):
         @tf.function(jit_compile=True, autograph=False)
         def compiled(weights, state, x, y, sample_weight, loss_scale):
             result = gradients.compute_update(
-                self.inner, x, y, loss_fn, sample_weight=sample_weight,
+                self.inner,
+                x,
+                y,
+                loss_fn,
+                sample_weight=sample_weight,
                 scale_loss=lambda loss: loss * tf.cast(loss_scale, loss.dtype),
-                weights=weights, state=state, **settings,
+                weights=weights,
+                state=state,
+                **settings,
             )
             return tuple(result)
 
@@ -497,11 +555,20 @@ class GMixModel(keras.Model):
             cheap_method = "mixup" if self.method in gradients.MIXED_METHODS else "erm"
             result = self.compute_update(x, y, sample_weight, loss_fn, method=cheap_method)
             plain = result.grads
-            grads = perturb_schedule.reuse_update(plain, self.reuse_direction, self.reuse_scale) if reuse else plain
-            stats = {name: tf.zeros([], tf.float32) for name in ("loss",) + step_stat_names(self.method)}
+            grads = (
+                perturb_schedule.reuse_update(plain, self.reuse_direction, self.reuse_scale)
+                if reuse
+                else plain
+            )
+            stats = {
+                name: tf.zeros([], tf.float32) for name in ("loss",) + step_stat_names(self.method)
+            }
             stats["loss"] = result.stats["loss"]
             return gradients.StepResult(
-                grads, stats, result.y_pred, result.non_trainable,
+                grads,
+                stats,
+                result.y_pred,
+                result.non_trainable,
                 sensitivity=tf.zeros(tf.shape(tf.nest.flatten(y)[0])[:1], tf.float32),
                 plain_grads=plain if reuse else (),
             )
@@ -568,7 +635,9 @@ class GMixModel(keras.Model):
             return tf.where(finite, new, old)
 
         if result.sensitivity is not None:
-            self._record_step_values(self.last_sensitivity, result.sensitivity, tf.logical_and(finite, full))
+            self._record_step_values(
+                self.last_sensitivity, result.sensitivity, tf.logical_and(finite, full)
+            )
         # BatchNorm statistics (and RNG state) from the unperturbed pass only.
         for variable, value in zip(self.inner.non_trainable_variables, result.non_trainable):
             variable.assign(kept(value, variable))
@@ -578,11 +647,16 @@ class GMixModel(keras.Model):
         # tf.function; no explicit control dependency, which would stop
         # Keras from lifting the compiled metrics' lazy variable creation.)
         metric_variables = [
-            v for metric in self.metrics if metric is not self.skipped_steps_tracker for v in metric.variables
+            v
+            for metric in self.metrics
+            if metric is not self.skipped_steps_tracker
+            for v in metric.variables
         ]
         before = [tf.identity(v) for v in metric_variables]
         batch_size = tf.cast(batch_size, tf.float32)
-        compat.loss_tracker(self).update_state(kept(result.stats["loss"], 0.0), sample_weight=batch_size)
+        compat.loss_tracker(self).update_state(
+            kept(result.stats["loss"], 0.0), sample_weight=batch_size
+        )
         full_weight = tf.cast(full, tf.float32)
         for tracker in self.step_stat_trackers:
             tracker.update_state(kept(result.stats[tracker.name], 0.0), sample_weight=full_weight)
@@ -595,7 +669,11 @@ class GMixModel(keras.Model):
         # Summed over replicas on read: each replica counts its share of the step.
         self.skipped_steps_tracker.update_state((1.0 - keep) / distribute.num_replicas())
         self.consecutive_skips.assign(
-            tf.where(fault, self.consecutive_skips + 1, kept(tf.zeros_like(self.consecutive_skips), self.consecutive_skips))
+            tf.where(
+                fault,
+                self.consecutive_skips + 1,
+                kept(tf.zeros_like(self.consecutive_skips), self.consecutive_skips),
+            )
         )
 
     def train_step(self, data):
@@ -621,7 +699,9 @@ class GMixModel(keras.Model):
         converted = [checks.labels_to_one_hot(t, width) for t, width in zip(labels, widths)]
         y_soft = [soft for soft, _ in converted]
         kinds = [kind for _, kind in converted]
-        output_losses = losses_lib.per_output(self.loss, self._output_names, "loss") if several else [self.loss]
+        output_losses = (
+            losses_lib.per_output(self.loss, self._output_names, "loss") if several else [self.loss]
+        )
         for output_loss, kind, t, name in zip(output_losses, kinds, labels, self._output_names):
             if losses_lib.is_sparse_loss(output_loss) and kind != "ids":
                 where = f" of output {name!r}" if several else ""
@@ -632,7 +712,9 @@ class GMixModel(keras.Model):
                 )
         if self.soft_labels_tracker is not None:
             soft = [checks.labels_are_soft(v) for v, kind in zip(y_soft, kinds) if kind != "ids"]
-            self.soft_labels_tracker.update_state(tf.cast(tf.reduce_any(soft) if soft else False, tf.float32))
+            self.soft_labels_tracker.update_state(
+                tf.cast(tf.reduce_any(soft) if soft else False, tf.float32)
+            )
         y_one_hot = y_soft if several else y_soft[0]
         if sample_weight is not None:
             sample_weight = checks.checked_sample_weight(sample_weight)
@@ -641,11 +723,17 @@ class GMixModel(keras.Model):
             x, y_one_hot, sample_weight, label_lam = self.mix_data(
                 x, y_one_hot, sample_weight, self.mixing_seed(step)
             )
-            self._record_step_values(self.last_lam, tf.broadcast_to(label_lam, tf.shape(tf.nest.flatten(y_one_hot)[0])[:1]))
+            self._record_step_values(
+                self.last_lam,
+                tf.broadcast_to(label_lam, tf.shape(tf.nest.flatten(y_one_hot)[0])[:1]),
+            )
 
         if self.scheduled:
             full = perturb_schedule.is_full_step(
-                self.optimizer.iterations, self._base_seed, self.perturb_every, self.perturb_probability
+                self.optimizer.iterations,
+                self._base_seed,
+                self.perturb_every,
+                self.perturb_probability,
             )
             result, plain_grads = self.scheduled_update(x, y_one_hot, sample_weight, loss_fn, full)
         else:
@@ -673,10 +761,13 @@ class GMixModel(keras.Model):
         else:
             distribute.apply_if(finite, self.optimizer.apply, grads, self.inner.trainable_variables)
         mixed = self.method in gradients.MIXED_METHODS
-        y_metric = self._pack_like_labels(y, [
-            checks.metric_labels(t, soft, kind, mixed)
-            for t, soft, kind in zip(labels, tf.nest.flatten(y_one_hot), kinds)
-        ])
+        y_metric = self._pack_like_labels(
+            y,
+            [
+                checks.metric_labels(t, soft, kind, mixed)
+                for t, soft, kind in zip(labels, tf.nest.flatten(y_one_hot), kinds)
+            ],
+        )
         batch_size = tf.shape(tf.nest.flatten(y_one_hot)[0])[0]
         self.record_step(result, finite, fault, x, y_metric, batch_size, sample_weight, full)
         logs = self.get_metrics_result()
@@ -699,13 +790,17 @@ def _specs_from_shapes(shapes):
 
 def _symbolic_spec(value):
     """A KerasTensor with a value's shape (batch axis unknown) and dtype."""
-    return keras.KerasTensor((None,) + tuple(value.shape[1:]), dtype=keras.backend.standardize_dtype(value.dtype))
+    return keras.KerasTensor(
+        (None,) + tuple(value.shape[1:]), dtype=keras.backend.standardize_dtype(value.dtype)
+    )
 
 
 def _soft_array(labels, width):
     """Array labels of one output that are soft (not class ids)."""
     labels = np.asarray(labels)
-    if checks.label_kind(labels.shape, width) == "ids" or not np.issubdtype(labels.dtype, np.floating):
+    if checks.label_kind(labels.shape, width) == "ids" or not np.issubdtype(
+        labels.dtype, np.floating
+    ):
         return False
     return bool(np.any((labels > 0) & (labels < 1)))
 

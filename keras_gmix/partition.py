@@ -89,4 +89,3 @@ def decompose(g_sharp, g_flat):
 def cosine(a, b):
     """Cosine of two gradient lists; 0 when either is zero."""
     return pt.safe_divide(pt.global_dot(a, b), pt.global_norm(a) * pt.global_norm(b))
-

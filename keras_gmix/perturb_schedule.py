@@ -40,11 +40,21 @@ def check_schedule(perturb_every, reuse_scale, perturb_probability):
     Raises a ValueError naming the first bad one.
     """
     perturb_every = checks.check_number(
-        "perturb_every", perturb_every, low=1, integer=True, meaning="1: every step is a full, perturbed step"
+        "perturb_every",
+        perturb_every,
+        low=1,
+        integer=True,
+        meaning="1: every step is a full, perturbed step",
     )
-    reuse_scale = checks.check_number("reuse_scale", reuse_scale, low=0, meaning="0: cheap steps reuse nothing")
+    reuse_scale = checks.check_number(
+        "reuse_scale", reuse_scale, low=0, meaning="0: cheap steps reuse nothing"
+    )
     perturb_probability = checks.check_number(
-        "perturb_probability", perturb_probability, low=0, high=1, low_inclusive=False,
+        "perturb_probability",
+        perturb_probability,
+        low=0,
+        high=1,
+        low_inclusive=False,
         meaning="1: every step is a full, perturbed step",
     )
     if perturb_every > 1 and perturb_probability < 1:

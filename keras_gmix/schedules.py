@@ -28,7 +28,9 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
         step = keras.ops.cast(step, "float32")
         warm = self.target * (step + 1.0) / float(max(1, self.warmup_steps))
         after = self.after
-        later = after(step - self.warmup_steps) if callable(after) else keras.ops.cast(after, "float32")
+        later = (
+            after(step - self.warmup_steps) if callable(after) else keras.ops.cast(after, "float32")
+        )
         return keras.ops.where(step < self.warmup_steps, warm, later)
 
     def get_config(self):

@@ -120,8 +120,12 @@ def check_milestones(milestones):
     """Returns the step schedule's milestones as a tuple of floats, strictly increasing in (0, 1)."""
     values = tuple(milestones) if isinstance(milestones, (list, tuple)) else None
     try:
-        values = tuple(checks.check_number("step_milestones", m, low=0, high=1, low_inclusive=False,
-                                           high_inclusive=False) for m in values)
+        values = tuple(
+            checks.check_number(
+                "step_milestones", m, low=0, high=1, low_inclusive=False, high_inclusive=False
+            )
+            for m in values
+        )
         increasing = all(a < b for a, b in zip(values, values[1:]))
     except (TypeError, ValueError):
         increasing = False
@@ -143,7 +147,9 @@ class TrainConfig:
     a key of a `--config` JSON/YAML file.
     """
 
-    dataset: str = "digits"  # cifar10, cifar100, svhn_cropped, stl10, digits, a .npz path or a folder
+    dataset: str = (
+        "digits"  # cifar10, cifar100, svhn_cropped, stl10, digits, a .npz path or a folder
+    )
     test_dataset: Optional[str] = None  # a folder data set's test images (else a held-out split)
     data_dir: Optional[str] = None
     download: bool = True
@@ -233,7 +239,9 @@ class TrainConfig:
                     f"`{name}` must be one of {allowed}. Received: {getattr(self, name)!r}"
                 )
         folder = self.dataset not in data_lib.DATASET_NAMES and os.path.isdir(str(self.dataset))
-        if not (str(self.dataset).endswith(".npz") or self.dataset in data_lib.DATASET_NAMES or folder):
+        if not (
+            str(self.dataset).endswith(".npz") or self.dataset in data_lib.DATASET_NAMES or folder
+        ):
             raise ValueError(
                 f"`dataset` must be one of {data_lib.DATASET_NAMES}, a path ending in "
                 "'.npz', or an existing folder with one subfolder of images per class. "
@@ -270,7 +278,9 @@ class TrainConfig:
                 else repr(key)
                 for key in unknown
             ]
-            raise ValueError(f"Unknown config keys: {', '.join(hints)}. Valid keys: {sorted(fields)}")
+            raise ValueError(
+                f"Unknown config keys: {', '.join(hints)}. Valid keys: {sorted(fields)}"
+            )
         return cls(**values)
 
     def to_dict(self):
@@ -284,21 +294,21 @@ class TrainConfig:
 # command line adds each default from TrainConfig itself).
 FIELD_HELP = {
     "dataset": "Training data: a TFDS name (cifar10, cifar100, svhn_cropped, stl10), "
-               "'digits' (scikit-learn, offline), a .npz file with x_train/y_train/x_test/y_test, "
-               "or a folder with one subfolder of images per class.",
+    "'digits' (scikit-learn, offline), a .npz file with x_train/y_train/x_test/y_test, "
+    "or a folder with one subfolder of images per class.",
     "test_dataset": "Folder data sets only: a second folder of class subfolders to test on "
-                    "(same class names); without it a stratified fifth of the training folder "
-                    "is held out, always the same images.",
+    "(same class names); without it a stratified fifth of the training folder "
+    "is held out, always the same images.",
     "data_dir": "Directory where TensorFlow Datasets keeps (and downloads) its data.",
     "download": "Let TensorFlow Datasets download a data set that is not prepared yet.",
     "train_fraction": "Train on a class-balanced fraction in (0, 1] of the training split "
-                      "(the limited-data regime); the test split is never reduced.",
+    "(the limited-data regime); the test split is never reduced.",
     "train_size": "Train on this many training examples (class-balanced); exclusive with --train-fraction.",
     "image_size": "Side length in pixels that images are resized to: digits (8x8 upsampled) and "
-                  "folder data sets (default there: the first image's size).",
+    "folder data sets (default there: the first image's size).",
     "augment": "Training augmentation: 'standard' pads, crops and flips (flips only where "
-               "label-preserving), 'randaugment'/'erasing'/'strong' add Keras' layers, "
-               "'auto' is 'none' for digits and 'standard' otherwise.",
+    "label-preserving), 'randaugment'/'erasing'/'strong' add Keras' layers, "
+    "'auto' is 'none' for digits and 'standard' otherwise.",
     "model": "Architecture to train (keras_gmix.models).",
     "stock_batchnorm": "Use Keras' BatchNormalization instead of keras_gmix's fused one.",
     "method": "Training method: erm, mixup, sam, gmix, bgmix or dgmix (SPEC.md section 4).",
@@ -308,12 +318,12 @@ FIELD_HELP = {
     "momentum": "SGD momentum in [0, 1].",
     "nesterov": "Use Nesterov momentum.",
     "weight_decay": "Coupled L2 weight decay on kernels (PyTorch's convention: the term "
-                    "weight_decay / 2 * ||w||^2), evaluated at w.",
+    "weight_decay / 2 * ||w||^2), evaluated at w.",
     "schedule": "Learning-rate schedule after warm-up: cosine (to 0), step (times --step-gamma "
-                "at each milestone) or constant.",
+    "at each milestone) or constant.",
     "warmup_epochs": "Epochs of linear learning-rate warm-up from 0 (may be fractional).",
     "step_milestones": "Step schedule: fractions of training in (0, 1), increasing, where the "
-                       "learning rate drops.",
+    "learning rate drops.",
     "step_gamma": "Step schedule: factor the learning rate is multiplied by at each milestone.",
     "rho": "Radius of the SAM neighbourhood (>= 0; 0 turns the perturbation off).",
     "alpha": "Concentration of the Beta(alpha, alpha) mixing coefficient (> 0).",
@@ -322,23 +332,23 @@ FIELD_HELP = {
     "eta": "ASAM's offset added to |w| (>= 0).",
     "mix": "How examples are mixed: mixup (blend) or cutmix (paste a box; image data only).",
     "perturb_every": "Perturbed methods: the full step every k-th optimizer step, a plain "
-                     "one in between (SPEC.md section 4b; integer >= 1).",
+    "one in between (SPEC.md section 4b; integer >= 1).",
     "reuse_scale": "On the cheap steps of a schedule, add the stored orthogonal direction "
-                   "scaled to this times ||g|| (LookSAM; >= 0, 0 is off).",
+    "scaled to this times ||g|| (LookSAM; >= 0, 0 is off).",
     "perturb_probability": "Perturbed methods: probability in (0, 1] that a step is full, "
-                           "drawn from (seed, step); not with --perturb-every > 1.",
+    "drawn from (seed, step); not with --perturb-every > 1.",
     "label_smoothing": "Label smoothing in [0, 1] of the cross-entropy (one-hot labels).",
     "seed": "Seed of initialization, shuffling, augmentation, mixing and subsets (0 to 2**32 - 1).",
     "deterministic": "Turn on TensorFlow's op determinism: the same seed gives the same "
-                     "weights bit for bit on one CPU device.",
+    "weights bit for bit on one CPU device.",
     "output": "Folder of the run's record (config.json, history.csv, model.keras, "
-              "results.json, ...); default runs/<time>.",
+    "results.json, ...); default runs/<time>.",
     "resume": "Continue the killed run in --output from its last finished epoch.",
     "distribute": "Distribution strategy: none, mirrored (the GPUs of this machine) or "
-                  "multiworker (needs TF_CONFIG).",
+    "multiworker (needs TF_CONFIG).",
     "jit": "Compile the training step with XLA (compile(jit_compile=True)).",
     "mixed_precision": "Keras mixed-precision policy: float32, mixed_float16 (with loss "
-                       "scaling) or mixed_bfloat16.",
+    "scaling) or mixed_bfloat16.",
     "tensorboard_update_freq": "Steps between the TensorBoard batch values.",
     "flatness_every": "Measure flatness (FlatnessMonitor) every N epochs; 0 turns it off.",
     "flatness_examples": "Held-out (test) examples the flatness measures use.",
@@ -466,7 +476,9 @@ def build_model(config, splits, inner=None):
             input_shape=splits.input_shape,
             weight_decay=config.weight_decay / 2,
             classifier_activation=None,  # logits: the loss applies the softmax stably
-            batchnorm=keras.layers.BatchNormalization if config.stock_batchnorm else layers_lib.BatchNormalization,
+            batchnorm=keras.layers.BatchNormalization
+            if config.stock_batchnorm
+            else layers_lib.BatchNormalization,
         )
     return GMixModel(
         inner,
@@ -499,7 +511,9 @@ def build_compiled_model(config, splits, steps_per_epoch, inner=None):
     if config.mixed_precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     if config.label_smoothing:
-        loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
+        loss = keras.losses.CategoricalCrossentropy(
+            from_logits=True, label_smoothing=config.label_smoothing
+        )
     else:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=config.jit)
@@ -579,7 +593,9 @@ def record_folder(output, strategy):
 
 def _write_config(folder, values):
     # Atomic: a kill mid-write must not leave --resume an empty config.json.
-    checkpoint_lib.atomic_write_text(os.path.join(folder, "config.json"), json.dumps(values, indent=2))
+    checkpoint_lib.atomic_write_text(
+        os.path.join(folder, "config.json"), json.dumps(values, indent=2)
+    )
 
 
 def _check_resume(config, folder):
@@ -638,7 +654,16 @@ def _run_held(config, output, strategy, extra_callbacks):
 
 
 def fit_and_evaluate(
-    model, train_ds, test_ds, *, epochs, steps_per_epoch, callbacks, loggers, verbose, validation_freq=1
+    model,
+    train_ds,
+    test_ds,
+    *,
+    epochs,
+    steps_per_epoch,
+    callbacks,
+    loggers,
+    verbose,
+    validation_freq=1,
 ):
     """Fits `model` on `train_ds` (validating on `test_ds`), then evaluates it on `test_ds`.
 
@@ -723,7 +748,8 @@ def _run(config, output, backup_dir, results_path, strategy, extra_callbacks):
         callbacks_lib.ResumableCSVLogger(os.path.join(output, "history.csv")),
         callbacks_lib.ResumableTensorBoard(tensorboard, update_freq=config.tensorboard_update_freq),
         callbacks_lib.StepValuesLogger(
-            os.path.join(tensorboard, callbacks_lib.STEPS_RUN), update_freq=config.tensorboard_update_freq
+            os.path.join(tensorboard, callbacks_lib.STEPS_RUN),
+            update_freq=config.tensorboard_update_freq,
         ),
     ]
     if config.flatness_every:
@@ -769,7 +795,9 @@ def _run(config, output, backup_dir, results_path, strategy, extra_callbacks):
         "test_accuracy": float(test["accuracy"]),
         "test_loss": float(test["loss"]),
         "final_train": {
-            k: v for k, v in last.items() if k not in ("epoch", "seconds") and not k.startswith("val_")
+            k: v
+            for k, v in last.items()
+            if k not in ("epoch", "seconds") and not k.startswith("val_")
         },
         # Training time over all attempts of the run (history.csv's epoch
         # times, validation included); wall_seconds: this process's fit.

@@ -72,10 +72,16 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per method")
     parser.add_argument("--warmup-steps", type=int, default=2, help="untimed first steps (tracing)")
-    parser.add_argument("--train-images", type=int, default=5000, help="images per epoch to extrapolate to")
+    parser.add_argument(
+        "--train-images", type=int, default=5000, help="images per epoch to extrapolate to"
+    )
     parser.add_argument("--epochs", type=int, default=200)
-    parser.add_argument("--gpu-tflops", type=float, default=30.0,
-                        help="assumed sustained GPU throughput for the estimate")
+    parser.add_argument(
+        "--gpu-tflops",
+        type=float,
+        default=30.0,
+        help="assumed sustained GPU throughput for the estimate",
+    )
     args = parser.parse_args(argv)
 
     splits = data_lib.load_dataset(args.dataset)
@@ -86,14 +92,16 @@ def main(argv=None):
     rows = []
     for method in args.methods:
         keras.backend.clear_session()
-        model = train.build_compiled_model(dataclasses.replace(config, method=method), splits, steps_per_epoch)
+        model = train.build_compiled_model(
+            dataclasses.replace(config, method=method), splits, steps_per_epoch
+        )
         if flops is None:
             flops = forward_flops(model.inner, splits.input_shape)
         timer = StepTimer()
         total = args.warmup_steps + args.steps
         model.fit(train_ds.repeat(), steps_per_epoch=total, epochs=1, verbose=0, callbacks=[timer])
-        step = statistics.median(timer.times[args.warmup_steps:])
-        cpu_step = statistics.median(timer.cpu_times[args.warmup_steps:])
+        step = statistics.median(timer.times[args.warmup_steps :])
+        cpu_step = statistics.median(timer.cpu_times[args.warmup_steps :])
         # On a busy machine the wall time includes waiting for the cores; the
         # CPU time spread over all cores is what an idle machine would take.
         idle_step = cpu_step / (os.cpu_count() or 1)
@@ -101,14 +109,20 @@ def main(argv=None):
         images = args.train_images * args.epochs
         gpu_hours = images * flops * PASS_COST[method] / (args.gpu_tflops * 1e12) / 3600
         rows.append((method, step, hours(step), cpu_step, hours(idle_step), gpu_hours))
-    print(f"{args.model} on {splits.input_shape} images, batch {args.batch_size}, "
-          f"{flops / 1e9:.3f} GFLOPs forward per image; {args.train_images} images x {args.epochs} epochs")
+    print(
+        f"{args.model} on {splits.input_shape} images, batch {args.batch_size}, "
+        f"{flops / 1e9:.3f} GFLOPs forward per image; {args.train_images} images x {args.epochs} epochs"
+    )
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
-    print(f"| method | wall s/step (median of {args.steps}) | hours at that rate | CPU-seconds/step "
-          f"| hours if the {os.cpu_count()} cores were ours | GPU hours at {args.gpu_tflops:g} TFLOP/s |")
+    print(
+        f"| method | wall s/step (median of {args.steps}) | hours at that rate | CPU-seconds/step "
+        f"| hours if the {os.cpu_count()} cores were ours | GPU hours at {args.gpu_tflops:g} TFLOP/s |"
+    )
     print("|---|---|---|---|---|---|")
     for method, step, wall_hours, cpu_step, idle_hours, gpu_hours in rows:
-        print(f"| {method} | {step:.2f} | {wall_hours:.1f} | {cpu_step:.2f} | {idle_hours:.1f} | {gpu_hours:.2f} |")
+        print(
+            f"| {method} | {step:.2f} | {wall_hours:.1f} | {cpu_step:.2f} | {idle_hours:.1f} | {gpu_hours:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -69,27 +69,35 @@ def test_late_gain_is_end_minus_seventy_percent(report):
     assert np.isnan(report.late_gain({"history": {}}))
 
 
-@pytest.mark.parametrize("key, expected", [
-    ("mnist1d", ("mnist1d", "4000")),
-    ("cifar10_partial:2500", ("cifar10_partial", "2500")),
-    ("cifar10_partial:5438", ("cifar10_partial", "5438")),
-])
+@pytest.mark.parametrize(
+    "key, expected",
+    [
+        ("mnist1d", ("mnist1d", "4000")),
+        ("cifar10_partial:2500", ("cifar10_partial", "2500")),
+        ("cifar10_partial:5438", ("cifar10_partial", "5438")),
+    ],
+)
 def test_parse_dataset(plan, key, expected):
     assert plan.parse_dataset(key) == expected
 
 
-@pytest.mark.parametrize("key", ["cifar10", "cifar10_partial", "cifar10_partial:3000", "mnist1d:100"])
+@pytest.mark.parametrize(
+    "key", ["cifar10", "cifar10_partial", "cifar10_partial:3000", "mnist1d:100"]
+)
 def test_parse_dataset_refuses_unknown_keys(plan, key):
     with pytest.raises(ValueError):
         plan.parse_dataset(key)
 
 
-@pytest.mark.parametrize("variant, expected", [
-    ("gmix", ("gmix", {})),
-    ("gmix-k5", ("gmix", {"perturb_every": 5})),
-    ("dgmix-k5-r0.3", ("dgmix", {"perturb_every": 5, "reuse_scale": 0.3})),
-    ("gmix-p0.2", ("gmix", {"perturb_probability": 0.2})),
-])
+@pytest.mark.parametrize(
+    "variant, expected",
+    [
+        ("gmix", ("gmix", {})),
+        ("gmix-k5", ("gmix", {"perturb_every": 5})),
+        ("dgmix-k5-r0.3", ("dgmix", {"perturb_every": 5, "reuse_scale": 0.3})),
+        ("gmix-p0.2", ("gmix", {"perturb_probability": 0.2})),
+    ],
+)
 def test_parse_variant(plan, variant, expected):
     assert plan.parse_variant(variant) == expected
 
@@ -124,11 +132,17 @@ def test_a_finished_run_is_not_claimed(plan, generalization, tmp_path):
 def test_the_claim_of_a_killed_process_is_free_at_once(generalization, tmp_path):
     path = str(tmp_path / "erm_seed0.json")
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys; sys.path.insert(0, sys.argv[1]); import generalization as g\n"
-         "assert g.claim(sys.argv[2]) is not None\nprint('held', flush=True)\nsys.stdin.read()",
-         BENCHMARKS, path],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.path.insert(0, sys.argv[1]); import generalization as g\n"
+            "assert g.claim(sys.argv[2]) is not None\nprint('held', flush=True)\nsys.stdin.read()",
+            BENCHMARKS,
+            path,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -181,16 +195,26 @@ def tiny_cifar_task(generalization, epochs):
     rng = np.random.default_rng(0)
     task = object.__new__(generalization.Task)
     task.key, task.name, task.subset = "cifar10_partial:5438", "cifar10_partial", "5438"
-    task.budget = dict(generalization.BUDGETS["cifar10_partial"], epochs=epochs, batch_size=16,
-                       learning_rate=0.05, eval_every=2)
+    task.budget = dict(
+        generalization.BUDGETS["cifar10_partial"],
+        epochs=epochs,
+        batch_size=16,
+        learning_rate=0.05,
+        eval_every=2,
+    )
     task.x_train = rng.integers(0, 256, (48, 8, 8, 3)).astype("uint8")
     task.y_train = np.arange(48) % 3
     task.x_test, task.y_test = task.x_train[:24], task.y_train[:24]
     task.num_classes, task.normalization, task.flip, task.splits = 3, None, True, None
-    task.inner = lambda: keras.Sequential([
-        keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), kg.layers.BatchNormalization(),
-        keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3),
-    ])
+    task.inner = lambda: keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(4, 3),
+            kg.layers.BatchNormalization(),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3),
+        ]
+    )
     return task
 
 
@@ -198,11 +222,14 @@ class Killed(Exception):
     pass
 
 
-def test_a_killed_resumable_run_resumes_and_ends_as_an_uninterrupted_one(generalization, tmp_path, monkeypatch):
+def test_a_killed_resumable_run_resumes_and_ends_as_an_uninterrupted_one(
+    generalization, tmp_path, monkeypatch
+):
     epochs = 4
     task = tiny_cifar_task(generalization, epochs)
     run = lambda backup: generalization.train_run(  # noqa: E731
-        task, "gmix", 0, epochs, 0.05, 0.2, eigen=False, backup_dir=str(backup))
+        task, "gmix", 0, epochs, 0.05, 0.2, eigen=False, backup_dir=str(backup)
+    )
     whole = run(tmp_path / "whole")
 
     clocks = generalization.epoch_clocks
@@ -228,10 +255,18 @@ def test_a_killed_resumable_run_resumes_and_ends_as_an_uninterrupted_one(general
     assert kg.checkpoint.saved_epoch(str(tmp_path / "killed")) == 1
     resumed = run(tmp_path / "killed")
 
-    assert whole["last_attempt_started_at_epoch"] == 0 and resumed["last_attempt_started_at_epoch"] == 1
-    assert len(resumed["history"]["loss"]) == epochs and len(resumed["history"]["val_loss"]) == epochs // 2
+    assert (
+        whole["last_attempt_started_at_epoch"] == 0
+        and resumed["last_attempt_started_at_epoch"] == 1
+    )
+    assert (
+        len(resumed["history"]["loss"]) == epochs
+        and len(resumed["history"]["val_loss"]) == epochs // 2
+    )
     for key in ("loss", "accuracy", "sharpness", "val_loss"):
-        np.testing.assert_allclose(resumed["history"][key], whole["history"][key], rtol=1e-5, err_msg=key)
+        np.testing.assert_allclose(
+            resumed["history"][key], whole["history"][key], rtol=1e-5, err_msg=key
+        )
     np.testing.assert_allclose(resumed["test_loss"], whole["test_loss"], rtol=1e-5)
     assert resumed["cpu_seconds"] > 0 and len(resumed["history"]["cpu_seconds"]) == epochs
     assert resumed["config"]["training_stream"] == "keyed by (seed, epoch), resumable"
@@ -244,10 +279,15 @@ def test_only_the_5438_set_is_resumable(plan):
 
 
 def fake_run(method, seed, epochs, test_accuracy, loss):
-    return {"method": method, "seed": seed, "test_accuracy": test_accuracy, "seconds": 1.0,
-            "config": {"epochs": epochs, "rho": 0.0, "alpha": 1.0},
-            "hessian_top_eigenvalue": {"value": 1.0},
-            "history": {"loss": loss, "val_accuracy": [test_accuracy]}}
+    return {
+        "method": method,
+        "seed": seed,
+        "test_accuracy": test_accuracy,
+        "seconds": 1.0,
+        "config": {"epochs": epochs, "rho": 0.0, "alpha": 1.0},
+        "hessian_top_eigenvalue": {"value": 1.0},
+        "history": {"loss": loss, "val_accuracy": [test_accuracy]},
+    }
 
 
 def test_a_budget_check_is_paired_with_the_same_seed_at_the_budget(plan, report, tmp_path):
@@ -255,16 +295,24 @@ def test_a_budget_check_is_paired_with_the_same_seed_at_the_budget(plan, report,
     # 20 epochs: the last two tenths are epochs 17-18 and 19-20.
     budget_loss = [1.0] * 16 + [0.6, 0.6, 0.5, 0.5]  # 0.6 / 0.5 - 1 = 20%
     check_loss = [1.0] * 26 + [0.44, 0.44, 0.44, 0.4, 0.4, 0.4]  # 30 epochs: 0.44 / 0.4 - 1 = 10%
-    plan.write_json(os.path.join(folder, "erm_seed0.json"),
-                              fake_run("erm", 0, 20, 0.70, budget_loss))
-    plan.write_json(os.path.join(folder, "erm_seed1.json"),
-                              fake_run("erm", 1, 20, 0.60, [1.0] * 20))
-    plan.write_json(os.path.join(folder, "erm_seed0_e30.json"),
-                              fake_run("erm", 0, 30, 0.75, check_loss))
+    plan.write_json(
+        os.path.join(folder, "erm_seed0.json"), fake_run("erm", 0, 20, 0.70, budget_loss)
+    )
+    plan.write_json(
+        os.path.join(folder, "erm_seed1.json"), fake_run("erm", 1, 20, 0.60, [1.0] * 20)
+    )
+    plan.write_json(
+        os.path.join(folder, "erm_seed0_e30.json"), fake_run("erm", 0, 30, 0.75, check_loss)
+    )
     data = report.collect(str(tmp_path), seeds=[0, 1])["datasets"]["cifar10_partial:5438"]
 
     (check,) = data["budget_checks"]
-    assert (check["method"], check["seed"], check["epochs"], check["budget_epochs"]) == ("erm", 0, 30, 20)
+    assert (check["method"], check["seed"], check["epochs"], check["budget_epochs"]) == (
+        "erm",
+        0,
+        30,
+        20,
+    )
     assert check["test_accuracy"] == 0.75 and check["budget_test_accuracy"] == 0.70  # seed 0, not 1
     assert check["budget_loss_drop"] == pytest.approx(0.20)
     assert check["loss_drop"] == pytest.approx(0.10)
@@ -275,10 +323,15 @@ def test_a_budget_check_is_paired_with_the_same_seed_at_the_budget(plan, report,
 
 def test_the_summary_tables_show_means_and_paired_differences(report):
     accuracies = {"mixup": [0.70, 0.72], "sam": [0.60, 0.64], "gmix": [0.73, 0.71]}
-    runs = {(m, s): fake_run(m, s, 20, a, [1.0] * 20)
-            for m, accs in accuracies.items() for s, a in enumerate(accs)}
+    runs = {
+        (m, s): fake_run(m, s, 20, a, [1.0] * 20)
+        for m, accs in accuracies.items()
+        for s, a in enumerate(accs)
+    }
     runs[("dgmix", 1)] = fake_run("dgmix", 1, 20, 0.75, [1.0] * 20)
-    lines = report.summary_lines({"datasets": {"mnist1d": {"rows": report.method_rows(runs, [0, 1])}}}, n_seeds=2)
+    lines = report.summary_lines(
+        {"datasets": {"mnist1d": {"rows": report.method_rows(runs, [0, 1])}}}, n_seeds=2
+    )
 
     assert "| gmix | 72.00 ± 1.41 |" in lines  # std with ddof=1: |0.73 - 0.71| / sqrt(2)
     assert "| dgmix | 75.00 (1/2 seeds) |" in lines
@@ -291,10 +344,16 @@ def test_the_summary_tables_show_means_and_paired_differences(report):
 
 def test_a_folder_with_schedule_variant_runs_is_read(plan, report, tmp_path):
     folder = plan.run_dir(str(tmp_path), "mnist1d", "4000")
-    plan.write_json(os.path.join(folder, "gmix_seed0.json"), fake_run("gmix", 0, 20, 0.70, [1.0] * 20))
-    plan.write_json(os.path.join(folder, "gmix-k5_seed0.json"), fake_run("gmix-k5", 0, 20, 0.60, [1.0] * 20))
-    plan.write_json(os.path.join(folder, "dgmix-k5-r0.3_seed0.json"),
-                              fake_run("dgmix-k5-r0.3", 0, 20, 0.60, [1.0] * 20))
+    plan.write_json(
+        os.path.join(folder, "gmix_seed0.json"), fake_run("gmix", 0, 20, 0.70, [1.0] * 20)
+    )
+    plan.write_json(
+        os.path.join(folder, "gmix-k5_seed0.json"), fake_run("gmix-k5", 0, 20, 0.60, [1.0] * 20)
+    )
+    plan.write_json(
+        os.path.join(folder, "dgmix-k5-r0.3_seed0.json"),
+        fake_run("dgmix-k5-r0.3", 0, 20, 0.60, [1.0] * 20),
+    )
     data = report.collect(str(tmp_path), seeds=[0])["datasets"]["mnist1d"]
     assert data["rows"]["gmix"]["test_accuracy"] == [0.70]
     assert data["rows"]["dgmix"]["seeds_done"] == []

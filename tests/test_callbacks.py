@@ -22,7 +22,9 @@ def data(seed=0):
 
 def model(method, learning_rate=0.1):
     keras.utils.set_random_seed(0)
-    inner = keras.Sequential([keras.Input((D,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(C)])
+    inner = keras.Sequential(
+        [keras.Input((D,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(C)]
+    )
     wrapped = kg.GMixModel(inner, method=method, rho=0.07, seed=1)
     wrapped.compile(
         optimizer=keras.optimizers.SGD(learning_rate),
@@ -45,7 +47,9 @@ def read_events(folder):
 
 def test_step_values_logger_writes_lr_rho_and_histograms(tmp_path):
     x, y = data()
-    schedule = keras.optimizers.schedules.PolynomialDecay(0.1, decay_steps=9, end_learning_rate=0.01)
+    schedule = keras.optimizers.schedules.PolynomialDecay(
+        0.1, decay_steps=9, end_learning_rate=0.01
+    )
     m = model("dgmix", learning_rate=schedule)
     logger = callbacks.StepValuesLogger(str(tmp_path), update_freq=2)
     m.fit(x, y, batch_size=BATCH, epochs=3, verbose=0, shuffle=False, callbacks=[logger])  # 9 steps
@@ -68,28 +72,51 @@ def test_step_values_logger_writes_lr_rho_and_histograms(tmp_path):
         assert histogram[:, 0].min() >= 0.0 and histogram[:, 1].max() <= 1.0
 
 
-@pytest.mark.parametrize("method, expected", [("erm", set()), ("mixup", {"lambda"}), ("sam", {"sensitivity"})])
+@pytest.mark.parametrize(
+    "method, expected", [("erm", set()), ("mixup", {"lambda"}), ("sam", {"sensitivity"})]
+)
 def test_step_values_logger_skips_what_a_method_does_not_compute(tmp_path, method, expected):
     x, y = data()
     m = model(method)
-    m.fit(x, y, batch_size=BATCH, epochs=1, verbose=0,
-          callbacks=[callbacks.StepValuesLogger(str(tmp_path), update_freq=1)])
+    m.fit(
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=1,
+        verbose=0,
+        callbacks=[callbacks.StepValuesLogger(str(tmp_path), update_freq=1)],
+    )
     assert set(read_events(str(tmp_path))) == {"learning_rate", "rho"} | expected
 
 
 def test_epoch_timer_and_resumable_csv_logger(tmp_path):
     path = tmp_path / "history.csv"
     # CSVLogger adds val_ columns (NA) when fit has no validation data.
-    path.write_text("epoch,loss,seconds,val_loss,val_seconds\n0,1.0,2.0,NA,NA\n1,0.9,2.0,NA,NA\n"
-                    "2,0.8,2.0,NA,NA\n3,0.")
+    path.write_text(
+        "epoch,loss,seconds,val_loss,val_seconds\n0,1.0,2.0,NA,NA\n1,0.9,2.0,NA,NA\n"
+        "2,0.8,2.0,NA,NA\n3,0."
+    )
     x, y = data()
     m = model("erm")
     logger = callbacks.ResumableCSVLogger(str(path))
-    m.fit(x, y, batch_size=BATCH, epochs=4, initial_epoch=2, verbose=0,
-          callbacks=[callbacks.EpochTimer(), logger])
+    m.fit(
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=4,
+        initial_epoch=2,
+        verbose=0,
+        callbacks=[callbacks.EpochTimer(), logger],
+    )
     rows = list(csv.DictReader(open(path)))
     assert [row["epoch"] for row in rows] == ["0", "1", "2", "3"]
-    assert rows[1] == {"epoch": "1", "loss": "0.9", "seconds": "2.0", "val_loss": "NA", "val_seconds": "NA"}
+    assert rows[1] == {
+        "epoch": "1",
+        "loss": "0.9",
+        "seconds": "2.0",
+        "val_loss": "NA",
+        "val_seconds": "NA",
+    }
     assert rows[2]["loss"] != "0.8" and float(rows[2]["seconds"]) > 0
     # A run that starts at epoch 0 starts a new file.
     m.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[callbacks.EpochTimer(), logger])
@@ -104,8 +131,17 @@ def test_resumable_csv_logger_keeps_the_columns_when_the_resumed_epoch_validates
     path.write_text("epoch,loss,seconds,val_loss,val_seconds\n0,1.0,2.0,NA,NA\n")
     x, y = data()
     m = model("erm")
-    m.fit(x, y, batch_size=BATCH, epochs=3, initial_epoch=1, verbose=0, validation_data=(x, y),
-          validation_freq=2, callbacks=[callbacks.EpochTimer(), callbacks.ResumableCSVLogger(str(path))])
+    m.fit(
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=3,
+        initial_epoch=1,
+        verbose=0,
+        validation_data=(x, y),
+        validation_freq=2,
+        callbacks=[callbacks.EpochTimer(), callbacks.ResumableCSVLogger(str(path))],
+    )
     rows = list(csv.reader(open(path)))
     assert rows[0] == ["epoch", "loss", "seconds", "val_loss", "val_seconds"]
     assert [len(row) for row in rows] == [5, 5, 5, 5]
@@ -120,13 +156,20 @@ def test_flatness_monitor_logs_tags_pngs_and_the_measured_values(tmp_path):
     m = model("dgmix")
     settings = dict(eigenvalue_iters=4, sharpness_steps=2, landscape_points=5, rho=0.05, seed=3)
     monitor = callbacks.FlatnessMonitor(
-        held_out, every=2, log_dir=str(tmp_path / "tb"), plot_dir=str(tmp_path / "png"), trace_samples=2,
+        held_out,
+        every=2,
+        log_dir=str(tmp_path / "tb"),
+        plot_dir=str(tmp_path / "png"),
+        trace_samples=2,
         **settings,
     )
     m.fit(x, y, batch_size=BATCH, epochs=4, verbose=0, callbacks=[monitor])
     events = read_events(str(tmp_path / "tb"))
     assert set(events) == {
-        "flatness/top_eigenvalue", "flatness/rho_sharpness", "flatness/hessian_trace", "flatness/loss",
+        "flatness/top_eigenvalue",
+        "flatness/rho_sharpness",
+        "flatness/hessian_trace",
+        "flatness/loss",
         "flatness/landscape_1d",
     }
     for tag in events:
@@ -134,13 +177,18 @@ def test_flatness_monitor_logs_tags_pngs_and_the_measured_values(tmp_path):
     _, plugin, image = events["flatness/landscape_1d"][0]
     assert plugin == "images" and image[2].startswith(b"\x89PNG")
     assert sorted(os.listdir(tmp_path / "png")) == [
-        "flatness.csv", "landscape_1d_epoch002.png", "landscape_1d_epoch004.png"]
+        "flatness.csv",
+        "landscape_1d_epoch002.png",
+        "landscape_1d_epoch004.png",
+    ]
     rows = list(csv.DictReader(open(tmp_path / "png" / "flatness.csv")))
     assert [row["epoch"] for row in rows] == ["2", "4"]
 
     # The last record is the measure of the final weights, as flatness.py computes it.
     loss = m.loss
-    expected = flatness.hessian_top_eigenvalue(m, held_out, loss, iters=4, seed=3, batch_size=256).value
+    expected = flatness.hessian_top_eigenvalue(
+        m, held_out, loss, iters=4, seed=3, batch_size=256
+    ).value
     assert monitor.records[-1]["top_eigenvalue"] == pytest.approx(expected, rel=1e-5)
     sharp = flatness.rho_sharpness(m, held_out, loss, rho=0.05, steps=2, seed=3, batch_size=256)
     assert monitor.records[-1]["rho_sharpness"] == pytest.approx(sharp.value, rel=1e-5)

@@ -15,7 +15,11 @@ from keras_gmix import flatness
 from keras_gmix import flatness_report as fr
 from keras_gmix import train
 
-ENTRY_POINTS = {"gmix-train": "train_main", "gmix-compare": "compare_main", "gmix-flatness": "flatness_main"}
+ENTRY_POINTS = {
+    "gmix-train": "train_main",
+    "gmix-compare": "compare_main",
+    "gmix-flatness": "flatness_main",
+}
 
 
 def test_entry_points_are_installed():
@@ -35,20 +39,42 @@ def test_gmix_train_has_a_flag_for_every_setting(capsys):
     text = help_text(cli.train_main, capsys)
     for field in dataclasses.fields(train.TrainConfig):
         assert "--" + field.name.replace("_", "-") in text, field.name
-    for flag in ("--config", "--stock-batchnorm", "--no-stock-batchnorm", "--resume", "--distribute"):
+    for flag in (
+        "--config",
+        "--stock-batchnorm",
+        "--no-stock-batchnorm",
+        "--resume",
+        "--distribute",
+    ):
         assert flag in text
 
 
 def test_gmix_compare_flags(capsys):
     text = help_text(cli.compare_main, capsys)
-    for flag in ("--methods", "--seeds", "--collect", "--output", "--dataset", "--epochs", "--config"):
+    for flag in (
+        "--methods",
+        "--seeds",
+        "--collect",
+        "--output",
+        "--dataset",
+        "--epochs",
+        "--config",
+    ):
         assert flag in text
     assert "--method " not in text and "--seed " not in text  # replaced by --methods / --seeds
 
 
 def test_gmix_flatness_flags(capsys):
     text = help_text(cli.flatness_main, capsys)
-    for flag in ("--dataset", "--rho", "--eigenvalue-iters", "--trace-samples", "--points", "--span", "--output"):
+    for flag in (
+        "--dataset",
+        "--rho",
+        "--eigenvalue-iters",
+        "--trace-samples",
+        "--points",
+        "--span",
+        "--output",
+    ):
         assert flag in text
 
 
@@ -72,21 +98,28 @@ def test_every_train_config_field_has_a_help_text():
 
 def test_help_shows_the_sentence_and_the_default(capsys):
     text = " ".join(help_text(cli.train_main, capsys).split())
-    assert "Radius of the SAM neighbourhood (>= 0; 0 turns the perturbation off). Default: 0.05." in text
+    assert (
+        "Radius of the SAM neighbourhood (>= 0; 0 turns the perturbation off). Default: 0.05."
+        in text
+    )
 
 
 def saved_model(folder, seed, softmax=False, config=None):
     """A small untrained CNN on digits' 8x8x1 images, wrapped and saved as <folder>/model.keras."""
     keras.utils.set_random_seed(seed)
-    inner = keras.Sequential([
-        keras.Input((8, 8, 1)),
-        keras.layers.Conv2D(4, 3, activation="relu"),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(10, activation="softmax" if softmax else None),
-    ])
+    inner = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(10, activation="softmax" if softmax else None),
+        ]
+    )
     model = kg.GMixModel(inner, method="sam" if softmax else "dgmix", seed=seed)
     if not softmax:
-        model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(
+            optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "model.keras")
     model.save(path)
@@ -96,8 +129,18 @@ def saved_model(folder, seed, softmax=False, config=None):
     return path
 
 
-SETTINGS = ["--examples", "64", "--eigenvalue-iters", "3", "--sharpness-steps", "2", "--points", "5",
-            "--trace-samples", "2"]
+SETTINGS = [
+    "--examples",
+    "64",
+    "--eigenvalue-iters",
+    "3",
+    "--sharpness-steps",
+    "2",
+    "--points",
+    "5",
+    "--trace-samples",
+    "2",
+]
 
 
 def test_gmix_flatness_on_two_models_writes_the_ranked_table_and_figures(tmp_path, capsys):
@@ -106,7 +149,12 @@ def test_gmix_flatness_on_two_models_writes_the_ranked_table_and_figures(tmp_pat
     output = str(tmp_path / "report")
     assert cli.flatness_main([a, b, "--dataset", "digits", "--output", output] + SETTINGS) == 0
     assert sorted(os.listdir(output)) == [
-        "flatness.json", "flatness.md", "landscape_1d.png", "landscape_alpha.png", "landscape_beta.png"]
+        "flatness.json",
+        "flatness.md",
+        "landscape_1d.png",
+        "landscape_alpha.png",
+        "landscape_beta.png",
+    ]
     for name in ("landscape_1d.png", "landscape_alpha.png"):
         with open(os.path.join(output, name), "rb") as f:
             assert f.read(4) == b"\x89PNG"
@@ -127,10 +175,13 @@ def test_gmix_flatness_on_two_models_writes_the_ranked_table_and_figures(tmp_pat
     for row, from_logits in ((r, r["model"] == "alpha") for r in rows):
         model = keras.saving.load_model(a if from_logits else b)
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
-        expected = flatness.hessian_top_eigenvalue(model, (x, y), loss, iters=3, seed=0, batch_size=256)
+        expected = flatness.hessian_top_eigenvalue(
+            model, (x, y), loss, iters=3, seed=0, batch_size=256
+        )
         assert row["top_eigenvalue"] == pytest.approx(expected.value, rel=1e-5)
-        assert row["loss"] == pytest.approx(flatness.rho_sharpness(model, (x, y), loss, rho=0.05, steps=0).loss,
-                                            rel=1e-6)
+        assert row["loss"] == pytest.approx(
+            flatness.rho_sharpness(model, (x, y), loss, rho=0.05, steps=0).loss, rel=1e-6
+        )
         predictions = model.predict(x, verbose=0)
         assert row["accuracy"] == pytest.approx(np.mean(predictions.argmax(-1) == y))
 

@@ -14,16 +14,30 @@ TINY = ["--epochs", "1", "--batch-size", "16", "--train-size", "32", "--verbose"
 
 
 def fake(method, seed, accuracy, seconds=10.0, **extra):
-    return {"method": method, "seed": seed, "test_accuracy": accuracy, "seconds": seconds,
-            "dataset": "digits", "model": "small_cnn", "train_size": 100, "epochs": 3,
-            "output": f"/r/{method}-{seed}", **extra}
+    return {
+        "method": method,
+        "seed": seed,
+        "test_accuracy": accuracy,
+        "seconds": seconds,
+        "dataset": "digits",
+        "model": "small_cnn",
+        "train_size": 100,
+        "epochs": 3,
+        "output": f"/r/{method}-{seed}",
+        **extra,
+    }
 
 
 def test_summary_numbers_and_row_order():
-    rows = compare.summarize([
-        fake("dgmix", 0, 0.9), fake("erm", 0, 0.8, 4.0), fake("dgmix", 1, 0.7), fake("erm", 1, 0.6, 6.0),
-        fake("dgmix", 2, 0.8),
-    ])
+    rows = compare.summarize(
+        [
+            fake("dgmix", 0, 0.9),
+            fake("erm", 0, 0.8, 4.0),
+            fake("dgmix", 1, 0.7),
+            fake("erm", 1, 0.6, 6.0),
+            fake("dgmix", 2, 0.8),
+        ]
+    )
     assert [row["label"] for row in rows] == ["erm", "dgmix"]  # the METHODS order
     erm, dgmix = rows
     assert erm["runs"] == 2 and erm["accuracy_mean"] == pytest.approx(0.7)
@@ -36,17 +50,30 @@ def test_summary_numbers_and_row_order():
 
 
 def test_rows_are_split_by_what_differs_between_runs():
-    rows = compare.summarize([fake("erm", 0, 0.5, train_size=10), fake("erm", 0, 0.7, train_size=20)])
+    rows = compare.summarize(
+        [fake("erm", 0, 0.5, train_size=10), fake("erm", 0, 0.7, train_size=20)]
+    )
     assert [row["label"] for row in rows] == ["erm (train_size=10)", "erm (train_size=20)"]
 
 
 def test_gmix_compare_runs_reads_back_and_collects(tmp_path, capsys):
     output = str(tmp_path / "cmp")
-    assert cli.compare_main(TINY + ["--methods", "erm", "mixup", "--seeds", "0", "--output", output]) == 0
+    assert (
+        cli.compare_main(TINY + ["--methods", "erm", "mixup", "--seeds", "0", "--output", output])
+        == 0
+    )
     assert sorted(os.listdir(output)) == [
-        "compare.json", "erm-seed0", "mixup-seed0", "results.md", "results.png"]
+        "compare.json",
+        "erm-seed0",
+        "mixup-seed0",
+        "results.md",
+        "results.png",
+    ]
     text = open(os.path.join(output, "results.md")).read()
-    results = {m: json.load(open(os.path.join(output, f"{m}-seed0", "results.json"))) for m in ("erm", "mixup")}
+    results = {
+        m: json.load(open(os.path.join(output, f"{m}-seed0", "results.json")))
+        for m in ("erm", "mixup")
+    }
     for method, r in results.items():
         assert f"| {method} | 1 | {r['test_accuracy']:.4f} | – | {r['seconds']:.1f} |" in text
     with open(os.path.join(output, "results.png"), "rb") as f:

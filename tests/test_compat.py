@@ -60,7 +60,10 @@ def test_every_compat_function_has_a_canary():
 def test_maybe_symbolic_build():
     method = getattr(keras.Model, "_maybe_symbolic_build", None)
     require(callable(method), "Model._maybe_symbolic_build")
-    require({"iterator", "data_batch"} <= parameters(method), "Model._maybe_symbolic_build(iterator, data_batch)")
+    require(
+        {"iterator", "data_batch"} <= parameters(method),
+        "Model._maybe_symbolic_build(iterator, data_batch)",
+    )
     # The override only works while it sits on the class under this name.
     assert "_maybe_symbolic_build" in vars(GMixModel)
 
@@ -77,8 +80,13 @@ def test_loss_tracker():
         tracker = compat.loss_tracker(model)
     except AttributeError:
         pytest.fail(moved("Model._loss_tracker"))
-    require(isinstance(tracker, keras.metrics.Mean) and tracker.name == "loss", "Model._loss_tracker")
-    require(any(metric is tracker for metric in model.metrics), "Model._loss_tracker (no longer in model.metrics)")
+    require(
+        isinstance(tracker, keras.metrics.Mean) and tracker.name == "loss", "Model._loss_tracker"
+    )
+    require(
+        any(metric is tracker for metric in model.metrics),
+        "Model._loss_tracker (no longer in model.metrics)",
+    )
 
 
 def test_set_initial_epoch():
@@ -91,11 +99,17 @@ def test_set_initial_epoch():
 
 def test_set_tensorboard_train_step(tmp_path):
     callback = keras.callbacks.TensorBoard(str(tmp_path), update_freq="epoch")
-    require(isinstance(getattr(callback, "_global_train_batch", None), int), "TensorBoard._global_train_batch")
+    require(
+        isinstance(getattr(callback, "_global_train_batch", None), int),
+        "TensorBoard._global_train_batch",
+    )
     callback.set_model(tiny_model())
     compat.set_tensorboard_train_step(callback, 41)
     callback.on_train_batch_begin(0)
-    require(callback._global_train_batch == 42, "TensorBoard._global_train_batch (no longer counted per batch)")
+    require(
+        callback._global_train_batch == 42,
+        "TensorBoard._global_train_batch (no longer counted per batch)",
+    )
 
 
 def test_csv_logger_write_header(tmp_path):
@@ -108,7 +122,10 @@ def test_csv_logger_write_header(tmp_path):
     logger.on_epoch_end(0, {"loss": 1.0})
     logger.on_train_end()
     with open(path, newline="") as f:
-        require(next(csv.reader(f))[:2] == ["epoch", "loss"], "CSVLogger.append_header (no header written)")
+        require(
+            next(csv.reader(f))[:2] == ["epoch", "loss"],
+            "CSVLogger.append_header (no header written)",
+        )
 
 
 def test_csv_logger_set_columns(tmp_path):
@@ -121,7 +138,10 @@ def test_csv_logger_set_columns(tmp_path):
     logger.on_train_end()
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
-    require(rows[0] == ["epoch", "loss", "val_loss"], "CSVLogger.keys (the columns are no longer taken from it)")
+    require(
+        rows[0] == ["epoch", "loss", "val_loss"],
+        "CSVLogger.keys (the columns are no longer taken from it)",
+    )
 
 
 def test_is_functional():
@@ -155,8 +175,16 @@ def test_in_multi_worker_mode():
 
 
 def test_strategy_supports_no_merge_call():
-    function = getattr(getattr(getattr(tf, "__internal__", None), "distribute", None), "strategy_supports_no_merge_call", None)
-    require(callable(function), "tf.__internal__.distribute.strategy_supports_no_merge_call", "TensorFlow")
+    function = getattr(
+        getattr(getattr(tf, "__internal__", None), "distribute", None),
+        "strategy_supports_no_merge_call",
+        None,
+    )
+    require(
+        callable(function),
+        "tf.__internal__.distribute.strategy_supports_no_merge_call",
+        "TensorFlow",
+    )
     assert compat.strategy_supports_no_merge_call() is True  # no strategy: no merge_call
     with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
         assert compat.strategy_supports_no_merge_call() is False
@@ -178,18 +206,29 @@ NAMEDTUPLE_API = {"_replace", "_asdict", "_fields", "_make", "_field_defaults"}
 
 
 def _private(name):
-    return name.startswith("_") and not name.startswith("__") and name != "_" and name not in NAMEDTUPLE_API
+    return (
+        name.startswith("_")
+        and not name.startswith("__")
+        and name != "_"
+        and name not in NAMEDTUPLE_API
+    )
 
 
 def _private_names(tree):
     """`(used, defined)`: private attribute names a module uses, and those it defines."""
     used, defined = set(), set()
     for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and _private(node.name):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and _private(
+            node.name
+        ):
             defined.add(node.name)
         elif isinstance(node, ast.Attribute) and _private(node.attr):
             used.add(node.attr)
-            if isinstance(node.ctx, ast.Store) and isinstance(node.value, ast.Name) and node.value.id == "self":
+            if (
+                isinstance(node.ctx, ast.Store)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "self"
+            ):
                 defined.add(node.attr)
         elif (
             isinstance(node, ast.Call)
@@ -226,7 +265,9 @@ def test_no_module_but_compat_uses_a_private_upstream_attribute():
         for path, tree in trees.items()
         for name in sorted(_private_names(tree)[0] - ours)
     ]
-    assert not offences, "Private upstream names outside keras_gmix/compat.py: " + "; ".join(offences)
+    assert not offences, "Private upstream names outside keras_gmix/compat.py: " + "; ".join(
+        offences
+    )
 
 
 # Private upstream methods that keras_gmix overrides on purpose: Keras calls
@@ -259,7 +300,9 @@ def test_no_class_reuses_a_private_name_of_its_upstream_base():
             ]
             if not upstream:
                 continue
-            upstream_source = "\n".join({inspect.getsource(inspect.getmodule(base)) for base in upstream})
+            upstream_source = "\n".join(
+                {inspect.getsource(inspect.getmodule(base)) for base in upstream}
+            )
             defined = _private_names(ast.parse(inspect.getsource(cls)))[1]
             for name in sorted(defined):
                 if (cls.__name__, name) not in SANCTIONED_OVERRIDES and re.search(

@@ -11,7 +11,11 @@ from keras_gmix import data as kd
 from keras_gmix.data.subset import balanced_counts
 
 PARTIAL_CIFAR10 = os.path.join(
-    os.path.dirname(__file__), "..", "..", "shared", "data",
+    os.path.dirname(__file__),
+    "..",
+    "..",
+    "shared",
+    "data",
     "cifar10_partial.npz",
 )
 
@@ -49,9 +53,7 @@ def _row_index(full, rows):
     for i, r in enumerate(full.reshape(full.shape[0], -1)):
         position.setdefault(r.tobytes(), i)
     flat_rows = np.ascontiguousarray(rows, dtype=full.dtype)
-    return np.array(
-        [position[r.tobytes()] for r in flat_rows.reshape(len(rows), -1)]
-    )
+    return np.array([position[r.tobytes()] for r in flat_rows.reshape(len(rows), -1)])
 
 
 # ---------------------------------------------------------------- TFDS --
@@ -189,9 +191,7 @@ def test_npz_loader(tmp_path):
         (splits.x_train / 255.0).mean(axis=(0, 1, 2)),
         rtol=1e-6,
     )
-    np.testing.assert_allclose(
-        splits.std, (splits.x_train / 255.0).std(axis=(0, 1, 2)), rtol=1e-6
-    )
+    np.testing.assert_allclose(splits.std, (splits.x_train / 255.0).std(axis=(0, 1, 2)), rtol=1e-6)
     sub = kd.load_dataset(path, train_size=12, seed=0)
     assert np.bincount(sub.y_train).tolist() == [4, 4, 4]
 
@@ -222,9 +222,7 @@ def test_npz_errors(tmp_path):
         kd.load_dataset(path, num_classes=2)
 
 
-@pytest.mark.skipif(
-    not os.path.exists(PARTIAL_CIFAR10), reason="shared data not present"
-)
+@pytest.mark.skipif(not os.path.exists(PARTIAL_CIFAR10), reason="shared data not present")
 def test_partial_cifar10_npz():
     splits = kd.load_dataset(PARTIAL_CIFAR10, train_size=1000, seed=0)
     assert splits.x_train.shape == (1000, 32, 32, 3)
@@ -326,13 +324,10 @@ def test_pipeline_float_input_is_not_rescaled():
 
 def test_pipeline_training_shuffles_all_examples():
     x, y = _images(n=20)
-    ds = kd.make_pipeline(
-        x, y, 8, training=True, augment="none", seed=0, drop_remainder=True
-    )
+    ds = kd.make_pipeline(x, y, 8, training=True, augment="none", seed=0, drop_remainder=True)
     batches = [tuple(xb.shape) for xb, _ in ds]
     assert batches == [(8, 8, 8, 3)] * 2
-    xs, ys = _epoch(kd.make_pipeline(x, y, 8, training=True, augment="none",
-                                     seed=0))
+    xs, ys = _epoch(kd.make_pipeline(x, y, 8, training=True, augment="none", seed=0))
     assert not np.array_equal(ys, y)  # shuffled
     order = _row_index(x, np.round(xs * 255).astype(np.uint8))
     assert sorted(order.tolist()) == list(range(20))  # a permutation
@@ -355,9 +350,7 @@ def test_augmentation_deterministic_with_seed(augment):
     x, y = _images(n=8, size=16)
 
     def make(seed):
-        return kd.make_pipeline(
-            x, y, 4, training=True, augment=augment, seed=seed
-        )
+        return kd.make_pipeline(x, y, 4, training=True, augment=augment, seed=seed)
 
     first = make(3)
     epoch1 = _epoch(first)
@@ -372,14 +365,11 @@ def test_augmentation_deterministic_with_seed(augment):
 
 def test_standard_augmentation_changes_images():
     x, y = _images(n=16, size=16)
-    plain, _ = _epoch(kd.make_pipeline(x, y, 16, training=True,
-                                       augment="none", seed=0))
-    aug, _ = _epoch(kd.make_pipeline(x, y, 16, training=True,
-                                     augment="standard", seed=0))
+    plain, _ = _epoch(kd.make_pipeline(x, y, 16, training=True, augment="none", seed=0))
+    aug, _ = _epoch(kd.make_pipeline(x, y, 16, training=True, augment="standard", seed=0))
     assert not np.array_equal(plain, aug)
     # Evaluation ignores `augment`.
-    ev, _ = _epoch(kd.make_pipeline(x, y, 16, training=False,
-                                    augment="strong", seed=0))
+    ev, _ = _epoch(kd.make_pipeline(x, y, 16, training=False, augment="strong", seed=0))
     np.testing.assert_allclose(ev, x / 255.0, atol=1e-6)
 
 
@@ -459,27 +449,34 @@ def test_epoch_keyed_stream_starts_where_a_resumed_run_needs_it():
     steps = 3  # ceil(20 / 8)
 
     def batches(start, count, seed=7):
-        stream = kd.make_pipeline(x, y, 8, training=True, augment="standard", seed=seed, start_epoch=start)
+        stream = kd.make_pipeline(
+            x, y, 8, training=True, augment="standard", seed=seed, start_epoch=start
+        )
         return [(xb.numpy(), yb.numpy()) for xb, yb in stream.take(count)]
 
     from_zero, from_two = batches(0, 4 * steps), batches(2, 2 * steps)
-    for (xa, ya), (xb, yb) in zip(from_zero[2 * steps:], from_two):
+    for (xa, ya), (xb, yb) in zip(from_zero[2 * steps :], from_two):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
     # Each epoch is a permutation of all examples, and epochs differ.
-    epoch_labels = [np.concatenate([b[1] for b in from_zero[e * steps:(e + 1) * steps]]) for e in range(4)]
+    epoch_labels = [
+        np.concatenate([b[1] for b in from_zero[e * steps : (e + 1) * steps]]) for e in range(4)
+    ]
     assert all(sorted(labels.tolist()) == sorted(y.tolist()) for labels in epoch_labels)
     assert not np.array_equal(epoch_labels[0], epoch_labels[1])
     assert not np.array_equal(batches(0, 1)[0][0], batches(0, 1, seed=8)[0][0])
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(start_epoch=0, seed=None), "int `seed`"),
-    (dict(start_epoch=0, training=False), "training=True"),
-    (dict(start_epoch=-1), "int >= 0"),
-    (dict(start_epoch=1.5), "int >= 0"),
-    (dict(start_epoch=0, drop_remainder=True, batch_size=8), "make no batch of 8"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(start_epoch=0, seed=None), "int `seed`"),
+        (dict(start_epoch=0, training=False), "training=True"),
+        (dict(start_epoch=-1), "int >= 0"),
+        (dict(start_epoch=1.5), "int >= 0"),
+        (dict(start_epoch=0, drop_remainder=True, batch_size=8), "make no batch of 8"),
+    ],
+)
 def test_start_epoch_is_checked(kwargs, match):
     args = dict(training=True, seed=0, batch_size=2)
     args.update(kwargs)
@@ -519,11 +516,19 @@ def test_folder_data_set_with_a_test_folder_resize_and_subset(tmp_path):
     write_digit_folder(str(tmp_path / "train"), per_class=10)
     write_digit_folder(str(tmp_path / "test"), per_class=4, offset=50)
     splits = kd.load_dataset(
-        str(tmp_path / "train"), test_dataset=str(tmp_path / "test"), image_size=16, train_size=12, seed=1
+        str(tmp_path / "train"),
+        test_dataset=str(tmp_path / "test"),
+        image_size=16,
+        train_size=12,
+        seed=1,
     )
     assert splits.test_size == 12 and np.bincount(splits.y_test).tolist() == [4, 4, 4]
     assert splits.train_size == 12 and np.bincount(splits.y_train).tolist() == [4, 4, 4]
-    x, _ = next(kd.make_pipeline(splits.x_train, splits.y_train, 12, training=True, seed=0).as_numpy_iterator())
+    x, _ = next(
+        kd.make_pipeline(
+            splits.x_train, splits.y_train, 12, training=True, seed=0
+        ).as_numpy_iterator()
+    )
     assert x.shape == (12, 16, 16, 1)
     write_digit_folder(str(tmp_path / "other"), per_class=2, classes=(0, 1, 7))
     with pytest.raises(ValueError, match="same class subfolders"):
@@ -542,7 +547,12 @@ def test_folder_images_stream_from_disk_every_epoch(tmp_path):
     splits = kd.load_dataset(str(tmp_path / "train"))
     for epoch_keyed in (False, True):
         ds = kd.make_pipeline(
-            splits.x_train, splits.y_train, 64, training=True, augment="none", seed=0,
+            splits.x_train,
+            splits.y_train,
+            64,
+            training=True,
+            augment="none",
+            seed=0,
             start_epoch=0 if epoch_keyed else None,
         )
         first, _ = next(iter(ds))

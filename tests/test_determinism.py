@@ -11,7 +11,10 @@ ROOT = os.path.dirname(HERE)
 def weights_hash(seed):
     completed = subprocess.run(
         [sys.executable, os.path.join(HERE, "distributed", "determinism_run.py"), str(seed)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT),
     )
     assert completed.returncode == 0, completed.stderr[-3000:]

@@ -33,7 +33,11 @@ def mirrored():
     """Runs tests/distributed/mirrored_checks.py once; its measured numbers."""
     completed = subprocess.run(
         [sys.executable, os.path.join(HERE, "distributed", "mirrored_checks.py")],
-        capture_output=True, text=True, timeout=1800, env=subprocess_env(), cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=subprocess_env(),
+        cwd=ROOT,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     return json.loads(completed.stdout)
@@ -106,11 +110,22 @@ def start_workers(tmp_path, tag, method, sync, *extra):
     for index in range(2):
         config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         log = open(tmp_path / f"{tag}{index}.log", "w")
-        processes.append(subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "distributed", "multiworker_worker.py"),
-             str(tmp_path / f"{tag}{index}.npz"), method, "1" if sync else "0", *extra],
-            stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(TF_CONFIG=config), cwd=ROOT,
-        ))
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    os.path.join(HERE, "distributed", "multiworker_worker.py"),
+                    str(tmp_path / f"{tag}{index}.npz"),
+                    method,
+                    "1" if sync else "0",
+                    *extra,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=subprocess_env(TF_CONFIG=config),
+                cwd=ROOT,
+            )
+        )
     return processes
 
 
@@ -146,7 +161,9 @@ def run_workers(tmp_path, method, sync, *extra, tag="worker"):
 def one_process_reference(method, sync, epochs=2):
     x, y = worker.make_data()
     model = worker.make_model(method, sync)
-    history = model.fit(x, y, batch_size=worker.GLOBAL_BATCH, epochs=epochs, verbose=0, shuffle=False)
+    history = model.fit(
+        x, y, batch_size=worker.GLOBAL_BATCH, epochs=epochs, verbose=0, shuffle=False
+    )
     return model.inner.get_weights(), history.history
 
 
@@ -179,7 +196,9 @@ def test_multiworker_lost_worker_restart_resumes_from_checkpoint(tmp_path):
         deadline = time.time() + WORKER_TIMEOUT
         # Wait until both workers have a checkpoint (epoch 1 done), then kill one mid-epoch.
         while not all((backup / f"worker{i}" / "state.json").exists() for i in range(2)):
-            assert time.time() < deadline and all(p.poll() is None for p in first), "no checkpoint in time"
+            assert time.time() < deadline and all(p.poll() is None for p in first), (
+                "no checkpoint in time"
+            )
             time.sleep(0.2)
         time.sleep(0.5)
         first[1].kill()
@@ -212,7 +231,9 @@ def test_multiworker_workers_one_epoch_apart_resume_together(tmp_path):
     try:
         deadline = time.time() + WORKER_TIMEOUT
         while kg.checkpoint.saved_epoch(str(backup / "worker0")) < 2:
-            assert time.time() < deadline and first[0].poll() is None, "worker 0 did not save epoch 2"
+            assert time.time() < deadline and first[0].poll() is None, (
+                "worker 0 did not save epoch 2"
+            )
             time.sleep(0.2)
         assert first[1].wait(timeout=WORKER_TIMEOUT) == 3  # died before its commit
     finally:
@@ -249,7 +270,9 @@ def dtype_policy(name):
 
 
 def separable_problem(n=256, seed=0):
-    centers = np.random.default_rng(99).normal(scale=2.0, size=(3, 8))  # the same classes for every split
+    centers = np.random.default_rng(99).normal(
+        scale=2.0, size=(3, 8)
+    )  # the same classes for every split
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 3, n)
     return (centers[y] + rng.normal(size=(n, 8))).astype("float32"), y
@@ -259,13 +282,21 @@ def train_small(policy, optimizer=None, epochs=8):
     x, y = separable_problem()
     with dtype_policy(policy):
         keras.utils.set_random_seed(0)
-        inner = keras.Sequential([
-            keras.Input((8,)), keras.layers.Dense(32), keras.layers.BatchNormalization(), keras.layers.ReLU(),
-            keras.layers.Dense(3, dtype="float32"),
-        ])
+        inner = keras.Sequential(
+            [
+                keras.Input((8,)),
+                keras.layers.Dense(32),
+                keras.layers.BatchNormalization(),
+                keras.layers.ReLU(),
+                keras.layers.Dense(3, dtype="float32"),
+            ]
+        )
         model = kg.GMixModel(inner, method="dgmix", seed=0)
-        model.compile(optimizer=optimizer or keras.optimizers.SGD(0.1, momentum=0.9),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+        model.compile(
+            optimizer=optimizer or keras.optimizers.SGD(0.1, momentum=0.9),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
         model.fit(x, y, batch_size=32, epochs=epochs, verbose=0)
         x_test, y_test = separable_problem(seed=1)
         accuracy = model.evaluate(x_test, y_test, verbose=0, return_dict=True)["accuracy"]
@@ -274,8 +305,11 @@ def train_small(policy, optimizer=None, epochs=8):
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_trains_like_float32(policy):
-    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1, momentum=0.9)) \
-        if policy == "mixed_float16" else None
+    optimizer = (
+        keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1, momentum=0.9))
+        if policy == "mixed_float16"
+        else None
+    )
     model, accuracy = train_small(policy, optimizer)
     _, reference = train_small("float32")
     assert model.inner.layers[0].compute_dtype == policy.split("_")[1]
@@ -288,11 +322,20 @@ def test_mixed_float16_overflow_skips_the_step():
     x, y = separable_problem(32)
     with dtype_policy("mixed_float16"):
         keras.utils.set_random_seed(0)
-        inner = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
-                                  keras.layers.Dense(3, dtype="float32")])
-        optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1), initial_scale=2.0**40)
+        inner = keras.Sequential(
+            [
+                keras.Input((8,)),
+                keras.layers.Dense(16, activation="relu"),
+                keras.layers.Dense(3, dtype="float32"),
+            ]
+        )
+        optimizer = keras.optimizers.LossScaleOptimizer(
+            keras.optimizers.SGD(0.1), initial_scale=2.0**40
+        )
         model = kg.GMixModel(inner, method="gmix", seed=0)
-        model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(
+            optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
         before = inner.get_weights()
         model.train_on_batch(x, y)
         for a, b in zip(inner.get_weights(), before):

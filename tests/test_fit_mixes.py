@@ -15,12 +15,14 @@ N, C = 8, 3
 
 def conv_model(seed=0):
     keras.utils.set_random_seed(seed)
-    return keras.Sequential([
-        keras.Input((8, 8, 3)),
-        keras.layers.Conv2D(4, 3, activation="relu"),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(C),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(C),
+        ]
+    )
 
 
 def images(seed=0):
@@ -30,17 +32,31 @@ def images(seed=0):
 
 @pytest.mark.parametrize(
     "mix,per_example_lam,method",
-    [("cutmix", False, "dgmix"), ("cutmix", True, "gmix"), ("mixup", True, "bgmix"), ("cutmix", True, "mixup")],
+    [
+        ("cutmix", False, "dgmix"),
+        ("cutmix", True, "gmix"),
+        ("mixup", True, "bgmix"),
+        ("cutmix", True, "mixup"),
+    ],
 )
 def test_one_fit_step_uses_the_hand_mixed_batch(mix, per_example_lam, method):
     x, y = images()
-    model = kg.GMixModel(conv_model(), method=method, alpha=1.0, mix=mix, per_example_lam=per_example_lam, seed=11)
-    model.compile(optimizer=keras.optimizers.SGD(1.0), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model = kg.GMixModel(
+        conv_model(), method=method, alpha=1.0, mix=mix, per_example_lam=per_example_lam, seed=11
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(1.0),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
 
     # The draw of step 1 (the model's first), rebuilt from the public pieces.
     mix_seed, box_seed = mixing.split_seed(model.mixing_seed(tf.constant(1, tf.int64)), 2)
     lam, perm = kg.sample_mix(N, 1.0, seed=mix_seed, per_example=per_example_lam)
-    box = kg.sample_box_center(N, seed=box_seed, per_example=per_example_lam) if mix == "cutmix" else None
+    box = (
+        kg.sample_box_center(N, seed=box_seed, per_example=per_example_lam)
+        if mix == "cutmix"
+        else None
+    )
     x_mix, y_mix = kg.apply_mix(x, tf.one_hot(y, C), lam, perm, mix=mix, box_center=box)
     if per_example_lam:
         assert len(set(np.round(lam.numpy(), 6))) > 1  # really one coefficient per example
@@ -53,8 +69,13 @@ def test_one_fit_step_uses_the_hand_mixed_batch(mix, per_example_lam, method):
         assert from_partner.any() and from_self.any()
 
     reference = conv_model()
-    grads, _ = kg.update_gradients(reference, x_mix, y_mix,
-                                   loss=keras.losses.CategoricalCrossentropy(from_logits=True), method=method)
+    grads, _ = kg.update_gradients(
+        reference,
+        x_mix,
+        y_mix,
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+        method=method,
+    )
     expected = [w.numpy() - g.numpy() for w, g in zip(reference.trainable_variables, grads)]
     model.fit(x, y, batch_size=N, epochs=1, verbose=0, shuffle=False)
     for variable, value in zip(model.inner.trainable_variables, expected):

@@ -22,7 +22,7 @@ SCALES = np.array([3.0, 1.0, 0.5, 0.2])
 def make_problem(seed=0):
     rng = np.random.default_rng(seed)
     x = (rng.normal(size=(N, K)) * SCALES).astype("float32")
-    y = (x @ np.array([1.0, -2.0, 0.5, 3.0]) + 0.3 + 0.5 * rng.normal(size=N))
+    y = x @ np.array([1.0, -2.0, 0.5, 3.0]) + 0.3 + 0.5 * rng.normal(size=N)
     return x, y.astype("float32")[:, None]
 
 
@@ -289,7 +289,9 @@ def test_landscape_filter_normalization_on_dense():
     model = make_linear()
     result = flatness.loss_landscape(model, (x, y), "mse", points=3)
     kernel_d, bias_d = result.directions[0]
-    assert np.linalg.norm(kernel_d) == pytest.approx(np.linalg.norm(model.get_weights()[0]), rel=1e-5)
+    assert np.linalg.norm(kernel_d) == pytest.approx(
+        np.linalg.norm(model.get_weights()[0]), rel=1e-5
+    )
     np.testing.assert_array_equal(bias_d, 0.0)
 
 

@@ -17,7 +17,9 @@ def linear_model(seed=0):
     keras.utils.set_random_seed(seed)
     model = keras.Sequential([keras.Input((D,)), keras.layers.Dense(C)])
     rng = np.random.default_rng(seed)
-    model.set_weights([rng.normal(size=(D, C)).astype("float32"), rng.normal(size=C).astype("float32")])
+    model.set_weights(
+        [rng.normal(size=(D, C)).astype("float32"), rng.normal(size=C).astype("float32")]
+    )
     return model
 
 
@@ -28,7 +30,9 @@ def soft_batch(seed=2):
     y = np.eye(C)[rng.integers(0, C, N)]
     lam = 0.7
     perm = rng.permutation(N)
-    return (lam * x + (1 - lam) * x[perm]).astype("float32"), (lam * y + (1 - lam) * y[perm]).astype("float32")
+    return (lam * x + (1 - lam) * x[perm]).astype("float32"), (
+        lam * y + (1 - lam) * y[perm]
+    ).astype("float32")
 
 
 def relative_error(a, b):
@@ -55,10 +59,27 @@ def test_matches_numpy_reference(method, adaptive, gamma, batch):
     w, b = [t.astype(np.float64) for t in before]
 
     grads, stats = kg.update_gradients(
-        model, x, y, loss=LOSS, method=method, rho=0.3, sensitive_fraction=gamma, adaptive=adaptive, eta=0.01
+        model,
+        x,
+        y,
+        loss=LOSS,
+        method=method,
+        rho=0.3,
+        sensitive_fraction=gamma,
+        adaptive=adaptive,
+        eta=0.01,
     )
-    gw, gb, ref_stats = ref.update(method, w, b, x.astype(np.float64), y.astype(np.float64), rho=0.3,
-                                   gamma=gamma, adaptive=adaptive, eta=0.01)
+    gw, gb, ref_stats = ref.update(
+        method,
+        w,
+        b,
+        x.astype(np.float64),
+        y.astype(np.float64),
+        rho=0.3,
+        gamma=gamma,
+        adaptive=adaptive,
+        eta=0.01,
+    )
 
     assert relative_error(grads[0], gw) < 1e-4
     assert relative_error(grads[1], gb) < 1e-4
@@ -89,7 +110,9 @@ def grads_of(method, **kwargs):
     return flat_grads(grads)
 
 
-@pytest.mark.parametrize("method,plain", [("sam", "erm"), ("gmix", "mixup"), ("bgmix", "mixup"), ("dgmix", "mixup")])
+@pytest.mark.parametrize(
+    "method,plain", [("sam", "erm"), ("gmix", "mixup"), ("bgmix", "mixup"), ("dgmix", "mixup")]
+)
 def test_rho_zero_is_the_unperturbed_method(method, plain):
     perturbed, unperturbed = grads_of(method, rho=0.0), grads_of(plain)
     if method in gradients.PARTITIONED_METHODS:
@@ -102,7 +125,9 @@ def test_rho_zero_is_the_unperturbed_method(method, plain):
 
 @pytest.mark.parametrize("method", ["bgmix", "dgmix"])
 def test_gamma_one_is_gmix(method):
-    np.testing.assert_allclose(grads_of(method, sensitive_fraction=1.0), grads_of("gmix"), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        grads_of(method, sensitive_fraction=1.0), grads_of("gmix"), rtol=1e-6, atol=1e-7
+    )
 
 
 def test_bgmix_gamma_zero_is_mixup():
@@ -115,7 +140,9 @@ def test_dgmix_equals_bgmix_without_conflict():
     x, y = soft_batch()
     # A tiny rho keeps g_sharp close to the full-batch gradient direction on
     # a batch of near-duplicate examples, so the two subsets agree.
-    x = np.repeat(x[:1], N, axis=0) + 0.01 * np.random.default_rng(3).normal(size=(N, D)).astype("float32")
+    x = np.repeat(x[:1], N, axis=0) + 0.01 * np.random.default_rng(3).normal(size=(N, D)).astype(
+        "float32"
+    )
     y = np.repeat(y[:1], N, axis=0)
     g_b, s_b = kg.update_gradients(model, x, y, loss=LOSS, method="bgmix", rho=0.01)
     g_d, s_d = kg.update_gradients(model, x, y, loss=LOSS, method="dgmix", rho=0.01)
@@ -151,7 +178,9 @@ def test_zero_gradient_gives_zero_eps():
 def test_regularizers_are_evaluated_at_w_and_added_once():
     keras.utils.set_random_seed(0)
     l2 = 0.1
-    model = keras.Sequential([keras.Input((D,)), keras.layers.Dense(C, kernel_regularizer=keras.regularizers.L2(l2))])
+    model = keras.Sequential(
+        [keras.Input((D,)), keras.layers.Dense(C, kernel_regularizer=keras.regularizers.L2(l2))]
+    )
     plain = linear_model()
     model.set_weights(plain.get_weights())
     x, y = soft_batch()

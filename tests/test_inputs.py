@@ -21,10 +21,24 @@ from tests.folder_data import write_digit_folder
 def test_gmix_train_on_a_folder_of_png_images(tmp_path, capsys):
     write_digit_folder(str(tmp_path / "images"), per_class=30)
     output = str(tmp_path / "run")
-    code = cli.train_main([
-        "--dataset", str(tmp_path / "images"), "--image-size", "8", "--epochs", "6",
-        "--batch-size", "16", "--method", "dgmix", "--output", output, "--verbose", "0",
-    ])
+    code = cli.train_main(
+        [
+            "--dataset",
+            str(tmp_path / "images"),
+            "--image-size",
+            "8",
+            "--epochs",
+            "6",
+            "--batch-size",
+            "16",
+            "--method",
+            "dgmix",
+            "--output",
+            output,
+            "--verbose",
+            "0",
+        ]
+    )
     assert code == 0
     results = json.load(open(os.path.join(output, "results.json")))
     assert results["class_names"] == ["digit_0", "digit_1", "digit_2"]
@@ -39,10 +53,24 @@ def test_gmix_train_with_a_test_folder_and_a_bad_folder(tmp_path, capsys):
     write_digit_folder(str(tmp_path / "train"), per_class=10)
     write_digit_folder(str(tmp_path / "test"), per_class=5, offset=40)
     output = str(tmp_path / "run")
-    code = cli.train_main([
-        "--dataset", str(tmp_path / "train"), "--test-dataset", str(tmp_path / "test"),
-        "--epochs", "1", "--batch-size", "16", "--method", "bgmix", "--output", output, "--verbose", "0",
-    ])
+    code = cli.train_main(
+        [
+            "--dataset",
+            str(tmp_path / "train"),
+            "--test-dataset",
+            str(tmp_path / "test"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--method",
+            "bgmix",
+            "--output",
+            output,
+            "--verbose",
+            "0",
+        ]
+    )
     assert code == 0
     results = json.load(open(os.path.join(output, "results.json")))
     assert results["train_size"] == 30 and results["test_size"] == 15
@@ -78,7 +106,9 @@ Y = RNG.integers(0, 3, N)
 
 def dense_model(units=3, seed=0):
     keras.utils.set_random_seed(seed)
-    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(units)])
+    return keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(units)]
+    )
 
 
 def gmix(inner, method, loss=None, loss_weights=None, metrics=("accuracy",), **kwargs):
@@ -98,7 +128,7 @@ def weights(model):
 
 def batches():
     for start in range(0, N, BATCH):
-        yield X[start:start + BATCH], Y[start:start + BATCH]
+        yield X[start : start + BATCH], Y[start : start + BATCH]
 
 
 class Batches(keras.utils.PyDataset):
@@ -106,17 +136,21 @@ class Batches(keras.utils.PyDataset):
         return N // BATCH
 
     def __getitem__(self, index):
-        return X[index * BATCH:(index + 1) * BATCH], Y[index * BATCH:(index + 1) * BATCH]
+        return X[index * BATCH : (index + 1) * BATCH], Y[index * BATCH : (index + 1) * BATCH]
 
 
 def fit_form(model, form):
     if form == "arrays":
         return model.fit(X, Y, batch_size=BATCH, shuffle=False, epochs=1, verbose=0)
     if form == "tf.data":
-        return model.fit(tf.data.Dataset.from_tensor_slices((X, Y)).batch(BATCH), epochs=1, verbose=0)
+        return model.fit(
+            tf.data.Dataset.from_tensor_slices((X, Y)).batch(BATCH), epochs=1, verbose=0
+        )
     if form == "generator":
         return model.fit(batches(), steps_per_epoch=N // BATCH, epochs=1, verbose=0)
-    return model.fit(Batches(), epochs=1, shuffle=False, verbose=0)  # fit shuffles a PyDataset's batches
+    return model.fit(
+        Batches(), epochs=1, shuffle=False, verbose=0
+    )  # fit shuffles a PyDataset's batches
 
 
 @pytest.mark.parametrize("method", ["mixup", "dgmix"])
@@ -154,15 +188,25 @@ def test_two_inputs_are_mixed_with_one_lambda_and_one_partner():
     # And it trains from a dict and from a list of arrays, mixed and partitioned.
     for method in ("mixup", "bgmix"):
         model = gmix(model.inner, method)
-        assert np.isfinite(model.fit({"a": X, "b": IMAGES}, Y, batch_size=BATCH, verbose=0).history["loss"][0])
-        assert np.isfinite(model.fit([X, IMAGES], Y, batch_size=BATCH, verbose=0).history["loss"][0])
+        assert np.isfinite(
+            model.fit({"a": X, "b": IMAGES}, Y, batch_size=BATCH, verbose=0).history["loss"][0]
+        )
+        assert np.isfinite(
+            model.fit([X, IMAGES], Y, batch_size=BATCH, verbose=0).history["loss"][0]
+        )
 
 
 def test_cutmix_pastes_into_image_inputs_and_blends_the_others_like_the_label():
     a, b = tf.constant(X[:BATCH]), tf.constant(IMAGES[:BATCH])
     y = tf.one_hot(Y[:BATCH], 3)
-    lam, perm, center = tf.constant(0.6), tf.constant([1, 0, 3, 2, 5, 4, 7, 6]), tf.constant([0.4, 0.5])
-    (a_mix, b_mix), y_mix, label_lam = mixing.mix_batch([a, b], y, lam, perm, mix="cutmix", box_center=center)
+    lam, perm, center = (
+        tf.constant(0.6),
+        tf.constant([1, 0, 3, 2, 5, 4, 7, 6]),
+        tf.constant([0.4, 0.5]),
+    )
+    (a_mix, b_mix), y_mix, label_lam = mixing.mix_batch(
+        [a, b], y, lam, perm, mix="cutmix", box_center=center
+    )
     b_ref, y_ref = kg.apply_mix(b, y, lam, perm, mix="cutmix", box_center=center)
     np.testing.assert_array_equal(b_mix, b_ref)
     np.testing.assert_array_equal(y_mix, y_ref)
@@ -220,8 +264,13 @@ def two_output_model():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((6,))
     hidden = keras.layers.Dense(8, activation="tanh")(inputs)
-    return keras.Model(inputs, [keras.layers.Dense(3, name="cls")(hidden),
-                                keras.layers.Dense(1, activation="sigmoid", name="bin")(hidden)])
+    return keras.Model(
+        inputs,
+        [
+            keras.layers.Dense(3, name="cls")(hidden),
+            keras.layers.Dense(1, activation="sigmoid", name="bin")(hidden),
+        ],
+    )
 
 
 def test_several_outputs_sum_their_losses_as_keras_does():
@@ -240,7 +289,9 @@ def test_several_outputs_sum_their_losses_as_keras_does():
         model = gmix(inner, method, loss=losses, loss_weights=[1.0, 0.5], metrics=per_output)
         logs = model.fit(X, labels, batch_size=BATCH, verbose=0).history
         assert np.isfinite(logs["loss"][0]) and "cls_accuracy" in logs and "bin_accuracy" in logs
-        logs = model.fit(X, {"cls": labels[0], "bin": labels[1]}, batch_size=BATCH, verbose=0).history
+        logs = model.fit(
+            X, {"cls": labels[0], "bin": labels[1]}, batch_size=BATCH, verbose=0
+        ).history
         assert np.isfinite(logs["loss"][0])
     with pytest.raises(ValueError, match="2 outputs"):
         model.fit(X, Y, batch_size=BATCH, verbose=0)

@@ -89,7 +89,9 @@ def _imports(module):
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.Import, ast.ImportFrom)):
                 (inner if in_function else top).update(_resolve(module, child))
-            nested = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            nested = in_function or isinstance(
+                child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+            )
             visit(child, nested)
 
     visit(tree, False)
@@ -152,7 +154,9 @@ def test_library_never_imports_the_application():
         if module not in APPLICATION
         for target in sorted((top | inner) & APPLICATION)
     ]
-    assert not offences, "Library modules must not import the application layer: " + "; ".join(offences)
+    assert not offences, "Library modules must not import the application layer: " + "; ".join(
+        offences
+    )
 
 
 def test_core_modules_import_no_optional_library_at_module_level():
@@ -272,4 +276,6 @@ print(json.dumps(dict(schedule=rate["class_name"], module=rate["module"],
                       train_loaded="keras_gmix.train" in sys.modules)))
 """
     )
-    assert loaded == dict(schedule="LinearWarmup", module="keras_gmix.schedules", train_loaded=False)
+    assert loaded == dict(
+        schedule="LinearWarmup", module="keras_gmix.schedules", train_loaded=False
+    )

@@ -36,9 +36,7 @@ def _pair(shape, axis, seed=0, **kwargs):
     ours.build(shape)
     stock.build(shape)
     rng = np.random.default_rng(seed)
-    weights = [
-        rng.normal(size=w.shape).astype(w.dtype) for w in stock.get_weights()
-    ]
+    weights = [rng.normal(size=w.shape).astype(w.dtype) for w in stock.get_weights()]
     # The moving variance (always the last weight) must stay positive.
     weights[-1] = np.abs(weights[-1]) + 0.5
     ours.set_weights(weights)
@@ -74,9 +72,7 @@ def _assert_same_as_stock(ours, stock, x, training):
     for a, b in zip(g_ours, g_stock):
         np.testing.assert_allclose(a, b, **TOL)
     np.testing.assert_allclose(ours.moving_mean, stock.moving_mean, **TOL)
-    np.testing.assert_allclose(
-        ours.moving_variance, stock.moving_variance, **TOL
-    )
+    np.testing.assert_allclose(ours.moving_variance, stock.moving_variance, **TOL)
 
 
 FUSED_CASES = [
@@ -102,18 +98,12 @@ def test_matches_stock(shape, axis, training):
 def test_fused_kernel_is_used(shape, axis):
     ours, stock = _pair(shape, axis)
     spec = tf.TensorSpec((None,) + shape[1:], "float32")
-    assert "FusedBatchNormV3" in _op_types(
-        tf.function(lambda x: ours(x, training=True)), spec
-    )
+    assert "FusedBatchNormV3" in _op_types(tf.function(lambda x: ours(x, training=True)), spec)
     # Inference is the stock code path.
-    assert "FusedBatchNormV3" not in _op_types(
-        tf.function(lambda x: ours(x, training=False)), spec
-    )
+    assert "FusedBatchNormV3" not in _op_types(tf.function(lambda x: ours(x, training=False)), spec)
 
 
-@pytest.mark.parametrize(
-    "center,scale", [(False, True), (True, False), (False, False)]
-)
+@pytest.mark.parametrize("center,scale", [(False, True), (True, False), (False, False)])
 @pytest.mark.parametrize("axis", [-1, 1])
 def test_center_scale_off_matches_stock(center, scale, axis):
     shape = (4, 3, 5, 6)
@@ -134,9 +124,7 @@ def test_center_scale_off_matches_stock(center, scale, axis):
 def test_fallback_matches_stock(shape, axis, kwargs):
     ours, stock = _pair(shape, axis, **kwargs)
     spec = tf.TensorSpec((None,) + shape[1:], "float32")
-    assert "FusedBatchNormV3" not in _op_types(
-        tf.function(lambda x: ours(x, training=True)), spec
-    )
+    assert "FusedBatchNormV3" not in _op_types(tf.function(lambda x: ours(x, training=True)), spec)
     _assert_same_as_stock(ours, stock, _inputs(shape), training=True)
 
 
@@ -175,9 +163,7 @@ def _train_step_fn(model, jit_compile=False):
 def test_train_step_graph_contains_fused_op():
     specs = (tf.TensorSpec((None, 8, 8, 3)), tf.TensorSpec((None,), "int32"))
     ours = _op_types(_train_step_fn(_conv_model(BatchNormalization)), *specs)
-    stock = _op_types(
-        _train_step_fn(_conv_model(keras.layers.BatchNormalization)), *specs
-    )
+    stock = _op_types(_train_step_fn(_conv_model(keras.layers.BatchNormalization)), *specs)
     assert {"FusedBatchNormV3", "FusedBatchNormGradV3"} <= ours
     assert not any("FusedBatchNorm" in op for op in stock)
 
@@ -208,14 +194,10 @@ def test_stateless_call_returns_updates_without_writing(axis):
     results = []
     for layer in (ours, stock):
         trainable = [tf.identity(v.value) for v in layer.trainable_variables]
-        non_trainable = [
-            tf.identity(v.value) for v in layer.non_trainable_variables
-        ]
+        non_trainable = [tf.identity(v.value) for v in layer.non_trainable_variables]
         with tf.GradientTape() as tape:
             tape.watch(trainable)
-            y, new_non_trainable = layer.stateless_call(
-                trainable, non_trainable, x, training=True
-            )
+            y, new_non_trainable = layer.stateless_call(trainable, non_trainable, x, training=True)
             loss = tf.reduce_sum(tf.sin(y))
         results.append((y, new_non_trainable, tape.gradient(loss, trainable)))
     (y_o, nt_o, g_o), (y_s, nt_s, g_s) = results
@@ -257,9 +239,7 @@ def test_jit_compile_matches_graph(axis):
     for jit in (False, True):
         ours, _ = _pair(shape, axis)
         y = tf.function(lambda t, layer=ours: layer(t, training=True), jit_compile=jit)(x)
-        outputs.append(
-            (y, ours.moving_mean.numpy(), ours.moving_variance.numpy())
-        )
+        outputs.append((y, ours.moving_mean.numpy(), ours.moving_variance.numpy()))
     for a, b in zip(*outputs):
         np.testing.assert_allclose(a, b, **TOL)
 
@@ -338,9 +318,7 @@ def test_mixed_precision_matches_stock(dtype):
     compute = keras.DTypePolicy(dtype).compute_dtype
     x = _inputs(shape, dtype=compute)
     spec = tf.TensorSpec((None,) + shape[1:], compute)
-    assert "FusedBatchNormV3" in _op_types(
-        tf.function(lambda t: ours(t, training=True)), spec
-    )
+    assert "FusedBatchNormV3" in _op_types(tf.function(lambda t: ours(t, training=True)), spec)
     y_ours = ours(x, training=True)
     y_stock = stock(x, training=True)
     assert y_ours.dtype == y_stock.dtype == compute
@@ -349,28 +327,20 @@ def test_mixed_precision_matches_stock(dtype):
     assert np.all(np.isfinite(y_ours))
     # One rounding to the compute dtype's precision: 2**-10 or 2**-7.
     tol = 4e-3 if compute == "float16" else 3e-2
-    np.testing.assert_allclose(
-        y_ours, tf.cast(y_stock, "float32"), rtol=tol, atol=tol
-    )
+    np.testing.assert_allclose(y_ours, tf.cast(y_stock, "float32"), rtol=tol, atol=tol)
     np.testing.assert_allclose(ours.moving_mean, stock.moving_mean, **TOL)
-    np.testing.assert_allclose(
-        ours.moving_variance, stock.moving_variance, **TOL
-    )
+    np.testing.assert_allclose(ours.moving_variance, stock.moving_variance, **TOL)
 
 
 def test_config_is_the_stock_config():
     ours = BatchNormalization(axis=1, momentum=0.8, epsilon=1e-4, center=False)
-    stock = keras.layers.BatchNormalization(
-        axis=1, momentum=0.8, epsilon=1e-4, center=False
-    )
+    stock = keras.layers.BatchNormalization(axis=1, momentum=0.8, epsilon=1e-4, center=False)
     config = ours.get_config()
     assert config == stock.get_config() | {"name": config["name"]}
     clone = BatchNormalization.from_config(config)
     assert isinstance(clone, BatchNormalization)
     assert clone.get_config() == config
-    assert keras.saving.get_registered_name(BatchNormalization) == (
-        "keras_gmix>BatchNormalization"
-    )
+    assert keras.saving.get_registered_name(BatchNormalization) == ("keras_gmix>BatchNormalization")
 
 
 def _functional_model():
@@ -380,9 +350,7 @@ def _functional_model():
     x = keras.layers.BatchNormalization()(x)
     x = x * 2.0  # a bare operation in the graph: cloned, but has no weights
     # A nested Sequential model, whose layer must be replaced too.
-    x = keras.Sequential(
-        [keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization(axis=-1)]
-    )(x)
+    x = keras.Sequential([keras.layers.Conv2D(4, 3), keras.layers.BatchNormalization(axis=-1)])(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.BatchNormalization()(x)  # 2-D: fallback inside ours
     outputs = keras.layers.Dense(3)(x)
@@ -418,10 +386,11 @@ def test_fuse_batchnorm_keeps_predictions_and_weights(builder):
     assert type(fused) is type(model)
     kinds = [type(layer) for layer in _all_layers(fused)]
     assert keras.layers.BatchNormalization not in kinds
-    assert kinds.count(BatchNormalization) == sum(
-        type(layer) is keras.layers.BatchNormalization
-        for layer in _all_layers(model)
-    ) > 0
+    assert (
+        kinds.count(BatchNormalization)
+        == sum(type(layer) is keras.layers.BatchNormalization for layer in _all_layers(model))
+        > 0
+    )
     assert len(fused.weights) == len(model.weights)
     for a, b in zip(fused.weights, model.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -433,9 +402,7 @@ def test_fuse_batchnorm_keeps_predictions_and_weights(builder):
         atol=1e-5,
     )
     # Training mode too: fused kernel against stock, same weights.
-    np.testing.assert_allclose(
-        fused(x, training=True), model(x, training=True), **TOL
-    )
+    np.testing.assert_allclose(fused(x, training=True), model(x, training=True), **TOL)
     # The copy owns its variables.
     assert not any(a is b for a, b in zip(fused.weights, model.weights))
 
@@ -465,9 +432,7 @@ def test_keras_file_round_trip(tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)  # safe_mode=True
     assert type(loaded.layers[1]) is BatchNormalization
-    np.testing.assert_array_equal(
-        loaded.predict(x, verbose=0), model.predict(x, verbose=0)
-    )
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     for a, b in zip(loaded.weights, model.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 

@@ -52,7 +52,9 @@ def test_cutmix_clipped_box_recomputes_lambda():
 
 def test_cutmix_rejects_non_images():
     with pytest.raises(ValueError, match="cutmix"):
-        kg.apply_mix(np.zeros((2, 5), "float32"), np.eye(2, dtype="float32"), 0.5, [1, 0], mix="cutmix")
+        kg.apply_mix(
+            np.zeros((2, 5), "float32"), np.eye(2, dtype="float32"), 0.5, [1, 0], mix="cutmix"
+        )
 
 
 def test_sample_mix_is_seeded_and_valid():

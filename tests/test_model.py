@@ -15,7 +15,12 @@ D, C, N = 6, 3, 32
 
 def dense_bn_model(seed=0, dropout=0.0):
     keras.utils.set_random_seed(seed)
-    layers = [keras.Input((D,)), keras.layers.Dense(8), keras.layers.BatchNormalization(), keras.layers.ReLU()]
+    layers = [
+        keras.Input((D,)),
+        keras.layers.Dense(8),
+        keras.layers.BatchNormalization(),
+        keras.layers.ReLU(),
+    ]
     if dropout:
         layers.append(keras.layers.Dropout(dropout, seed=seed))
     layers.append(keras.layers.Dense(C))
@@ -42,7 +47,9 @@ def step_inputs(model, x, y, step=1):
     y_one_hot = tf.one_hot(y, C)
     if model.method not in gradients.MIXED_METHODS:
         return x, y_one_hot
-    x_mix, y_mix, _, _ = model.mix_data(x, y_one_hot, None, model.mixing_seed(tf.constant(step, tf.int64)))
+    x_mix, y_mix, _, _ = model.mix_data(
+        x, y_one_hot, None, model.mixing_seed(tf.constant(step, tf.int64))
+    )
     return x_mix, y_mix
 
 
@@ -54,7 +61,11 @@ def test_train_step_applies_update_gradients(method):
     reference = dense_bn_model()
     x_in, y_in = step_inputs(model, x, y)
     grads, _ = kg.update_gradients(
-        reference, x_in, y_in, loss=keras.losses.CategoricalCrossentropy(from_logits=True), method=method
+        reference,
+        x_in,
+        y_in,
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+        method=method,
     )
     expected = [w.numpy() - g.numpy() for w, g in zip(reference.trainable_variables, grads)]
     model.fit(x, y, batch_size=N, epochs=1, verbose=0, shuffle=False)
@@ -81,7 +92,9 @@ def test_eager_graph_and_xla_agree(method):
     for other in histories[1:]:
         assert other.keys() == histories[0].keys()
         for key in histories[0]:
-            np.testing.assert_allclose(other[key], histories[0][key], rtol=1e-5, atol=1e-6, err_msg=key)
+            np.testing.assert_allclose(
+                other[key], histories[0][key], rtol=1e-5, atol=1e-6, err_msg=key
+            )
 
 
 @pytest.mark.parametrize("method", ["erm", "sam", "gmix", "dgmix"])
@@ -93,8 +106,12 @@ def test_batchnorm_statistics_come_from_the_clean_pass(method):
     plain(x_in, training=True)  # one plain forward pass on the same (mixed) batch
     model.fit(x, y, batch_size=N, epochs=1, verbose=0, shuffle=False)
     bn, bn_plain = model.inner.layers[1], plain.layers[1]
-    np.testing.assert_allclose(bn.moving_mean.numpy(), bn_plain.moving_mean.numpy(), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(bn.moving_variance.numpy(), bn_plain.moving_variance.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        bn.moving_mean.numpy(), bn_plain.moving_mean.numpy(), rtol=1e-5, atol=1e-7
+    )
+    np.testing.assert_allclose(
+        bn.moving_variance.numpy(), bn_plain.moving_variance.numpy(), rtol=1e-5, atol=1e-7
+    )
 
 
 def test_both_passes_see_the_same_dropout_masks():
@@ -114,7 +131,14 @@ def test_logs_report_section_5_values():
         "sam": {"perturbed_loss", "sharpness", "eps_norm"},
         "gmix": {"perturbed_loss", "sharpness", "eps_norm"},
         "bgmix": {"perturbed_loss", "sharpness", "eps_norm", "sensitive_fraction", "grad_cosine"},
-        "dgmix": {"perturbed_loss", "sharpness", "eps_norm", "sensitive_fraction", "grad_cosine", "conflict"},
+        "dgmix": {
+            "perturbed_loss",
+            "sharpness",
+            "eps_norm",
+            "sensitive_fraction",
+            "grad_cosine",
+            "conflict",
+        },
     }
     for method, extra in expected.items():
         history = compiled(method).fit(x, y, batch_size=16, epochs=2, verbose=0).history
@@ -125,7 +149,9 @@ def test_logs_report_section_5_values():
         if "eps_norm" in extra:
             np.testing.assert_allclose(history["eps_norm"], 0.05, rtol=1e-4)
             np.testing.assert_allclose(
-                np.array(history["perturbed_loss"]) - history["loss"], history["sharpness"], atol=1e-5
+                np.array(history["perturbed_loss"]) - history["loss"],
+                history["sharpness"],
+                atol=1e-5,
             )
         if "sensitive_fraction" in extra:
             np.testing.assert_allclose(history["sensitive_fraction"], 0.5)
@@ -136,7 +162,9 @@ def test_logged_loss_is_the_mixed_batch_mean():
     model = compiled("gmix")
     x_in, y_in = step_inputs(model, x, y)
     reference = dense_bn_model()
-    expected = keras.losses.CategoricalCrossentropy(from_logits=True)(y_in, reference(x_in, training=True))
+    expected = keras.losses.CategoricalCrossentropy(from_logits=True)(
+        y_in, reference(x_in, training=True)
+    )
     history = model.fit(x, y, batch_size=N, epochs=1, verbose=0, shuffle=False).history
     assert history["loss"][0] == pytest.approx(float(expected), rel=1e-5)
 
@@ -146,7 +174,10 @@ def test_sparse_and_one_hot_labels_train_identically():
     sparse = compiled("dgmix")
     sparse.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
     one_hot = kg.GMixModel(dense_bn_model(), method="dgmix", seed=5)
-    one_hot.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    one_hot.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+    )
     one_hot.fit(x, np.eye(C)[y], batch_size=16, epochs=1, verbose=0, shuffle=False)
     for a, b in zip(sparse.inner.weights, one_hot.inner.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
@@ -185,14 +216,19 @@ def test_sample_weights_zero_out_examples():
 
 def test_optimizer_options_gradient_accumulation_and_clipping():
     x, y = data()
-    model = compiled("dgmix", optimizer=keras.optimizers.SGD(0.5, gradient_accumulation_steps=2, global_clipnorm=1e-3))
+    model = compiled(
+        "dgmix",
+        optimizer=keras.optimizers.SGD(0.5, gradient_accumulation_steps=2, global_clipnorm=1e-3),
+    )
     before = [v.numpy() for v in model.inner.trainable_variables]
     model.fit(x[:16], y[:16], batch_size=16, epochs=1, verbose=0)
     after_one = [v.numpy() for v in model.inner.trainable_variables]
     for a, b in zip(before, after_one):
         np.testing.assert_array_equal(a, b)  # accumulating, not applied yet
     model.fit(x[:16], y[:16], batch_size=16, epochs=1, verbose=0)
-    moved = np.sqrt(sum(np.sum((v.numpy() - a) ** 2) for v, a in zip(model.inner.trainable_variables, before)))
+    moved = np.sqrt(
+        sum(np.sum((v.numpy() - a) ** 2) for v, a in zip(model.inner.trainable_variables, before))
+    )
     assert 0 < moved <= 0.5 * 1e-3 * 1.0001  # lr * global_clipnorm bounds the step
 
 
@@ -211,7 +247,9 @@ def test_evaluate_and_predict_are_plain():
 def test_callbacks_receive_the_logs():
     x, y = data()
     seen = []
-    callback = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(dict(logs)))
+    callback = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: seen.append(dict(logs))
+    )
     compiled("dgmix").fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[callback])
     assert len(seen) == 2 and "conflict" in seen[0] and "sharpness" in seen[1]
 
@@ -220,7 +258,9 @@ def test_last_step_values_are_kept_for_histograms():
     x, y = data()
     model = compiled("gmix", optimizer=keras.optimizers.SGD(0.0))
     x_in, y_in = step_inputs(model, x[:20], y[:20])
-    _, lam_label = model.mix_data(x[:20], tf.one_hot(y[:20], C), None, model.mixing_seed(tf.constant(1, tf.int64)))[2:]
+    _, lam_label = model.mix_data(
+        x[:20], tf.one_hot(y[:20], C), None, model.mixing_seed(tf.constant(1, tf.int64))
+    )[2:]
     model.fit(x[:20], y[:20], batch_size=20, epochs=1, verbose=0, shuffle=False)
     lam = model.last_lam.numpy()
     np.testing.assert_allclose(lam[:20], float(lam_label))
@@ -237,8 +277,19 @@ def test_last_step_values_are_kept_for_histograms():
 
 
 def test_config_has_every_constructor_argument():
-    model = kg.GMixModel(dense_bn_model(), method="bgmix", rho=0.1, alpha=0.4, sensitive_fraction=0.3,
-                         adaptive=True, eta=0.02, mix="mixup", per_example_lam=True, sync_perturbation=True, seed=9)
+    model = kg.GMixModel(
+        dense_bn_model(),
+        method="bgmix",
+        rho=0.1,
+        alpha=0.4,
+        sensitive_fraction=0.3,
+        adaptive=True,
+        eta=0.02,
+        mix="mixup",
+        per_example_lam=True,
+        sync_perturbation=True,
+        seed=9,
+    )
     config = model.get_config()
     arguments = set(inspect.signature(kg.GMixModel.__init__).parameters) - {"self", "kwargs"}
     assert arguments <= set(config)
@@ -256,7 +307,12 @@ def test_keras_file_round_trip(tmp_path, safe_mode):
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=safe_mode)
     assert isinstance(loaded, kg.GMixModel)
-    assert (loaded.method, loaded.rho, loaded.alpha, loaded.sensitive_fraction) == ("dgmix", 0.07, 0.5, 0.25)
+    assert (loaded.method, loaded.rho, loaded.alpha, loaded.sensitive_fraction) == (
+        "dgmix",
+        0.07,
+        0.5,
+        0.25,
+    )
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     assert int(loaded.mix_step.numpy()) == int(model.mix_step.numpy())
     loaded.fit(x, y, batch_size=16, epochs=1, verbose=0)  # and it trains on
@@ -330,7 +386,14 @@ class CountingModel(keras.Model):
 
 @pytest.mark.parametrize(
     "method,forward,backward",
-    [("erm", 1, 1), ("mixup", 1, 1), ("sam", 2, 2), ("gmix", 2, 2), ("bgmix", 2, 3), ("dgmix", 2, 3)],
+    [
+        ("erm", 1, 1),
+        ("mixup", 1, 1),
+        ("sam", 2, 2),
+        ("gmix", 2, 2),
+        ("bgmix", 2, 3),
+        ("dgmix", 2, 3),
+    ],
 )
 def test_pass_counts(method, forward, backward):
     inner = CountingModel()

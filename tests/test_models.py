@@ -125,10 +125,7 @@ def test_builds_counts_and_trains_one_step(name):
     before = [w.numpy().copy() for w in model.trainable_weights]
     loss = float(model.train_on_batch(x, y))
     assert np.isfinite(loss)
-    changed = [
-        not np.array_equal(b, w.numpy())
-        for b, w in zip(before, model.trainable_weights)
-    ]
+    changed = [not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights)]
     assert all(changed)
 
 
@@ -192,9 +189,7 @@ def test_mobilenetv2_matches_keras_application():
     # classes). Sandler et al. 2018 (arXiv 1801.04381, Table 4) print 3.4M;
     # the application has 3,504,872 trainable parameters (+3.1%).
     model = km.mobilenet_v2(num_classes=1000)
-    reference = keras.applications.MobileNetV2(
-        weights=None, input_shape=(32, 32, 3), classes=1000
-    )
+    reference = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=1000)
     assert trainable_count(model) == trainable_count(reference) == 3_504_872
     assert_published(trainable_count(model), 3.5)
     assert model.count_params() == reference.count_params()
@@ -202,8 +197,7 @@ def test_mobilenetv2_matches_keras_application():
 
 # ---------------------------------------------------------------- options --
 
-CHEAP = ["small_cnn", "resnet20", "preact_resnet18", "pyramidnet_small",
-         "mobilenetv2", "wrn16_8"]
+CHEAP = ["small_cnn", "resnet20", "preact_resnet18", "pyramidnet_small", "mobilenetv2", "wrn16_8"]
 
 
 class RecordingBN(keras.layers.BatchNormalization):
@@ -219,15 +213,13 @@ class RecordingBN(keras.layers.BatchNormalization):
 def test_batchnorm_class_and_weight_decay(name):
     wd = 1e-3
     model = km.build_model(name, batchnorm=RecordingBN, weight_decay=wd)
-    norms = [
-        layer for layer in model.layers
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms
     assert all(type(layer) is RecordingBN for layer in norms)
     # The L2 penalty sits on every conv and dense kernel, nothing else.
     kernels = [
-        layer.kernel for layer in model.layers
+        layer.kernel
+        for layer in model.layers
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
     ]
     assert len(model.losses) == len(kernels) > 0
@@ -238,9 +230,7 @@ def test_batchnorm_class_and_weight_decay(name):
     exact = TRAINABLE[name][1]
     if name == "mobilenetv2":
         exact = trainable_count(
-            keras.applications.MobileNetV2(
-                weights=None, input_shape=(32, 32, 3), classes=10
-            )
+            keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=10)
         )
     if exact is not None:
         assert trainable_count(model) == exact
@@ -251,10 +241,7 @@ def test_project_fused_batchnorm_trains():
     from keras_gmix.layers import BatchNormalization as FusedBN
 
     model = km.build_model("resnet20", batchnorm=FusedBN)
-    norms = [
-        layer for layer in model.layers
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms and all(type(layer) is FusedBN for layer in norms)
     assert all(layer.epsilon >= 1.001e-5 for layer in norms)
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
@@ -264,15 +251,16 @@ def test_project_fused_batchnorm_trains():
 
 def test_classes_input_shape_and_logits():
     model = km.build_model(
-        "resnet20", num_classes=100, input_shape=(16, 16, 1),
+        "resnet20",
+        num_classes=100,
+        input_shape=(16, 16, 1),
         classifier_activation=None,
     )
     assert model.input_shape == (None, 16, 16, 1)
     assert model.output_shape == (None, 100)
     out = model.predict(np.zeros((2, 16, 16, 1), np.float32), verbose=0)
     assert not np.allclose(out.sum(axis=1), 1.0)  # logits
-    soft = km.build_model("pyramidnet_small", num_classes=7,
-                          input_shape=(24, 24, 3))
+    soft = km.build_model("pyramidnet_small", num_classes=7, input_shape=(24, 24, 3))
     probs = soft.predict(np.ones((2, 24, 24, 3), np.float32), verbose=0)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
@@ -285,9 +273,7 @@ def test_save_and_load_in_safe_mode(name, tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
     x = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
-    np.testing.assert_allclose(
-        model.predict(x, verbose=0), loaded.predict(x, verbose=0), atol=1e-6
-    )
+    np.testing.assert_allclose(model.predict(x, verbose=0), loaded.predict(x, verbose=0), atol=1e-6)
 
 
 def test_zero_pad_channels():
@@ -317,12 +303,9 @@ def test_unknown_model_lists_valid_names():
         (lambda: km.wide_resnet(dropout_rate=1.0), "dropout_rate"),
         (lambda: km.pyramidnet(depth=30, bottleneck=True), "9n"),
         (lambda: km.build_model("resnet20", num_classes=0), "num_classes"),
-        (lambda: km.build_model("resnet20", input_shape=(32, 32)),
-         "input_shape"),
-        (lambda: km.build_model("resnet20", weight_decay=-1.0),
-         "weight_decay"),
-        (lambda: km.build_model("mobilenetv2", input_shape=(16, 16, 3)),
-         "32x32"),
+        (lambda: km.build_model("resnet20", input_shape=(32, 32)), "input_shape"),
+        (lambda: km.build_model("resnet20", weight_decay=-1.0), "weight_decay"),
+        (lambda: km.build_model("mobilenetv2", input_shape=(16, 16, 3)), "32x32"),
     ],
 )
 def test_bad_arguments(call, match):
@@ -336,7 +319,9 @@ def test_outputs_stay_float32_under_mixed_precision(name):
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = km.build_model(name, num_classes=10, input_shape=(32, 32, 3), classifier_activation=None)
+        model = km.build_model(
+            name, num_classes=10, input_shape=(32, 32, 3), classifier_activation=None
+        )
     finally:
         keras.mixed_precision.set_global_policy(previous)
     assert model.outputs[0].dtype == "float32"

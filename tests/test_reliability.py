@@ -18,13 +18,17 @@ D, C = 6, 3
 
 def small_model(seed=0, head=None):
     keras.utils.set_random_seed(seed)
-    return keras.Sequential([keras.Input((D,)), keras.layers.Dense(8, activation="relu"), head or keras.layers.Dense(C)])
+    return keras.Sequential(
+        [keras.Input((D,)), keras.layers.Dense(8, activation="relu"), head or keras.layers.Dense(C)]
+    )
 
 
 def compiled(inner=None, method="dgmix", loss=None, **kwargs):
     model = kg.GMixModel(inner or small_model(), method=method, seed=0, **kwargs)
-    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
-                  loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+        loss=loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     return model
 
 
@@ -57,7 +61,9 @@ def assert_unchanged(model, before):
 )
 def test_bad_labels(labels, error, match):
     x, _ = data()
-    model = compiled(loss="categorical_crossentropy" if labels.ndim == 2 and labels.shape[1] == 5 else None)
+    model = compiled(
+        loss="categorical_crossentropy" if labels.ndim == 2 and labels.shape[1] == 5 else None
+    )
     before = weights_of(model)
     with pytest.raises(error, match=match):
         model.fit(x, labels, verbose=0)
@@ -76,7 +82,9 @@ def test_out_of_range_ids_in_a_dataset_stop_at_the_first_batch():
 
 def test_model_output_must_be_class_scores():
     keras.utils.set_random_seed(0)
-    inner = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(3, 1)])  # (batch, 4, 4, 3)
+    inner = keras.Sequential(
+        [keras.Input((4, 4, 1)), keras.layers.Conv2D(3, 1)]
+    )  # (batch, 4, 4, 3)
     model = compiled(inner)
     with pytest.raises(ValueError, match=r"\(batch, classes\)"):
         model.fit(np.zeros((8, 4, 4, 1), "float32"), np.zeros(8, "int64"), verbose=0)
@@ -94,7 +102,9 @@ def test_empty_data():
     model = compiled()
     with pytest.raises(ValueError, match="empty"):
         model.fit(np.zeros((0, D), "float32"), np.zeros(0, "int64"), verbose=0)
-    empty = tf.data.Dataset.from_tensor_slices((np.zeros((0, D), "float32"), np.zeros(0, "int64"))).batch(4)
+    empty = tf.data.Dataset.from_tensor_slices(
+        (np.zeros((0, D), "float32"), np.zeros(0, "int64"))
+    ).batch(4)
     with pytest.raises(ValueError, match="empty"):
         model.fit(empty, verbose=0)
 
@@ -108,7 +118,9 @@ def test_batch_of_one_mixes_with_itself(method):
     if method in ("bgmix", "dgmix"):
         assert logs["sensitive_fraction"] == 1.0  # ceil(0.5 * 1) = 1 example is sharp
     # Mixing one example with itself leaves it as it is.
-    x_mix, y_mix, _, _ = model.mix_data(x, tf.one_hot(y, C), None, model.mixing_seed(tf.constant(1, tf.int64)))
+    x_mix, y_mix, _, _ = model.mix_data(
+        x, tf.one_hot(y, C), None, model.mixing_seed(tf.constant(1, tf.int64))
+    )
     np.testing.assert_allclose(x_mix, x, rtol=1e-6)
     np.testing.assert_allclose(y_mix, tf.one_hot(y, C), rtol=1e-6)
 
@@ -158,7 +170,9 @@ class NaNGradient(keras.layers.Layer):
 @pytest.mark.parametrize("method", ["mixup", "sam", "bgmix"])
 def test_nan_gradient_skips_the_step(method):
     keras.utils.set_random_seed(0)
-    inner = keras.Sequential([keras.Input((D,)), keras.layers.Dense(8), NaNGradient(), keras.layers.Dense(C)])
+    inner = keras.Sequential(
+        [keras.Input((D,)), keras.layers.Dense(8), NaNGradient(), keras.layers.Dense(C)]
+    )
     model = compiled(inner, method=method, max_consecutive_skips=5)
     before = weights_of(model)
     x, y = data(16)
@@ -170,11 +184,15 @@ def test_nan_gradient_skips_the_step(method):
 
 def test_training_stops_after_consecutive_skips():
     keras.utils.set_random_seed(0)
-    inner = keras.Sequential([keras.Input((D,)), keras.layers.Dense(8), NaNGradient(), keras.layers.Dense(C)])
+    inner = keras.Sequential(
+        [keras.Input((D,)), keras.layers.Dense(8), NaNGradient(), keras.layers.Dense(C)]
+    )
     model = compiled(inner, method="gmix", max_consecutive_skips=3)
     before = weights_of(model)
     x, y = data(64)
-    with pytest.raises(FloatingPointError, match="last 3 steps all had a non-finite loss or gradient"):
+    with pytest.raises(
+        FloatingPointError, match="last 3 steps all had a non-finite loss or gradient"
+    ):
         model.fit(x, y, batch_size=8, epochs=5, verbose=0)
     assert_unchanged(model, before)
     assert int(model.consecutive_skips.numpy()) == 3
@@ -198,14 +216,36 @@ def test_multiworker_without_tf_config(monkeypatch):
 HELPERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Augmented (pad-crop on 16x16 digits), shuffled, dgmix: every source of randomness.
-RESUME_RUN = ["--epochs", "3", "--train-size", "192", "--batch-size", "32", "--image-size", "16",
-              "--augment", "standard", "--method", "dgmix", "--seed", "3", "--deterministic",
-              "--verbose", "0", "--tensorboard-update-freq", "1"]
+RESUME_RUN = [
+    "--epochs",
+    "3",
+    "--train-size",
+    "192",
+    "--batch-size",
+    "32",
+    "--image-size",
+    "16",
+    "--augment",
+    "standard",
+    "--method",
+    "dgmix",
+    "--seed",
+    "3",
+    "--deterministic",
+    "--verbose",
+    "0",
+    "--tensorboard-update-freq",
+    "1",
+]
 
 
 def _gmix_train(args, prefix=(), expect=0):
     completed = subprocess.run(
-        [sys.executable, *prefix, *args], capture_output=True, text=True, timeout=600, cwd=ROOT,
+        [sys.executable, *prefix, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT),
     )
     assert completed.returncode == expect, completed.stderr[-3000:]
@@ -215,8 +255,10 @@ def _state_of(output):
     """Every variable of the saved GMixModel (weights, BN statistics, optimizer, counters)."""
     model = keras.saving.load_model(os.path.join(output, "model.keras"))
     values = [v.numpy() for v in model.variables] + [v.numpy() for v in model.optimizer.variables]
-    history = [{k: v for k, v in row.items() if k != "seconds"}
-               for row in kg.callbacks.read_history(os.path.join(output, "history.csv"))]
+    history = [
+        {k: v for k, v in row.items() if k != "seconds"}
+        for row in kg.callbacks.read_history(os.path.join(output, "history.csv"))
+    ]
     return values, history
 
 
@@ -224,13 +266,18 @@ def _state_of(output):
 # With a schedule (SPEC.md section 4b) too: full steps come from the restored
 # step counter, and v is restored with the weights. 6 steps per epoch, k = 4:
 # the kill falls between full steps 4 and 8.
-@pytest.mark.parametrize("schedule", [[], ["--perturb-every", "4", "--reuse-scale", "0.3"]], ids=["plain", "schedule"])
+@pytest.mark.parametrize(
+    "schedule", [[], ["--perturb-every", "4", "--reuse-scale", "0.3"]], ids=["plain", "schedule"]
+)
 def test_sigkill_mid_epoch_then_resume_gives_the_same_weights_bit_for_bit(tmp_path, schedule):
     reference, killed = str(tmp_path / "reference"), str(tmp_path / "killed")
     _gmix_train([*RESUME_RUN, *schedule, "--output", reference], prefix=["-m", "keras_gmix.cli"])
     # Killed after batch 2 of epoch 1 (0-based): epoch 0's checkpoint exists.
-    _gmix_train([*RESUME_RUN, *schedule, "--output", killed],
-                prefix=[os.path.join(HELPERS, "sigkill_mid_epoch.py"), "1", "2"], expect=-signal.SIGKILL)
+    _gmix_train(
+        [*RESUME_RUN, *schedule, "--output", killed],
+        prefix=[os.path.join(HELPERS, "sigkill_mid_epoch.py"), "1", "2"],
+        expect=-signal.SIGKILL,
+    )
     assert kg.checkpoint.saved_epoch(os.path.join(killed, "backup")) == 1
     assert not os.path.exists(os.path.join(killed, "model.keras"))
     _gmix_train(["--resume", "--output", killed], prefix=["-m", "keras_gmix.cli"])
@@ -256,10 +303,16 @@ def test_checkpoint_round_trip_restores_weights_optimizer_and_counters(tmp_path)
     kg.checkpoint.save(model, backup, epochs_done=4)
     fresh = _trained(1, steps=1)  # other weights, other optimizer state
     assert kg.checkpoint.restore(fresh, backup) == 4 and kg.checkpoint.saved_epoch(backup) == 4
-    for a, b in zip(fresh.variables + fresh.optimizer.variables, model.variables + model.optimizer.variables):
+    for a, b in zip(
+        fresh.variables + fresh.optimizer.variables, model.variables + model.optimizer.variables
+    ):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert int(fresh.mix_step.numpy()) == 3 and int(fresh.optimizer.iterations.numpy()) == 3
-    assert sorted(os.listdir(backup)) == ["epoch-000004.rng.npz", "epoch-000004.weights.h5", "state.json"]
+    assert sorted(os.listdir(backup)) == [
+        "epoch-000004.rng.npz",
+        "epoch-000004.weights.h5",
+        "state.json",
+    ]
 
 
 def test_a_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -283,7 +336,11 @@ def test_a_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path
     for variable, value in zip(restored.variables, expected):
         np.testing.assert_array_equal(variable.numpy(), value)
     kg.checkpoint.save(second, backup, epochs_done=2)  # the next save clears the leftovers
-    assert sorted(os.listdir(backup)) == ["epoch-000002.rng.npz", "epoch-000002.weights.h5", "state.json"]
+    assert sorted(os.listdir(backup)) == [
+        "epoch-000002.rng.npz",
+        "epoch-000002.weights.h5",
+        "state.json",
+    ]
 
 
 def test_keep_previous_keeps_the_checkpoint_before_the_newest(tmp_path):
@@ -295,12 +352,18 @@ def test_keep_previous_keeps_the_checkpoint_before_the_newest(tmp_path):
     kg.checkpoint.save(third, backup, epochs_done=3, keep_previous=True)
     assert kg.checkpoint.committed_epochs(backup) == [3, 2, 0]
     assert sorted(os.listdir(backup)) == [
-        "epoch-000002.rng.npz", "epoch-000002.weights.h5",
-        "epoch-000003.rng.npz", "epoch-000003.weights.h5", "state.json",
+        "epoch-000002.rng.npz",
+        "epoch-000002.weights.h5",
+        "epoch-000003.rng.npz",
+        "epoch-000003.weights.h5",
+        "state.json",
     ]
     restored = _trained(5, steps=1)
     assert kg.checkpoint.restore(restored, backup, epoch=2) == 2
-    for a, b in zip(restored.variables + restored.optimizer.variables, second.variables + second.optimizer.variables):
+    for a, b in zip(
+        restored.variables + restored.optimizer.variables,
+        second.variables + second.optimizer.variables,
+    ):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert kg.checkpoint.restore(restored, backup) == 3
     np.testing.assert_array_equal(restored.variables[0].numpy(), third.variables[0].numpy())
@@ -310,7 +373,11 @@ def test_keep_previous_keeps_the_checkpoint_before_the_newest(tmp_path):
     # Without keep_previous only the newest stays.
     kg.checkpoint.save(third, backup, epochs_done=4)
     assert kg.checkpoint.committed_epochs(backup) == [4, 0]
-    assert sorted(os.listdir(backup)) == ["epoch-000004.rng.npz", "epoch-000004.weights.h5", "state.json"]
+    assert sorted(os.listdir(backup)) == [
+        "epoch-000004.rng.npz",
+        "epoch-000004.weights.h5",
+        "state.json",
+    ]
 
 
 def test_restore_of_an_epoch_that_is_not_kept_is_refused(tmp_path):
@@ -332,25 +399,48 @@ def test_backup_callback_resumes_fit_at_the_saved_epoch(tmp_path):
     model = compiled(small_model(0), method="sam")
     x, y = data(32)
     with pytest.raises(KeyboardInterrupt):
-        model.fit(x, y, batch_size=16, epochs=4, verbose=0, callbacks=[
-            kg.checkpoint.BackupAndRestore(backup),
-            keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: e == 1 and (_ for _ in ()).throw(KeyboardInterrupt)),
-        ])
+        model.fit(
+            x,
+            y,
+            batch_size=16,
+            epochs=4,
+            verbose=0,
+            callbacks=[
+                kg.checkpoint.BackupAndRestore(backup),
+                keras.callbacks.LambdaCallback(
+                    on_epoch_end=lambda e, logs: e == 1 and (_ for _ in ()).throw(KeyboardInterrupt)
+                ),
+            ],
+        )
     assert kg.checkpoint.saved_epoch(backup) == 2
     epochs = []
     again = compiled(small_model(5), method="sam")
-    again.fit(x, y, batch_size=16, epochs=4, verbose=0, callbacks=[
-        kg.checkpoint.BackupAndRestore(backup),
-        keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: epochs.append(e)),
-    ])
+    again.fit(
+        x,
+        y,
+        batch_size=16,
+        epochs=4,
+        verbose=0,
+        callbacks=[
+            kg.checkpoint.BackupAndRestore(backup),
+            keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: epochs.append(e)),
+        ],
+    )
     assert epochs == [2, 3] and int(again.optimizer.iterations.numpy()) == 8
     assert not os.path.exists(backup)
     # A later fit of the same model, with a new backup folder, starts at epoch 0 again.
     epochs.clear()
-    again.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[
-        kg.checkpoint.BackupAndRestore(str(tmp_path / "other")),
-        keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: epochs.append(e)),
-    ])
+    again.fit(
+        x,
+        y,
+        batch_size=16,
+        epochs=2,
+        verbose=0,
+        callbacks=[
+            kg.checkpoint.BackupAndRestore(str(tmp_path / "other")),
+            keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: epochs.append(e)),
+        ],
+    )
     assert epochs == [0, 1]
 
 
@@ -373,10 +463,17 @@ def test_removing_a_backup_renames_it_away_first(tmp_path, monkeypatch):
 
 def test_checkpoint_keeps_the_dropout_random_state(tmp_path):
     """Training on from a restored checkpoint draws the dropout masks the run would have drawn."""
+
     def with_dropout(seed):
         keras.utils.set_random_seed(seed)
-        inner = keras.Sequential([keras.Input((D,)), keras.layers.Dense(16, activation="relu"),
-                                  keras.layers.Dropout(0.5), keras.layers.Dense(C)])
+        inner = keras.Sequential(
+            [
+                keras.Input((D,)),
+                keras.layers.Dense(16, activation="relu"),
+                keras.layers.Dropout(0.5),
+                keras.layers.Dense(C),
+            ]
+        )
         return compiled(inner, method="sam")
 
     backup = str(tmp_path / "backup")
@@ -407,8 +504,14 @@ def test_an_npz_with_pickled_arrays_is_refused_unread(tmp_path):
     marker = tmp_path / "unpickled"
     path = tmp_path / "data.npz"
     images = np.zeros((4, 8, 8, 3), np.uint8)
-    np.savez(path, x_train=images, y_train=np.arange(4), x_test=images, y_test=np.arange(4),
-             label_names=np.array([_Payload(str(marker))], dtype=object))
+    np.savez(
+        path,
+        x_train=images,
+        y_train=np.arange(4),
+        x_test=images,
+        y_test=np.arange(4),
+        label_names=np.array([_Payload(str(marker))], dtype=object),
+    )
     with pytest.raises(ValueError, match="object \\(pickled\\) arrays"):
         kg.data.load_dataset(str(path))
     assert not marker.exists()
@@ -420,8 +523,14 @@ def test_an_npz_with_pickled_arrays_is_refused_unread(tmp_path):
 def test_check_number_accepts_numpy_scalars_and_returns_python_numbers():
     from keras_gmix.checks import check_number
 
-    assert check_number("rho", np.float32(0.5), low=0) == 0.5 and type(check_number("rho", np.float32(0.5))) is float
-    assert check_number("seed", np.int64(3), integer=True) == 3 and type(check_number("seed", np.int64(3), integer=True)) is int
+    assert (
+        check_number("rho", np.float32(0.5), low=0) == 0.5
+        and type(check_number("rho", np.float32(0.5))) is float
+    )
+    assert (
+        check_number("seed", np.int64(3), integer=True) == 3
+        and type(check_number("seed", np.int64(3), integer=True)) is int
+    )
     assert check_number("rho", np.array(0.25)) == 0.25  # a 0-d array
     assert check_number("alpha", 1, low=0, low_inclusive=False) == 1.0
 
@@ -466,12 +575,24 @@ def test_gmix_model_refuses_bad_numbers_up_front(kwargs, match):
 
 def test_gmix_model_accepts_numpy_scalars_and_saves_them_as_numbers(tmp_path):
     model = kg.GMixModel(
-        small_model(), rho=np.float32(0.5), alpha=np.float64(0.4), sensitive_fraction=np.float32(0.25),
-        eta=np.float32(0.5), seed=np.int64(3), max_consecutive_skips=np.int32(5),
+        small_model(),
+        rho=np.float32(0.5),
+        alpha=np.float64(0.4),
+        sensitive_fraction=np.float32(0.25),
+        eta=np.float32(0.5),
+        seed=np.int64(3),
+        max_consecutive_skips=np.int32(5),
     )
     config = model.get_config()
-    assert (config["rho"], config["alpha"], config["sensitive_fraction"], config["seed"]) == (0.5, 0.4, 0.25, 3)
-    json.dumps({k: v for k, v in config.items() if k != "inner"})  # plain numbers: no float32 in a .keras file
+    assert (config["rho"], config["alpha"], config["sensitive_fraction"], config["seed"]) == (
+        0.5,
+        0.4,
+        0.25,
+        3,
+    )
+    json.dumps(
+        {k: v for k, v in config.items() if k != "inner"}
+    )  # plain numbers: no float32 in a .keras file
     path = str(tmp_path / "m.keras")
     model.save(path)
     assert keras.saving.load_model(path).rho == 0.5
@@ -484,9 +605,18 @@ def test_update_gradients_checks_its_numbers():
     loss = keras.losses.CategoricalCrossentropy(from_logits=True)
     with pytest.raises(ValueError, match="`rho` must be a finite number >= 0"):
         kg.update_gradients(inner, x, y, loss=loss, method="gmix", rho=np.inf)
-    numpy_grads, _ = kg.update_gradients(inner, x, y, loss=loss, method="bgmix", rho=np.float32(0.5),
-                                         sensitive_fraction=np.float64(0.5))
-    python_grads, _ = kg.update_gradients(inner, x, y, loss=loss, method="bgmix", rho=0.5, sensitive_fraction=0.5)
+    numpy_grads, _ = kg.update_gradients(
+        inner,
+        x,
+        y,
+        loss=loss,
+        method="bgmix",
+        rho=np.float32(0.5),
+        sensitive_fraction=np.float64(0.5),
+    )
+    python_grads, _ = kg.update_gradients(
+        inner, x, y, loss=loss, method="bgmix", rho=0.5, sensitive_fraction=0.5
+    )
     for a, b in zip(numpy_grads, python_grads):
         np.testing.assert_array_equal(a, b)
 
@@ -515,7 +645,10 @@ def test_sample_mix_checks_its_numbers():
         ({"seed": "abc"}, "`seed` must be an integer"),
         ({"train_fraction": 0.0}, r"`train_fraction` must be a finite number in \(0, 1\]"),
         ({"learning_rate": True}, "`learning_rate` must be a finite number > 0"),
-        ({"step_milestones": [0.75, 0.5]}, "`step_milestones` must be .*strictly increasing in \\(0, 1\\)"),
+        (
+            {"step_milestones": [0.75, 0.5]},
+            "`step_milestones` must be .*strictly increasing in \\(0, 1\\)",
+        ),
         ({"step_milestones": [0.5, 1.0]}, "`step_milestones` must be"),
         ({"step_milestones": [0.5, 0.5]}, "`step_milestones` must be"),
         ({"step_milestones": "0.5"}, "`step_milestones` must be"),
@@ -543,7 +676,9 @@ def test_a_config_file_with_a_string_for_a_flag_is_refused(tmp_path, capsys):
 def test_config_accepts_numpy_scalars_as_plain_numbers():
     from keras_gmix import train
 
-    config = train.TrainConfig(rho=np.float32(0.5), epochs=np.int64(3), step_milestones=[np.float32(0.5)])
+    config = train.TrainConfig(
+        rho=np.float32(0.5), epochs=np.int64(3), step_milestones=[np.float32(0.5)]
+    )
     assert (config.rho, config.epochs, config.step_milestones) == (0.5, 3, (0.5,))
     assert type(config.rho) is float and type(config.epochs) is int
     json.dumps(config.to_dict())  # config.json stays writable
@@ -551,7 +686,9 @@ def test_config_accepts_numpy_scalars_as_plain_numbers():
 
 # -- run records: one process per run folder; a resume continues the same run ----------
 
-TINY_RUN = dict(method="gmix", epochs=2, train_size=32, batch_size=16, verbose=0, tensorboard_update_freq=1)
+TINY_RUN = dict(
+    method="gmix", epochs=2, train_size=32, batch_size=16, verbose=0, tensorboard_update_freq=1
+)
 
 
 class _KillAfter(keras.callbacks.Callback):
@@ -589,7 +726,9 @@ def run_copy(interrupted_run, tmp_path):
 def _resume(output, **changes):
     from keras_gmix import train
 
-    return train.TrainConfig.from_dict(train.resume_values({"output": output, "resume": True, **changes}))
+    return train.TrainConfig.from_dict(
+        train.resume_values({"output": output, "resume": True, **changes})
+    )
 
 
 HOLDER = (
@@ -604,10 +743,15 @@ HOLDER = (
 def _start_holder(folder):
     """A process that holds `folder` until it is killed; returns once it holds it."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, folder], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        [sys.executable, "-c", HOLDER, folder],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT),
     )
-    assert holder.stdout.readline().strip() == "held", "the holder process died before holding the folder"
+    assert holder.stdout.readline().strip() == "held", (
+        "the holder process died before holding the folder"
+    )
     return holder
 
 
@@ -625,7 +769,10 @@ def test_a_run_folder_held_by_another_process_is_refused_naming_it(run_copy, cap
     holder = _start_holder(run_copy)
     try:
         history = open(os.path.join(run_copy, "history.csv")).read()
-        with pytest.raises(records.RunFolderInUseError, match=rf"{run_copy} is in use by process {holder.pid} on host"):
+        with pytest.raises(
+            records.RunFolderInUseError,
+            match=rf"{run_copy} is in use by process {holder.pid} on host",
+        ):
             train.run(_resume(run_copy))
         # The same through gmix-train: a sentence, exit code 2, nothing written.
         with pytest.raises(SystemExit) as exit_info:
@@ -647,7 +794,11 @@ def test_a_killed_holder_releases_the_run_folder(tmp_path):
             pass
     _kill(holder)
     with records.hold_run_folder(folder):
-        assert open(os.path.join(folder, records.LOCK_FILE)).read().startswith(f"process {os.getpid()} ")
+        assert (
+            open(os.path.join(folder, records.LOCK_FILE))
+            .read()
+            .startswith(f"process {os.getpid()} ")
+        )
 
 
 def test_resume_of_a_missing_folder_is_refused_and_creates_nothing(tmp_path, capsys):
@@ -655,15 +806,32 @@ def test_resume_of_a_missing_folder_is_refused_and_creates_nothing(tmp_path, cap
     from keras_gmix import train
 
     missing = str(tmp_path / "typo")
-    with pytest.raises(FileNotFoundError, match=rf"Cannot resume: {missing} does not exist.*drop --resume"):
+    with pytest.raises(
+        FileNotFoundError, match=rf"Cannot resume: {missing} does not exist.*drop --resume"
+    ):
         train.run(train.TrainConfig(output=missing, resume=True, **TINY_RUN))
     with pytest.raises(SystemExit) as exit_info:
-        cli.train_main(["--resume", "--output", missing, "--epochs", "1", "--train-size", "32", "--verbose", "0"])
+        cli.train_main(
+            [
+                "--resume",
+                "--output",
+                missing,
+                "--epochs",
+                "1",
+                "--train-size",
+                "32",
+                "--verbose",
+                "0",
+            ]
+        )
     assert exit_info.value.code == 2 and "does not exist" in capsys.readouterr().err
     assert not os.path.exists(missing)
 
 
-@pytest.mark.parametrize("damage, match", [("delete", "config.json is missing"), ("truncate", "config.json is unreadable")])
+@pytest.mark.parametrize(
+    "damage, match",
+    [("delete", "config.json is missing"), ("truncate", "config.json is unreadable")],
+)
 def test_resume_without_a_readable_config_json_is_refused(run_copy, damage, match):
     from keras_gmix import train
 
@@ -673,9 +841,13 @@ def test_resume_without_a_readable_config_json_is_refused(run_copy, damage, matc
     else:
         text = open(path).read()
         open(path, "w").write(text[: len(text) // 2])
-    with pytest.raises((FileNotFoundError, ValueError), match=rf"{match}.*settings are unknown.*delete {run_copy}"):
+    with pytest.raises(
+        (FileNotFoundError, ValueError), match=rf"{match}.*settings are unknown.*delete {run_copy}"
+    ):
         train.run(_resume(run_copy))
-    assert train.checkpoint_lib.saved_epoch(os.path.join(run_copy, "backup")) == 1, "the backup is untouched"
+    assert train.checkpoint_lib.saved_epoch(os.path.join(run_copy, "backup")) == 1, (
+        "the backup is untouched"
+    )
 
 
 def test_resume_with_other_run_settings_is_refused_and_epochs_may_grow(run_copy):
@@ -694,7 +866,8 @@ def test_resume_with_other_run_settings_is_refused_and_epochs_may_grow(run_copy)
     assert (results["method"], results["epochs"], results["epochs_done"]) == ("gmix", 3, 3)
     assert (saved["method"], saved["epochs"], saved["resume"]) == ("gmix", 3, False)
     assert {k: v for k, v in saved.items() if k != "epochs"} == {
-        k: v for k, v in json.loads(before).items() if k != "epochs"}, "only epochs is relabelled"
+        k: v for k, v in json.loads(before).items() if k != "epochs"
+    }, "only epochs is relabelled"
 
 
 def test_run_defining_settings_are_every_field_but_the_resumable_ones():
@@ -791,7 +964,9 @@ def test_a_damaged_checkpoint_file_names_itself_and_the_fix(tmp_path, name):
     model, backup = _saved_backup(tmp_path)
     _truncate(os.path.join(backup, name))
     path = os.path.join(backup, name)
-    with pytest.raises(ValueError, match=rf"{path} is unreadable .*delete the backup folder {backup} to start"):
+    with pytest.raises(
+        ValueError, match=rf"{path} is unreadable .*delete the backup folder {backup} to start"
+    ):
         kg.checkpoint.restore(model, backup)
 
 
@@ -801,7 +976,9 @@ def test_a_damaged_model_keras_names_itself_in_gmix_flatness(tmp_path):
     path = str(tmp_path / "model.keras")
     compiled(method="erm").save(path)
     _truncate(path)
-    with pytest.raises(ValueError, match=rf"{path} is unreadable as a Keras model.*restore the file"):
+    with pytest.raises(
+        ValueError, match=rf"{path} is unreadable as a Keras model.*restore the file"
+    ):
         flatness_report.load_model(path)
 
 
@@ -819,7 +996,9 @@ def test_a_damaged_results_json_names_itself_in_gmix_compare(tmp_path):
     run = tmp_path / "erm-seed0"
     run.mkdir()
     (run / "results.json").write_text('{"method": "erm", "test_acc')
-    with pytest.raises(ValueError, match=rf"{run / 'results.json'} is unreadable.*out of --collect"):
+    with pytest.raises(
+        ValueError, match=rf"{run / 'results.json'} is unreadable.*out of --collect"
+    ):
         compare.find_results([str(tmp_path)])
 
 
@@ -834,18 +1013,52 @@ def test_a_damaged_history_csv_names_itself(tmp_path):
 def test_two_resumes_of_one_killed_run_one_is_refused(tmp_path):
     """The issue's case: two --resume of one killed run at once wrote every epoch twice."""
     output = str(tmp_path / "run")
-    flags = ["--epochs", "3", "--train-size", "64", "--batch-size", "32", "--method", "dgmix", "--verbose", "0"]
-    _gmix_train([*flags, "--output", output], prefix=[os.path.join(HELPERS, "sigkill_mid_epoch.py"), "1", "0"],
-                expect=-signal.SIGKILL)
+    flags = [
+        "--epochs",
+        "3",
+        "--train-size",
+        "64",
+        "--batch-size",
+        "32",
+        "--method",
+        "dgmix",
+        "--verbose",
+        "0",
+    ]
+    _gmix_train(
+        [*flags, "--output", output],
+        prefix=[os.path.join(HELPERS, "sigkill_mid_epoch.py"), "1", "0"],
+        expect=-signal.SIGKILL,
+    )
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
     first = subprocess.Popen(
-        [sys.executable, os.path.join(HELPERS, "pause_mid_epoch.py"), "1", "0", "--resume", "--output", output],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env,
+        [
+            sys.executable,
+            os.path.join(HELPERS, "pause_mid_epoch.py"),
+            "1",
+            "0",
+            "--resume",
+            "--output",
+            output,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        env=env,
     )
     try:
-        assert first.stdout.readline().strip() == "paused", "the first resume died before it trained"
-        second = subprocess.run([sys.executable, "-m", "keras_gmix.cli", "--resume", "--output", output],
-                                capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+        assert first.stdout.readline().strip() == "paused", (
+            "the first resume died before it trained"
+        )
+        second = subprocess.run(
+            [sys.executable, "-m", "keras_gmix.cli", "--resume", "--output", output],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=ROOT,
+            env=env,
+        )
         assert second.returncode == 2, second.stderr[-3000:]
         assert f"{output} is in use by process {first.pid} on host" in second.stderr
     finally:
@@ -862,8 +1075,11 @@ def test_flatness_and_callback_arguments_use_the_same_number_check():
     model = small_model()
     x, y = data(8)
     with pytest.raises(ValueError, match="`rho` must be a finite number >= 0. Received: rho=inf"):
-        kg.flatness.rho_sharpness(model, (x, y), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                                  rho=np.inf)
-    with pytest.raises(ValueError, match="`update_freq` must be an integer >= 1. Received: update_freq=True"):
+        kg.flatness.rho_sharpness(
+            model, (x, y), keras.losses.SparseCategoricalCrossentropy(from_logits=True), rho=np.inf
+        )
+    with pytest.raises(
+        ValueError, match="`update_freq` must be an integer >= 1. Received: update_freq=True"
+    ):
         kg.callbacks.StepValuesLogger("logs", update_freq=True)
     assert kg.callbacks.StepValuesLogger("logs", update_freq=np.int64(5)).update_freq == 5

@@ -33,7 +33,12 @@ def test_every_kth_step_is_full():
 
 
 def test_random_schedule_is_a_function_of_seed_and_step():
-    draw = lambda seed: [bool(perturb_schedule.is_full_step(t, seed, perturb_probability=0.3)) for t in range(400)]  # noqa: E731
+    def draw(seed):
+        return [
+            bool(perturb_schedule.is_full_step(t, seed, perturb_probability=0.3))
+            for t in range(400)
+        ]
+
     first = draw(7)
     assert first == draw(7)  # a resumed run or another replica asks again: same answer
     assert first != draw(8)
@@ -44,7 +49,11 @@ def test_random_schedule_agrees_in_graph_mode_and_under_xla():
     steps = tf.range(64, dtype=tf.int64)
     eager = [bool(perturb_schedule.is_full_step(t, 5, perturb_probability=0.5)) for t in range(64)]
     xla = tf.function(
-        lambda s: tf.map_fn(lambda t: perturb_schedule.is_full_step(t, 5, perturb_probability=0.5), s, fn_output_signature=tf.bool),
+        lambda s: tf.map_fn(
+            lambda t: perturb_schedule.is_full_step(t, 5, perturb_probability=0.5),
+            s,
+            fn_output_signature=tf.bool,
+        ),
         jit_compile=True,
     )(steps)
     assert eager == [bool(v) for v in xla.numpy()]
@@ -71,7 +80,9 @@ def test_bad_schedule_arguments(kwargs, match):
 
 
 def test_numpy_integers_and_floats_are_accepted():
-    model = kg.GMixModel(dense_bn_model(), perturb_every=np.int64(3), perturb_probability=np.float32(1.0))
+    model = kg.GMixModel(
+        dense_bn_model(), perturb_every=np.int64(3), perturb_probability=np.float32(1.0)
+    )
     assert model.scheduled
 
 
@@ -95,12 +106,16 @@ def test_defaults_reproduce_every_method_bit_for_bit(method):
             np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-@pytest.mark.parametrize("method,cheap_as", [("sam", "erm"), ("gmix", "mixup"), ("bgmix", "mixup"), ("dgmix", "mixup")])
+@pytest.mark.parametrize(
+    "method,cheap_as", [("sam", "erm"), ("gmix", "mixup"), ("bgmix", "mixup"), ("dgmix", "mixup")]
+)
 def test_a_cheap_step_without_reuse_is_the_unperturbed_methods_step(method, cheap_as):
     model = compiled(method, optimizer=keras.optimizers.SGD(0.5), perturb_every=3)
     train_steps(model, 1)  # step 0: full
     reference = dense_bn_model()
-    reference.set_weights(model.inner.get_weights())  # weights and BatchNorm statistics after step 0
+    reference.set_weights(
+        model.inner.get_weights()
+    )  # weights and BatchNorm statistics after step 0
     x, y = data(seed=1)
     x_in, y_in = step_inputs(model, x, y, step=2)
     grads, _ = kg.update_gradients(reference, x_in, y_in, loss=LOSS, method=cheap_as)
@@ -126,8 +141,14 @@ def test_stored_direction_and_cheap_step_match_numpy(method):
     """Step 0 (full) stores v = u - <u, g>/||g||^2 g; step 1 (cheap) applies
     g + a ||g||/||v|| v: both checked against the NumPy reference."""
     reuse_scale, lr = 0.3, 1.0
-    model = compiled(method, inner=linear_model(), optimizer=keras.optimizers.SGD(lr), perturb_every=2,
-                     reuse_scale=reuse_scale, rho=0.5)
+    model = compiled(
+        method,
+        inner=linear_model(),
+        optimizer=keras.optimizers.SGD(lr),
+        perturb_every=2,
+        reuse_scale=reuse_scale,
+        rho=0.5,
+    )
     batches = [data(seed=s) for s in (0, 1)]
     mixed = [step_inputs(model, x, y, step=t + 1) for t, (x, y) in enumerate(batches)]
     to64 = lambda t: np.asarray(t, np.float64)  # noqa: E731
@@ -141,8 +162,12 @@ def test_stored_direction_and_cheap_step_match_numpy(method):
     stored = np.concatenate([d.numpy().ravel() for d in model.reuse_direction])
     assert np.linalg.norm(v) > 1e-3  # the update is not along g: a real test
     np.testing.assert_allclose(stored, v, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(np.concatenate([w0.ravel() - lr * uw.ravel(), b0 - lr * ub]),
-                               np.concatenate([a.ravel() for a in flat_weights(model)]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.concatenate([w0.ravel() - lr * uw.ravel(), b0 - lr * ub]),
+        np.concatenate([a.ravel() for a in flat_weights(model)]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
     w1, b1 = flat_weights(model)
     x1, y1 = map(to64, mixed[1])
@@ -150,9 +175,13 @@ def test_stored_direction_and_cheap_step_match_numpy(method):
     update = ref.reused_update(g1, v, reuse_scale)
     model.train_on_batch(*batches[1])
     w2, b2 = flat_weights(model)
-    np.testing.assert_allclose(ref.flat(w2, b2), ref.flat(w1, b1) - lr * update, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        ref.flat(w2, b2), ref.flat(w1, b1) - lr * update, rtol=1e-5, atol=1e-6
+    )
     # v is left as it was by a cheap step.
-    np.testing.assert_allclose(np.concatenate([d.numpy().ravel() for d in model.reuse_direction]), v, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        np.concatenate([d.numpy().ravel() for d in model.reuse_direction]), v, rtol=1e-4, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("reuse_scale", [0.0, 0.5])
@@ -189,21 +218,30 @@ def test_non_perturbed_methods_ignore_the_schedule():
 # -- modes, precision, serialization, resume ----------------------------------
 
 
-@pytest.mark.parametrize("kwargs", [dict(perturb_every=2, reuse_scale=0.3), dict(perturb_probability=0.5, reuse_scale=0.3)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(perturb_every=2, reuse_scale=0.3), dict(perturb_probability=0.5, reuse_scale=0.3)],
+)
 def test_eager_graph_and_xla_agree_with_a_schedule(kwargs):
     x, y = data(n=64)
     histories, weights = [], []
     for mode in ("eager", "graph", "xla", "jit_gradients"):
-        model = compiled("dgmix", inner=dense_bn_model(), jit_gradients=mode == "jit_gradients", **kwargs)
+        model = compiled(
+            "dgmix", inner=dense_bn_model(), jit_gradients=mode == "jit_gradients", **kwargs
+        )
         model.compile(
-            optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            run_eagerly=mode == "eager", jit_compile=mode == "xla",
+            optimizer=keras.optimizers.SGD(0.1),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            run_eagerly=mode == "eager",
+            jit_compile=mode == "xla",
         )
         histories.append(model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False).history)
         weights.append(model.inner.get_weights())
     for history, other in zip(histories[1:], weights[1:]):
         for key in histories[0]:
-            np.testing.assert_allclose(history[key], histories[0][key], rtol=1e-5, atol=1e-6, err_msg=key)
+            np.testing.assert_allclose(
+                history[key], histories[0][key], rtol=1e-5, atol=1e-6, err_msg=key
+            )
         for a, b in zip(other, weights[0]):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
@@ -212,7 +250,9 @@ def test_mixed_precision_with_a_schedule():
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = kg.GMixModel(dense_bn_model(), method="dgmix", seed=5, perturb_every=2, reuse_scale=0.3)
+        model = kg.GMixModel(
+            dense_bn_model(), method="dgmix", seed=5, perturb_every=2, reuse_scale=0.3
+        )
         model.compile(
             optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1)),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -230,7 +270,11 @@ def test_config_and_keras_file_round_trip(tmp_path):
     model = compiled("gmix", perturb_every=3, reuse_scale=0.2)
     train_steps(model, 2)
     config = model.get_config()
-    assert (config["perturb_every"], config["reuse_scale"], config["perturb_probability"]) == (3, 0.2, 1.0)
+    assert (config["perturb_every"], config["reuse_scale"], config["perturb_probability"]) == (
+        3,
+        0.2,
+        1.0,
+    )
     path = str(tmp_path / "m.keras")
     model.save(path)
     loaded = keras.saving.load_model(path)
@@ -239,7 +283,10 @@ def test_config_and_keras_file_round_trip(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     # The reloaded model goes on exactly as the original.
     for m in (model, loaded):
-        m.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        m.compile(
+            optimizer=keras.optimizers.SGD(0.1),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
     x, y = data(seed=9)
     model.train_on_batch(x, y)
     loaded.train_on_batch(x, y)
@@ -247,7 +294,10 @@ def test_config_and_keras_file_round_trip(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-@pytest.mark.parametrize("kwargs", [dict(perturb_every=3, reuse_scale=0.3), dict(perturb_probability=0.4, reuse_scale=0.3)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(perturb_every=3, reuse_scale=0.3), dict(perturb_probability=0.4, reuse_scale=0.3)],
+)
 def test_a_checkpointed_and_restored_run_continues_bit_for_bit(tmp_path, kwargs):
     """Which steps are full (from the optimizer's step counter) and v survive a resume."""
     straight = compiled("dgmix", **kwargs)
@@ -262,4 +312,6 @@ def test_a_checkpointed_and_restored_run_continues_bit_for_bit(tmp_path, kwargs)
     for a, b in zip(resumed.weights, straight.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     # train_on_batch resets the metrics per call: full_step is that step's value.
-    assert [step["full_step"] for step in resumed_logs] == [step["full_step"] for step in straight_logs[3:]]
+    assert [step["full_step"] for step in resumed_logs] == [
+        step["full_step"] for step in straight_logs[3:]
+    ]

@@ -6,7 +6,9 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+)
 import schedule_report  # noqa: E402
 
 
@@ -19,15 +21,25 @@ def write_runs(folder, runs):
 
 def test_rows_cost_differences_and_frontier(tmp_path):
     folder = str(tmp_path / "generalization_runs" / "mnist1d" / "4000")
-    write_runs(folder, {
-        ("erm", 0): (0.90, 10.0), ("erm", 1): (0.92, 12.0),
-        ("mixup", 0): (0.94, 11.5), ("mixup", 1): (0.95, 11.5),
-        ("gmix", 0): (0.96, 22.0), ("gmix", 1): (0.95, 22.0),
-        ("gmix-k5", 0): (0.955, 13.2), ("gmix-k5", 1): (0.955, 13.2),
-    })
+    write_runs(
+        folder,
+        {
+            ("erm", 0): (0.90, 10.0),
+            ("erm", 1): (0.92, 12.0),
+            ("mixup", 0): (0.94, 11.5),
+            ("mixup", 1): (0.95, 11.5),
+            ("gmix", 0): (0.96, 22.0),
+            ("gmix", 1): (0.95, 22.0),
+            ("gmix-k5", 0): (0.955, 13.2),
+            ("gmix-k5", 1): (0.955, 13.2),
+        },
+    )
     with open(os.path.join(folder, "gmix_seed9_e100.json"), "w") as f:  # a budget check: not a row
         json.dump({"test_accuracy": 0.1}, f)
-    rows = {r["name"]: r for r in schedule_report.dataset_rows(schedule_report.read_runs(folder), (0, 1))}
+    rows = {
+        r["name"]: r
+        for r in schedule_report.dataset_rows(schedule_report.read_runs(folder), (0, 1))
+    }
     assert list(rows) == ["erm", "mixup", "gmix", "gmix-k5"]
     assert rows["gmix-k5"]["cost"] == pytest.approx(13.2 / 11.0)  # over ERM's mean CPU time
     assert rows["gmix-k5"]["mean"] == pytest.approx(95.5)

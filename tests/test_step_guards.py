@@ -53,12 +53,18 @@ def test_skipped_steps_leave_every_metric_untouched(method):
     an epoch of NaN batches)."""
     x, y = data(80)
     model = compiled(method=method)
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     x_good, y_good = x[:16], y[:16]
     reference = compiled(method=method)
-    reference.compile(optimizer=keras.optimizers.SGD(0.1),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    reference.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     expected = reference.fit(batches(x_good, y_good), verbose=0).history
     x_bad = x.copy()
     x_bad[16:] = np.nan
@@ -72,13 +78,22 @@ def test_an_epoch_of_only_skipped_steps_logs_no_accuracy_of_one():
     x, y = data(64)
     x[:] = np.nan
     model = compiled()
-    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     history = model.fit(batches(x, y), verbose=0).history
     assert history["skipped_steps"] == [4.0]
-    assert history["accuracy"] == [0.0] and history["loss"] == [0.0]  # empty metrics, not a perfect score
+    assert history["accuracy"] == [0.0] and history["loss"] == [
+        0.0
+    ]  # empty metrics, not a perfect score
 
 
-@pytest.mark.parametrize("name,value", [("method", "erm"), ("rho", 0.5), ("alpha", 2.0), ("seed", 3), ("perturb_every", 2)])
+@pytest.mark.parametrize(
+    "name,value",
+    [("method", "erm"), ("rho", 0.5), ("alpha", 2.0), ("seed", 3), ("perturb_every", 2)],
+)
 def test_settings_are_read_only_after_construction(name, value):
     model = compiled()
     with pytest.raises(AttributeError, match=f"`{name}`.*Build a new model"):
@@ -88,7 +103,9 @@ def test_settings_are_read_only_after_construction(name, value):
 def test_a_drawn_seed_is_serialized_and_the_reloaded_model_mixes_the_same(tmp_path):
     model = kg.GMixModel(small_model(), method="mixup")  # seed=None: drawn
     assert isinstance(model.get_config()["seed"], int)
-    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     x, y = data(16)
     model.train_on_batch(x, y)
     path = str(tmp_path / "m.keras")

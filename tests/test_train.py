@@ -44,7 +44,11 @@ def read_csv(path):
 
 
 def event_files(folder):
-    return [f for f in os.listdir(folder) if f.startswith("events.out.tfevents")] if os.path.isdir(folder) else []
+    return (
+        [f for f in os.listdir(folder) if f.startswith("events.out.tfevents")]
+        if os.path.isdir(folder)
+        else []
+    )
 
 
 def check_run_folder(output, method, dataset, epochs):
@@ -85,7 +89,10 @@ def test_gmix_train_end_to_end(method, dataset, tiny_npz, tmp_path, capsys):
     output = str(tmp_path / "run")
     name = tiny_npz if dataset == "npz" else "digits"
     size = ["--train-size", "32"]
-    assert cli.train_main(TINY + size + ["--dataset", name, "--method", method, "--output", output]) == 0
+    assert (
+        cli.train_main(TINY + size + ["--dataset", name, "--method", method, "--output", output])
+        == 0
+    )
     results = check_run_folder(output, method, name, epochs=1)
     assert results["train_size"] == 32 and results["steps_per_epoch"] == 2
     assert json.loads(capsys.readouterr().out.split("\n\n")[0])["method"] == method
@@ -95,20 +102,42 @@ def test_gmix_train_end_to_end(method, dataset, tiny_npz, tmp_path, capsys):
 
 def test_saved_model_loads_and_keeps_settings(tmp_path):
     output = str(tmp_path / "run")
-    cli.train_main(TINY + ["--train-size", "32", "--method", "bgmix", "--rho", "0.1", "--sensitive-fraction",
-                           "0.25", "--output", output])
+    cli.train_main(
+        TINY
+        + [
+            "--train-size",
+            "32",
+            "--method",
+            "bgmix",
+            "--rho",
+            "0.1",
+            "--sensitive-fraction",
+            "0.25",
+            "--output",
+            output,
+        ]
+    )
     model = keras.saving.load_model(os.path.join(output, "model.keras"))
     assert (model.method, model.rho, model.sensitive_fraction) == ("bgmix", 0.1, 0.25)
     assert int(model.optimizer.iterations) == 2
-    bn = [layer for layer in model.inner.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    bn = [
+        layer for layer in model.inner.layers if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     assert bn and all(type(layer) is FusedBatchNormalization for layer in bn)
 
 
 def test_stock_batchnorm_flag_selects_the_layer():
     splits = train.data_lib.load_dataset("digits", train_size=20)
-    for stock, expected in ((False, FusedBatchNormalization), (True, keras.layers.BatchNormalization)):
+    for stock, expected in (
+        (False, FusedBatchNormalization),
+        (True, keras.layers.BatchNormalization),
+    ):
         model = train.build_model(train.TrainConfig(stock_batchnorm=stock), splits)
-        bn = [layer for layer in model.inner.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        bn = [
+            layer
+            for layer in model.inner.layers
+            if isinstance(layer, keras.layers.BatchNormalization)
+        ]
         assert bn and all(type(layer) is expected for layer in bn)
 
 
@@ -146,7 +175,12 @@ def _tensorboard_steps(folder, tag):
 def test_resume_continues_from_the_next_epoch(tmp_path):
     output = str(tmp_path / "run")
     config = train.TrainConfig(
-        method="gmix", epochs=3, train_size=32, batch_size=16, verbose=0, output=output,
+        method="gmix",
+        epochs=3,
+        train_size=32,
+        batch_size=16,
+        verbose=0,
+        output=output,
         tensorboard_update_freq=1,
     )
     with pytest.raises(KeyboardInterrupt):
@@ -179,19 +213,41 @@ def test_resume_continues_from_the_next_epoch(tmp_path):
     model = keras.saving.load_model(os.path.join(output, "model.keras"))
     assert int(model.optimizer.iterations) == 6 and int(model.mix_step) == 6
     # TensorBoard's batch steps continue instead of starting over.
-    assert _tensorboard_steps(os.path.join(output, "tensorboard", "train"), "batch_loss") == [1, 2, 3, 4, 5, 6]
-    assert _tensorboard_steps(os.path.join(output, "tensorboard", "steps"), "learning_rate") == [1, 2, 3, 4, 5, 6]
-    assert _tensorboard_steps(os.path.join(output, "tensorboard", "train"), "epoch_loss") == [0, 1, 2]
+    assert _tensorboard_steps(os.path.join(output, "tensorboard", "train"), "batch_loss") == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
+    assert _tensorboard_steps(os.path.join(output, "tensorboard", "steps"), "learning_rate") == [
+        1,
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
+    assert _tensorboard_steps(os.path.join(output, "tensorboard", "train"), "epoch_loss") == [
+        0,
+        1,
+        2,
+    ]
 
     # Resuming a finished run trains nothing and returns its results.
     again = train.run(train.TrainConfig.from_dict(values), callbacks=[_Epochs()])
     assert again == results
 
 
-def test_a_kill_after_training_but_before_the_results_resumes_without_training(tmp_path, monkeypatch):
+def test_a_kill_after_training_but_before_the_results_resumes_without_training(
+    tmp_path, monkeypatch
+):
     """The backup outlives fit until results.json is written."""
     output = str(tmp_path / "run")
-    config = train.TrainConfig(method="erm", epochs=2, train_size=32, batch_size=16, verbose=0, output=output)
+    config = train.TrainConfig(
+        method="erm", epochs=2, train_size=32, batch_size=16, verbose=0, output=output
+    )
 
     def killed(self, path, *args, **kwargs):  # dies while saving the trained model
         raise KeyboardInterrupt("killed")
@@ -203,16 +259,22 @@ def test_a_kill_after_training_but_before_the_results_resumes_without_training(t
     assert not os.path.exists(os.path.join(output, "results.json"))
     assert train.checkpoint_lib.saved_epoch(os.path.join(output, "backup")) == 2
     seen = _Epochs()
-    results = train.run(train.TrainConfig.from_dict(train.resume_values({"output": output, "resume": True})),
-                        callbacks=[seen])
+    results = train.run(
+        train.TrainConfig.from_dict(train.resume_values({"output": output, "resume": True})),
+        callbacks=[seen],
+    )
     assert seen.epochs == [] and results["epochs_done"] == 2
-    assert os.path.exists(os.path.join(output, "results.json")) and not os.path.exists(os.path.join(output, "backup"))
+    assert os.path.exists(os.path.join(output, "results.json")) and not os.path.exists(
+        os.path.join(output, "backup")
+    )
 
 
 def test_resume_drops_a_row_written_after_the_last_backup(tmp_path):
     """A kill between the CSV row and the backup: the epoch is redone, logged once."""
     output = str(tmp_path / "run")
-    config = train.TrainConfig(method="erm", epochs=2, train_size=32, batch_size=16, verbose=0, output=output)
+    config = train.TrainConfig(
+        method="erm", epochs=2, train_size=32, batch_size=16, verbose=0, output=output
+    )
     with pytest.raises(KeyboardInterrupt):
         train.run(config, callbacks=[_Kill(after=0)])
     path = os.path.join(output, "history.csv")
@@ -226,8 +288,19 @@ def test_resume_drops_a_row_written_after_the_last_backup(tmp_path):
 def test_killed_process_resumes(tmp_path):
     """A real SIGKILL once the first epoch's backup exists; --resume finishes the run."""
     output = str(tmp_path / "run")
-    args = [sys.executable, "-m", "keras_gmix.cli", "--epochs", "4", "--method", "erm", "--verbose", "0",
-            "--output", output]
+    args = [
+        sys.executable,
+        "-m",
+        "keras_gmix.cli",
+        "--epochs",
+        "4",
+        "--method",
+        "erm",
+        "--verbose",
+        "0",
+        "--output",
+        output,
+    ]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     metadata = os.path.join(output, "backup", "state.json")
     deadline = time.time() + 300
@@ -240,8 +313,13 @@ def test_killed_process_resumes(tmp_path):
         process.wait(timeout=60)
     done = len(read_csv(os.path.join(output, "history.csv")))
     assert done >= 1
-    subprocess.run(args + ["--resume"], check=True, timeout=600, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    subprocess.run(
+        args + ["--resume"],
+        check=True,
+        timeout=600,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     history = read_csv(os.path.join(output, "history.csv"))
     assert [row["epoch"] for row in history] == ["0", "1", "2", "3"]
     assert json.load(open(os.path.join(output, "results.json")))["epochs_done"] == 4
@@ -256,7 +334,9 @@ def test_finished_run_is_not_overwritten(tmp_path):
 
 
 def test_config_file_round_trip(tmp_path):
-    config = train.TrainConfig(method="sam", epochs=7, rho=0.1, step_milestones=(0.3, 0.6), train_fraction=0.5)
+    config = train.TrainConfig(
+        method="sam", epochs=7, rho=0.1, step_milestones=(0.3, 0.6), train_fraction=0.5
+    )
     for suffix, dump in ((".json", json.dump), (".yaml", yaml.safe_dump)):
         path = tmp_path / f"config{suffix}"
         with open(path, "w") as f:
@@ -271,11 +351,18 @@ def test_config_file_round_trip(tmp_path):
 
 def test_config_file_and_flags_precedence(tmp_path):
     path = tmp_path / "recipe.yaml"
-    path.write_text("method: erm\nepochs: 1\nbatch-size: 16\ntrain_size: 32\nrho: 0.2\nverbose: 0\n")
+    path.write_text(
+        "method: erm\nepochs: 1\nbatch-size: 16\ntrain_size: 32\nrho: 0.2\nverbose: 0\n"
+    )
     output = str(tmp_path / "run")
     assert cli.train_main(["--config", str(path), "--method", "sam", "--output", output]) == 0
     saved = json.load(open(os.path.join(output, "config.json")))
-    assert (saved["method"], saved["rho"], saved["epochs"], saved["batch_size"]) == ("sam", 0.2, 1, 16)
+    assert (saved["method"], saved["rho"], saved["epochs"], saved["batch_size"]) == (
+        "sam",
+        0.2,
+        1,
+        16,
+    )
     assert saved["learning_rate"] == train.TrainConfig().learning_rate  # the default fills the rest
 
 
@@ -317,11 +404,15 @@ def test_learning_rate_schedules():
     assert _rates(cosine, [10, 20, 60]) == pytest.approx([0.05, 0.1, 0.05], rel=1e-5)
     # Step: milestones at 50% and 75% of the 80 post-warm-up steps.
     step = train.learning_rate_schedule(train.TrainConfig(schedule="step", **base), 10)
-    assert _rates(step, [0, 9, 20, 59, 61, 81]) == pytest.approx([0.005, 0.05, 0.1, 0.1, 0.01, 0.001])
+    assert _rates(step, [0, 9, 20, 59, 61, 81]) == pytest.approx(
+        [0.005, 0.05, 0.1, 0.1, 0.01, 0.001]
+    )
     constant = train.learning_rate_schedule(train.TrainConfig(schedule="constant", **base), 10)
     assert _rates(constant, [4, 19, 20, 99]) == pytest.approx([0.025, 0.1, 0.1, 0.1])
     # Without warm-up: plain Keras schedules.
-    plain = train.learning_rate_schedule(train.TrainConfig(schedule="cosine", learning_rate=0.1, epochs=10), 10)
+    plain = train.learning_rate_schedule(
+        train.TrainConfig(schedule="cosine", learning_rate=0.1, epochs=10), 10
+    )
     assert _rates(plain, [0, 50, 100]) == pytest.approx([0.1, 0.05, 0.0], abs=1e-6)
     # The warm-up schedule survives serialization (it is saved in model.keras).
     restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(step))
@@ -335,7 +426,12 @@ RECIPES = os.path.join(os.path.dirname(__file__), "..", "recipes")
 def test_recipe_files_are_valid_configs(name):
     config = train.TrainConfig.from_dict(train.load_config_file(os.path.join(RECIPES, name)))
     config.validate()
-    assert (config.batch_size, config.learning_rate, config.momentum, config.weight_decay) == (128, 0.1, 0.9, 5e-4)
+    assert (config.batch_size, config.learning_rate, config.momentum, config.weight_decay) == (
+        128,
+        0.1,
+        0.9,
+        5e-4,
+    )
     assert config.schedule == "cosine" and config.augment == "standard"
     if name.startswith(("cifar10_", "cifar100_", "svhn", "stl10")) and "partial" not in name:
         assert config.epochs == 200
@@ -345,11 +441,27 @@ def test_recipe_files_are_valid_configs(name):
 def test_gmix_train_takes_a_schedule(tmp_path):
     """--perturb-every / --reuse-scale reach the model, its config.json and the logs."""
     output = str(tmp_path / "run")
-    flags = ["--train-size", "64", "--dataset", "digits", "--method", "dgmix", "--perturb-every", "2",
-             "--reuse-scale", "0.3", "--output", output]
+    flags = [
+        "--train-size",
+        "64",
+        "--dataset",
+        "digits",
+        "--method",
+        "dgmix",
+        "--perturb-every",
+        "2",
+        "--reuse-scale",
+        "0.3",
+        "--output",
+        output,
+    ]
     assert cli.train_main(TINY + flags) == 0
     config = json.load(open(os.path.join(output, "config.json")))
-    assert (config["perturb_every"], config["reuse_scale"], config["perturb_probability"]) == (2, 0.3, 1.0)
+    assert (config["perturb_every"], config["reuse_scale"], config["perturb_probability"]) == (
+        2,
+        0.3,
+        1.0,
+    )
     model = keras.saving.load_model(os.path.join(output, "model.keras"))
     assert (model.perturb_every, model.reuse_scale) == (2, 0.3)
     history = kg.callbacks.read_history(os.path.join(output, "history.csv"))
@@ -362,8 +474,20 @@ def test_gmix_train_takes_a_schedule(tmp_path):
 def test_gmix_train_learns_the_digits(method, tmp_path):
     """A short real run is far above chance (10 classes: 0.1), not only finite."""
     output = str(tmp_path / "run")
-    flags = ["--epochs", "4", "--batch-size", "32", "--train-size", "600", "--verbose", "0",
-             "--method", method, "--output", output]
+    flags = [
+        "--epochs",
+        "4",
+        "--batch-size",
+        "32",
+        "--train-size",
+        "600",
+        "--verbose",
+        "0",
+        "--method",
+        method,
+        "--output",
+        output,
+    ]
     assert cli.train_main(flags) == 0
     results = json.load(open(os.path.join(output, "results.json")))
     assert results["test_accuracy"] > 0.6, results["test_accuracy"]

@@ -29,11 +29,12 @@ def draw_crop_flip(batch_size, seed, pad, flip=True):
         the padded image, and bool [batch_size] flips (all False when
         `flip` is False).
     """
-    seeds = tf.random.experimental.stateless_split(
-        tf.cast(seed, tf.int64), num=2
-    )
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=2)
     offsets = tf.random.stateless_uniform(
-        [batch_size, 2], seed=seeds[0], minval=0, maxval=2 * pad + 1,
+        [batch_size, 2],
+        seed=seeds[0],
+        minval=0,
+        maxval=2 * pad + 1,
         dtype=tf.int32,
     )
     if flip:

@@ -189,8 +189,7 @@ def load_tfds(name, data_dir=None, download=True):
     """
     if name not in TFDS_DATASETS:
         raise ValueError(
-            f"Unknown TFDS data set name={name!r}. Expected one of "
-            f"{sorted(TFDS_DATASETS)}."
+            f"Unknown TFDS data set name={name!r}. Expected one of {sorted(TFDS_DATASETS)}."
         )
     import tensorflow_datasets as tfds
 
@@ -202,9 +201,7 @@ def load_tfds(name, data_dir=None, download=True):
             # minutes of retries.
             check_download_reachable(name, _download_urls(builder))
         builder.download_and_prepare()  # as tfds.load: a no-op if prepared
-    train, test = builder.as_dataset(
-        split=["train", "test"], as_supervised=True
-    )
+    train, test = builder.as_dataset(split=["train", "test"], as_supervised=True)
     x_train, y_train = _as_numpy(train)
     x_test, y_test = _as_numpy(test)
     mean, std = info.mean, info.std
@@ -246,8 +243,7 @@ def load_digits(image_size=None, test_fraction=0.2):
 
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(
-            "`test_fraction` must be in (0, 1). "
-            f"Received: test_fraction={test_fraction!r}"
+            f"`test_fraction` must be in (0, 1). Received: test_fraction={test_fraction!r}"
         )
     digits = sk_load_digits()
     x = (digits.images / 16.0).astype(np.float32)[..., None]
@@ -343,8 +339,7 @@ def load_npz(path, num_classes=None, flip=True):
             )
         if not np.issubdtype(y.dtype, np.integer):
             raise ValueError(
-                f"In {path!r}, y_{split} must hold integer class indices. "
-                f"Received dtype {y.dtype}."
+                f"In {path!r}, y_{split} must hold integer class indices. Received dtype {y.dtype}."
             )
     y_train = arrays["y_train"].astype(np.int64)
     y_test = arrays["y_test"].astype(np.int64)
@@ -461,7 +456,10 @@ def load_dataset(
     elif is_folder:
         _check_option("num_classes", num_classes, None, name, ".npz files")
         splits = load_image_folder(
-            name, image_size=image_size, test_directory=test_dataset, flip=True if flip is None else flip
+            name,
+            image_size=image_size,
+            test_directory=test_dataset,
+            flip=True if flip is None else flip,
         )
     else:
         raise ValueError(
@@ -474,9 +472,5 @@ def load_dataset(
     )
     if size is None or size == splits.train_size:
         return splits
-    idx = balanced_subset_indices(
-        splits.y_train, size, num_classes=splits.num_classes, seed=seed
-    )
-    return dataclasses.replace(
-        splits, x_train=splits.x_train[idx], y_train=splits.y_train[idx]
-    )
+    idx = balanced_subset_indices(splits.y_train, size, num_classes=splits.num_classes, seed=seed)
+    return dataclasses.replace(splits, x_train=splits.x_train[idx], y_train=splits.y_train[idx])

@@ -104,10 +104,7 @@ def check_download_reachable(name, urls, timeout=DOWNLOAD_CHECK_TIMEOUT):
     def check(target):
         results[target] = _connects(*target, timeout)
 
-    threads = [
-        threading.Thread(target=check, args=(t,), daemon=True)
-        for t in targets
-    ]
+    threads = [threading.Thread(target=check, args=(t,), daemon=True) for t in targets]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -54,7 +54,9 @@ class ImageFiles:
 
     def __getitem__(self, index):
         if isinstance(index, (int, np.integer)):
-            raise TypeError("Index ImageFiles with a slice or an index array (it stays a set of files).")
+            raise TypeError(
+                "Index ImageFiles with a slice or an index array (it stays a set of files)."
+            )
         return ImageFiles(self.paths[index], self.image_shape)
 
     def __repr__(self):
@@ -88,8 +90,12 @@ def _index(directory, class_names=None):
         raise FileNotFoundError(f"No such folder: {directory!r}")
     try:
         listing = keras.utils.image_dataset_from_directory(
-            directory, labels="inferred", class_names=class_names, batch_size=None,
-            shuffle=False, verbose=False,
+            directory,
+            labels="inferred",
+            class_names=class_names,
+            batch_size=None,
+            shuffle=False,
+            verbose=False,
         )
     except ValueError as error:
         raise ValueError(
@@ -171,7 +177,12 @@ def load_image_folder(directory, image_size=None, test_directory=None, flip=True
     if test_directory is None:
         test = held_out_indices(labels, TEST_FRACTION, SPLIT_SEED)
         train = np.setdiff1d(np.arange(len(paths)), test)
-        train_paths, y_train, test_paths, y_test = paths[train], labels[train], paths[test], labels[test]
+        train_paths, y_train, test_paths, y_test = (
+            paths[train],
+            labels[train],
+            paths[test],
+            labels[test],
+        )
     else:
         train_paths, y_train = paths, labels
         # Keras refuses a test folder whose subfolders are not these classes.

@@ -58,9 +58,7 @@ def resolve_normalization(normalization, channels):
     mean = np.broadcast_to(np.asarray(mean, np.float32).reshape(-1), [channels])
     std = np.broadcast_to(np.asarray(std, np.float32).reshape(-1), [channels])
     if not np.all(std > 0):
-        raise ValueError(
-            f"Normalization std must be positive. Received: std={std.tolist()}"
-        )
+        raise ValueError(f"Normalization std must be positive. Received: std={std.tolist()}")
     return mean.copy(), std.copy()
 
 
@@ -184,18 +182,14 @@ def make_pipeline(
         x = np.asarray(x)
     y = np.asarray(y)
     if len(x.shape) != 4:
-        raise ValueError(
-            f"`x` must have shape [n, H, W, C]. Received shape {x.shape}."
-        )
+        raise ValueError(f"`x` must have shape [n, H, W, C]. Received shape {x.shape}.")
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise ValueError(
-            f"`y` must have shape [{x.shape[0]}] to match `x`. "
-            f"Received shape {y.shape}."
+            f"`y` must have shape [{x.shape[0]}] to match `x`. Received shape {y.shape}."
         )
     if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
         raise ValueError(
-            "`x` must be uint8 in [0, 255] or float in [0, 1]. "
-            f"Received dtype {x.dtype}."
+            f"`x` must be uint8 in [0, 255] or float in [0, 1]. Received dtype {x.dtype}."
         )
     if (
         isinstance(batch_size, bool)
@@ -203,14 +197,10 @@ def make_pipeline(
         or batch_size < 1
     ):
         raise ValueError(
-            "`batch_size` must be a positive integer. "
-            f"Received: batch_size={batch_size!r}"
+            f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}"
         )
     if augment not in AUGMENTATIONS:
-        raise ValueError(
-            f"Unknown augment={augment!r}. Expected one of "
-            f"{list(AUGMENTATIONS)}."
-        )
+        raise ValueError(f"Unknown augment={augment!r}. Expected one of {list(AUGMENTATIONS)}.")
     if not 0.0 <= erasing_probability <= 1.0:
         raise ValueError(
             "`erasing_probability` must be in [0, 1]. "
@@ -227,12 +217,13 @@ def make_pipeline(
                 "it needs `training=True` and an int `seed`. Received: "
                 f"training={training!r}, seed={seed!r}"
             )
-        if isinstance(start_epoch, bool) or not isinstance(
-            start_epoch, (int, np.integer)
-        ) or start_epoch < 0:
+        if (
+            isinstance(start_epoch, bool)
+            or not isinstance(start_epoch, (int, np.integer))
+            or start_epoch < 0
+        ):
             raise ValueError(
-                "`start_epoch` must be None or an int >= 0. "
-                f"Received: start_epoch={start_epoch!r}"
+                f"`start_epoch` must be None or an int >= 0. Received: start_epoch={start_epoch!r}"
             )
         if drop_remainder and x.shape[0] < batch_size:
             # Every epoch would be empty, and the endless stream would
@@ -263,19 +254,22 @@ def make_pipeline(
         # The (batch, augmentation seed) structure of training; the seed is unused.
         ds = batches.map(lambda xb, yb: ((xb, yb), tf.zeros([2], tf.int64)))
     elif start_epoch is None:
-        batches = read(examples.shuffle(
-            x.shape[0], seed=seed, reshuffle_each_iteration=True
-        )).batch(int(batch_size), drop_remainder=drop_remainder)
+        batches = read(
+            examples.shuffle(x.shape[0], seed=seed, reshuffle_each_iteration=True)
+        ).batch(int(batch_size), drop_remainder=drop_remainder)
         # One stateless seed pair per batch; a new sequence every epoch.
-        seeds = tf.data.Dataset.random(
-            seed=seed, rerandomize_each_iteration=True
-        ).batch(2)
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip((batches, seeds))
     else:
         ds = tf.data.Dataset.counter(int(start_epoch)).flat_map(
             lambda epoch: _epoch_batches(
-                examples, epoch, seed, x.shape[0], int(batch_size),
-                drop_remainder, read,
+                examples,
+                epoch,
+                seed,
+                x.shape[0],
+                int(batch_size),
+                drop_remainder,
+                read,
             )
         )
 
@@ -290,6 +284,7 @@ def make_pipeline(
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     else:
+
         def crop_flip(batch, batch_seed):
             xb, yb = batch
             xb = random_crop_flip(to_float(xb), batch_seed, pad=pad, flip=flip)
@@ -360,9 +355,7 @@ def _epoch_batches(examples, epoch, seed, count, batch_size, drop_remainder, rea
         batch_size, drop_remainder=drop_remainder
     )
     # Batch i's stateless seed pair: (epoch seed, i).
-    seeds = tf.data.Dataset.range(tf.int64.max).map(
-        lambda i: tf.stack([this_seed, i])
-    )
+    seeds = tf.data.Dataset.range(tf.int64.max).map(lambda i: tf.stack([this_seed, i]))
     return tf.data.Dataset.zip((batches, seeds))
 
 

@@ -25,8 +25,7 @@ def balanced_counts(class_sizes, size):
     available = np.asarray(class_sizes, dtype=np.int64)
     if size < 0 or size > available.sum():
         raise ValueError(
-            f"Cannot take size={size} examples from {int(available.sum())} "
-            "available ones."
+            f"Cannot take size={size} examples from {int(available.sum())} available ones."
         )
     counts = np.zeros_like(available)
     remaining = int(size)
@@ -112,8 +111,7 @@ def check_subset_args(train_fraction=None, train_size=None):
         or train_size < 1
     ):
         raise ValueError(
-            "`train_size` must be a positive integer. "
-            f"Received: train_size={train_size!r}"
+            f"`train_size` must be a positive integer. Received: train_size={train_size!r}"
         )
 
 

@@ -21,14 +21,9 @@ BN_EPSILON = 1.001e-5
 
 def check_common_args(num_classes, input_shape, weight_decay):
     """Validates the arguments every builder takes; returns the shape."""
-    if (
-        isinstance(num_classes, bool)
-        or not isinstance(num_classes, int)
-        or num_classes < 1
-    ):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(
-            "`num_classes` must be a positive integer. "
-            f"Received: num_classes={num_classes!r}"
+            f"`num_classes` must be a positive integer. Received: num_classes={num_classes!r}"
         )
     try:
         input_shape = tuple(int(d) for d in input_shape)
@@ -40,10 +35,7 @@ def check_common_args(num_classes, input_shape, weight_decay):
             f"sizes. Received: input_shape={input_shape!r}"
         )
     if weight_decay is None or weight_decay < 0:
-        raise ValueError(
-            "`weight_decay` must be >= 0. "
-            f"Received: weight_decay={weight_decay!r}"
-        )
+        raise ValueError(f"`weight_decay` must be >= 0. Received: weight_decay={weight_decay!r}")
     return input_shape
 
 
@@ -72,18 +64,14 @@ def norm(x, batchnorm, name=None):
     Only the constructor's standard keyword arguments are used, so any
     BatchNormalization subclass (for example a fused one) can be passed.
     """
-    return batchnorm(
-        axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name
-    )(x)
+    return batchnorm(axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)(x)
 
 
 def relu(x, name=None):
     return keras.layers.ReLU(name=name)(x)
 
 
-def classifier_head(
-    x, num_classes, weight_decay, classifier_activation, name="predictions"
-):
+def classifier_head(x, num_classes, weight_decay, classifier_activation, name="predictions"):
     """Global average pooling and a dense classifier with float32 outputs.
 
     float32 even under a mixed-precision policy, as Keras' mixed-precision

@@ -74,9 +74,7 @@ def mobilenet_v2(
                 epsilon=config["epsilon"],
                 name=config["name"],
             )
-        if weight_decay and isinstance(
-            layer, (keras.layers.Conv2D, keras.layers.Dense)
-        ):
+        if weight_decay and isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
             config["kernel_regularizer"] = kernel_regularizer(weight_decay)
         if layer.name == "predictions":
             # float32 logits under mixed precision, as blocks.classifier_head.

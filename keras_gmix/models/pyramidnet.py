@@ -22,7 +22,9 @@ def _shortcut(x, channels, strides, prefix):
     """Average-pool by the stride, then zero-pad the new channels."""
     if strides != 1:
         x = keras.layers.AveragePooling2D(
-            pool_size=strides, strides=strides, padding="same",
+            pool_size=strides,
+            strides=strides,
+            padding="same",
             name=f"{prefix}_pool",
         )(x)
     if x.shape[-1] != channels:
@@ -30,8 +32,7 @@ def _shortcut(x, channels, strides, prefix):
     return x
 
 
-def _pyramid_block(x, planes, strides, bottleneck, batchnorm, weight_decay,
-                   prefix):
+def _pyramid_block(x, planes, strides, bottleneck, batchnorm, weight_decay, prefix):
     """BN-conv-BN-ReLU-conv-BN (basic) or the 1x1-3x3-1x1 bottleneck."""
     y = norm(x, batchnorm, name=f"{prefix}_bn1")
     if bottleneck:
@@ -103,15 +104,9 @@ def pyramidnet(
     """
     input_shape = check_common_args(num_classes, input_shape, weight_decay)
     layers_per_block = 9 if bottleneck else 6
-    if (
-        not isinstance(depth, int)
-        or depth < layers_per_block + 2
-        or (depth - 2) % layers_per_block
-    ):
+    if not isinstance(depth, int) or depth < layers_per_block + 2 or (depth - 2) % layers_per_block:
         kind = "9n + 2 for bottleneck" if bottleneck else "6n + 2 for basic"
-        raise ValueError(
-            f"`depth` must be {kind} blocks. Received: depth={depth!r}"
-        )
+        raise ValueError(f"`depth` must be {kind} blocks. Received: depth={depth!r}")
     if alpha < 0:
         raise ValueError(f"`alpha` must be >= 0. Received: alpha={alpha!r}")
     n = (depth - 2) // layers_per_block
@@ -125,13 +120,16 @@ def pyramidnet(
             channels += add_rate
             strides = 2 if stage > 0 and block == 0 else 1
             x = _pyramid_block(
-                x, _round_half_up(channels), strides, bottleneck, batchnorm,
-                weight_decay, prefix=f"stage{stage + 1}_block{block + 1}",
+                x,
+                _round_half_up(channels),
+                strides,
+                bottleneck,
+                batchnorm,
+                weight_decay,
+                prefix=f"stage{stage + 1}_block{block + 1}",
             )
     x = norm(x, batchnorm, name="final_bn")
     x = relu(x, name="final_relu")
-    outputs = classifier_head(
-        x, num_classes, weight_decay, classifier_activation
-    )
+    outputs = classifier_head(x, num_classes, weight_decay, classifier_activation)
     name = name or f"pyramidnet{depth}_{alpha}"
     return keras.Model(inputs, outputs, name=name)

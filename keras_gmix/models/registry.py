@@ -24,15 +24,11 @@ MODELS = {
     "preact_resnet18": preact_resnet18,
     "wrn16_8": _named(wide_resnet, "wrn16_8", depth=16, width=8),
     "wrn28_10": _named(wide_resnet, "wrn28_10", depth=28, width=10),
-    "pyramidnet110_270": _named(
-        pyramidnet, "pyramidnet110_270", depth=110, alpha=270
-    ),
+    "pyramidnet110_270": _named(pyramidnet, "pyramidnet110_270", depth=110, alpha=270),
     "pyramidnet272_200": _named(
         pyramidnet, "pyramidnet272_200", depth=272, alpha=200, bottleneck=True
     ),
-    "pyramidnet_small": _named(
-        pyramidnet, "pyramidnet_small", depth=20, alpha=48
-    ),
+    "pyramidnet_small": _named(pyramidnet, "pyramidnet_small", depth=20, alpha=48),
     "mobilenetv2": mobilenet_v2,
 }
 MODEL_NAMES = tuple(MODELS)
@@ -63,7 +59,5 @@ def build_model(name, num_classes=10, input_shape=(32, 32, 3), **kwargs):
     """
     builder = MODELS.get(name)
     if builder is None:
-        raise ValueError(
-            f"Unknown model name={name!r}. Expected one of {list(MODEL_NAMES)}."
-        )
+        raise ValueError(f"Unknown model name={name!r}. Expected one of {list(MODEL_NAMES)}.")
     return builder(num_classes=num_classes, input_shape=input_shape, **kwargs)

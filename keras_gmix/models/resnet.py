@@ -13,9 +13,7 @@ from keras_gmix.models.blocks import ZeroPadChannels
 SHORTCUTS = ("A", "B")
 
 
-def _basic_block(
-    x, filters, strides, shortcut, batchnorm, weight_decay, prefix
-):
+def _basic_block(x, filters, strides, shortcut, batchnorm, weight_decay, prefix):
     """conv-BN-ReLU-conv-BN, plus the shortcut, then ReLU (post-activation)."""
     in_channels = x.shape[-1]
     y = conv(x, filters, 3, strides, weight_decay, name=f"{prefix}_conv1")
@@ -82,13 +80,11 @@ def cifar_resnet(
     input_shape = check_common_args(num_classes, input_shape, weight_decay)
     if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
         raise ValueError(
-            f"`depth` must be 6n + 2 with n >= 1 (20, 32, 56, ...). "
-            f"Received: depth={depth!r}"
+            f"`depth` must be 6n + 2 with n >= 1 (20, 32, 56, ...). Received: depth={depth!r}"
         )
     if shortcut not in SHORTCUTS:
         raise ValueError(
-            f"`shortcut` must be one of {list(SHORTCUTS)}. "
-            f"Received: shortcut={shortcut!r}"
+            f"`shortcut` must be one of {list(SHORTCUTS)}. Received: shortcut={shortcut!r}"
         )
     n = (depth - 2) // 6
     inputs = keras.Input(shape=input_shape, name="images")
@@ -99,12 +95,15 @@ def cifar_resnet(
         for block in range(n):
             strides = 2 if stage > 0 and block == 0 else 1
             x = _basic_block(
-                x, filters, strides, shortcut, batchnorm, weight_decay,
+                x,
+                filters,
+                strides,
+                shortcut,
+                batchnorm,
+                weight_decay,
                 prefix=f"stage{stage + 1}_block{block + 1}",
             )
-    outputs = classifier_head(
-        x, num_classes, weight_decay, classifier_activation
-    )
+    outputs = classifier_head(x, num_classes, weight_decay, classifier_activation)
     return keras.Model(inputs, outputs, name=name or f"resnet{depth}")
 
 
@@ -153,12 +152,14 @@ def preact_resnet18(
         for block in range(2):
             strides = 2 if stage > 0 and block == 0 else 1
             x = preact_block(
-                x, filters, strides, batchnorm, weight_decay,
+                x,
+                filters,
+                strides,
+                batchnorm,
+                weight_decay,
                 prefix=f"stage{stage + 1}_block{block + 1}",
             )
     x = norm(x, batchnorm, name="final_bn")
     x = relu(x, name="final_relu")
-    outputs = classifier_head(
-        x, num_classes, weight_decay, classifier_activation
-    )
+    outputs = classifier_head(x, num_classes, weight_decay, classifier_activation)
     return keras.Model(inputs, outputs, name=name)

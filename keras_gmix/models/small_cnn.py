@@ -41,9 +41,7 @@ def small_cnn(
     """
     input_shape = check_common_args(num_classes, input_shape, weight_decay)
     if not isinstance(width, int) or width < 1:
-        raise ValueError(
-            f"`width` must be a positive integer. Received: width={width!r}"
-        )
+        raise ValueError(f"`width` must be a positive integer. Received: width={width!r}")
     inputs = keras.Input(shape=input_shape, name="images")
     x = inputs
     for stage, filters in enumerate((width, 2 * width)):
@@ -52,10 +50,6 @@ def small_cnn(
             x = conv(x, filters, 3, 1, weight_decay, name=f"{prefix}_conv")
             x = norm(x, batchnorm, name=f"{prefix}_bn")
             x = relu(x, name=f"{prefix}_relu")
-        x = keras.layers.MaxPooling2D(
-            2, padding="same", name=f"stage{stage + 1}_pool"
-        )(x)
-    outputs = classifier_head(
-        x, num_classes, weight_decay, classifier_activation
-    )
+        x = keras.layers.MaxPooling2D(2, padding="same", name=f"stage{stage + 1}_pool")(x)
+    outputs = classifier_head(x, num_classes, weight_decay, classifier_activation)
     return keras.Model(inputs, outputs, name=name)

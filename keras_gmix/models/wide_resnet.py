@@ -54,17 +54,13 @@ def wide_resnet(
     input_shape = check_common_args(num_classes, input_shape, weight_decay)
     if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
         raise ValueError(
-            "`depth` must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...). "
-            f"Received: depth={depth!r}"
+            f"`depth` must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...). Received: depth={depth!r}"
         )
     if not isinstance(width, int) or width < 1:
-        raise ValueError(
-            f"`width` must be a positive integer. Received: width={width!r}"
-        )
+        raise ValueError(f"`width` must be a positive integer. Received: width={width!r}")
     if not 0.0 <= dropout_rate < 1.0:
         raise ValueError(
-            "`dropout_rate` must be in [0, 1). "
-            f"Received: dropout_rate={dropout_rate!r}"
+            f"`dropout_rate` must be in [0, 1). Received: dropout_rate={dropout_rate!r}"
         )
     n = (depth - 4) // 6
     inputs = keras.Input(shape=input_shape, name="images")
@@ -73,13 +69,15 @@ def wide_resnet(
         for block in range(n):
             strides = 2 if stage > 0 and block == 0 else 1
             x = preact_block(
-                x, filters, strides, batchnorm, weight_decay,
+                x,
+                filters,
+                strides,
+                batchnorm,
+                weight_decay,
                 prefix=f"stage{stage + 1}_block{block + 1}",
                 dropout_rate=dropout_rate,
             )
     x = norm(x, batchnorm, name="final_bn")
     x = relu(x, name="final_relu")
-    outputs = classifier_head(
-        x, num_classes, weight_decay, classifier_activation
-    )
+    outputs = classifier_head(x, num_classes, weight_decay, classifier_activation)
     return keras.Model(inputs, outputs, name=name or f"wrn{depth}_{width}")

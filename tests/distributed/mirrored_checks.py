@@ -43,7 +43,9 @@ def mlp(seed=0, batchnorm=False, dropout=False):
 def train(strategy, method, epochs=2, lr=0.5, batchnorm=False, dropout=False, n=64, **kwargs):
     x, y = data(n)
     with strategy.scope():
-        model = kg.GMixModel(mlp(batchnorm=batchnorm, dropout=dropout), method=method, seed=3, **kwargs)
+        model = kg.GMixModel(
+            mlp(batchnorm=batchnorm, dropout=dropout), method=method, seed=3, **kwargs
+        )
         model.compile(optimizer=keras.optimizers.SGD(lr), loss=LOSS)
     history = model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=epochs, verbose=0, shuffle=False)
     return model, history.history
@@ -139,25 +141,48 @@ def schedule_on_replicas(mirrored):
     holds the same v, formed from the replicas' mean update u and plain
     gradient g; every replica makes the same full/cheap choice."""
     x, y = data(GLOBAL_BATCH)
-    model, _ = train(mirrored, "dgmix", epochs=1, lr=1.0, n=GLOBAL_BATCH, perturb_every=2, reuse_scale=0.3)
+    model, _ = train(
+        mirrored, "dgmix", epochs=1, lr=1.0, n=GLOBAL_BATCH, perturb_every=2, reuse_scale=0.3
+    )
     reference = mlp()
     updates, plains = [], []
     for replica in range(2):
         half = slice(replica * GLOBAL_BATCH // 2, (replica + 1) * GLOBAL_BATCH // 2)
         seed = model.mixing_seed(tf.constant(1, tf.int64), replica=replica)
         x_r, y_r, _, _ = model.mix_data(x[half], tf.one_hot(y[half], C), None, seed)
-        updates.append(np.concatenate([g.numpy().ravel() for g in kg.update_gradients(reference, x_r, y_r, loss=LOSS, method="dgmix")[0]]))
-        plains.append(np.concatenate([g.numpy().ravel() for g in kg.update_gradients(reference, x_r, y_r, loss=LOSS, method="mixup")[0]]))
+        updates.append(
+            np.concatenate(
+                [
+                    g.numpy().ravel()
+                    for g in kg.update_gradients(reference, x_r, y_r, loss=LOSS, method="dgmix")[0]
+                ]
+            )
+        )
+        plains.append(
+            np.concatenate(
+                [
+                    g.numpy().ravel()
+                    for g in kg.update_gradients(reference, x_r, y_r, loss=LOSS, method="mixup")[0]
+                ]
+            )
+        )
     u, g = np.mean(updates, axis=0), np.mean(plains, axis=0)
     expected_v = u - (u @ g) / (g @ g) * g
     local_v = [
-        np.concatenate([mirrored.experimental_local_results(d.value)[replica].numpy().ravel() for d in model.reuse_direction])
+        np.concatenate(
+            [
+                mirrored.experimental_local_results(d.value)[replica].numpy().ravel()
+                for d in model.reuse_direction
+            ]
+        )
         for replica in range(2)
     ]
     # The random schedule: the logged full_step of a single step is 0 or 1
     # only if both replicas chose alike; it must be the (seed, t) draw.
     with mirrored.scope():
-        random_model = kg.GMixModel(mlp(), method="gmix", seed=3, perturb_probability=0.5, reuse_scale=0.3)
+        random_model = kg.GMixModel(
+            mlp(), method="gmix", seed=3, perturb_probability=0.5, reuse_scale=0.3
+        )
         random_model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
     logged = [random_model.train_on_batch(x, y, return_dict=True)["full_step"] for _ in range(8)]
     drawn = [float(perturb_schedule.is_full_step(t, 3, perturb_probability=0.5)) for t in range(8)]
@@ -175,7 +200,9 @@ def main():
     results = {
         "replicas": mirrored.num_replicas_in_sync,
         "sync_sam": sync_sam_matches_one_device(mirrored),
-        "per_replica": {m: per_replica_update_is_mean_of_halves(mirrored, m) for m in ("sam", "dgmix")},
+        "per_replica": {
+            m: per_replica_update_is_mean_of_halves(mirrored, m) for m in ("sam", "dgmix")
+        },
         "draws": replicas_draw_different_mixes(mirrored),
         "logs": every_method_runs(mirrored),
         "jit_gradients": jit_gradients_match_graph(mirrored),

@@ -39,9 +39,14 @@ def make_data():
 
 def make_model(method, sync):
     keras.utils.set_random_seed(0)
-    inner = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)])
+    inner = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)]
+    )
     model = kg.GMixModel(inner, method=method, sync_perturbation=sync, seed=1)
-    model.compile(optimizer=keras.optimizers.SGD(0.5), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.5),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     return model
 
 
@@ -69,20 +74,30 @@ def main():
     task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
     if args.die_before_commit and task == 1:
         # Before the backup in the list: Keras calls callbacks in order.
-        callbacks.append(keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: epoch + 1 == args.die_before_commit and os._exit(3)
-        ))
+        callbacks.append(
+            keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda epoch, logs: epoch + 1 == args.die_before_commit and os._exit(3)
+            )
+        )
     if args.backup:
         # One folder per worker, as on separate machines: BackupAndRestore
         # does not coordinate workers that share a folder.
         callbacks.append(kg.checkpoint.BackupAndRestore(os.path.join(args.backup, f"worker{task}")))
     if args.step_seconds:
-        callbacks.append(keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: time.sleep(args.step_seconds)))
+        callbacks.append(
+            keras.callbacks.LambdaCallback(
+                on_train_batch_end=lambda batch, logs: time.sleep(args.step_seconds)
+            )
+        )
     epochs_run = []
-    callbacks.append(keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: epochs_run.append(epoch)))
+    callbacks.append(
+        keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: epochs_run.append(epoch))
+    )
     history = model.fit(dataset, epochs=args.epochs, verbose=0, callbacks=callbacks)
     history.history["epochs_run"] = epochs_run
-    np.savez(args.output, *[w.numpy() for w in model.inner.weights], history=json.dumps(history.history))
+    np.savez(
+        args.output, *[w.numpy() for w in model.inner.weights], history=json.dumps(history.history)
+    )
 
 
 if __name__ == "__main__":

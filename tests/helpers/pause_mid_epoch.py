@@ -34,7 +34,9 @@ class PauseAt(keras.callbacks.Callback):
 def main():
     pause = PauseAt(int(sys.argv[1]), int(sys.argv[2]))
     run = train.run
-    train.run = lambda config, callbacks=None: run(config, callbacks=[pause] + list(callbacks or []))
+    train.run = lambda config, callbacks=None: run(
+        config, callbacks=[pause] + list(callbacks or [])
+    )
     cli.train_main(sys.argv[3:])
     sys.exit("pause_mid_epoch: the run ended before the pause")
 
