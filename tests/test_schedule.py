@@ -86,6 +86,23 @@ def test_numpy_integers_and_floats_are_accepted():
     assert model.scheduled
 
 
+def test_reuse_arithmetic_limits():
+    """v = u when g == 0; a cheap step is just g while nothing is stored; and
+    otherwise the added part is orthogonal to g with norm reuse_scale * ||g||."""
+    u = [tf.constant([1.0, 2.0]), tf.constant([3.0])]
+    zero = [tf.zeros([2]), tf.zeros([1])]
+    for got, want in zip(perturb_schedule.orthogonal_part(u, zero), u):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    g = [tf.constant([0.5, -1.0]), tf.constant([2.0])]
+    for got, want in zip(perturb_schedule.reuse_update(g, zero, 0.7), g):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    v = perturb_schedule.orthogonal_part(u, g)
+    flat = lambda ts: np.concatenate([t.numpy().ravel() for t in ts])  # noqa: E731
+    assert abs(flat(v) @ flat(g)) < 1e-5
+    added = flat(perturb_schedule.reuse_update(g, v, 0.7)) - flat(g)
+    np.testing.assert_allclose(np.linalg.norm(added), 0.7 * np.linalg.norm(flat(g)), rtol=1e-6)
+
+
 # -- what a step computes -------------------------------------------------------
 
 
