@@ -770,9 +770,20 @@ class GMixModel(keras.Model):
         )
         batch_size = tf.shape(tf.nest.flatten(y_one_hot)[0])[0]
         self.record_step(result, finite, fault, x, y_metric, batch_size, sample_weight, full)
-        logs = self.get_metrics_result()
+        return self._distributable_logs(self.get_metrics_result())
+
+    def get_metrics_result(self):
+        """Keras' metric results without the internal `soft_labels` count.
+
+        Dropped here, not from the step's logs alone: at the end of an epoch
+        Keras reads `get_metrics_result()` (the metrics summed over replicas)
+        only when its keys equal the step's logs; otherwise it keeps the last
+        step's logs, averaged over replicas, which halves a Sum such as
+        `skipped_steps` on two replicas.
+        """
+        logs = super().get_metrics_result()
         logs.pop("soft_labels", None)
-        return self._distributable_logs(logs)
+        return logs
 
 
 def _is_shape(value):
