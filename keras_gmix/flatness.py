@@ -24,7 +24,6 @@ value, only memory use and speed.
 """
 
 import dataclasses
-import inspect
 import math
 
 import keras
@@ -249,14 +248,6 @@ def _resolve_loss(loss):
     )
 
 
-def _accepts_training(layer):
-    try:
-        params = inspect.signature(layer.call).parameters
-    except (TypeError, ValueError):
-        return True
-    return "training" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
-
-
 def _as_batches(data, batch_size):
     if isinstance(data, tf.data.Dataset):
         return data
@@ -290,7 +281,7 @@ class _Objective:
         self.dtype = self.w.dtype
         self.loss_fn = _resolve_loss(loss)
         self.dataset = _as_batches(data, batch_size)
-        self.call_kwargs = {"training": False} if _accepts_training(self.network) else {}
+        self.call_kwargs = {"training": False} if checks.call_takes_training(self.network) else {}
 
     def _batches(self):
         for batch in self.dataset:
