@@ -32,6 +32,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_gmix import checks
+from keras_gmix import losses as losses_lib
 
 NORMALIZATIONS = ("filter", None)
 
@@ -233,21 +234,6 @@ def _unit(v):
 # The objective L(w), evaluated statelessly
 
 
-def _resolve_loss(loss):
-    if isinstance(loss, keras.losses.Loss):
-        # `Loss.call` gives the unreduced per-example values, so the mean over
-        # the data is exact whatever `reduction` the object was built with.
-        return loss.call
-    if isinstance(loss, (str, dict)):
-        return keras.losses.get(loss)
-    if callable(loss):
-        return loss
-    raise ValueError(
-        "`loss` must be a keras.losses.Loss, a loss name or a callable "
-        f"loss(y_true, y_pred). Received: loss={loss!r}"
-    )
-
-
 def _as_batches(data, batch_size):
     if isinstance(data, tf.data.Dataset):
         return data
@@ -279,7 +265,9 @@ class _Objective:
         self.non_trainable = [tf.identity(v.value) for v in self.network.non_trainable_variables]
         self.w = flatten(self.values)
         self.dtype = self.w.dtype
-        self.loss_fn = _resolve_loss(loss)
+        # The mean over the data of the unreduced values is exact whatever
+        # `reduction` a Loss object was built with.
+        self.loss_fn = losses_lib.unreduced_loss(loss)
         self.dataset = _as_batches(data, batch_size)
         self.call_kwargs = {"training": False} if checks.call_takes_training(self.network) else {}
 
