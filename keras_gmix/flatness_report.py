@@ -28,18 +28,6 @@ from keras_gmix import checks
 from keras_gmix import records
 from keras_gmix.flatness import measure_flatness
 
-# The settings of a run's config.json that decide its data and preprocessing.
-DATA_KEYS = (
-    "dataset",
-    "test_dataset",
-    "data_dir",
-    "download",
-    "train_fraction",
-    "train_size",
-    "image_size",
-    "seed",
-)
-
 
 # ---------------------------------------------------------------------------
 # Saved models and their data
@@ -132,14 +120,18 @@ def load_examples(
         raise ValueError(f"`split` must be 'train' or 'test'. Received: split={split!r}")
     examples = checks.check_number("examples", examples, low=1, integer=True)
     splits = data_lib.load_dataset(
-        dataset,
-        data_dir=data_dir,
-        download=download,
-        train_fraction=train_fraction,
-        train_size=train_size,
-        seed=seed,
-        **({"image_size": image_size} if image_size is not None else {}),
-        **({"test_dataset": test_dataset} if test_dataset is not None else {}),
+        **data_lib.data_arguments(
+            dict(
+                dataset=dataset,
+                test_dataset=test_dataset,
+                data_dir=data_dir,
+                download=download,
+                train_fraction=train_fraction,
+                train_size=train_size,
+                image_size=image_size,
+                seed=seed,
+            )
+        )
     )
     x = getattr(splits, f"x_{split}")[:examples]
     y = getattr(splits, f"y_{split}")[:examples]
@@ -282,6 +274,8 @@ def report(
                 f"No --dataset given and no config.json beside {model_paths[0]}: "
                 "name the data set the models were trained on."
             )
+        from keras_gmix.data import DATA_KEYS
+
         data_settings = {
             k: first_config.get(k) for k in DATA_KEYS if first_config.get(k) is not None
         }
