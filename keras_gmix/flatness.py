@@ -25,6 +25,7 @@ value, only memory use and speed.
 
 import dataclasses
 import math
+import types
 
 import keras
 import numpy as np
@@ -698,18 +699,39 @@ def loss_landscape(
 # One record of all measures
 
 
+# The settings of `measure_flatness` and their defaults, defined once:
+# `measure_flatness` and `gmix-flatness` (on saved models) use them as they are.
+FLATNESS_DEFAULTS = types.MappingProxyType(
+    dict(
+        rho=0.05,
+        eigenvalue_iters=20,
+        sharpness_steps=10,
+        trace_samples=0,
+        landscape_points=21,
+        landscape_span=1.0,
+        seed=0,
+        batch_size=256,
+    )
+)
+# `FlatnessMonitor` measures again every few epochs during training: fewer
+# power iterations and ascent steps, the rest as above.
+MONITOR_FLATNESS_DEFAULTS = types.MappingProxyType(
+    {**FLATNESS_DEFAULTS, "eigenvalue_iters": 10, "sharpness_steps": 5}
+)
+
+
 def measure_flatness(
     model,
     data,
     loss,
-    rho=0.05,
-    eigenvalue_iters=20,
-    sharpness_steps=10,
-    trace_samples=0,
-    landscape_points=21,
-    landscape_span=1.0,
-    seed=0,
-    batch_size=256,
+    rho=FLATNESS_DEFAULTS["rho"],
+    eigenvalue_iters=FLATNESS_DEFAULTS["eigenvalue_iters"],
+    sharpness_steps=FLATNESS_DEFAULTS["sharpness_steps"],
+    trace_samples=FLATNESS_DEFAULTS["trace_samples"],
+    landscape_points=FLATNESS_DEFAULTS["landscape_points"],
+    landscape_span=FLATNESS_DEFAULTS["landscape_span"],
+    seed=FLATNESS_DEFAULTS["seed"],
+    batch_size=FLATNESS_DEFAULTS["batch_size"],
 ):
     """The flatness measures of a model at its current weights, as one record.
 

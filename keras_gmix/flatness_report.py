@@ -16,7 +16,6 @@ that `gmix-train` wrote beside the first model, and are preprocessed as
 
 import dataclasses
 import json
-import inspect
 import math
 import os
 import time
@@ -26,19 +25,12 @@ import numpy as np
 
 from keras_gmix import checks
 from keras_gmix import records
+from keras_gmix.flatness import FLATNESS_DEFAULTS
 from keras_gmix.flatness import measure_flatness
 
 
 # ---------------------------------------------------------------------------
 # Saved models and their data
-
-
-# The measures' settings and defaults, read from measure_flatness itself.
-MEASURE_DEFAULTS = {
-    name: parameter.default
-    for name, parameter in inspect.signature(measure_flatness).parameters.items()
-    if parameter.default is not inspect.Parameter.empty
-}
 
 
 def model_label(path):
@@ -257,10 +249,10 @@ def report(
 
     if not model_paths:
         raise ValueError("Give at least one saved model (.keras file).")
-    unknown = sorted(set(measure_kwargs) - set(MEASURE_DEFAULTS))
+    unknown = sorted(set(measure_kwargs) - set(FLATNESS_DEFAULTS))
     if unknown:
-        raise ValueError(f"Unknown measure settings {unknown}; valid: {sorted(MEASURE_DEFAULTS)}")
-    settings = {**MEASURE_DEFAULTS, **measure_kwargs}
+        raise ValueError(f"Unknown measure settings {unknown}; valid: {sorted(FLATNESS_DEFAULTS)}")
+    settings = {**FLATNESS_DEFAULTS, **measure_kwargs}
     model_paths = [os.fspath(p) for p in model_paths]
     for path in model_paths:
         if not os.path.exists(path):
