@@ -63,7 +63,6 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
-METHODS = ("erm", "mixup", "sam", "gmix", "bgmix", "dgmix")
 MODELS = ("small_cnn", "resnet8", "resnet20", "preact_resnet18")
 KERAS_FIT = "keras fit"
 NAIVE_SAM = "naive sam"
@@ -78,14 +77,36 @@ ISSUE9_LIMITS = {"sam": 2.05, "gmix": 2.05, "bgmix": 2.5, "dgmix": 2.5}
 ISSUE19_LIMITS = {"gmix:k5": 1.25, "dgmix:k5": 1.35}
 
 
+def known_methods():
+    """`keras_gmix.gradients.METHODS`, imported on first use.
+
+    Importing keras_gmix loads TensorFlow, which must wait until
+    `set_environment` has chosen the CPU allocator; `--help` and `--report`
+    stay fast without it.
+    """
+    if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+    from keras_gmix.gradients import METHODS
+
+    return METHODS
+
+
+def set_environment(args):
+    """The TensorFlow settings that must precede its import."""
+    if args.allocator == "bfc":
+        os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
 def parse_method(spec):
     """`"gmix:k5"` -> ("gmix", 5); `"gmix"` -> ("gmix", 1)."""
     name, _, schedule = spec.partition(":")
-    if name not in METHODS or (
+    methods = known_methods()
+    if name not in methods or (
         schedule and not (schedule.startswith("k") and schedule[1:].isdigit())
     ):
         raise ValueError(
-            f"unknown method {spec!r}; choose from {METHODS}, optionally with ':kK' (e.g. gmix:k5)"
+            f"unknown method {spec!r}; choose from {methods}, optionally with ':kK' (e.g. gmix:k5)"
         )
     return name, int(schedule[1:]) if schedule else 1
 
@@ -112,7 +133,11 @@ def parse_args(argv=None):
         help="untimed steps after the first fit step (which traces, compiles and runs "
         "one step; the timing iterator reuses its function) (default: %(default)s)",
     )
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated methods (default: all of keras_gmix.gradients.METHODS)",
+    )
     parser.add_argument("--jit", default="off,on", help="off, on, or off,on")
     parser.add_argument("--bn", default="stock,fused", help="stock, fused, or stock,fused")
     parser.add_argument(
@@ -158,13 +183,18 @@ def parse_args(argv=None):
         "models or settings, measured by an earlier run) and write the union",
     )
     args = parser.parse_args(argv)
-    args.method_list = [m for m in args.methods.split(",") if m]
+    if args.report:  # the report reads OUTPUT.json: no methods to check, no TensorFlow
+        args.method_list = []
+    else:
+        set_environment(args)
+        methods = args.methods if args.methods is not None else ",".join(known_methods())
+        args.method_list = [m for m in methods.split(",") if m]
     for method in args.method_list:
         try:
             parse_method(method)
         except ValueError as error:
             parser.error(str(error))
-    if "erm" not in args.method_list:
+    if not args.report and "erm" not in args.method_list:
         parser.error("--methods must include erm (the reference of every ratio)")
     args.jit_list = [{"off": False, "on": True}[j] for j in args.jit.split(",") if j]
     args.bn_list = [b for b in args.bn.split(",") if b]
@@ -760,9 +790,6 @@ def main(argv=None):
         )
         print(f"wrote {args.output}.md and {args.output}.json")
         return
-    if args.allocator == "bfc":
-        os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, REPO)
     load_before = load_average()
     total_start = time.perf_counter()

@@ -302,8 +302,11 @@ class FlatnessMonitor(keras.callbacks.Callback):
         loss: the loss to measure; None uses the model's compiled loss.
             Defaults to `None`.
         rho: radius of the rho-sharpness ball. Defaults to `0.05`.
-        eigenvalue_iters: power iterations. Defaults to `10`.
-        sharpness_steps: ascent steps of rho-sharpness. Defaults to `5`.
+        eigenvalue_iters: power iterations. Defaults to `10`
+            (`flatness.MONITOR_FLATNESS_DEFAULTS`: fewer than
+            `measure_flatness`'s 20, as it measures every few epochs).
+        sharpness_steps: ascent steps of rho-sharpness. Defaults to `5`
+            (likewise, against 10).
         trace_samples: Hutchinson samples; 0 skips the trace. Defaults to `0`.
         landscape_points: points of the 1D landscape. Defaults to `21`.
         landscape_span: the landscape spans [-span, span]. Defaults to `1.0`.
@@ -329,14 +332,14 @@ class FlatnessMonitor(keras.callbacks.Callback):
         log_dir=None,
         plot_dir=None,
         loss=None,
-        rho=0.05,
-        eigenvalue_iters=10,
-        sharpness_steps=5,
-        trace_samples=0,
-        landscape_points=21,
-        landscape_span=1.0,
-        seed=0,
-        batch_size=256,
+        rho=flatness.MONITOR_FLATNESS_DEFAULTS["rho"],
+        eigenvalue_iters=flatness.MONITOR_FLATNESS_DEFAULTS["eigenvalue_iters"],
+        sharpness_steps=flatness.MONITOR_FLATNESS_DEFAULTS["sharpness_steps"],
+        trace_samples=flatness.MONITOR_FLATNESS_DEFAULTS["trace_samples"],
+        landscape_points=flatness.MONITOR_FLATNESS_DEFAULTS["landscape_points"],
+        landscape_span=flatness.MONITOR_FLATNESS_DEFAULTS["landscape_span"],
+        seed=flatness.MONITOR_FLATNESS_DEFAULTS["seed"],
+        batch_size=flatness.MONITOR_FLATNESS_DEFAULTS["batch_size"],
     ):
         super().__init__()
         every = checks.check_number("every", every, low=1, integer=True)

@@ -9,6 +9,7 @@ non-finite loss or gradient skips the step, see GMixModel), so the data is
 never read twice.
 """
 
+import inspect
 import math
 import numbers
 
@@ -184,6 +185,21 @@ def check_labels(y, num_classes):
             )
         if not np.all(np.isfinite(y)):
             raise ValueError("The labels hold NaN or inf values.")
+
+
+def call_takes_training(layer):
+    """Whether `layer.call` accepts a `training` argument.
+
+    Not every subclassed model's `call` does; `**kwargs` counts as taking it,
+    and so does a `call` whose signature cannot be read.
+    """
+    try:
+        parameters = inspect.signature(layer.call).parameters
+    except (TypeError, ValueError):
+        return True
+    return "training" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
 
 
 def check_output_shape(shape):

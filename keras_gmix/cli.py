@@ -225,7 +225,7 @@ def flatness_parser():
         default=None,
         help="Folder of the table and figures. Default: runs/flatness-<time>.",
     )
-    defaults = fr.MEASURE_DEFAULTS
+    defaults = fr.FLATNESS_DEFAULTS
     parser.add_argument(
         "--rho",
         type=float,

@@ -24,8 +24,8 @@ value, only memory use and speed.
 """
 
 import dataclasses
-import inspect
 import math
+import types
 
 import keras
 import numpy as np
@@ -33,6 +33,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_gmix import checks
+from keras_gmix import losses as losses_lib
 
 NORMALIZATIONS = ("filter", None)
 
@@ -234,29 +235,6 @@ def _unit(v):
 # The objective L(w), evaluated statelessly
 
 
-def _resolve_loss(loss):
-    if isinstance(loss, keras.losses.Loss):
-        # `Loss.call` gives the unreduced per-example values, so the mean over
-        # the data is exact whatever `reduction` the object was built with.
-        return loss.call
-    if isinstance(loss, (str, dict)):
-        return keras.losses.get(loss)
-    if callable(loss):
-        return loss
-    raise ValueError(
-        "`loss` must be a keras.losses.Loss, a loss name or a callable "
-        f"loss(y_true, y_pred). Received: loss={loss!r}"
-    )
-
-
-def _accepts_training(layer):
-    try:
-        params = inspect.signature(layer.call).parameters
-    except (TypeError, ValueError):
-        return True
-    return "training" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
-
-
 def _as_batches(data, batch_size):
     if isinstance(data, tf.data.Dataset):
         return data
@@ -288,9 +266,11 @@ class _Objective:
         self.non_trainable = [tf.identity(v.value) for v in self.network.non_trainable_variables]
         self.w = flatten(self.values)
         self.dtype = self.w.dtype
-        self.loss_fn = _resolve_loss(loss)
+        # The mean over the data of the unreduced values is exact whatever
+        # `reduction` a Loss object was built with.
+        self.loss_fn = losses_lib.unreduced_loss(loss)
         self.dataset = _as_batches(data, batch_size)
-        self.call_kwargs = {"training": False} if _accepts_training(self.network) else {}
+        self.call_kwargs = {"training": False} if checks.call_takes_training(self.network) else {}
 
     def _batches(self):
         for batch in self.dataset:
@@ -719,18 +699,39 @@ def loss_landscape(
 # One record of all measures
 
 
+# The settings of `measure_flatness` and their defaults, defined once:
+# `measure_flatness` and `gmix-flatness` (on saved models) use them as they are.
+FLATNESS_DEFAULTS = types.MappingProxyType(
+    dict(
+        rho=0.05,
+        eigenvalue_iters=20,
+        sharpness_steps=10,
+        trace_samples=0,
+        landscape_points=21,
+        landscape_span=1.0,
+        seed=0,
+        batch_size=256,
+    )
+)
+# `FlatnessMonitor` measures again every few epochs during training: fewer
+# power iterations and ascent steps, the rest as above.
+MONITOR_FLATNESS_DEFAULTS = types.MappingProxyType(
+    {**FLATNESS_DEFAULTS, "eigenvalue_iters": 10, "sharpness_steps": 5}
+)
+
+
 def measure_flatness(
     model,
     data,
     loss,
-    rho=0.05,
-    eigenvalue_iters=20,
-    sharpness_steps=10,
-    trace_samples=0,
-    landscape_points=21,
-    landscape_span=1.0,
-    seed=0,
-    batch_size=256,
+    rho=FLATNESS_DEFAULTS["rho"],
+    eigenvalue_iters=FLATNESS_DEFAULTS["eigenvalue_iters"],
+    sharpness_steps=FLATNESS_DEFAULTS["sharpness_steps"],
+    trace_samples=FLATNESS_DEFAULTS["trace_samples"],
+    landscape_points=FLATNESS_DEFAULTS["landscape_points"],
+    landscape_span=FLATNESS_DEFAULTS["landscape_span"],
+    seed=FLATNESS_DEFAULTS["seed"],
+    batch_size=FLATNESS_DEFAULTS["batch_size"],
 ):
     """The flatness measures of a model at its current weights, as one record.
 

@@ -16,7 +16,6 @@ that `gmix-train` wrote beside the first model, and are preprocessed as
 
 import dataclasses
 import json
-import inspect
 import math
 import os
 import time
@@ -26,31 +25,12 @@ import numpy as np
 
 from keras_gmix import checks
 from keras_gmix import records
+from keras_gmix.flatness import FLATNESS_DEFAULTS
 from keras_gmix.flatness import measure_flatness
-
-# The settings of a run's config.json that decide its data and preprocessing.
-DATA_KEYS = (
-    "dataset",
-    "test_dataset",
-    "data_dir",
-    "download",
-    "train_fraction",
-    "train_size",
-    "image_size",
-    "seed",
-)
 
 
 # ---------------------------------------------------------------------------
 # Saved models and their data
-
-
-# The measures' settings and defaults, read from measure_flatness itself.
-MEASURE_DEFAULTS = {
-    name: parameter.default
-    for name, parameter in inspect.signature(measure_flatness).parameters.items()
-    if parameter.default is not inspect.Parameter.empty
-}
 
 
 def model_label(path):
@@ -132,14 +112,18 @@ def load_examples(
         raise ValueError(f"`split` must be 'train' or 'test'. Received: split={split!r}")
     examples = checks.check_number("examples", examples, low=1, integer=True)
     splits = data_lib.load_dataset(
-        dataset,
-        data_dir=data_dir,
-        download=download,
-        train_fraction=train_fraction,
-        train_size=train_size,
-        seed=seed,
-        **({"image_size": image_size} if image_size is not None else {}),
-        **({"test_dataset": test_dataset} if test_dataset is not None else {}),
+        **data_lib.data_arguments(
+            dict(
+                dataset=dataset,
+                test_dataset=test_dataset,
+                data_dir=data_dir,
+                download=download,
+                train_fraction=train_fraction,
+                train_size=train_size,
+                image_size=image_size,
+                seed=seed,
+            )
+        )
     )
     x = getattr(splits, f"x_{split}")[:examples]
     y = getattr(splits, f"y_{split}")[:examples]
@@ -265,10 +249,10 @@ def report(
 
     if not model_paths:
         raise ValueError("Give at least one saved model (.keras file).")
-    unknown = sorted(set(measure_kwargs) - set(MEASURE_DEFAULTS))
+    unknown = sorted(set(measure_kwargs) - set(FLATNESS_DEFAULTS))
     if unknown:
-        raise ValueError(f"Unknown measure settings {unknown}; valid: {sorted(MEASURE_DEFAULTS)}")
-    settings = {**MEASURE_DEFAULTS, **measure_kwargs}
+        raise ValueError(f"Unknown measure settings {unknown}; valid: {sorted(FLATNESS_DEFAULTS)}")
+    settings = {**FLATNESS_DEFAULTS, **measure_kwargs}
     model_paths = [os.fspath(p) for p in model_paths]
     for path in model_paths:
         if not os.path.exists(path):
@@ -282,6 +266,8 @@ def report(
                 f"No --dataset given and no config.json beside {model_paths[0]}: "
                 "name the data set the models were trained on."
             )
+        from keras_gmix.data import DATA_KEYS
+
         data_settings = {
             k: first_config.get(k) for k in DATA_KEYS if first_config.get(k) is not None
         }

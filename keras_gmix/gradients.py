@@ -24,7 +24,6 @@ bgmix/dgmix 2F + 3B, the third backward pass running through the first
 forward pass again (its tape is kept) for the flat subset.
 """
 
-import inspect
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -76,15 +75,6 @@ class StepResult(NamedTuple):
 
 def _identity(value):
     return value
-
-
-def _training_kwargs(inner):
-    """`{"training": True}` if the model's `call` takes it (not every subclassed model does)."""
-    parameters = inspect.signature(inner.call).parameters
-    takes_training = "training" in parameters or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
-    )
-    return {"training": True} if takes_training else {}
 
 
 def _per_example(loss_fn, y, y_pred, sample_weight):
@@ -156,7 +146,7 @@ def compute_update(
         state = [tf.convert_to_tensor(v) for v in inner.non_trainable_variables]
     # y is one label tensor, or a list of them for a model of several outputs.
     n = tf.cast(tf.shape(tf.nest.flatten(y)[0])[0], tf.float32)
-    training = _training_kwargs(inner)
+    training = {"training": True} if checks.call_takes_training(inner) else {}
 
     # Forward pass 1, at w. Its tape is kept (persistent) when more than one
     # gradient is taken through it: the ascent direction, the regularizers,

@@ -11,10 +11,41 @@ import keras
 import tensorflow as tf
 
 
-def _resolve(loss):
-    """The loss as a Keras `Loss` object or a function, sparse ones converted."""
-    if isinstance(loss, str):
+def resolve_loss(loss):
+    """The loss as a `keras.losses.Loss` object or a function.
+
+    Args:
+        loss: a Keras loss name (or serialized config), looked up with
+            `keras.losses.get`; a `keras.losses.Loss`; or a function
+            `loss(y_true, y_pred)`.
+
+    Returns:
+        The `keras.losses.Loss` object or the function.
+    """
+    if isinstance(loss, (str, dict)):
         loss = keras.losses.get(loss)
+    if isinstance(loss, keras.losses.Loss) or callable(loss):
+        return loss
+    raise ValueError(
+        "`loss` must be a Keras loss name, a `keras.losses.Loss` or a function "
+        "`loss(y_true, y_pred)` (one per output of a model with several). "
+        f"Received: loss={loss!r}"
+    )
+
+
+def unreduced_loss(loss):
+    """`fn(y_true, y_pred)` giving the unreduced values of `loss` (as `resolve_loss` reads it).
+
+    `Loss.call` is the unreduced loss whatever `reduction` the object was
+    built with; `__call__` would reduce it.
+    """
+    loss = resolve_loss(loss)
+    return loss.call if isinstance(loss, keras.losses.Loss) else loss
+
+
+def _on_one_hot(loss):
+    """The resolved loss, sparse cross-entropy converted to its one-hot form."""
+    loss = resolve_loss(loss)
     if isinstance(loss, keras.losses.SparseCategoricalCrossentropy):
         config = loss.get_config()
         if config.get("ignore_class") is not None:
@@ -28,20 +59,12 @@ def _resolve(loss):
         )
     if loss is keras.losses.sparse_categorical_crossentropy:
         return keras.losses.categorical_crossentropy
-    if isinstance(loss, keras.losses.Loss) or callable(loss):
-        return loss
-    raise ValueError(
-        "GMixModel needs a loss per output: a Keras loss name, "
-        "a `keras.losses.Loss` or a function `loss(y_true, y_pred)`. "
-        f"Received: loss={loss!r}"
-    )
+    return loss
 
 
 def _unreduced(loss):
-    """`fn(y_true, y_pred) -> [n]` of one output's resolved loss."""
-    loss = _resolve(loss)
-    # `Loss.call` is the unreduced loss; `__call__` would reduce it.
-    unreduced = loss.call if isinstance(loss, keras.losses.Loss) else loss
+    """`fn(y_true, y_pred) -> [n]` of one output's loss, on one-hot labels."""
+    unreduced = unreduced_loss(_on_one_hot(loss))
 
     def fn(y_true, y_pred):
         y_true = tf.cast(y_true, tf.float32)
@@ -144,8 +167,9 @@ def per_example_loss(loss, output_names=None, loss_weights=None):
 
 def is_sparse_loss(loss):
     """True if `loss` expects integer class ids rather than one-hot labels."""
-    if isinstance(loss, str):
-        loss = keras.losses.get(loss)
+    if loss is None:  # an output that is not trained
+        return False
+    loss = resolve_loss(loss)
     return isinstance(loss, keras.losses.SparseCategoricalCrossentropy) or (
         loss is keras.losses.sparse_categorical_crossentropy
     )

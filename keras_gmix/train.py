@@ -712,16 +712,7 @@ def fit_and_evaluate(
 
 
 def _run(config, output, backup_dir, results_path, strategy, extra_callbacks):
-    splits = data_lib.load_dataset(
-        config.dataset,
-        data_dir=config.data_dir,
-        download=config.download,
-        train_fraction=config.train_fraction,
-        train_size=config.train_size,
-        seed=config.seed,
-        **({"image_size": config.image_size} if config.image_size is not None else {}),
-        **({"test_dataset": config.test_dataset} if config.test_dataset is not None else {}),
-    )
+    splits = data_lib.load_dataset(**data_lib.data_arguments(config))
 
     # The stream of epochs starts where the backup ends, so that a resumed
     # run's epoch k has the shuffling and augmentation of epoch k.

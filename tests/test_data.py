@@ -562,3 +562,12 @@ def test_folder_images_stream_from_disk_every_epoch(tmp_path):
         second, _ = next(iter(ds))
         assert float(np.max(second)) == 0.0
         write_digit_folder(str(tmp_path / "train"), per_class=5)  # restore
+
+
+def test_data_arguments_from_a_config_or_its_json():
+    from keras_gmix.train import TrainConfig
+
+    config = TrainConfig(dataset="digits", image_size=16, seed=3)
+    expected = {"name": "digits", "download": True, "image_size": 16, "seed": 3}
+    assert kd.data_arguments(config) == expected
+    assert kd.data_arguments({**config.to_dict(), "method": "erm"}) == expected

@@ -424,3 +424,21 @@ def test_bad_arguments_raise_value_error():
     unbuilt = keras.Sequential([keras.layers.Dense(1)])
     with pytest.raises(ValueError, match="build"):
         flatness.hessian_trace(unbuilt, (x, y), "mse")
+
+
+def test_the_flatness_defaults_are_defined_once():
+    import inspect
+
+    from keras_gmix.callbacks import FlatnessMonitor
+
+    def defaults(function, skip=()):
+        parameters = inspect.signature(function).parameters.items()
+        return {
+            name: p.default
+            for name, p in parameters
+            if p.default is not p.empty and name not in skip
+        }
+
+    assert defaults(flatness.measure_flatness) == dict(flatness.FLATNESS_DEFAULTS)
+    monitor = defaults(FlatnessMonitor.__init__, skip=("every", "log_dir", "plot_dir", "loss"))
+    assert monitor == {**flatness.FLATNESS_DEFAULTS, "eigenvalue_iters": 10, "sharpness_steps": 5}

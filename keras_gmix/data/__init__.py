@@ -14,9 +14,11 @@ from keras_gmix.data.datasets import CIFAR10_MEAN
 from keras_gmix.data.datasets import CIFAR10_STD
 from keras_gmix.data.datasets import CIFAR100_MEAN
 from keras_gmix.data.datasets import CIFAR100_STD
+from keras_gmix.data.datasets import DATA_KEYS
 from keras_gmix.data.datasets import DATASET_NAMES
 from keras_gmix.data.datasets import DataSplits
 from keras_gmix.data.datasets import compute_mean_std
+from keras_gmix.data.datasets import data_arguments
 from keras_gmix.data.datasets import load_dataset
 from keras_gmix.data.datasets import load_digits
 from keras_gmix.data.datasets import load_npz
@@ -36,12 +38,14 @@ __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "DATASET_NAMES",
+    "DATA_KEYS",
     "DataSplits",
     "DownloadUnavailableError",
     "ImageFiles",
     "apply_crop_flip",
     "balanced_subset_indices",
     "compute_mean_std",
+    "data_arguments",
     "draw_crop_flip",
     "load_dataset",
     "load_digits",
