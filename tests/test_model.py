@@ -53,6 +53,25 @@ def step_inputs(model, x, y, step=1):
     return x_mix, y_mix
 
 
+def weights_after_sgd_step(reference, x, y_soft, method, learning_rate=1.0):
+    """The reference model's weights after one plain SGD step on `update_gradients`."""
+    grads, _ = kg.update_gradients(
+        reference,
+        x,
+        y_soft,
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+        method=method,
+    )
+    return [
+        w.numpy() - learning_rate * g.numpy() for w, g in zip(reference.trainable_variables, grads)
+    ]
+
+
+def assert_trained_to(model, expected):
+    for variable, value in zip(model.inner.trainable_variables, expected):
+        np.testing.assert_allclose(variable.numpy(), value, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("method", kg.METHODS)
 def test_train_step_applies_update_gradients(method):
     """With plain SGD, one fit step moves the weights by exactly -lr * update_gradients."""
@@ -60,17 +79,9 @@ def test_train_step_applies_update_gradients(method):
     model = compiled(method, optimizer=keras.optimizers.SGD(1.0))
     reference = dense_bn_model()
     x_in, y_in = step_inputs(model, x, y)
-    grads, _ = kg.update_gradients(
-        reference,
-        x_in,
-        y_in,
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-        method=method,
-    )
-    expected = [w.numpy() - g.numpy() for w, g in zip(reference.trainable_variables, grads)]
+    expected = weights_after_sgd_step(reference, x_in, y_in, method)
     model.fit(x, y, batch_size=N, epochs=1, verbose=0, shuffle=False)
-    for variable, value in zip(model.inner.trainable_variables, expected):
-        np.testing.assert_allclose(variable.numpy(), value, rtol=1e-5, atol=1e-6)
+    assert_trained_to(model, expected)
 
 
 @pytest.mark.parametrize("method", kg.METHODS)

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import keras_gmix as kg
+from tests.test_train import _Kill
 
 D, C = 6, 3
 
@@ -691,18 +692,6 @@ TINY_RUN = dict(
 )
 
 
-class _KillAfter(keras.callbacks.Callback):
-    """Stands for a kill after epoch `after` (its backup written)."""
-
-    def __init__(self, after):
-        super().__init__()
-        self.after = after
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.after:
-            raise KeyboardInterrupt("killed")
-
-
 @pytest.fixture(scope="module")
 def interrupted_run(tmp_path_factory):
     """A gmix run of 2 epochs stopped after its first: config.json, history.csv, backup/."""
@@ -710,7 +699,7 @@ def interrupted_run(tmp_path_factory):
 
     output = str(tmp_path_factory.mktemp("interrupted") / "run")
     with pytest.raises(KeyboardInterrupt):
-        train.run(train.TrainConfig(output=output, **TINY_RUN), callbacks=[_KillAfter(0)])
+        train.run(train.TrainConfig(output=output, **TINY_RUN), callbacks=[_Kill(after=0)])
     return output
 
 
