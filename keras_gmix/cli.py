@@ -26,20 +26,6 @@ def _user_errors():
 _COMPARE_REPLACES = ("method", "seed", "output", "resume")
 
 
-def _choices():
-    from keras_gmix import train
-
-    return {
-        "method": train.METHODS,
-        "model": train.models_lib.MODEL_NAMES,
-        "schedule": train.SCHEDULES,
-        "distribute": train.DISTRIBUTE,
-        "mixed_precision": train.PRECISIONS,
-        "augment": train.AUGMENT,
-        "mix": train.MIXES,
-    }
-
-
 def _with_default(text, default):
     """A help sentence with the default appended (argparse's own defaults are
     None here, so that a config file's values are not overridden)."""
@@ -49,8 +35,8 @@ def _with_default(text, default):
 
 def _parser_from_config(config_cls, description, exclude=(), prog=None):
     """An argparse parser with one --flag per TrainConfig field, typed from it,
-    with its help sentence from `train.FIELD_HELP`."""
-    from keras_gmix import train
+    with its help sentence from `config.FIELD_HELP`."""
+    from keras_gmix import config as config_lib
 
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument(
@@ -60,13 +46,13 @@ def _parser_from_config(config_cls, description, exclude=(), prog=None):
         "flags given as well override it. Default: none.",
     )
     defaults = config_cls()
-    choices = _choices()
+    choices = config_lib.FIELD_CHOICES
     for field in dataclasses.fields(config_cls):
         if field.name in exclude:
             continue
         flag = "--" + field.name.replace("_", "-")
-        text = _with_default(train.FIELD_HELP[field.name], getattr(defaults, field.name))
-        kind, _ = train.field_kind(field)
+        text = _with_default(config_lib.FIELD_HELP[field.name], getattr(defaults, field.name))
+        kind, _ = config_lib.field_kind(field)
         if kind is bool:
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=text
@@ -80,29 +66,32 @@ def _parser_from_config(config_cls, description, exclude=(), prog=None):
     return parser
 
 
-def _config_values(train, args):
+def _config_values(args):
     """Defaults < config file < flags (and, with --resume, the run's saved config first)."""
-    values = train.load_config_file(args.pop("config")) if args.get("config") else {}
+    from keras_gmix import config as config_lib
+
+    values = config_lib.load_config_file(args.pop("config")) if args.get("config") else {}
     args.pop("config", None)
     values.update({k: v for k, v in args.items() if v is not None})
     return values
 
 
 def train_parser():
-    from keras_gmix import train
+    from keras_gmix import config as config_lib
 
-    return _parser_from_config(train.TrainConfig, train_main.__doc__, prog="gmix-train")
+    return _parser_from_config(config_lib.TrainConfig, train_main.__doc__, prog="gmix-train")
 
 
 def train_main(argv=None):
     """`gmix-train`: one training run; with no arguments, dgmix on digits."""
+    from keras_gmix import config as config_lib
     from keras_gmix import train
 
     parser = train_parser()
     args = vars(parser.parse_args(argv))
     try:
-        values = train.resume_values(_config_values(train, args))
-        config = train.TrainConfig.from_dict(values)
+        values = config_lib.resume_values(_config_values(args))
+        config = config_lib.TrainConfig.from_dict(values)
         results = train.run(config)
     except _user_errors() as error:
         parser.exit(2, f"gmix-train: error: {error}\n")
@@ -116,16 +105,16 @@ def train_main(argv=None):
 
 
 def compare_parser():
-    from keras_gmix import train
+    from keras_gmix import config as config_lib
 
     parser = _parser_from_config(
-        train.TrainConfig, compare_main.__doc__, exclude=_COMPARE_REPLACES, prog="gmix-compare"
+        config_lib.TrainConfig, compare_main.__doc__, exclude=_COMPARE_REPLACES, prog="gmix-compare"
     )
     parser.add_argument(
         "--methods",
         nargs="+",
         default=None,
-        help=f"Methods to train and compare, any of {train.METHODS}. Default: all six.",
+        help=f"Methods to train and compare, any of {config_lib.METHODS}. Default: all six.",
     )
     parser.add_argument(
         "--seeds",
@@ -154,7 +143,7 @@ def compare_parser():
 def compare_main(argv=None):
     """`gmix-compare`: runs methods x seeds on one recipe (or collects runs) into results.md and results.png."""
     from keras_gmix import compare
-    from keras_gmix import train
+    from keras_gmix import config as config_lib
 
     parser = compare_parser()
     args = vars(parser.parse_args(argv))
@@ -169,9 +158,12 @@ def compare_main(argv=None):
                 )
             summary = compare.collect_and_report(collect, output=output)
         else:
-            config = train.TrainConfig.from_dict(_config_values(train, args))
+            config = config_lib.TrainConfig.from_dict(_config_values(args))
             summary = compare.compare(
-                config, methods=methods or list(train.METHODS), seeds=seeds or [0], output=output
+                config,
+                methods=methods or list(config_lib.METHODS),
+                seeds=seeds or [0],
+                output=output,
             )
     except _user_errors() as error:
         parser.exit(2, f"gmix-compare: error: {error}\n")

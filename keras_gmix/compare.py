@@ -69,16 +69,16 @@ def _check_plan(methods, seeds):
 
 def _same_settings(saved, planned):
     """Whether a run's saved config is the run now asked for (`planned`, a TrainConfig)."""
-    from keras_gmix import train
+    from keras_gmix import config as config_lib
 
-    return not train.resume_differences(saved, planned)
+    return not config_lib.resume_differences(saved, planned)
 
 
 def compare(config, methods=METHODS, seeds=(0,), output=None):
     """Trains every method with every seed on `config`'s recipe; writes the report.
 
     Args:
-        config: a `keras_gmix.train.TrainConfig`; its `method`, `seed`,
+        config: a `keras_gmix.config.TrainConfig`; its `method`, `seed`,
             `output` and `resume` are replaced per run.
         methods: the methods to run. Defaults to all six.
         seeds: the seeds to run. Defaults to `(0,)`.
@@ -90,6 +90,7 @@ def compare(config, methods=METHODS, seeds=(0,), output=None):
     """
     import keras
 
+    from keras_gmix import config as config_lib
     from keras_gmix import train
 
     methods, seeds = list(methods), [int(s) for s in seeds]
@@ -107,7 +108,7 @@ def compare(config, methods=METHODS, seeds=(0,), output=None):
             planned = dataclasses.replace(
                 config, method=method, seed=seed, output=folder, resume=False
             )
-            saved = train.saved_config(folder)
+            saved = config_lib.saved_config(folder)
             finished = os.path.exists(os.path.join(folder, "results.json"))
             unfinished = os.path.exists(os.path.join(folder, "backup"))
             if (

@@ -50,7 +50,7 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
 def learning_rate_schedule(config, steps_per_epoch):
     """The learning rate per optimizer step: linear warm-up, then cosine / step / constant.
 
-    `config` is a `train.TrainConfig` or any object with its fields
+    `config` is a `config.TrainConfig` or any object with its fields
     `learning_rate`, `epochs`, `warmup_epochs`, `schedule`,
     `step_milestones` and `step_gamma` (read here, not imported, so that
     this library module does not depend on the training application).

@@ -11,6 +11,7 @@ import pytest
 
 import keras_gmix as kg
 from keras_gmix import cli
+from keras_gmix import config as config_lib
 from keras_gmix import flatness
 from keras_gmix import flatness_report as fr
 from keras_gmix import train
@@ -92,8 +93,8 @@ def test_every_option_has_a_help_sentence_with_its_default(make_parser):
 
 def test_every_train_config_field_has_a_help_text():
     fields = {field.name for field in dataclasses.fields(train.TrainConfig)}
-    assert set(train.FIELD_HELP) == fields
-    assert all(text.strip() for text in train.FIELD_HELP.values())
+    assert set(config_lib.FIELD_HELP) == fields
+    assert all(text.strip() for text in config_lib.FIELD_HELP.values())
 
 
 def test_help_shows_the_sentence_and_the_default(capsys):

@@ -2,9 +2,9 @@
 
 The rule (STYLE.md, "Layers point down"): the package has two layers.
 
-- Application: `train` (the run of `gmix-train`), `cli`, `compare` and
-  `flatness_report` - programs over the library, which may import anything
-  of the library and each other.
+- Application: `train` (the run of `gmix-train`), `config` (its settings),
+  `cli`, `compare` and `flatness_report` - programs over the library, which
+  may import anything of the library and each other.
 - Library: every other module, `data/` and `models/` included (they are
   building blocks the applications use: loaders and architectures, with no
   run orchestration). A library module never imports an application module,
@@ -31,6 +31,7 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(keras_gmix.__file__))
 ROOT = os.path.dirname(PACKAGE_DIR)
 APPLICATION = {
     "keras_gmix.train",
+    "keras_gmix.config",
     "keras_gmix.cli",
     "keras_gmix.compare",
     "keras_gmix.flatness_report",

@@ -302,6 +302,13 @@ def test_unknown_model_lists_valid_names():
         (lambda: km.wide_resnet(depth=27), "depth"),
         (lambda: km.wide_resnet(dropout_rate=1.0), "dropout_rate"),
         (lambda: km.pyramidnet(depth=30, bottleneck=True), "9n"),
+        # Whole numbers only, and never a bool (True is 1, not a depth).
+        (lambda: km.cifar_resnet(depth=20.0), "depth"),
+        (lambda: km.small_cnn(width=True), "width"),
+        (lambda: km.wide_resnet(width=0), "width"),
+        (lambda: km.pyramidnet(alpha=float("nan")), "alpha"),
+        (lambda: km.build_model("resnet20", num_classes=True), "num_classes"),
+        (lambda: km.build_model("resnet20", weight_decay=float("inf")), "weight_decay"),
         (lambda: km.build_model("resnet20", num_classes=0), "num_classes"),
         (lambda: km.build_model("resnet20", input_shape=(32, 32)), "input_shape"),
         (lambda: km.build_model("resnet20", weight_decay=-1.0), "weight_decay"),
@@ -311,6 +318,12 @@ def test_unknown_model_lists_valid_names():
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_numpy_integers_are_whole_numbers():
+    # Sizes read from arrays or configs arrive as NumPy integers.
+    model = km.cifar_resnet(depth=np.int64(8), num_classes=np.int32(3), input_shape=(8, 8, 3))
+    assert model.output_shape == (None, 3)
 
 
 @pytest.mark.parametrize("name", CHEAP)  # every head: blocks.classifier_head and MobileNetV2's

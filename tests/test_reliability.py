@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import keras_gmix as kg
+from keras_gmix import config as config_lib
 from tests.test_train import _Kill
 
 D, C = 6, 3
@@ -716,7 +717,7 @@ def _resume(output, **changes):
     from keras_gmix import train
 
     return train.TrainConfig.from_dict(
-        train.resume_values({"output": output, "resume": True, **changes})
+        config_lib.resume_values({"output": output, "resume": True, **changes})
     )
 
 
@@ -866,18 +867,20 @@ def test_run_defining_settings_are_every_field_but_the_resumable_ones():
     from keras_gmix import train
 
     fields = [f.name for f in dataclasses.fields(train.TrainConfig)]
-    assert set(train.RESUMABLE_FIELDS) <= set(fields)
+    assert set(config_lib.RESUMABLE_FIELDS) <= set(fields)
     asked = train.TrainConfig(augment="none")  # config.json holds the resolved augmentation
     for name in fields:
         saved = dict(asked.to_dict(), **{name: "another value"})
         if name == "epochs":
             continue  # compared by size: the test above
-        expected = [] if name in train.RESUMABLE_FIELDS else [name]
-        assert [d.split(":")[0] for d in train.resume_differences(saved, asked)] == expected, name
+        expected = [] if name in config_lib.RESUMABLE_FIELDS else [name]
+        assert [d.split(":")[0] for d in config_lib.resume_differences(saved, asked)] == expected, (
+            name
+        )
     # A config.json written before a field existed holds its default.
     saved = asked.to_dict()
     del saved["rho"]
-    assert train.resume_differences(saved, asked) == []
+    assert config_lib.resume_differences(saved, asked) == []
 
 
 def test_a_finished_run_is_not_extended_silently(tmp_path):

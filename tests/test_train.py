@@ -15,6 +15,7 @@ import yaml
 
 import keras_gmix as kg
 from keras_gmix import cli
+from keras_gmix import config as config_lib
 from keras_gmix import train
 from keras_gmix.gradients import METHODS, PERTURBED_METHODS
 from keras_gmix.layers import BatchNormalization as FusedBatchNormalization
@@ -197,7 +198,7 @@ def test_resume_continues_from_the_next_epoch(tmp_path):
         train.run(config)
 
     # `--resume --output DIR` alone takes the settings from config.json.
-    values = train.resume_values({"output": output, "resume": True, "verbose": 0})
+    values = config_lib.resume_values({"output": output, "resume": True, "verbose": 0})
     assert values["method"] == "gmix" and values["epochs"] == 3
     seen = _Epochs()
     results = train.run(train.TrainConfig.from_dict(values), callbacks=[seen])
@@ -260,7 +261,7 @@ def test_a_kill_after_training_but_before_the_results_resumes_without_training(
     assert train.checkpoint_lib.saved_epoch(os.path.join(output, "backup")) == 2
     seen = _Epochs()
     results = train.run(
-        train.TrainConfig.from_dict(train.resume_values({"output": output, "resume": True})),
+        train.TrainConfig.from_dict(config_lib.resume_values({"output": output, "resume": True})),
         callbacks=[seen],
     )
     assert seen.epochs == [] and results["epochs_done"] == 2
@@ -280,7 +281,9 @@ def test_resume_drops_a_row_written_after_the_last_backup(tmp_path):
     path = os.path.join(output, "history.csv")
     with open(path, "a", encoding="utf-8") as f:
         f.write("1,0.5,0.5,0.5,0.5,0.5\n2,0.5")  # epoch 1's row without its backup; a torn line
-    train.run(train.TrainConfig.from_dict(train.resume_values({"output": output, "resume": True})))
+    train.run(
+        train.TrainConfig.from_dict(config_lib.resume_values({"output": output, "resume": True}))
+    )
     assert [row["epoch"] for row in read_csv(path)] == ["0", "1"]
 
 
@@ -341,11 +344,11 @@ def test_config_file_round_trip(tmp_path):
         path = tmp_path / f"config{suffix}"
         with open(path, "w") as f:
             dump(config.to_dict(), f)
-        assert train.TrainConfig.from_dict(train.load_config_file(str(path))) == config
+        assert train.TrainConfig.from_dict(config_lib.load_config_file(str(path))) == config
     # Dashes are accepted in file keys, as on the command line.
     path = tmp_path / "dashes.yaml"
     path.write_text("sensitive-fraction: 0.25\nlabel-smoothing: 0.1\n")
-    loaded = train.TrainConfig.from_dict(train.load_config_file(str(path)))
+    loaded = train.TrainConfig.from_dict(config_lib.load_config_file(str(path)))
     assert (loaded.sensitive_fraction, loaded.label_smoothing) == (0.25, 0.1)
 
 
@@ -424,7 +427,7 @@ RECIPES = os.path.join(os.path.dirname(__file__), "..", "recipes")
 
 @pytest.mark.parametrize("name", sorted(f for f in os.listdir(RECIPES) if f.endswith(".yaml")))
 def test_recipe_files_are_valid_configs(name):
-    config = train.TrainConfig.from_dict(train.load_config_file(os.path.join(RECIPES, name)))
+    config = train.TrainConfig.from_dict(config_lib.load_config_file(os.path.join(RECIPES, name)))
     config.validate()
     assert (config.batch_size, config.learning_rate, config.momentum, config.weight_decay) == (
         128,

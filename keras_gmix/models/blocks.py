@@ -15,16 +15,16 @@ up.
 import keras
 from keras import ops
 
+from keras_gmix import checks
+
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1.001e-5
 
 
 def check_common_args(num_classes, input_shape, weight_decay):
-    """Validates the arguments every builder takes; returns the shape."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(
-            f"`num_classes` must be a positive integer. Received: num_classes={num_classes!r}"
-        )
+    """Validates the arguments every builder takes; returns `(num_classes, input_shape)`
+    as a Python int and a tuple of ints (Keras layers refuse NumPy integers)."""
+    num_classes = checks.check_number("num_classes", num_classes, integer=True, low=1)
     try:
         input_shape = tuple(int(d) for d in input_shape)
     except TypeError:
@@ -34,9 +34,19 @@ def check_common_args(num_classes, input_shape, weight_decay):
             "`input_shape` must be (height, width, channels) with positive "
             f"sizes. Received: input_shape={input_shape!r}"
         )
-    if weight_decay is None or weight_decay < 0:
-        raise ValueError(f"`weight_decay` must be >= 0. Received: weight_decay={weight_decay!r}")
-    return input_shape
+    checks.check_number("weight_decay", weight_decay, low=0)
+    return num_classes, input_shape
+
+
+def check_depth(depth, per_stage, extra, examples):
+    """Checks that `depth` is `per_stage * n + extra` layers with n >= 1; returns it."""
+    meaning = f"{per_stage}n + {extra} with n >= 1: {examples}"
+    depth = checks.check_number(
+        "depth", depth, integer=True, low=per_stage + extra, meaning=meaning
+    )
+    if (depth - extra) % per_stage:
+        raise ValueError(f"Argument `depth` must be {meaning}. Received: depth={depth!r}")
+    return depth
 
 
 def kernel_regularizer(weight_decay):

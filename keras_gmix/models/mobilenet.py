@@ -47,7 +47,7 @@ def mobilenet_v2(
           Residuals and Linear Bottlenecks", CVPR 2018,
           https://arxiv.org/abs/1801.04381
     """
-    input_shape = check_common_args(num_classes, input_shape, weight_decay)
+    num_classes, input_shape = check_common_args(num_classes, input_shape, weight_decay)
     if min(input_shape[:2]) < 32:
         raise ValueError(
             "MobileNetV2 needs inputs of at least 32x32. Received: "

@@ -4,7 +4,9 @@ import math
 
 import keras
 
+from keras_gmix import checks
 from keras_gmix.models.blocks import check_common_args
+from keras_gmix.models.blocks import check_depth
 from keras_gmix.models.blocks import classifier_head
 from keras_gmix.models.blocks import conv
 from keras_gmix.models.blocks import norm
@@ -102,13 +104,11 @@ def pyramidnet(
           https://arxiv.org/abs/1610.02915 (counts: Tables 4 and 5 and
           github.com/jhkim89/PyramidNet)
     """
-    input_shape = check_common_args(num_classes, input_shape, weight_decay)
+    num_classes, input_shape = check_common_args(num_classes, input_shape, weight_decay)
     layers_per_block = 9 if bottleneck else 6
-    if not isinstance(depth, int) or depth < layers_per_block + 2 or (depth - 2) % layers_per_block:
-        kind = "9n + 2 for bottleneck" if bottleneck else "6n + 2 for basic"
-        raise ValueError(f"`depth` must be {kind} blocks. Received: depth={depth!r}")
-    if alpha < 0:
-        raise ValueError(f"`alpha` must be >= 0. Received: alpha={alpha!r}")
+    blocks = "bottleneck blocks: 11, 272, ..." if bottleneck else "basic blocks: 8, 110, ..."
+    depth = check_depth(depth, layers_per_block, 2, blocks)
+    checks.check_number("alpha", alpha, low=0)
     n = (depth - 2) // layers_per_block
     add_rate = alpha / (3 * n)
     inputs = keras.Input(shape=input_shape, name="images")

@@ -3,6 +3,7 @@
 import keras
 
 from keras_gmix.models.blocks import check_common_args
+from keras_gmix.models.blocks import check_depth
 from keras_gmix.models.blocks import classifier_head
 from keras_gmix.models.blocks import conv
 from keras_gmix.models.blocks import norm
@@ -77,11 +78,8 @@ def cifar_resnet(
         - He, Zhang, Ren, Sun, "Deep Residual Learning for Image
           Recognition", CVPR 2016, https://arxiv.org/abs/1512.03385
     """
-    input_shape = check_common_args(num_classes, input_shape, weight_decay)
-    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
-        raise ValueError(
-            f"`depth` must be 6n + 2 with n >= 1 (20, 32, 56, ...). Received: depth={depth!r}"
-        )
+    num_classes, input_shape = check_common_args(num_classes, input_shape, weight_decay)
+    depth = check_depth(depth, 6, 2, "20, 32, 56, ...")
     if shortcut not in SHORTCUTS:
         raise ValueError(
             f"`shortcut` must be one of {list(SHORTCUTS)}. Received: shortcut={shortcut!r}"
@@ -145,7 +143,7 @@ def preact_resnet18(
         - Zhang, Cisse, Dauphin, Lopez-Paz, "mixup: Beyond Empirical Risk
           Minimization", ICLR 2018, https://arxiv.org/abs/1710.09412
     """
-    input_shape = check_common_args(num_classes, input_shape, weight_decay)
+    num_classes, input_shape = check_common_args(num_classes, input_shape, weight_decay)
     inputs = keras.Input(shape=input_shape, name="images")
     x = conv(inputs, 64, 3, 1, weight_decay, name="stem_conv")
     for stage, filters in enumerate((64, 128, 256, 512)):

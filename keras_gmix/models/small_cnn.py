@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_gmix import checks
 from keras_gmix.models.blocks import check_common_args
 from keras_gmix.models.blocks import classifier_head
 from keras_gmix.models.blocks import conv
@@ -39,9 +40,8 @@ def small_cnn(
     Returns:
         A functional `keras.Model`.
     """
-    input_shape = check_common_args(num_classes, input_shape, weight_decay)
-    if not isinstance(width, int) or width < 1:
-        raise ValueError(f"`width` must be a positive integer. Received: width={width!r}")
+    num_classes, input_shape = check_common_args(num_classes, input_shape, weight_decay)
+    width = checks.check_number("width", width, integer=True, low=1)
     inputs = keras.Input(shape=input_shape, name="images")
     x = inputs
     for stage, filters in enumerate((width, 2 * width)):

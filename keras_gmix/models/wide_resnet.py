@@ -2,7 +2,9 @@
 
 import keras
 
+from keras_gmix import checks
 from keras_gmix.models.blocks import check_common_args
+from keras_gmix.models.blocks import check_depth
 from keras_gmix.models.blocks import classifier_head
 from keras_gmix.models.blocks import conv
 from keras_gmix.models.blocks import norm
@@ -51,17 +53,10 @@ def wide_resnet(
         - Zagoruyko, Komodakis, "Wide Residual Networks", BMVC 2016,
           https://arxiv.org/abs/1605.07146
     """
-    input_shape = check_common_args(num_classes, input_shape, weight_decay)
-    if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
-        raise ValueError(
-            f"`depth` must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...). Received: depth={depth!r}"
-        )
-    if not isinstance(width, int) or width < 1:
-        raise ValueError(f"`width` must be a positive integer. Received: width={width!r}")
-    if not 0.0 <= dropout_rate < 1.0:
-        raise ValueError(
-            f"`dropout_rate` must be in [0, 1). Received: dropout_rate={dropout_rate!r}"
-        )
+    num_classes, input_shape = check_common_args(num_classes, input_shape, weight_decay)
+    depth = check_depth(depth, 6, 4, "10, 16, 22, 28, ...")
+    width = checks.check_number("width", width, integer=True, low=1)
+    checks.check_number("dropout_rate", dropout_rate, low=0, high=1, high_inclusive=False)
     n = (depth - 4) // 6
     inputs = keras.Input(shape=input_shape, name="images")
     x = conv(inputs, 16, 3, 1, weight_decay, name="stem_conv")

@@ -1,0 +1,407 @@
+"""The settings of a training run: `TrainConfig`, its checks, its files.
+
+`TrainConfig` is the typed config of `gmix-train` (every field a flag and a
+key of a `--config` JSON/YAML file). This module also holds what is known
+from a config alone, before any data or model exists: each field's range
+and help sentence, config-file loading, and the rules of `--resume` (which
+settings may change, and the run folder's saved config.json merged under
+the flags). `keras_gmix.train` runs a config.
+"""
+
+import dataclasses
+import difflib
+import json
+import os
+import typing
+from typing import Optional
+
+from keras_gmix import checks
+from keras_gmix import data as data_lib
+from keras_gmix import models as models_lib
+from keras_gmix import records
+from keras_gmix.gradients import METHODS
+
+SCHEDULES = ("cosine", "step", "constant")
+DISTRIBUTE = ("none", "mirrored", "multiworker")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+AUGMENT = ("auto",) + tuple(data_lib.AUGMENTATIONS)
+MIXES = ("mixup", "cutmix")
+# The fields that take one of a fixed set of values (also gmix-train's
+# argparse choices).
+FIELD_CHOICES = {
+    "method": METHODS,
+    "model": models_lib.MODEL_NAMES,
+    "schedule": SCHEDULES,
+    "distribute": DISTRIBUTE,
+    "mixed_precision": PRECISIONS,
+    "augment": AUGMENT,
+    "mix": MIXES,
+}
+
+# The TrainConfig fields a resumed run may change: where the data and the
+# record are, and how the run is watched, not what is trained. Every other
+# field, a field added later included, defines the run and must stay as the
+# run began (`resume_differences`); `epochs` may only grow.
+RESUMABLE_FIELDS = (
+    "epochs",
+    "output",
+    "resume",
+    "verbose",
+    "data_dir",
+    "download",
+    "tensorboard_update_freq",
+    "flatness_every",
+    "flatness_examples",
+)
+
+# The allowed range of each numeric field (keywords of `checks.check_number`;
+# int fields must be whole numbers). A numeric field not listed here must
+# still be a finite number of its type.
+NUMBER_RANGES = {
+    "train_fraction": dict(low=0, low_inclusive=False, high=1),
+    "train_size": dict(low=1),
+    "image_size": dict(low=1),
+    "epochs": dict(low=1),
+    "batch_size": dict(low=1),
+    "learning_rate": dict(low=0, low_inclusive=False),
+    "momentum": dict(low=0, high=1),
+    "weight_decay": dict(low=0),
+    "warmup_epochs": dict(low=0),
+    "step_gamma": dict(low=0, low_inclusive=False),
+    "rho": dict(low=0),
+    "alpha": dict(low=0, low_inclusive=False),
+    "sensitive_fraction": dict(low=0, high=1),
+    "eta": dict(low=0),
+    "perturb_every": dict(low=1),
+    "reuse_scale": dict(low=0),
+    "perturb_probability": dict(low=0, low_inclusive=False, high=1),
+    "label_smoothing": dict(low=0, high=1),
+    "seed": dict(low=0, high=2**32 - 1),  # NumPy's seed range (keras.utils.set_random_seed)
+    "tensorboard_update_freq": dict(low=1),
+    "flatness_every": dict(low=0),
+    "flatness_examples": dict(low=1),
+    "verbose": dict(low=0, high=2),
+}
+
+
+def field_kind(field):
+    """`(type, optional)` of a TrainConfig field: `Optional[float]` is `(float, True)`."""
+    if typing.get_origin(field.type) is typing.Union:
+        kinds = [kind for kind in typing.get_args(field.type) if kind is not type(None)]
+        return kinds[0], True
+    return field.type, False
+
+
+def check_milestones(milestones):
+    """Returns the step schedule's milestones as a tuple of floats, strictly increasing in (0, 1)."""
+    values = tuple(milestones) if isinstance(milestones, (list, tuple)) else None
+    try:
+        values = tuple(
+            checks.check_number(
+                "step_milestones", m, low=0, high=1, low_inclusive=False, high_inclusive=False
+            )
+            for m in values
+        )
+        increasing = all(a < b for a, b in zip(values, values[1:]))
+    except (TypeError, ValueError):
+        increasing = False
+    if not increasing:
+        # Unsorted milestones would give a learning rate that rises again.
+        raise ValueError(
+            "Argument `step_milestones` must be fractions of training, strictly "
+            "increasing in (0, 1), e.g. [0.5, 0.75]. Received: "
+            f"step_milestones={milestones!r}"
+        )
+    return values
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every setting of a training run; the defaults are the main job (digits, dgmix).
+
+    Every field is a `gmix-train` flag (`train_size` is `--train-size`) and
+    a key of a `--config` JSON/YAML file.
+    """
+
+    dataset: str = (
+        "digits"  # cifar10, cifar100, svhn_cropped, stl10, digits, a .npz path or a folder
+    )
+    test_dataset: Optional[str] = None  # a folder data set's test images (else a held-out split)
+    data_dir: Optional[str] = None
+    download: bool = True
+    train_fraction: Optional[float] = None  # class-balanced subset: the limited-data regime
+    train_size: Optional[int] = None
+    image_size: Optional[int] = None  # digits and folders: the side images are resized to
+    # "auto": "standard" (pad-crop, flip where label-preserving) for image
+    # data sets, "none" for the 8x8 digits.
+    augment: str = "auto"
+    model: str = "small_cnn"
+    stock_batchnorm: bool = False  # Keras' BatchNormalization instead of the fused one
+    method: str = "dgmix"
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    # PyTorch-style coupled weight decay (the papers' 5e-4): an L2 term
+    # weight_decay / 2 * ||w||^2 on kernels, evaluated at w.
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    step_milestones: tuple = (0.5, 0.75)  # step schedule: fractions of training
+    step_gamma: float = 0.1
+    rho: float = 0.05
+    alpha: float = 1.0
+    sensitive_fraction: float = 0.5
+    adaptive: bool = False
+    eta: float = 0.01
+    mix: str = "mixup"
+    # Efficient schedules (SPEC.md section 4b): the full perturbed step every
+    # k-th step (or with probability p), a 1F+1B step in between, optionally
+    # plus reuse_scale times the stored orthogonal direction.
+    perturb_every: int = 1
+    reuse_scale: float = 0.0
+    perturb_probability: float = 1.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    # TensorFlow's op determinism (process-wide, stays on): the same seed
+    # gives the same weights bit for bit on one CPU device, also across
+    # --resume (augment "none"/"standard"; see the module docstring).
+    deterministic: bool = False
+    output: Optional[str] = None
+    resume: bool = False
+    distribute: str = "none"
+    jit: bool = False
+    mixed_precision: str = "float32"
+    tensorboard_update_freq: int = 10  # steps between TensorBoard batch values
+    flatness_every: int = 0  # FlatnessMonitor every N epochs; 0 = off
+    flatness_examples: int = 256  # held-out (test) examples it measures on
+    verbose: int = 1
+
+    def __post_init__(self):
+        # Each field on its own: type, finiteness, range. A config file's
+        # `adaptive: "no"` or `epochs: "ten"` stops here with the field's
+        # name, and numbers become plain Python ones (NumPy scalars welcome).
+        for field in dataclasses.fields(self):
+            kind, optional = field_kind(field)
+            value = getattr(self, field.name)
+            if optional and value is None:
+                continue
+            if kind is bool:
+                value = checks.check_bool(field.name, value)
+            elif kind in (int, float):
+                value = checks.check_number(
+                    field.name, value, integer=kind is int, **NUMBER_RANGES.get(field.name, {})
+                )
+            elif field.name == "step_milestones":
+                value = check_milestones(value)
+            setattr(self, field.name, value)
+
+    def validate(self):
+        """Raises a ValueError naming the first bad setting (each field's own
+        type and range are checked when the config is made)."""
+        for name, allowed in FIELD_CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"`{name}` must be one of {allowed}. Received: {getattr(self, name)!r}"
+                )
+        folder = self.dataset not in data_lib.DATASET_NAMES and os.path.isdir(str(self.dataset))
+        if not (
+            str(self.dataset).endswith(".npz") or self.dataset in data_lib.DATASET_NAMES or folder
+        ):
+            raise ValueError(
+                f"`dataset` must be one of {data_lib.DATASET_NAMES}, a path ending in "
+                "'.npz', or an existing folder with one subfolder of images per class. "
+                f"Received: {self.dataset!r}"
+            )
+        if self.test_dataset is not None and not (folder and os.path.isdir(self.test_dataset)):
+            raise ValueError(
+                "`test_dataset` must be a folder of class subfolders, and needs a folder "
+                f"`dataset`. Received: dataset={self.dataset!r}, test_dataset={self.test_dataset!r}"
+            )
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"`warmup_epochs` must be below `epochs` ({self.epochs}). "
+                f"Received: {self.warmup_epochs!r}"
+            )
+        if self.resume and not self.output:
+            raise ValueError("`resume` needs `output`: the folder of the run to continue.")
+        if self.distribute == "multiworker" and "TF_CONFIG" not in os.environ:
+            raise ValueError(
+                "`distribute='multiworker'` needs the TF_CONFIG environment "
+                "variable (cluster and task of this worker); see README."
+            )
+
+    @classmethod
+    def from_dict(cls, values):
+        """A config from a dict (e.g. a JSON/YAML file); unknown keys are an error."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {str(key).replace("-", "_"): value for key, value in values.items()}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            hints = [
+                f"{key!r} (did you mean {difflib.get_close_matches(key, fields, 1)[0]!r}?)"
+                if difflib.get_close_matches(key, fields, 1)
+                else repr(key)
+                for key in unknown
+            ]
+            raise ValueError(
+                f"Unknown config keys: {', '.join(hints)}. Valid keys: {sorted(fields)}"
+            )
+        return cls(**values)
+
+    def to_dict(self):
+        values = dataclasses.asdict(self)
+        values["step_milestones"] = list(values["step_milestones"])
+        return values
+
+
+# One sentence per TrainConfig field: what it does, its unit or allowed
+# values (gmix-train, gmix-compare and a config file's keys share them; the
+# command line adds each default from TrainConfig itself).
+FIELD_HELP = {
+    "dataset": "Training data: a TFDS name (cifar10, cifar100, svhn_cropped, stl10), "
+    "'digits' (scikit-learn, offline), a .npz file with x_train/y_train/x_test/y_test, "
+    "or a folder with one subfolder of images per class.",
+    "test_dataset": "Folder data sets only: a second folder of class subfolders to test on "
+    "(same class names); without it a stratified fifth of the training folder "
+    "is held out, always the same images.",
+    "data_dir": "Directory where TensorFlow Datasets keeps (and downloads) its data.",
+    "download": "Let TensorFlow Datasets download a data set that is not prepared yet.",
+    "train_fraction": "Train on a class-balanced fraction in (0, 1] of the training split "
+    "(the limited-data regime); the test split is never reduced.",
+    "train_size": "Train on this many training examples (class-balanced); exclusive with --train-fraction.",
+    "image_size": "Side length in pixels that images are resized to: digits (8x8 upsampled) and "
+    "folder data sets (default there: the first image's size).",
+    "augment": "Training augmentation: 'standard' pads, crops and flips (flips only where "
+    "label-preserving), 'randaugment'/'erasing'/'strong' add Keras' layers, "
+    "'auto' is 'none' for digits and 'standard' otherwise.",
+    "model": "Architecture to train (keras_gmix.models).",
+    "stock_batchnorm": "Use Keras' BatchNormalization instead of keras_gmix's fused one.",
+    "method": "Training method: erm, mixup, sam, gmix, bgmix or dgmix (SPEC.md section 4).",
+    "epochs": "Number of passes over the training split.",
+    "batch_size": "Training examples per step (the global batch under a distribution strategy).",
+    "learning_rate": "Peak learning rate of SGD (after warm-up).",
+    "momentum": "SGD momentum in [0, 1].",
+    "nesterov": "Use Nesterov momentum.",
+    "weight_decay": "Coupled L2 weight decay on kernels (PyTorch's convention: the term "
+    "weight_decay / 2 * ||w||^2), evaluated at w.",
+    "schedule": "Learning-rate schedule after warm-up: cosine (to 0), step (times --step-gamma "
+    "at each milestone) or constant.",
+    "warmup_epochs": "Epochs of linear learning-rate warm-up from 0 (may be fractional).",
+    "step_milestones": "Step schedule: fractions of training in (0, 1), increasing, where the "
+    "learning rate drops.",
+    "step_gamma": "Step schedule: factor the learning rate is multiplied by at each milestone.",
+    "rho": "Radius of the SAM neighbourhood (>= 0; 0 turns the perturbation off).",
+    "alpha": "Concentration of the Beta(alpha, alpha) mixing coefficient (> 0).",
+    "sensitive_fraction": "bgmix/dgmix: fraction in [0, 1] of each batch treated as sharp.",
+    "adaptive": "ASAM's scale-invariant perturbation instead of SAM's.",
+    "eta": "ASAM's offset added to |w| (>= 0).",
+    "mix": "How examples are mixed: mixup (blend) or cutmix (paste a box; image data only).",
+    "perturb_every": "Perturbed methods: the full step every k-th optimizer step, a plain "
+    "one in between (SPEC.md section 4b; integer >= 1).",
+    "reuse_scale": "On the cheap steps of a schedule, add the stored orthogonal direction "
+    "scaled to this times ||g|| (LookSAM; >= 0, 0 is off).",
+    "perturb_probability": "Perturbed methods: probability in (0, 1] that a step is full, "
+    "drawn from (seed, step); not with --perturb-every > 1.",
+    "label_smoothing": "Label smoothing in [0, 1] of the cross-entropy (one-hot labels).",
+    "seed": "Seed of initialization, shuffling, augmentation, mixing and subsets (0 to 2**32 - 1).",
+    "deterministic": "Turn on TensorFlow's op determinism: the same seed gives the same "
+    "weights bit for bit on one CPU device.",
+    "output": "Folder of the run's record (config.json, history.csv, model.keras, "
+    "results.json, ...); default runs/<time>.",
+    "resume": "Continue the killed run in --output from its last finished epoch.",
+    "distribute": "Distribution strategy: none, mirrored (the GPUs of this machine) or "
+    "multiworker (needs TF_CONFIG).",
+    "jit": "Compile the training step with XLA (compile(jit_compile=True)).",
+    "mixed_precision": "Keras mixed-precision policy: float32, mixed_float16 (with loss "
+    "scaling) or mixed_bfloat16.",
+    "tensorboard_update_freq": "Steps between the TensorBoard batch values.",
+    "flatness_every": "Measure flatness (FlatnessMonitor) every N epochs; 0 turns it off.",
+    "flatness_examples": "Held-out (test) examples the flatness measures use.",
+    "verbose": "Keras fit's verbosity: 0 silent, 1 progress bar, 2 one line per epoch.",
+}
+
+
+def load_config_file(path):
+    """Reads a JSON or YAML config file into a dict (dashes in keys become underscores)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if str(path).endswith((".yaml", ".yml")):
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    else:
+        values = json.loads(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"Config file {path} must hold a mapping of settings.")
+    return {key.replace("-", "_"): value for key, value in values.items()}
+
+
+def missing_config_fix(output):
+    return (
+        f"without it the run's settings are unknown. Restore config.json, or "
+        f"delete {output} to start over (or start a new run elsewhere without --resume)"
+    )
+
+
+def saved_config(output):
+    """The config.json of a run folder as a dict, or None when there is none.
+
+    Raises:
+        ValueError: config.json is there but unreadable; the message names it.
+    """
+    path = os.path.join(output, "config.json")
+    if not os.path.exists(path):
+        return None
+    return records.read_json(path, missing_config_fix(output))
+
+
+def resume_values(values):
+    """Settings for `--resume`: the run's saved config.json, overridden by `values`.
+
+    So `gmix-train --resume --output DIR` alone continues a run exactly as it
+    was configured. Returns `values` unchanged when there is nothing saved
+    (`run` then refuses to resume).
+    """
+    output = values.get("output")
+    saved = saved_config(output) if values.get("resume") and output else None
+    if saved is None:
+        return values
+    merged = dict(saved)
+    merged.update(values)
+    return merged
+
+
+def resume_differences(saved, config):
+    """The run-defining settings in which `config` differs from a run's saved config.
+
+    Args:
+        saved: the run's config.json, a dict.
+        config: a `TrainConfig`, the run asked for now.
+
+    Returns:
+        A list of "name: saved -> asked" strings, empty when `config`
+        continues the saved run: only `RESUMABLE_FIELDS` may differ, and
+        `epochs` only grow. A key that the saved config lacks (written
+        before the field existed) counts as its default.
+    """
+    asked = dataclasses.replace(config, augment=resolve_augment(config)).to_dict()
+    defaults = TrainConfig().to_dict()
+    differences = []
+    for name, value in asked.items():
+        before = saved.get(name, defaults[name])
+        if name == "epochs" and value < before:
+            differences.append(f"epochs: {before!r} -> {value!r} (epochs may only grow)")
+        elif name not in RESUMABLE_FIELDS and before != value:
+            differences.append(f"{name}: {before!r} -> {value!r}")
+    return differences
+
+
+def resolve_augment(config):
+    """The augmentation "auto" stands for, known from the config alone (so a
+    resumed run is compared with its config.json before any data is loaded)."""
+    if config.augment != "auto":
+        return config.augment
+    # 8x8 digits: a 1-pixel crop shift is an eighth of the image; no flip.
+    return "none" if config.dataset == "digits" else "standard"
