@@ -489,15 +489,13 @@ def write_report(args):
 
 
 def plot(report, base):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    from keras_gmix import plotting
+
     keys = list(report["datasets"])
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6))
-    for ax, key in zip(np.atleast_1d(axes), keys):
+    fig, axes = plotting.new_figure(1, len(keys), panel=(5, 3.6))
+    for ax, key in zip(axes[0], keys):
         rows = report["datasets"][key]["rows"]
         means = [100 * (rows[m]["mean"] or 0) for m in METHODS]
         stds = [100 * (rows[m]["std"] or 0) for m in METHODS]
@@ -506,7 +504,7 @@ def plot(report, base):
             means,
             yerr=stds,
             capsize=3,
-            color=["0.6", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"],
+            color=[plotting.method_color(m) for m in METHODS],
         )
         done = [m for m in METHODS if rows[m]["mean"] is not None]
         if done:
@@ -523,18 +521,13 @@ def plot(report, base):
                 "missing" if n == 0 else f"n={n}",
                 ha="center",
                 va="bottom",
-                fontsize=7,
+                fontsize=plotting.NOTE_SIZE,
             )
         ax.set_title(short_name(key))
         ax.set_ylabel("test accuracy (%)")
-    fig.tight_layout()
-    fig.savefig(base + ".png", dpi=120)
-    plt.close(fig)
+    plotting.save(fig, base + ".png")
 
-    fig, axes = plt.subplots(2, len(keys), figsize=(5 * len(keys), 7), squeeze=False)
-    colors = dict(
-        zip(METHODS, ["k", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"])
-    )
+    fig, axes = plotting.new_figure(2, len(keys), panel=(5, 3.5))
     for j, key in enumerate(keys):
         data = report["datasets"][key]
         for name, loss in data["curves"].items():
@@ -546,7 +539,7 @@ def plot(report, base):
             axes[0, j].plot(
                 np.arange(k, len(loss) + 1),
                 smooth,
-                color=colors[method],
+                color=plotting.method_color(method),
                 lw=1,
                 label=method if first else None,
             )
@@ -556,7 +549,7 @@ def plot(report, base):
                 axes[1, j].plot(
                     every * np.arange(1, len(acc) + 1),
                     100 * np.asarray(acc),
-                    color=colors[method],
+                    color=plotting.method_color(method),
                     lw=1,
                     marker=".",
                     label=method if first else None,
@@ -577,7 +570,5 @@ def plot(report, base):
         axes[1, j].set_title(f"{short_name(key)}: test accuracy (%)")
         axes[1, j].set_xlabel("epoch")
         if data["curves"]:
-            axes[0, j].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(base + "_curves.png", dpi=110)
-    plt.close(fig)
+            plotting.legend(axes[0, j])
+    plotting.save(fig, base + "_curves.png")

@@ -34,17 +34,6 @@ DATASETS = {
 }
 BASELINES = ("erm", "mixup", "sam")
 FULL_METHODS = ("gmix", "dgmix", "bgmix")
-COLORS = {
-    "erm": "0.5",
-    "mixup": "tab:blue",
-    "sam": "tab:orange",
-    "gmix": "tab:green",
-    "bgmix": "tab:red",
-    "dgmix": "tab:purple",
-}
-# Marker of each schedule (the part of the name after the method); full
-# methods and baselines are filled circles, labelled by name.
-MARKERS = {"k5": "s", "k10": "D", "k5-r0.1": "^", "k5-r0.3": "v", "p0.2": "X"}
 
 
 def base_method(name):
@@ -164,58 +153,53 @@ def table(rows, title, seeds, best):
 
 
 def plot(report, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from keras_gmix import plotting
 
     keys = [k for k in report if report[k]["rows"]]
-    fig, axes = plt.subplots(1, len(keys), figsize=(6.5 * len(keys), 4.6), squeeze=False)
+    fig, axes = plotting.new_figure(1, len(keys), panel=(6.5, 4.6))
     for ax, key in zip(axes[0], keys):
         rows = [r for r in report[key]["rows"] if r["cost"] is not None]
         best = set(report[key]["frontier"])
         for r in rows:
-            color = COLORS[r["method"]]
-            schedule = r["name"][len(r["method"]) + 1 :]
+            color = plotting.method_color(r["name"])
+            marker, filled = plotting.method_marker(r["name"])
             ax.errorbar(
                 r["cost"],
                 r["mean"],
                 yerr=r["std"] or 0,
-                fmt=MARKERS.get(schedule, "o"),
+                fmt=marker,
                 color=color,
-                mfc="white" if schedule else color,
+                mfc=color if filled else "white",
                 capsize=3,
                 ms=7,
             )
-            if not schedule:
+            if filled:  # a full method or baseline: labelled by name
                 ax.annotate(
                     r["name"],
                     (r["cost"], r["mean"]),
                     textcoords="offset points",
                     xytext=(6, -10),
-                    fontsize=8,
+                    fontsize=plotting.NOTE_SIZE,
                     color=color,
                 )
-        for schedule, marker in MARKERS.items():
+        for schedule, marker in plotting.SCHEDULE_MARKERS.items():
             if any(r["name"].endswith("-" + schedule) for r in rows):
-                ax.plot([], [], marker, color="k", mfc="white", label=schedule)
+                ax.plot([], [], marker, color=plotting.NEUTRAL_COLOR, mfc="white", label=schedule)
         edge = sorted((r for r in rows if r["name"] in best), key=lambda r: r["cost"])
         if edge:
             ax.plot(
                 [r["cost"] for r in edge],
                 [r["mean"] for r in edge],
-                "k--",
+                "--",
+                color=plotting.NEUTRAL_COLOR,
                 lw=0.8,
                 label="frontier",
             )
-        ax.legend(loc="lower right", fontsize=8, title="schedule (open markers)", title_fontsize=8)
+        plotting.legend(ax, title="schedule (open markers)")
         ax.set_xlabel("cost per step (CPU time, x ERM)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{report[key]['title']}: mean ± std over {len(report[key]['seeds'])} seeds")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plotting.save(fig, path)
 
 
 def build(out):

@@ -4,12 +4,13 @@
 >>> model = kg.GMixModel(inner, method="dgmix", rho=0.05, alpha=1.0)
 
 `import keras_gmix` loads the library core only: the model, the gradient
-methods, mixing, layers, callbacks, checkpoints, flatness measures and the
-learning-rate schedules. The data-set loaders and architectures (`kg.data`,
-`kg.models`) load on first use; the applications (`keras_gmix.train`,
-`.cli`, `.compare`, `.flatness_report`) only when imported by name. Nothing
-here imports TensorFlow Datasets, matplotlib, scikit-learn or PyYAML: the
-functions that need them import them when called.
+methods, mixing, layers, callbacks, checkpoints, flatness measures, the
+learning-rate schedules and the figure style (`plotting`). The data-set
+loaders and architectures (`kg.data`, `kg.models`) load on first use; the
+applications (`keras_gmix.train`, `.cli`, `.compare`, `.flatness_report`)
+only when imported by name. Nothing here imports TensorFlow Datasets,
+matplotlib, scikit-learn or PyYAML: the functions that need them import
+them when called.
 """
 
 import importlib

@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+from keras_gmix import plotting
 from keras_gmix import records
 from keras_gmix.gradients import METHODS
 
@@ -233,19 +234,15 @@ def format_table(rows):
 
 def plot_results(rows, path, title=None):
     """Bar chart of the mean test accuracy per row, with std error bars, as PNG."""
-    # A Figure with its own Agg canvas: no pyplot state, no display needed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     means = np.array([r["accuracy_mean"] for r in rows])
     stds = np.nan_to_num(np.array([r["accuracy_std"] for r in rows]))
-    figure = Figure(figsize=(max(4.0, 1.1 * len(rows) + 1.5), 4.0))
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    figure, [[axes]] = plotting.new_figure(panel=(max(4.0, 1.1 * len(rows) + 1.5), 4.0))
     positions = np.arange(len(rows))
-    axes.bar(positions, means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
+    methods = [r.get("method", r["label"]) for r in rows]
+    colors = plotting.colors_for(methods)
+    axes.bar(positions, means, yerr=stds, capsize=4, color=[colors[m] for m in methods])
     for x, m, s in zip(positions, means, stds):
-        axes.text(x, m + s, f"{m:.3f}", ha="center", va="bottom", fontsize=8)
+        axes.text(x, m + s, f"{m:.3f}", ha="center", va="bottom", fontsize=plotting.NOTE_SIZE)
     low, high = float(np.min(means - stds)), float(np.max(means + stds))
     pad = max(0.01, 0.2 * (high - low))
     axes.set_ylim(max(0.0, low - pad), min(1.0, high + pad) + 0.3 * pad)
@@ -257,10 +254,8 @@ def plot_results(rows, path, title=None):
     )
     axes.set_ylabel("test accuracy (mean ± std over runs)")
     if title:
-        axes.set_title(title, fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, format="png", dpi=120)
-    return path
+        axes.set_title(title)
+    return plotting.save(figure, path)
 
 
 def write_report(results, output, title="gmix-compare"):

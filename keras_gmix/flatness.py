@@ -34,6 +34,7 @@ from keras import ops
 
 from keras_gmix import checks
 from keras_gmix import losses as losses_lib
+from keras_gmix import plotting
 
 NORMALIZATIONS = ("filter", None)
 
@@ -785,23 +786,15 @@ def measure_flatness(
     return record, landscape
 
 
-def _new_figure(figsize):
-    # A Figure with its own Agg canvas, not pyplot: no global backend switch
-    # and no figure registry that a long run would fill up.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=figsize)
-    FigureCanvasAgg(figure)
-    return figure
-
-
 def plot_landscape_1d(results, path, title=None):
     """Plots one or several 1-D loss landscapes into a PNG file.
 
     Args:
         results: a 1-D `LandscapeResult`, or a dict of name to 1-D
-            `LandscapeResult`, drawn as overlaid curves with a legend.
+            `LandscapeResult`, drawn as overlaid curves with a legend; a
+            name that is a method (or a schedule such as `"gmix-k5"`) is
+            drawn in that method's colour (`keras_gmix.plotting`), a
+            schedule dashed.
         path: the PNG file to write.
         title: the figure title. Defaults to `None`, no title.
 
@@ -816,24 +809,22 @@ def plot_landscape_1d(results, path, title=None):
     named = results if isinstance(results, dict) else {None: results}
     if not named:
         raise ValueError("`results` is empty.")
-    figure = _new_figure((5, 4))
-    axes = figure.add_subplot()
+    styles = plotting.line_styles(named)  # a method in its colour of every figure
+    figure, [[axes]] = plotting.new_figure()
     for name, result in named.items():
         if result.betas is not None:
             raise ValueError(
                 f"plot_landscape_1d needs 1-D landscapes; {name or 'result'} is 2-D "
                 "(use plot_landscape_2d)."
             )
-        axes.plot(result.alphas, result.losses, label=name)
+        axes.plot(result.alphas, result.losses, label=name, **styles[name])
     axes.set_xlabel("alpha")
     axes.set_ylabel("loss")
     if title:
         axes.set_title(title)
     if not isinstance(results, LandscapeResult):
-        axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, format="png")
-    return path
+        plotting.legend(axes)
+    return plotting.save(figure, path)
 
 
 def plot_landscape_2d(result, path, levels=30, title=None):
@@ -855,16 +846,13 @@ def plot_landscape_2d(result, path, levels=30, title=None):
     """
     if result.betas is None:
         raise ValueError("plot_landscape_2d needs a 2-D landscape (directions=2).")
-    figure = _new_figure((5, 4))
-    axes = figure.add_subplot()
+    figure, [[axes]] = plotting.new_figure(grid=False)  # the contours are the grid
     # losses[i, j] sits at (alphas[i], betas[j]): contour wants [row=y, col=x].
     contour = axes.contour(result.alphas, result.betas, result.losses.T, levels=levels)
-    axes.clabel(contour, inline=True, fontsize=6)
-    axes.plot([0.0], [0.0], "k+")
+    axes.clabel(contour, inline=True, fontsize=plotting.NOTE_SIZE)
+    axes.plot([0.0], [0.0], "+", color=plotting.NEUTRAL_COLOR)
     axes.set_xlabel("alpha")
     axes.set_ylabel("beta")
     if title:
         axes.set_title(title)
-    figure.tight_layout()
-    figure.savefig(path, format="png")
-    return path
+    return plotting.save(figure, path)

@@ -11,6 +11,8 @@ import tensorflow as tf
 import keras_gmix as kg
 from keras_gmix import callbacks
 from keras_gmix import flatness
+from keras_gmix import plotting
+from tests.png_checks import png_size
 
 D, C, N, BATCH = 6, 3, 48, 16
 
@@ -176,6 +178,10 @@ def test_flatness_monitor_logs_tags_pngs_and_the_measured_values(tmp_path):
         assert [step for step, _, _ in events[tag]] == [1, 3], tag  # epochs 2 and 4, 0-based
     _, plugin, image = events["flatness/landscape_1d"][0]
     assert plugin == "images" and image[2].startswith(b"\x89PNG")
+    # The image logged is the figure written: one panel at the shared dpi.
+    panel = (plotting.PANEL[0] * plotting.DPI, plotting.PANEL[1] * plotting.DPI)
+    assert png_size(image[2]) == panel
+    assert png_size(str(tmp_path / "png" / "landscape_1d_epoch004.png")) == panel
     assert sorted(os.listdir(tmp_path / "png")) == [
         "flatness.csv",
         "landscape_1d_epoch002.png",

@@ -9,6 +9,9 @@ import pytest
 
 from keras_gmix import cli
 from keras_gmix import compare
+from keras_gmix import plotting
+from tests.png_checks import has_color
+from tests.png_checks import png_size
 
 TINY = ["--epochs", "1", "--batch-size", "16", "--train-size", "32", "--verbose", "0"]
 
@@ -76,8 +79,12 @@ def test_gmix_compare_runs_reads_back_and_collects(tmp_path, capsys):
     }
     for method, r in results.items():
         assert f"| {method} | 1 | {r['test_accuracy']:.4f} | – | {r['seconds']:.1f} |" in text
-    with open(os.path.join(output, "results.png"), "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # Two bars: the narrowest chart, 4 x 4 inches; each bar in its method's colour.
+    png = os.path.join(output, "results.png")
+    assert png_size(png) == (4 * plotting.DPI, 4 * plotting.DPI)
+    assert has_color(png, plotting.method_color("erm")) and has_color(
+        png, plotting.method_color("mixup")
+    )
     assert "| erm |" in capsys.readouterr().out
 
     # Started again, the finished runs are read back, not trained again.

@@ -11,6 +11,8 @@ import tensorflow as tf
 
 import keras
 from keras_gmix import flatness
+from keras_gmix import plotting
+from tests.png_checks import png_size
 
 N, K = 64, 4
 # Anisotropic features: a clear eigengap, so that power iteration (and the
@@ -316,8 +318,10 @@ def test_landscape_2d_center_grid_and_plots(tmp_path):
         flatness.plot_landscape_1d({"seed 0": one, "seed 1": other}, tmp_path / "two.png"),
         flatness.plot_landscape_2d(result, tmp_path / "plane.png", title="plane"),
     ):
-        with open(path, "rb") as f:
-            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        assert png_size(path) == (
+            plotting.PANEL[0] * plotting.DPI,
+            plotting.PANEL[1] * plotting.DPI,
+        )
     with pytest.raises(ValueError, match="2-D"):
         flatness.plot_landscape_1d(result, tmp_path / "bad.png")
 

@@ -55,3 +55,26 @@ def test_paired_t_test_matches_a_hand_computation():
     # d = (1, 2, 3) points: mean 2, sd 1, t = 2 / (1 / sqrt 3) = 3.464, dof 2 -> p = 0.0742.
     result = schedule_report.paired({0: 0.50, 1: 0.50, 2: 0.50}, {0: 0.51, 1: 0.52, 2: 0.53})
     assert result["diff"] == pytest.approx(2.0) and result["p"] == pytest.approx(0.0742, abs=2e-4)
+
+
+def test_the_figure_has_one_panel_per_data_set_with_runs_in_the_method_colours(tmp_path):
+    from keras_gmix import plotting
+    from tests.png_checks import has_color
+    from tests.png_checks import png_size
+
+    write_runs(
+        str(tmp_path / "generalization_runs" / "mnist1d" / "4000"),
+        {
+            ("erm", 0): (0.90, 10.0),
+            ("mixup", 0): (0.94, 11.0),
+            ("gmix", 0): (0.96, 22.0),
+            ("gmix-k5", 0): (0.95, 13.0),
+        },
+    )
+    path = str(tmp_path / "schedules.png")
+    schedule_report.plot(schedule_report.build(str(tmp_path)), path)
+    # CIFAR-10 has no runs here: one panel, not two.
+    assert png_size(path) == (round(6.5 * plotting.DPI), round(4.6 * plotting.DPI))
+    for name in ("mixup", "gmix"):
+        assert has_color(path, plotting.method_color(name)), name
+    assert not has_color(path, plotting.method_color("sam"))
