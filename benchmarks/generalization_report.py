@@ -176,6 +176,7 @@ def collect(out, seeds):
     """Everything the report needs, as a JSON-able dict."""
 
     report = {"datasets": {}, "sweeps": {}}
+    finished = []  # when each run read here finished (ISO 8601, UTC)
     for key in DATASETS:
         name, subset = parse_dataset(key)
         folder = run_dir(out, name, subset)
@@ -207,6 +208,10 @@ def collect(out, seeds):
                         "budget_loss_drop": flattening(ref["history"]["loss"]) if ref else None,
                     }
                 )
+        finished.extend(r.get("finished") for r in runs.values())
+        finished.extend(
+            r.get("finished") for r in (x for v in other_runs.values() for x in v.values())
+        )
         report["datasets"][key] = {
             "rows": rows,
             "budget_checks": checks,
@@ -229,6 +234,9 @@ def collect(out, seeds):
             ],
             "chosen": {"alpha": alpha, "rho_sam": rho_sam, "rho_gmix": rho_gmix},
         }
+    # The report's date is its newest run's, not the clock's: rebuilt from
+    # the same run files, the report is the same file.
+    report["last_run_finished"] = max(filter(None, finished), default=None)
     return report
 
 
@@ -315,12 +323,18 @@ def summary_lines(report, n_seeds):
     return lines
 
 
-def write_report(args):
+def last_run_text(finished):
+    """'2026-11-27 18:34 UTC' from an ISO 8601 UTC time; '–' for none."""
+    if not finished:
+        return "–"
+    return datetime.datetime.fromisoformat(finished).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def write_report(args, draw=True):
     import numpy as np
 
     report = collect(args.out, args.seeds)
     report["machine"] = machine()
-    report["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     reasons = budget_reasons()
     report["budgets"] = recorded_budgets(reasons)
     report["command"] = (
@@ -336,7 +350,7 @@ def write_report(args):
         f"- Machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, CPU only, "
         "shared with other jobs (runs at `nice -n 19`, so times are upper bounds; from the third "
         "session on two runs shared the 2 cores, see the CPU seconds)",
-        f"- Report date: {report['date']}",
+        f"- Last run finished: {last_run_text(report['last_run_finished'])}",
         "",
         "## Summary",
         "",
@@ -484,7 +498,8 @@ def write_report(args):
     with open(base + ".md", "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
     write_json(base + ".json", report)
-    plot(report, base)
+    if draw:
+        plot(report, base)
     print("\n".join(lines))
 
 

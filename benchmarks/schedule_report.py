@@ -215,8 +215,8 @@ def build(out):
     return report
 
 
-def write(out):
-    """Writes schedules.md, .json and .png into `out` from its run files."""
+def write(out, draw=True):
+    """Writes schedules.md, .json and (with `draw`) .png into `out` from its run files."""
     report = build(out)
     lines = [
         "# Efficient schedules: accuracy against cost",
@@ -233,7 +233,8 @@ def write(out):
         f.write("\n".join(lines))
     with open(base + ".json", "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1)
-    plot(report, base + ".png")
+    if draw:
+        plot(report, base + ".png")
     print("\n".join(lines))
     print(f"wrote {base}.md, .json and .png")
 

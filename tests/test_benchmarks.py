@@ -5,6 +5,7 @@ are checked against values worked out by hand; the run claims against real
 processes; a killed training run against an uninterrupted one.
 """
 
+import argparse
 import json
 import os
 import signal
@@ -385,3 +386,31 @@ def test_the_committed_report_records_the_readme_budgets(report):
     committed = report.read_json(os.path.join(BENCHMARKS, "results", "generalization.json"))
     recorded = json.loads(json.dumps(report.recorded_budgets(report.budget_reasons())))
     assert committed["budgets"] == recorded
+
+
+def test_the_committed_reports_are_rebuilt_from_the_committed_runs(report, tmp_path):
+    # Rebuilt from the run files, generalization.md/.json and schedules.md/.json
+    # come out as committed: the reports hold nothing the runs do not say
+    # (a run added without rebuilding them fails here). Only the machine
+    # that builds the report may differ.
+    import schedule_report
+
+    results = os.path.join(BENCHMARKS, "results")
+    os.symlink(os.path.join(results, "generalization_runs"), tmp_path / "generalization_runs")
+    report.write_report(argparse.Namespace(out=str(tmp_path), seeds=[0, 1, 2]), draw=False)
+    schedule_report.write(str(tmp_path), draw=False)
+
+    def without_machine(text):
+        return [line for line in text.splitlines() if not line.startswith("- Machine:")]
+
+    for name in ("generalization.md", "schedules.md"):
+        with open(os.path.join(results, name), encoding="utf-8") as f:
+            committed = f.read()
+        assert without_machine((tmp_path / name).read_text(encoding="utf-8")) == without_machine(
+            committed
+        ), name
+    for name in ("generalization.json", "schedules.json"):
+        rebuilt = report.read_json(str(tmp_path / name))
+        committed = report.read_json(os.path.join(results, name))
+        rebuilt.pop("machine", None), committed.pop("machine", None)
+        assert rebuilt == committed, name
