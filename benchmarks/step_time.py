@@ -14,8 +14,8 @@ BatchNormalization and for jit_compile off and on:
 - `keras fit`: the bare model compiled with Keras 3 (no GMixModel);
 - `erm` ... `dgmix`: `keras_gmix.GMixModel(method=...)`;
 - `naive sam`: `benchmarks/naive_sam.py`, SAM by assign_add / assign_sub;
-- `gmix:k5` and the like: a method with an efficient schedule (SPEC.md
-  section 4b), `perturb_every=5`. Its steps are not all alike, so its
+- `gmix:k5`, `dgmix:k5-r0.3` and the like: a method with an efficient
+  schedule (SPEC.md section 4b), `perturb_every=5` (and `reuse_scale=0.3`). Its steps are not all alike, so its
   per-round time is the amortized one, (full + (k - 1) * cheap) / k, from
   the round's median full step and median cheap step (the step counter says
   which is which); give it at least k steps per round;
@@ -99,16 +99,27 @@ def set_environment(args):
 
 
 def parse_method(spec):
-    """`"gmix:k5"` -> ("gmix", 5); `"gmix"` -> ("gmix", 1)."""
+    """`"gmix:k5"` -> ("gmix", {"perturb_every": 5}); `"dgmix:k5-r0.3"` adds
+    `reuse_scale=0.3`; `"gmix"` -> ("gmix", {}). The part after the colon
+    names a schedule as generalization.py does (`parse_variant`), with k > 1:
+    the random schedule (pP) is not timed, its full steps are not known
+    ahead."""
+    from generalization_plan import parse_variant
+
     name, _, schedule = spec.partition(":")
     methods = known_methods()
-    if name not in methods or (
-        schedule and not (schedule.startswith("k") and schedule[1:].isdigit())
-    ):
+    try:
+        if name not in methods:
+            raise ValueError(name)
+        options = parse_variant(f"{name}-{schedule}")[1] if schedule else {}
+        if schedule and (options.get("perturb_every", 1) < 2 or "perturb_probability" in options):
+            raise ValueError(schedule)
+    except ValueError:
         raise ValueError(
-            f"unknown method {spec!r}; choose from {methods}, optionally with ':kK' (e.g. gmix:k5)"
-        )
-    return name, int(schedule[1:]) if schedule else 1
+            f"unknown method {spec!r}; choose from {methods}, optionally with ':kK' or "
+            "':kK-rA' (k >= 2; e.g. gmix:k5, dgmix:k5-r0.3)"
+        ) from None
+    return name, options
 
 
 def parse_args(argv=None):
@@ -266,9 +277,8 @@ class Config:
     def __init__(self, model, bn, jit, method):
         self.model, self.bn, self.jit, self.method = model, bn, jit, method
         # Rows other than GMixModel's (keras fit, naive sam, tf-keras) have no schedule.
-        self.base_method, self.perturb_every = (
-            parse_method(method) if ":" in method else (method, 1)
-        )
+        self.base_method, self.schedule = parse_method(method) if ":" in method else (method, {})
+        self.perturb_every = self.schedule.get("perturb_every", 1)
         self.round_full = []  # per round: for each step, whether it was a full step
         self.train_model = None
         self.iterator = None
@@ -351,7 +361,7 @@ def build(config, args):
             rho=args.rho,
             alpha=1.0,
             seed=args.seed,
-            perturb_every=config.perturb_every,
+            **config.schedule,
         )
     model.compile(
         optimizer=keras.optimizers.SGD(args.learning_rate, momentum=0.9),

@@ -414,3 +414,25 @@ def test_the_committed_reports_are_rebuilt_from_the_committed_runs(report, tmp_p
         committed = report.read_json(os.path.join(results, name))
         rebuilt.pop("machine", None), committed.pop("machine", None)
         assert rebuilt == committed, name
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("erm", ("erm", {})),
+        ("gmix:k5", ("gmix", {"perturb_every": 5})),
+        ("dgmix:k5-r0.3", ("dgmix", {"perturb_every": 5, "reuse_scale": 0.3})),
+    ],
+)
+def test_step_time_reads_schedules_as_generalization_does(generalization, spec, expected):
+    import step_time
+
+    assert step_time.parse_method(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["gmix:k1", "gmix:p0.2", "gmix:r0.3", "gmix:x5", "adam:k5"])
+def test_step_time_refuses_schedules_it_cannot_time(generalization, spec):
+    import step_time
+
+    with pytest.raises(ValueError, match="unknown method"):
+        step_time.parse_method(spec)
