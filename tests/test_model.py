@@ -329,6 +329,25 @@ def test_keras_file_round_trip(tmp_path, safe_mode):
     loaded.fit(x, y, batch_size=16, epochs=1, verbose=0)  # and it trains on
 
 
+def test_step_values_are_neither_weights_nor_saved_nor_logged(tmp_path):
+    x, y = data()
+    model = compiled("gmix")
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, validation_data=(x, y))
+    state = model.weights + model.variables
+    assert not {v.name for v in state} & {"last_lam", "last_sensitivity"}
+    assert not any(v is model.last_lam or v is model.last_sensitivity for v in state)
+    assert not set(history.history) & {"last_lam", "last_sensitivity"}
+    # Keras' per-epoch and per-evaluate metric resets leave the last training step's values.
+    lam = model.last_lam.numpy()
+    assert np.isfinite(lam[:16]).all() and np.isnan(lam[16:]).all()
+    model.evaluate(x, y, verbose=0)
+    np.testing.assert_array_equal(model.last_lam.numpy(), lam)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert np.isnan(loaded.last_lam.numpy()).all()
+    assert np.isnan(loaded.last_sensitivity.numpy()).all()
+
+
 # -- bad arguments ------------------------------------------------------------
 
 
