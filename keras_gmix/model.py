@@ -78,6 +78,25 @@ def step_stat_names(method):
     return tuple(names)
 
 
+def without_old_step_values(store):
+    """A GMixModel's own saved variables, without the step values of the old layout.
+
+    Files written while `last_lam` and `last_sensitivity` were weights list
+    the model's own variables as mix_step, last_lam, last_sensitivity,
+    consecutive_skips, then the reuse direction; now they are mix_step,
+    consecutive_skips, then the reuse direction. Entry "1" tells them apart:
+    a vector of `STEP_VALUES_CAPACITY` floats in the old layout, the scalar
+    counter in the new one. An old store is renumbered without its entries
+    1 and 2 (their values describe a step long past); any other store is
+    returned as it is, for Keras to check.
+    """
+    count = len(store.keys())
+    if count < 3 or any(np.shape(store[key]) != (STEP_VALUES_CAPACITY,) for key in ("1", "2")):
+        return store
+    kept = [0] + list(range(3, count))
+    return {str(new): store[str(old)] for new, old in enumerate(kept)}
+
+
 class StepValues(keras.metrics.Metric):
     """The last training step's values of one kind (lambda or s_i), for callbacks.
 
@@ -370,6 +389,11 @@ class GMixModel(keras.Model):
         return self.last_sensitivity_tracker.values
 
     # -- Keras plumbing -------------------------------------------------
+
+    def load_own_variables(self, store):
+        # Checkpoints and .keras files written while the step values were
+        # weights hold them among this model's own variables.
+        super().load_own_variables(without_old_step_values(store))
 
     def call(self, inputs, training=None):
         return self.inner(inputs, training=training)
