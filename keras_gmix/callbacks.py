@@ -3,7 +3,8 @@
 - `StepValuesLogger` writes, every N optimizer steps, the learning rate, rho
   and histograms of the mixing coefficients lambda and of the per-example
   sharpness-sensitivity s_i of the last step (`GMixModel.last_lam` and
-  `GMixModel.last_sensitivity`, NaN padding dropped).
+  `GMixModel.last_sensitivity`, NaN padding dropped; metrics of the model,
+  not weights, so a loaded or resumed model has them from its first step).
 - `FlatnessMonitor` measures, every N epochs on a fixed held-out batch set,
   the top Hessian eigenvalue, the rho-sharpness and the 1D loss landscape,
   and logs them to TensorBoard (scalars and an image) and to PNG files.
@@ -67,7 +68,9 @@ class StepValuesLogger(keras.callbacks.Callback):
 
     NaN entries (the padding of `GMixModel`'s fixed-size buffers, or a
     method that does not compute the value) are dropped; a histogram with no
-    finite value is not written.
+    finite value is not written. The buffers are not saved: after a resume
+    with a schedule (cheap steps, SPEC.md section 4b), `sensitivity` starts
+    again at the first full step.
 
     Args:
         log_dir: folder of the TensorBoard event file, e.g.

@@ -29,6 +29,9 @@ PARTITION_STATS = ("sensitive_fraction", "grad_cosine")
 # that draw their histograms; a batch larger than this keeps its first ones.
 STEP_VALUES_CAPACITY = 1024
 
+# The names of the two StepValues trackers: metrics, but never logged.
+STEP_VALUES_NAMES = ("last_lam", "last_sensitivity")
+
 NO_LABELS = (
     "The training data yields inputs without labels: GMixModel mixes each example's "
     "label with its partner's, so it needs (x, y) or (x, y, sample_weight) batches. "
@@ -73,6 +76,67 @@ def step_stat_names(method):
     if method == "dgmix":
         names.append("conflict")
     return tuple(names)
+
+
+def without_old_step_values(store):
+    """A GMixModel's own saved variables, without the step values of the old layout.
+
+    Files written while `last_lam` and `last_sensitivity` were weights list
+    the model's own variables as mix_step, last_lam, last_sensitivity,
+    consecutive_skips, then the reuse direction; now they are mix_step,
+    consecutive_skips, then the reuse direction. Entry "1" tells them apart:
+    a vector of `STEP_VALUES_CAPACITY` floats in the old layout, the scalar
+    counter in the new one. An old store is renumbered without its entries
+    1 and 2 (their values describe a step long past); any other store is
+    returned as it is, for Keras to check.
+    """
+    count = len(store.keys())
+    if count < 3 or any(np.shape(store[key]) != (STEP_VALUES_CAPACITY,) for key in ("1", "2")):
+        return store
+    kept = [0] + list(range(3, count))
+    return {str(new): store[str(old)] for new, old in enumerate(kept)}
+
+
+class StepValues(keras.metrics.Metric):
+    """The last training step's values of one kind (lambda or s_i), for callbacks.
+
+    A fixed-size buffer of `STEP_VALUES_CAPACITY` floats: the step's values
+    first, NaN after them. A metric rather than a weight of the model, so
+    that `model.weights`, `save`, `save_weights` and checkpoints leave it out:
+    it describes one step, not the state a resumed run needs.
+
+    `reset_state` keeps the values. Keras resets the metrics at the start of
+    every epoch and of every `evaluate` (also the validation inside `fit`),
+    none of which is a training step: the buffer holds the last training
+    step's values until the next training step replaces them, as
+    `StepValuesLogger` expects at the end of a batch or an epoch. A new or
+    reloaded model starts with NaN.
+    """
+
+    def __init__(self, name, dtype="float32"):
+        super().__init__(name=name, dtype=dtype)
+        # The same on every replica on read (the first replica's values):
+        # each replica records the values of its own share of the batch.
+        self.values = self.add_variable(
+            shape=(STEP_VALUES_CAPACITY,),
+            initializer=keras.initializers.Constant(float("nan")),
+            dtype="float32",
+            aggregation="only_first_replica",
+            name=name,
+        )
+
+    def update_state(self, values, keep=True):
+        """Stores `values` (flattened, cut to the capacity, NaN-padded) where `keep`."""
+        values = tf.reshape(tf.cast(values, tf.float32), [-1])[:STEP_VALUES_CAPACITY]
+        padding = STEP_VALUES_CAPACITY - tf.shape(values)[0]
+        padded = tf.pad(values, [[0, padding]], constant_values=float("nan"))
+        self.values.assign(tf.where(keep, padded, self.values))
+
+    def result(self):
+        return tf.identity(self.values)
+
+    def reset_state(self):
+        pass
 
 
 @keras.saving.register_keras_serializable(package="keras_gmix")
@@ -246,9 +310,12 @@ class GMixModel(keras.Model):
             else int(tf.random.uniform([], maxval=2**31 - 1, dtype=tf.int64))
         )
         self.mix_step = self._counter_variable("mix_step")
-        self.last_lam = self._step_values_variable("last_lam")
-        self.last_sensitivity = self._step_values_variable("last_sensitivity")
         self.consecutive_skips = self._counter_variable("consecutive_skips")
+        # The last step's lambda and s_i for histogram callbacks: metrics, so
+        # that they are neither weights nor saved (read them as `last_lam`
+        # and `last_sensitivity`).
+        self.last_lam_tracker = StepValues(name="last_lam")
+        self.last_sensitivity_tracker = StepValues(name="last_sensitivity")
         self.skipped_steps_tracker = keras.metrics.Sum(name="skipped_steps")
         self.step_stat_trackers = [
             keras.metrics.Mean(name=name) for name in step_stat_names(method)
@@ -291,16 +358,6 @@ class GMixModel(keras.Model):
             aggregation="only_first_replica",
         )
 
-    def _step_values_variable(self, name):
-        return self.add_weight(
-            name=name,
-            shape=(STEP_VALUES_CAPACITY,),
-            dtype="float32",
-            initializer=keras.initializers.Constant(float("nan")),
-            trainable=False,
-            aggregation="only_first_replica",
-        )
-
     def _create_reuse_direction(self):
         # Training state, saved and restored with the weights like the
         # optimizer's; the same on every replica (formed from all-reduced
@@ -320,14 +377,23 @@ class GMixModel(keras.Model):
             for i, variable in enumerate(self.inner.trainable_variables)
         ]
 
-    @staticmethod
-    def _record_step_values(variable, values, keep=True):
-        values = tf.reshape(tf.cast(values, tf.float32), [-1])[:STEP_VALUES_CAPACITY]
-        padding = STEP_VALUES_CAPACITY - tf.shape(values)[0]
-        padded = tf.pad(values, [[0, padding]], constant_values=float("nan"))
-        variable.assign(tf.where(keep, padded, variable))
+    @property
+    def last_lam(self):
+        """The last training step's mixing coefficients, one per example, NaN-padded
+        to `STEP_VALUES_CAPACITY` (all NaN before the first step of a mixing method)."""
+        return self.last_lam_tracker.values
+
+    @property
+    def last_sensitivity(self):
+        """The last full training step's s_i, one per example, NaN-padded like `last_lam`."""
+        return self.last_sensitivity_tracker.values
 
     # -- Keras plumbing -------------------------------------------------
+
+    def load_own_variables(self, store):
+        # Checkpoints and .keras files written while the step values were
+        # weights hold them among this model's own variables.
+        super().load_own_variables(without_old_step_values(store))
 
     def call(self, inputs, training=None):
         return self.inner(inputs, training=training)
@@ -635,8 +701,8 @@ class GMixModel(keras.Model):
             return tf.where(finite, new, old)
 
         if result.sensitivity is not None:
-            self._record_step_values(
-                self.last_sensitivity, result.sensitivity, tf.logical_and(finite, full)
+            self.last_sensitivity_tracker.update_state(
+                result.sensitivity, keep=tf.logical_and(finite, full)
             )
         # BatchNorm statistics (and RNG state) from the unperturbed pass only.
         for variable, value in zip(self.inner.non_trainable_variables, result.non_trainable):
@@ -646,10 +712,13 @@ class GMixModel(keras.Model):
         # (Reads and writes of a variable run in program order inside a
         # tf.function; no explicit control dependency, which would stop
         # Keras from lifting the compiled metrics' lazy variable creation.)
+        # Not skipped_steps, which counts the skip, nor the step values,
+        # written before this point with a rule of their own.
+        own = (self.skipped_steps_tracker, self.last_lam_tracker, self.last_sensitivity_tracker)
         metric_variables = [
             v
             for metric in self.metrics
-            if metric is not self.skipped_steps_tracker
+            if not any(metric is tracker for tracker in own)
             for v in metric.variables
         ]
         before = [tf.identity(v) for v in metric_variables]
@@ -723,9 +792,8 @@ class GMixModel(keras.Model):
             x, y_one_hot, sample_weight, label_lam = self.mix_data(
                 x, y_one_hot, sample_weight, self.mixing_seed(step)
             )
-            self._record_step_values(
-                self.last_lam,
-                tf.broadcast_to(label_lam, tf.shape(tf.nest.flatten(y_one_hot)[0])[:1]),
+            self.last_lam_tracker.update_state(
+                tf.broadcast_to(label_lam, tf.shape(tf.nest.flatten(y_one_hot)[0])[:1])
             )
 
         if self.scheduled:
@@ -773,7 +841,8 @@ class GMixModel(keras.Model):
         return self._distributable_logs(self.get_metrics_result())
 
     def get_metrics_result(self):
-        """Keras' metric results without the internal `soft_labels` count.
+        """Keras' metric results without the internal `soft_labels` count and
+        the step values (`last_lam`, `last_sensitivity`: arrays, not scalars).
 
         Dropped here, not from the step's logs alone: at the end of an epoch
         Keras reads `get_metrics_result()` (the metrics summed over replicas)
@@ -782,7 +851,8 @@ class GMixModel(keras.Model):
         `skipped_steps` on two replicas.
         """
         logs = super().get_metrics_result()
-        logs.pop("soft_labels", None)
+        for name in ("soft_labels",) + STEP_VALUES_NAMES:
+            logs.pop(name, None)
         return logs
 
 

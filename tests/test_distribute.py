@@ -58,6 +58,16 @@ def test_mirrored_per_replica_update_is_mean_of_halves(mirrored, method):
     assert mirrored["per_replica"][method]["logged_loss"] < 1e-5
 
 
+@pytest.mark.parametrize("method", ["sam", "dgmix"])
+def test_mirrored_step_values_are_the_first_replicas(mirrored, method):
+    """`last_lam` and `last_sensitivity` (metrics, not weights) read as replica 0's values."""
+    values = mirrored["per_replica"][method]
+    assert values["last_lam_all_nan"] == (method == "sam")
+    assert values["last_lam"] < 1e-6
+    assert values["last_sensitivity"] < 1e-5
+    assert values["padding_is_nan"]
+
+
 def test_mirrored_replicas_draw_different_mixes(mirrored):
     lams, perms = mirrored["draws"]["lams"], mirrored["draws"]["perms"]
     assert lams[0] != lams[1] and perms[0] != perms[1]

@@ -329,6 +329,101 @@ def test_keras_file_round_trip(tmp_path, safe_mode):
     loaded.fit(x, y, batch_size=16, epochs=1, verbose=0)  # and it trains on
 
 
+def test_step_values_are_neither_weights_nor_saved_nor_logged(tmp_path):
+    x, y = data()
+    model = compiled("gmix")
+    history = model.fit(x, y, batch_size=16, epochs=2, verbose=0, validation_data=(x, y))
+    state = model.weights + model.variables
+    assert not {v.name for v in state} & {"last_lam", "last_sensitivity"}
+    assert not any(v is model.last_lam or v is model.last_sensitivity for v in state)
+    assert not set(history.history) & {"last_lam", "last_sensitivity"}
+    # Keras' per-epoch and per-evaluate metric resets leave the last training step's values.
+    lam = model.last_lam.numpy()
+    assert np.isfinite(lam[:16]).all() and np.isnan(lam[16:]).all()
+    model.evaluate(x, y, verbose=0)
+    np.testing.assert_array_equal(model.last_lam.numpy(), lam)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert np.isnan(loaded.last_lam.numpy()).all()
+    assert np.isnan(loaded.last_sensitivity.numpy()).all()
+
+
+def old_layout(model, lam, sensitivity):
+    """GMixModel's own variables as files written while the step values were
+    weights store them: mix_step, last_lam, last_sensitivity,
+    consecutive_skips, then the reuse direction."""
+    own = [model.mix_step, lam, sensitivity, model.consecutive_skips]
+    own += list(model.reuse_direction or [])
+    return {str(i): np.array(keras.ops.convert_to_numpy(v)) for i, v in enumerate(own)}
+
+
+def reusing_model(seed):
+    """A trained model with every kind of own variable: counters and the reuse direction."""
+    x, y = data(seed)
+    model = compiled(
+        "gmix",
+        inner=dense_bn_model(seed),
+        optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+        perturb_every=2,
+        reuse_scale=0.5,
+    )
+    # Models of other seeds differ in every variable, counters included.
+    model.fit(x, y, batch_size=8, epochs=1 + seed, verbose=0)
+    model.consecutive_skips.assign(3 + seed)
+    return model
+
+
+def test_old_layout_of_own_variables_loads_without_the_step_values():
+    saved = reusing_model(0)
+    lam = np.arange(kg.model.STEP_VALUES_CAPACITY, dtype="float32")
+    store = old_layout(saved, lam, -lam)
+    fresh = reusing_model(1)
+    fresh_lam = fresh.last_lam.numpy()
+    fresh.load_own_variables(store)
+    own = [saved.mix_step, saved.consecutive_skips] + saved.reuse_direction
+    loaded = [fresh.mix_step, fresh.consecutive_skips] + fresh.reuse_direction
+    assert float(np.abs(saved.reuse_direction[0].numpy()).max()) > 0
+    for a, b in zip(loaded, own):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # The old buffers are dropped: the step values are the fresh model's own.
+    np.testing.assert_array_equal(fresh.last_lam.numpy(), fresh_lam)
+
+
+@pytest.mark.parametrize("kind", ["keras", "weights", "checkpoint"])
+def test_files_written_with_the_step_values_as_weights_still_load(tmp_path, monkeypatch, kind):
+    saved = reusing_model(0)
+    lam = saved.last_lam.numpy()
+
+    def save_old_layout(model, store):
+        for key, value in old_layout(model, lam, model.last_sensitivity).items():
+            store[key] = value
+
+    monkeypatch.setattr(kg.GMixModel, "save_own_variables", save_old_layout)
+    path = str(tmp_path / ("model.keras" if kind == "keras" else "model.weights.h5"))
+    if kind == "keras":
+        saved.save(path)
+    elif kind == "weights":
+        saved.save_weights(path)
+    else:
+        kg.checkpoint.save(saved, str(tmp_path / "backup"), epochs_done=1)
+    monkeypatch.undo()
+    if kind == "keras":
+        loaded = keras.saving.load_model(path)
+    else:
+        loaded = reusing_model(1)  # other weights, counters and optimizer state
+        if kind == "weights":
+            loaded.load_weights(path)
+        else:
+            assert kg.checkpoint.restore(loaded, str(tmp_path / "backup")) == 1
+    assert [v.name for v in loaded.weights] == [v.name for v in saved.weights]
+    assert len(loaded.optimizer.variables) == len(saved.optimizer.variables)
+    for a, b in zip(
+        loaded.weights + loaded.optimizer.variables, saved.weights + saved.optimizer.variables
+    ):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    assert int(loaded.mix_step.numpy()) == 4 and int(loaded.consecutive_skips.numpy()) == 3
+
+
 # -- bad arguments ------------------------------------------------------------
 
 

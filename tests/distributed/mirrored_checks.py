@@ -69,19 +69,31 @@ def per_replica_update_is_mean_of_halves(mirrored, method):
     reference = mlp()
     updates = []
     losses = []
+    sharpness = []
+    lams = [np.nan, np.nan]
     for replica in range(2):
         half = slice(replica * GLOBAL_BATCH // 2, (replica + 1) * GLOBAL_BATCH // 2)
         x_r, y_r = x[half], tf.one_hot(y[half], C)
         if method in ("mixup", "gmix", "bgmix", "dgmix"):
             seed = model.mixing_seed(tf.constant(1, tf.int64), replica=replica)
-            x_r, y_r, _, _ = model.mix_data(x_r, y_r, None, seed)
+            x_r, y_r, _, lams[replica] = model.mix_data(x_r, y_r, None, seed)
         grads, stats = kg.update_gradients(reference, x_r, y_r, loss=LOSS, method=method)
         updates.append([g.numpy() for g in grads])
         losses.append(stats["loss"])
+        sharpness.append(stats["sharpness"])
     expected = [w - (g0 + g1) / 2 for w, g0, g1 in zip(reference.get_weights(), *updates)]
+    # The step values (metrics, not weights) read as the first replica's
+    # half of the batch, NaN after it.
+    half = GLOBAL_BATCH // 2
+    lam = keras.ops.convert_to_numpy(model.last_lam)
+    sensitivity = keras.ops.convert_to_numpy(model.last_sensitivity)
     return {
         "weights": max_difference(model.inner.get_weights(), expected),
         "logged_loss": abs(history["loss"][0] - float(np.mean(losses))),
+        "last_lam": float(np.abs(lam[:half] - float(lams[0])).max()) if method != "sam" else 0.0,
+        "last_lam_all_nan": bool(np.isnan(lam).all()),
+        "last_sensitivity": abs(float(sensitivity[:half].mean()) - float(sharpness[0])),
+        "padding_is_nan": bool(np.isnan(lam[half:]).all() and np.isnan(sensitivity[half:]).all()),
     }
 
 
