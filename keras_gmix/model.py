@@ -19,18 +19,14 @@ from keras_gmix import gradients
 from keras_gmix import losses as losses_lib
 from keras_gmix import mixing
 from keras_gmix import perturb_schedule
+from keras_gmix.step_values import STEP_VALUES_NAMES
+from keras_gmix.step_values import StepValues
+from keras_gmix.step_values import without_old_step_values
 
 # The statistics each method adds to fit's logs (SPEC.md section 5), besides
 # "loss" and the compiled metrics.
 PERTURBATION_STATS = ("perturbed_loss", "sharpness", "eps_norm")
 PARTITION_STATS = ("sensitive_fraction", "grad_cosine")
-
-# The last step's lambda and s_i values are kept (NaN-padded) for callbacks
-# that draw their histograms; a batch larger than this keeps its first ones.
-STEP_VALUES_CAPACITY = 1024
-
-# The names of the two StepValues trackers: metrics, but never logged.
-STEP_VALUES_NAMES = ("last_lam", "last_sensitivity")
 
 NO_LABELS = (
     "The training data yields inputs without labels: GMixModel mixes each example's "
@@ -76,67 +72,6 @@ def step_stat_names(method):
     if method == "dgmix":
         names.append("conflict")
     return tuple(names)
-
-
-def without_old_step_values(store):
-    """A GMixModel's own saved variables, without the step values of the old layout.
-
-    Files written while `last_lam` and `last_sensitivity` were weights list
-    the model's own variables as mix_step, last_lam, last_sensitivity,
-    consecutive_skips, then the reuse direction; now they are mix_step,
-    consecutive_skips, then the reuse direction. Entry "1" tells them apart:
-    a vector of `STEP_VALUES_CAPACITY` floats in the old layout, the scalar
-    counter in the new one. An old store is renumbered without its entries
-    1 and 2 (their values describe a step long past); any other store is
-    returned as it is, for Keras to check.
-    """
-    count = len(store.keys())
-    if count < 3 or any(np.shape(store[key]) != (STEP_VALUES_CAPACITY,) for key in ("1", "2")):
-        return store
-    kept = [0] + list(range(3, count))
-    return {str(new): store[str(old)] for new, old in enumerate(kept)}
-
-
-class StepValues(keras.metrics.Metric):
-    """The last training step's values of one kind (lambda or s_i), for callbacks.
-
-    A fixed-size buffer of `STEP_VALUES_CAPACITY` floats: the step's values
-    first, NaN after them. A metric rather than a weight of the model, so
-    that `model.weights`, `save`, `save_weights` and checkpoints leave it out:
-    it describes one step, not the state a resumed run needs.
-
-    `reset_state` keeps the values. Keras resets the metrics at the start of
-    every epoch and of every `evaluate` (also the validation inside `fit`),
-    none of which is a training step: the buffer holds the last training
-    step's values until the next training step replaces them, as
-    `StepValuesLogger` expects at the end of a batch or an epoch. A new or
-    reloaded model starts with NaN.
-    """
-
-    def __init__(self, name, dtype="float32"):
-        super().__init__(name=name, dtype=dtype)
-        # The same on every replica on read (the first replica's values):
-        # each replica records the values of its own share of the batch.
-        self.values = self.add_variable(
-            shape=(STEP_VALUES_CAPACITY,),
-            initializer=keras.initializers.Constant(float("nan")),
-            dtype="float32",
-            aggregation="only_first_replica",
-            name=name,
-        )
-
-    def update_state(self, values, keep=True):
-        """Stores `values` (flattened, cut to the capacity, NaN-padded) where `keep`."""
-        values = tf.reshape(tf.cast(values, tf.float32), [-1])[:STEP_VALUES_CAPACITY]
-        padding = STEP_VALUES_CAPACITY - tf.shape(values)[0]
-        padded = tf.pad(values, [[0, padding]], constant_values=float("nan"))
-        self.values.assign(tf.where(keep, padded, self.values))
-
-    def result(self):
-        return tf.identity(self.values)
-
-    def reset_state(self):
-        pass
 
 
 @keras.saving.register_keras_serializable(package="keras_gmix")

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 import keras_gmix as kg
 from keras_gmix import gradients
+from keras_gmix.step_values import STEP_VALUES_CAPACITY
 
 D, C, N = 6, 3, 32
 
@@ -375,7 +376,7 @@ def reusing_model(seed):
 
 def test_old_layout_of_own_variables_loads_without_the_step_values():
     saved = reusing_model(0)
-    lam = np.arange(kg.model.STEP_VALUES_CAPACITY, dtype="float32")
+    lam = np.arange(STEP_VALUES_CAPACITY, dtype="float32")
     store = old_layout(saved, lam, -lam)
     fresh = reusing_model(1)
     fresh_lam = fresh.last_lam.numpy()
