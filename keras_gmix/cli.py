@@ -172,6 +172,35 @@ def compare_main(argv=None):
     return 0
 
 
+# The measurement flags of gmix-flatness: (flag, key of
+# `flatness_report.FLATNESS_DEFAULTS`, type, help sentence).
+_FLATNESS_FLAGS = (
+    ("--rho", "rho", float, "Radius of the rho-sharpness ball (>= 0)."),
+    (
+        "--eigenvalue-iters",
+        "eigenvalue_iters",
+        int,
+        "Power iterations of the top Hessian eigenvalue.",
+    ),
+    ("--sharpness-steps", "sharpness_steps", int, "Gradient-ascent steps of rho-sharpness."),
+    (
+        "--trace-samples",
+        "trace_samples",
+        int,
+        "Hutchinson samples of the Hessian trace; 0 skips it.",
+    ),
+    ("--points", "landscape_points", int, "Points of the 1D loss landscape."),
+    (
+        "--span",
+        "landscape_span",
+        float,
+        "The 1D landscape runs over [-span, span] times a filter-normalized direction.",
+    ),
+    ("--seed", "seed", int, "Seed of every random direction and vector."),
+    ("--batch-size", "batch_size", int, "Examples per evaluation batch."),
+)
+
+
 def flatness_parser():
     from keras_gmix import flatness_report as fr
 
@@ -218,57 +247,10 @@ def flatness_parser():
         help="Folder of the table and figures. Default: runs/flatness-<time>.",
     )
     defaults = fr.FLATNESS_DEFAULTS
-    parser.add_argument(
-        "--rho",
-        type=float,
-        default=defaults["rho"],
-        help=f"Radius of the rho-sharpness ball (>= 0). Default: {defaults['rho']}.",
-    )
-    parser.add_argument(
-        "--eigenvalue-iters",
-        type=int,
-        default=defaults["eigenvalue_iters"],
-        help="Power iterations of the top Hessian eigenvalue. "
-        f"Default: {defaults['eigenvalue_iters']}.",
-    )
-    parser.add_argument(
-        "--sharpness-steps",
-        type=int,
-        default=defaults["sharpness_steps"],
-        help=f"Gradient-ascent steps of rho-sharpness. Default: {defaults['sharpness_steps']}.",
-    )
-    parser.add_argument(
-        "--trace-samples",
-        type=int,
-        default=defaults["trace_samples"],
-        help="Hutchinson samples of the Hessian trace; 0 skips it. "
-        f"Default: {defaults['trace_samples']}.",
-    )
-    parser.add_argument(
-        "--points",
-        type=int,
-        default=defaults["landscape_points"],
-        help=f"Points of the 1D loss landscape. Default: {defaults['landscape_points']}.",
-    )
-    parser.add_argument(
-        "--span",
-        type=float,
-        default=defaults["landscape_span"],
-        help="The 1D landscape runs over [-span, span] times a filter-normalized "
-        f"direction. Default: {defaults['landscape_span']}.",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=defaults["seed"],
-        help=f"Seed of every random direction and vector. Default: {defaults['seed']}.",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=defaults["batch_size"],
-        help=f"Examples per evaluation batch. Default: {defaults['batch_size']}.",
-    )
+    for flag, key, kind, text in _FLATNESS_FLAGS:
+        parser.add_argument(
+            flag, type=kind, default=defaults[key], help=_with_default(text, defaults[key])
+        )
     return parser
 
 
