@@ -192,6 +192,7 @@ def collect(out, seeds):
             stem, _, epochs = fname[: -len(".json")].rpartition("_e")
             if fname.endswith(".json") and stem and epochs.isdigit():
                 r = read_json(os.path.join(folder, fname))
+                finished.append(r.get("finished"))
                 other_runs.setdefault(int(epochs), {})[(r["method"], r["seed"])] = r
                 ref = runs.get((r["method"], r["seed"]))
                 checks.append(
@@ -209,9 +210,6 @@ def collect(out, seeds):
                     }
                 )
         finished.extend(r.get("finished") for r in runs.values())
-        finished.extend(
-            r.get("finished") for r in (x for v in other_runs.values() for x in v.values())
-        )
         report["datasets"][key] = {
             "rows": rows,
             "budget_checks": checks,
