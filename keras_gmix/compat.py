@@ -37,6 +37,28 @@ def symbolic_build(model, data_batch):
     model._symbolic_build(data_batch=data_batch)
 
 
+def build_if_deferred(model, iterator=None, data_batch=None):
+    """Builds `model` from one batch's shapes (`Model._symbolic_build`) where
+    Keras would defer it: with no tf.distribute strategy set
+    (`Model._distribute_strategy` is None), Keras' `_maybe_symbolic_build`
+    leaves the build to the step's trace, where a GMixModel around a network
+    built by its first batch never becomes `built` (count_params, save and
+    export then fail after fit). No upstream issue; internal since Keras 3.0.
+    """
+    if model.built or model._distribute_strategy is not None:
+        return
+    model._symbolic_build(iterator=iterator, data_batch=data_batch)
+
+
+def flatten_logs_like_keras(model, logs):
+    """`Model._flatten_metrics_in_order`: logs as `train_on_batch` returns them
+    without `return_dict` (the loss and compiled metrics in Keras' order; a
+    single value alone). GMixModel's `train_on_batch` filters its own
+    statistics out first. No upstream issue; internal since Keras 3.0.
+    """
+    return model._flatten_metrics_in_order(logs)
+
+
 def loss_tracker(model):
     """The `Mean` metric behind fit's `loss` log (`Model._loss_tracker`).
 
@@ -149,6 +171,8 @@ def strategy_supports_no_merge_call():
 INTERNALS = (
     "maybe_symbolic_build",
     "symbolic_build",
+    "build_if_deferred",
+    "flatten_logs_like_keras",
     "loss_tracker",
     "set_initial_epoch",
     "set_tensorboard_train_step",

@@ -111,6 +111,7 @@ def compute_update(
     weights=None,
     state=None,
     with_plain_grads=False,
+    reduction="sum_over_batch_size",
 ):
     """One step's update gradient, statistics and new non-trainable state.
 
@@ -133,6 +134,11 @@ def compute_update(
             function of tensors, which XLA can compile on its own.
         with_plain_grads: also return the plain gradient at w (pass 1's,
             regularizers included) as `plain_grads`. Defaults to `False`.
+        reduction: how the per-example losses are summed into the
+            objective and the logged loss, as the compiled loss's
+            reduction in Keras (`losses.objective_scales`): the sharp and
+            flat subsets' sums are scaled alike. Defaults to
+            `"sum_over_batch_size"` (the batch mean).
 
     Returns:
         A `StepResult`.
@@ -146,6 +152,7 @@ def compute_update(
         state = [tf.convert_to_tensor(v) for v in inner.non_trainable_variables]
     # y is one label tensor, or a list of them for a model of several outputs.
     n = tf.cast(tf.shape(tf.nest.flatten(y)[0])[0], tf.float32)
+    scale, log_scale = losses_lib.objective_scales(reduction, n, sample_weight)
     training = {"training": True} if checks.call_takes_training(inner) else {}
 
     # Forward pass 1, at w. Its tape is kept (persistent) when more than one
@@ -157,7 +164,7 @@ def compute_update(
             weights, state, x, return_losses=True, **training
         )
         losses_at_w = _per_example(loss_fn, y, y_pred, sample_weight)
-        data_loss = tf.reduce_sum(losses_at_w) / n
+        data_loss = tf.reduce_sum(losses_at_w) * scale
         # Regularizers are evaluated at w only, and added once.
         reg_loss = (
             tf.add_n([tf.cast(t, tf.float32) for t in extra_losses]) if extra_losses else None
@@ -170,7 +177,8 @@ def compute_update(
             scaled_data_loss if reg_loss is None else scaled_data_loss + scaled_reg_loss
         )
 
-    total_loss = data_loss if reg_loss is None else data_loss + reg_loss
+    logged_loss = tf.reduce_sum(losses_at_w) * log_scale
+    total_loss = logged_loss if reg_loss is None else logged_loss + reg_loss
     stats = {"loss": total_loss}
 
     if not perturbed:
@@ -201,17 +209,18 @@ def compute_update(
         sensitivity = tf.stop_gradient(losses_at_eps - losses_at_w)
         if partitioned:
             sharp = partition.sharp_mask(sensitivity, sensitive_fraction)
-            # Both subsets divide by the whole batch size n.
-            target = scale_loss(tf.reduce_sum(sharp * losses_at_eps) / n)
+            # Both subsets are scaled as the whole batch is (1/n by default).
+            target = scale_loss(tf.reduce_sum(sharp * losses_at_eps) * scale)
         else:
-            target = scale_loss(tf.reduce_sum(losses_at_eps) / n)
+            target = scale_loss(tf.reduce_sum(losses_at_eps) * scale)
     g_sharp = _gradient(perturbed_tape, target, perturbed_weights)
 
     # Like "loss" (and Keras' own loss), perturbed_loss includes the
-    # regularizers at w, so that sharpness = perturbed_loss - loss.
+    # regularizers at w; with the default reduction, sharpness (the mean
+    # s_i) = perturbed_loss - loss.
     sharpness = tf.reduce_mean(losses_at_eps) - tf.reduce_mean(losses_at_w)
     stats.update(
-        perturbed_loss=total_loss + sharpness,
+        perturbed_loss=total_loss + tf.reduce_sum(losses_at_eps - losses_at_w) * log_scale,
         sharpness=sharpness,
         eps_norm=pt.global_norm(eps),
     )
@@ -219,7 +228,7 @@ def compute_update(
     if partitioned:
         # Backward pass 3, through pass 1 again: the flat subset at w.
         flat = 1.0 - sharp
-        g_flat = _gradient(tape, scaled_losses_at_w, weights, output_gradients=flat / n)
+        g_flat = _gradient(tape, scaled_losses_at_w, weights, output_gradients=flat * scale)
         del tape
         stats.update(
             sensitive_fraction=tf.reduce_mean(sharp),
@@ -267,7 +276,8 @@ def update_gradients(
         x: the input batch (mix it first for the mixing methods).
         y_soft: one-hot or soft labels, shape [n, classes].
         loss: per-example loss `loss(y_true, y_pred) -> [n]`, or a Keras loss
-            (name or object; it is evaluated unreduced).
+            (name or object; it is evaluated per example, and an object's
+            `reduction` decides how those are summed, as in Keras).
         method: one of "erm", "mixup", "sam", "gmix", "bgmix", "dgmix"
             ("erm"/"mixup" and "sam"/"gmix" compute the same thing on a
             given batch). Defaults to `"gmix"`.
@@ -306,6 +316,7 @@ def update_gradients(
         adaptive=adaptive,
         eta=eta,
         sample_weight=sample_weight,
+        reduction=losses_lib.reduction_of(loss),
     )
     stats = result.stats
     if tf.executing_eagerly():

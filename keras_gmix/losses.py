@@ -165,6 +165,117 @@ def per_example_loss(loss, output_names=None, loss_weights=None):
     return fn
 
 
+# Keras' loss reductions (`keras.losses.Loss(reduction=...)`), with their
+# aliases ("mean" is "sum_over_batch_size", "none" is None).
+REDUCTIONS = ("sum_over_batch_size", "sum", "mean_with_sample_weight", None)
+_REDUCTION_ALIASES = {"mean": "sum_over_batch_size", "none": None}
+
+
+def _reduction(loss):
+    """One output's reduction. A loss function has none of its own: Keras
+    wraps it with "sum_over_batch_size", and so does GMixModel."""
+    loss = resolve_loss(loss)
+    if not isinstance(loss, keras.losses.Loss):
+        return "sum_over_batch_size"
+    reduction = _REDUCTION_ALIASES.get(loss.reduction, loss.reduction)
+    if reduction not in REDUCTIONS:
+        raise ValueError(
+            f"The loss {loss.name!r} has reduction={loss.reduction!r}, which GMixModel "
+            f"cannot follow; use one of {REDUCTIONS}."
+        )
+    return reduction
+
+
+def reduction_of(loss, output_names=None):
+    """The reduction of the compiled loss: how the per-example losses are
+    summed into the objective (one of `REDUCTIONS`).
+
+    A model of several outputs sums its per-example losses over the outputs
+    before the partition, so all outputs must share one reduction.
+    """
+    if output_names is None or len(output_names) == 1:
+        losses = list(loss.values()) if isinstance(loss, dict) else loss
+        losses = losses if isinstance(losses, (list, tuple)) else [losses]
+    else:
+        losses = per_output(loss, output_names, "loss")
+    found = {_reduction(one) for one in losses if one is not None}
+    if len(found) > 1:
+        raise ValueError(
+            f"The outputs' losses have different reductions {sorted(map(str, found))}: "
+            "GMixModel sums each example's losses over the outputs before it splits the "
+            "batch, so all outputs need one reduction. Build the losses with the same "
+            "`reduction=`."
+        )
+    return found.pop() if found else "sum_over_batch_size"
+
+
+def objective_scales(reduction, n, sample_weight=None):
+    """`(objective_scale, log_scale)`: the objective is
+    `objective_scale * sum_i w_i l_i` and the logged loss
+    `log_scale * sum_i w_i l_i`, as Keras reduces (`w_i` the sample weights).
+
+    - "sum_over_batch_size": both 1/n;
+    - "sum": both 1;
+    - "mean_with_sample_weight": 1/sum_i w_i (1/n without sample weights);
+      0 when the weights sum to 0, as Keras' divide_no_nan;
+    - None: the gradient of the sum (Keras differentiates an unreduced
+      loss vector as its sum) and the mean logged (Keras' loss tracker
+      averages the vector).
+    """
+    n = tf.cast(n, tf.float32)
+    if reduction == "sum":
+        return tf.constant(1.0), tf.constant(1.0)
+    if reduction is None:
+        return tf.constant(1.0), 1.0 / n
+    if reduction == "mean_with_sample_weight" and sample_weight is not None:
+        scale = tf.math.divide_no_nan(1.0, tf.reduce_sum(tf.cast(sample_weight, tf.float32)))
+        return scale, scale
+    return 1.0 / n, 1.0 / n
+
+
+def is_mean_over_replicas(reduction):
+    """Whether Keras divides this reduction's loss by the number of replicas
+    (so that the optimizer's all-reduce SUM gives the global mean); "sum"
+    and None are summed over replicas as they are."""
+    return reduction in ("sum_over_batch_size", "mean_with_sample_weight")
+
+
+PER_EXAMPLE_TEXT = (
+    "GMixModel needs the loss of each example (a vector of shape (batch,)): it compares "
+    "them at w and at w + eps. {problem} It calls the loss as loss(y_true, y_pred) with "
+    "y_true one-hot (mixed, hence soft, for the mixing methods), of shape (batch, "
+    "classes). Write a custom loss for such labels and return one value per example, "
+    "e.g. `keras.losses.categorical_crossentropy(y_true, y_pred)`; for class ids, "
+    "compile with 'sparse_categorical_crossentropy', which GMixModel converts itself."
+)
+
+
+def check_per_example(loss_fn, widths):
+    """Calls the per-example loss once on a probe batch of two one-hot rows
+    (before the first step) and refuses, with a sentence, a loss that fails
+    on one-hot labels or returns one number for the whole batch."""
+    probe_true = [tf.one_hot([0, width - 1], width) for width in widths]
+    probe_pred = [tf.fill([2, width], 1.0 / (width + 1)) for width in widths]
+    several = len(widths) > 1
+    try:
+        values = loss_fn(
+            probe_true if several else probe_true[0], probe_pred if several else probe_pred[0]
+        )
+    except Exception as error:  # any failure on one-hot labels: say what it is given
+        raise ValueError(
+            PER_EXAMPLE_TEXT.format(
+                problem=f"The compiled loss fails on one-hot labels ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''})."
+            )
+        ) from error
+    if values.shape.rank == 0:
+        raise ValueError(
+            PER_EXAMPLE_TEXT.format(
+                problem="The compiled loss returns one number for the whole batch."
+            )
+        )
+
+
 def is_sparse_loss(loss):
     """True if `loss` expects integer class ids rather than one-hot labels."""
     if loss is None:  # an output that is not trained

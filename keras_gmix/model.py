@@ -262,9 +262,13 @@ class GMixModel(keras.Model):
         self.soft_labels_tracker = (
             keras.metrics.Sum(name="soft_labels") if method in gradients.MIXED_METHODS else None
         )
-        # v of SPEC.md section 4b, one variable per trainable variable of
-        # `inner`; created with them (here, or in `build`).
-        self.reuse_direction = None
+        # v of SPEC.md section 4b: one slot per weight of `inner`, created
+        # with them (here, or in `build`), so that fine-tuning (freezing or
+        # unfreezing layers between fits) finds a slot for every variable
+        # that may become trainable. `reuse_direction` reads the slots of the
+        # trainable ones.
+        self._reuse_slots = None
+        self._reuse_trainable = None
         if inner.built:
             self._create_reuse_direction()
             self.built = True
@@ -297,10 +301,10 @@ class GMixModel(keras.Model):
         # Training state, saved and restored with the weights like the
         # optimizer's; the same on every replica (formed from all-reduced
         # gradients). Only a schedule that reuses it has it, so that the
-        # weights of every other model stay what they were.
-        if not (self.scheduled and self.reuse_scale > 0) or self.reuse_direction is not None:
+        # saved files of every other model stay what they were.
+        if not (self.scheduled and self.reuse_scale > 0) or self._reuse_slots is not None:
             return
-        self.reuse_direction = [
+        self._reuse_slots = [
             self.add_weight(
                 name=f"reuse_direction_{i}",
                 shape=variable.shape,
@@ -309,8 +313,39 @@ class GMixModel(keras.Model):
                 trainable=False,
                 aggregation="only_first_replica",
             )
-            for i, variable in enumerate(self.inner.trainable_variables)
+            for i, variable in enumerate(self.inner.weights)
         ]
+        self._reuse_trainable = self._trainable_ids()
+
+    def _trainable_ids(self):
+        return tuple(id(v) for v in self.inner.trainable_variables)
+
+    @property
+    def reuse_direction(self):
+        """The stored direction v, aligned with `inner.trainable_variables`
+        (`None` without reuse)."""
+        if self._reuse_slots is None:
+            return None
+        slot_of = {id(v): slot for v, slot in zip(self.inner.weights, self._reuse_slots)}
+        return [slot_of[id(v)] for v in self.inner.trainable_variables]
+
+    def _reset_reuse_direction_if_trainables_changed(self):
+        # v is a direction in the space of the trainable weights it was formed
+        # in: after layers are frozen or unfrozen it points elsewhere.
+        if self._reuse_slots is None or self._reuse_trainable == self._trainable_ids():
+            return
+        for slot in self._reuse_slots:
+            slot.assign(keras.ops.zeros(slot.shape, slot.dtype))
+        self._reuse_trainable = self._trainable_ids()
+        print(
+            "GMixModel: the trainable weights changed since the last fit; the stored "
+            "reuse direction starts again from zero."
+        )
+
+    def _bookkeeping_variables(self):
+        """The wrapper's own training state: counters and the reuse direction.
+        Saved with the model and its checkpoints, but not the user's weights."""
+        return [self.mix_step, self.consecutive_skips] + list(self._reuse_slots or [])
 
     @property
     def last_lam(self):
@@ -328,9 +363,119 @@ class GMixModel(keras.Model):
     def load_own_variables(self, store):
         # Checkpoints and .keras files written while the step values were
         # weights hold them among this model's own variables.
-        super().load_own_variables(without_old_step_values(store))
+        super().load_own_variables(self._with_reuse_slots(without_old_step_values(store)))
+
+    def _with_reuse_slots(self, store):
+        """Files written while the reuse direction had one entry per trainable
+        variable (not per weight) get their entries placed in the slots of the
+        trainable weights, the other slots zero."""
+        if self._reuse_slots is None:
+            return store
+        counters = 2
+        trainable = set(self._trainable_ids())
+        if len(store.keys()) != counters + len(trainable) or len(trainable) == len(
+            self._reuse_slots
+        ):
+            return store
+        stored = iter(store[str(counters + i)] for i in range(len(trainable)))
+        values = {str(i): store[str(i)] for i in range(counters)}
+        for i, (variable, slot) in enumerate(zip(self.inner.weights, self._reuse_slots)):
+            values[str(counters + i)] = (
+                next(stored) if id(variable) in trainable else np.zeros(slot.shape, "float32")
+            )
+        return values
+
+    # The user's network, as Keras users reach it: the wrapper's bookkeeping
+    # is training state (saved by `save_own_variables`, which reads the own
+    # variables, not these properties), not the user's weights.
+
+    @property
+    def weights(self):
+        """The wrapped network's weights (`inner.weights`), without the
+        wrapper's counters and stored direction."""
+        own = {id(v) for v in self._bookkeeping_variables()}
+        return [w for w in super().weights if id(w) not in own]
+
+    @property
+    def layers(self):
+        """The wrapped network's layers (`inner.layers`)."""
+        return self.inner.layers
+
+    def get_layer(self, name=None, index=None):
+        """A layer of the wrapped network, by name or index (`inner.get_layer`)."""
+        return self.inner.get_layer(name=name, index=index)
+
+    @property
+    def inputs(self):
+        """The wrapped network's symbolic inputs (a functional or Sequential
+        network with an Input); `None` for a subclassed one."""
+        return getattr(self.inner, "inputs", None)
+
+    @property
+    def outputs(self):
+        """The wrapped network's symbolic outputs, like `inputs`."""
+        return getattr(self.inner, "outputs", None)
+
+    def summary(self, *args, **kwargs):
+        """The wrapped network's summary (`inner.summary`)."""
+        return self.inner.summary(*args, **kwargs)
+
+    def export(
+        self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs
+    ):
+        """`keras.Model.export`, serving the wrapped network's predictions.
+
+        Without `input_signature`, the signature is the inputs the model was
+        trained or called on (batch axis free), or the wrapped network's
+        `Input`s: also for a network built by its first batch.
+        """
+        if input_signature is None:
+            input_signature = self._serving_signature()
+        return super().export(
+            filepath, format=format, verbose=verbose, input_signature=input_signature, **kwargs
+        )
+
+    def _serving_signature(self):
+        specs = getattr(self, "_input_specs", None)
+        if specs is None and self.inputs:
+            specs = self.inputs[0] if len(self.inputs) == 1 else list(self.inputs)
+        if specs is None:
+            return None  # Keras infers it, or says what is missing
+        return [
+            tf.nest.map_structure(
+                lambda t: keras.InputSpec(shape=(None,) + tuple(t.shape[1:]), dtype=t.dtype), specs
+            )
+        ]
+
+    def _remember_input_specs(self, x):
+        # Python state set while tracing: the structure, shapes and dtypes a
+        # served model takes (`export`).
+        if getattr(self, "_input_specs", None) is None:
+            self._input_specs = tf.nest.map_structure(_symbolic_spec, x)
+
+    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
+        """`keras.Model.train_on_batch`: the loss and compiled metrics, as Keras
+        returns them (a float, or a list); the G-Mix statistics
+        (`perturbed_loss`, `sharpness`, ...) too with `return_dict=True`."""
+        logs = super().train_on_batch(
+            x, y, sample_weight=sample_weight, class_weight=class_weight, return_dict=True
+        )
+        if return_dict:
+            return logs
+        gmix = set(self._gmix_log_names())
+        return compat.flatten_logs_like_keras(
+            self, {name: value for name, value in logs.items() if name not in gmix}
+        )
+
+    def _gmix_log_names(self):
+        """The logs a step adds to Keras' loss and compiled metrics."""
+        return [tracker.name for tracker in self._step_trackers()] + [
+            "skipped_steps",
+            "soft_labels",
+        ]
 
     def call(self, inputs, training=None):
+        self._remember_input_specs(inputs)
         return self.inner(inputs, training=training)
 
     def build(self, input_shape):
@@ -379,16 +524,14 @@ class GMixModel(keras.Model):
         # only in its private CompileLoss; serializing the config fails
         # inside the traced step).
         self._loss_weights = (self.get_compile_config() or {}).get("loss_weights")
+        self._reset_reuse_direction_if_trainables_changed()
         return super().make_train_function(force=force)
 
     def test_step(self, data):
         # The per-step training statistics are metrics (so that fit averages
         # and resets them per epoch), but evaluation computes none of them.
         logs = super().test_step(data)
-        hidden = {tracker.name for tracker in self._step_trackers()} | {
-            "skipped_steps",
-            "soft_labels",
-        }
+        hidden = set(self._gmix_log_names())
         return self._distributable_logs(
             {name: value for name, value in logs.items() if name not in hidden}
         )
@@ -399,6 +542,9 @@ class GMixModel(keras.Model):
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras' fit calls this private method by name, so the override stays
         # here; the multi-worker workaround itself lives in distribute.py.
+        # A network built by its first batch: build the wrapper from that batch
+        # now, not in the step's trace (where it would never become `built`).
+        compat.build_if_deferred(self, iterator=iterator, data_batch=data_batch)
         if iterator is None or not distribute.needs_multi_worker_workaround(
             self.distribute_strategy
         ):
@@ -488,13 +634,16 @@ class GMixModel(keras.Model):
             sample_weight = label_lam * sw + (1.0 - label_lam) * tf.gather(sw, perm)
         return x_mix, y_mix, sample_weight, label_lam
 
-    def compute_update(self, x, y, sample_weight, loss_fn, method=None, with_plain_grads=False):
+    def compute_update(
+        self, x, y, sample_weight, loss_fn, reduction, method=None, with_plain_grads=False
+    ):
         """`gradients.compute_update` with this model's settings, optionally under XLA.
 
-        `method` defaults to the model's (a schedule's cheap steps pass the
-        unperturbed one).
+        `reduction` is the compiled loss's. `method` defaults to the model's
+        (a schedule's cheap steps pass the unperturbed one).
         """
         settings = dict(
+            reduction=reduction,
             method=method or self.method,
             rho=self.rho,
             sensitive_fraction=self.sensitive_fraction,
@@ -537,7 +686,7 @@ class GMixModel(keras.Model):
 
         return gradients.StepResult(*compiled(weights, state, x, y, sample_weight, loss_scale))
 
-    def scheduled_update(self, x, y, sample_weight, loss_fn, full):
+    def scheduled_update(self, x, y, sample_weight, loss_fn, full, reduction):
         """One step of a schedule (SPEC.md section 4b): the full method if
         `full`, else the cheap step (1F + 1B), with the stored direction v
         added when `reuse_scale > 0`.
@@ -549,12 +698,16 @@ class GMixModel(keras.Model):
         reuse = self.reuse_direction is not None
 
         def full_step():
-            result = self.compute_update(x, y, sample_weight, loss_fn, with_plain_grads=reuse)
+            result = self.compute_update(
+                x, y, sample_weight, loss_fn, reduction, with_plain_grads=reuse
+            )
             return result._replace(plain_grads=result.plain_grads if reuse else ())
 
         def cheap_step():
             cheap_method = "mixup" if self.method in gradients.MIXED_METHODS else "erm"
-            result = self.compute_update(x, y, sample_weight, loss_fn, method=cheap_method)
+            result = self.compute_update(
+                x, y, sample_weight, loss_fn, reduction, method=cheap_method
+            )
             plain = result.grads
             grads = (
                 perturb_schedule.reuse_update(plain, self.reuse_direction, self.reuse_scale)
@@ -686,6 +839,7 @@ class GMixModel(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if y is None:
             raise ValueError(NO_LABELS)
+        self._remember_input_specs(x)
         widths = self.output_widths(x)
         several = len(widths) > 1
         # The compiled loss, per example and on one-hot labels (sparse
@@ -695,6 +849,8 @@ class GMixModel(keras.Model):
         loss_fn = losses_lib.per_example_loss(
             self.loss, self._output_names if several else None, getattr(self, "_loss_weights", None)
         )
+        losses_lib.check_per_example(loss_fn, widths)
+        reduction = losses_lib.reduction_of(self.loss, self._output_names if several else None)
         if not self.inner.trainable_variables:
             raise ValueError(
                 "The wrapped model has no trainable weights: there is nothing to train."
@@ -738,13 +894,26 @@ class GMixModel(keras.Model):
                 self.perturb_every,
                 self.perturb_probability,
             )
-            result, plain_grads = self.scheduled_update(x, y_one_hot, sample_weight, loss_fn, full)
+            result, plain_grads = self.scheduled_update(
+                x, y_one_hot, sample_weight, loss_fn, full, reduction
+            )
         else:
             full = tf.constant(True)
-            result = self.compute_update(x, y_one_hot, sample_weight, loss_fn)
-        # The optimizer all-reduces with SUM: hand it this replica's share.
+            result = self.compute_update(x, y_one_hot, sample_weight, loss_fn, reduction)
+        # The optimizer all-reduces with SUM: hand it this replica's share of
+        # a mean; a sum is summed as it is, and logged times the replicas,
+        # as Keras does.
         replicas = distribute.num_replicas()
-        grads = result.grads if replicas == 1 else [g / replicas for g in result.grads]
+        grads = result.grads
+        if replicas > 1 and losses_lib.is_mean_over_replicas(reduction):
+            grads = [g / replicas for g in grads]
+        elif replicas > 1:
+            result = result._replace(
+                stats={
+                    name: value * replicas if name in ("loss", "perturbed_loss") else value
+                    for name, value in result.stats.items()
+                }
+            )
         # A non-finite loss or gradient on any replica skips the whole step:
         # weights, optimizer state, BatchNorm statistics and metrics stay as
         # they were, and the skip is counted.

@@ -74,6 +74,30 @@ def test_symbolic_build():
     require("data_batch" in parameters(method), "Model._symbolic_build(data_batch=...)")
 
 
+def test_build_if_deferred():
+    require(hasattr(tiny_model(), "_distribute_strategy"), "Trainer._distribute_strategy")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.layers.Dense(2)])  # built by its first batch
+    model.compile(optimizer="sgd", loss="mse")
+    batch = (np.zeros((4, 3), "float32"), np.zeros((4, 2), "float32"))
+    compat.build_if_deferred(model, data_batch=batch)
+    require(model.built and model.count_params() == 8, "Model._symbolic_build (no longer builds)")
+
+
+def test_flatten_logs_like_keras():
+    model = tiny_model()
+    model.compile(optimizer="sgd", loss="mse", metrics=["mae"])
+    model.fit(np.zeros((4, 3)), np.zeros((4, 2)), epochs=1, verbose=0)
+    require(
+        compat.flatten_logs_like_keras(model, {"mae": 2.0, "loss": 1.0}) == [1.0, 2.0],
+        "Trainer._flatten_metrics_in_order",
+    )
+    require(
+        compat.flatten_logs_like_keras(model, {"loss": 1.0}) == 1.0,
+        "Trainer._flatten_metrics_in_order (one value alone)",
+    )
+
+
 def test_loss_tracker():
     model = tiny_model()
     try:

@@ -1,0 +1,423 @@
+"""GMixModel (model.py) where a Keras user reaches past `fit`: loss reductions,
+weights, layers, train_on_batch, export, fine-tuning, losses it cannot use.
+
+Every test compares with plain Keras on the same data and weights, or with
+numbers worked out by hand.
+"""
+
+import os
+import re
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_gmix as kg
+from keras_gmix import gradients
+
+D, C, N = 5, 3, 16
+HERE = os.path.dirname(os.path.abspath(__file__))
+REDUCTIONS = ["sum", "sum_over_batch_size", "mean_with_sample_weight", None]
+
+
+def network(seed=1, with_input=True):
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input((D,))] if with_input else []
+    return keras.Sequential(
+        layers
+        + [
+            keras.layers.Dense(8, activation="relu", name="d1"),
+            keras.layers.Dense(C, name="d2"),
+        ]
+    )
+
+
+def batch(seed=0, n=N):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, D)).astype("float32")
+    return x, rng.integers(0, C, n), rng.uniform(0.1, 2.0, n).astype("float32")
+
+
+def sparse_loss(reduction="sum_over_batch_size"):
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=reduction)
+
+
+def compile_model(model, learning_rate=0.1, reduction="sum_over_batch_size", metrics=None):
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate),
+        loss=sparse_loss(reduction),
+        metrics=metrics,
+    )
+    return model
+
+
+def one_step(model, x, y, sample_weight=None):
+    """Fits one batch of everything; returns the logged loss."""
+    history = model.fit(
+        x, y, sample_weight=sample_weight, batch_size=len(x), epochs=1, shuffle=False, verbose=0
+    )
+    return history.history["loss"][0]
+
+
+def numpy_weights(model):
+    return [np.array(w) for w in model.get_weights()]
+
+
+# -- loss reductions ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_erm_follows_the_loss_reduction_as_keras_does(reduction, weighted):
+    x, y, sw = batch()
+    sw = sw if weighted else None
+    plain = compile_model(network(), reduction=reduction)
+    wrapped = compile_model(kg.GMixModel(network(), method="erm"), reduction=reduction)
+    loss_plain = one_step(plain, x, y, sw)
+    loss_wrapped = one_step(wrapped, x, y, sw)
+    np.testing.assert_allclose(loss_wrapped, loss_plain, rtol=1e-6)
+    for a, b in zip(numpy_weights(wrapped), numpy_weights(plain)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def mixed_batch(model, x, y, sw):
+    """The batch (and sample weights) the first step of `model` trains on."""
+    y_one_hot = tf.one_hot(y, C)
+    if model.method not in gradients.MIXED_METHODS:
+        return x, y_one_hot.numpy(), sw
+    x_mix, y_mix, sw_mix, _ = model.mix_data(
+        x, y_one_hot, sw, model.mixing_seed(tf.constant(1, tf.int64))
+    )
+    return x_mix.numpy(), y_mix.numpy(), None if sw_mix is None else sw_mix.numpy()
+
+
+def cross_entropy_by_hand(logits, y_soft):
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return -(y_soft * log_p).sum(axis=1)
+
+
+@pytest.mark.parametrize("method", ["mixup", "sam", "gmix", "bgmix", "dgmix"])
+@pytest.mark.parametrize("reduction", ["sum", "mean_with_sample_weight", None])
+def test_the_reduction_scales_every_methods_objective(method, reduction):
+    """The per-example losses stay per example (the same eps, s_i and
+    partition); the reduction only scales the objective. So a step with the
+    reduction at learning rate lr equals a default (batch-mean) step at
+    lr * scale, and the logged loss is the by-hand reduction of the mixed
+    batch's per-example losses."""
+    x, y, sw = batch(3)
+    sw = sw if reduction == "mean_with_sample_weight" else None
+    lr = 0.05
+    model = compile_model(
+        kg.GMixModel(network(), method=method, seed=7), learning_rate=lr, reduction=reduction
+    )
+    x_mix, y_mix, sw_mix = mixed_batch(model, x, y, sw)
+    weighted = cross_entropy_by_hand(model.predict(x_mix, verbose=0), y_mix) * (
+        1.0 if sw_mix is None else sw_mix
+    )
+    n = len(x)
+    if reduction == "sum":
+        objective_scale, logged = n, weighted.sum()
+    elif reduction is None:  # Keras: gradient of the sum, the mean logged
+        objective_scale, logged = n, weighted.mean()
+    else:
+        objective_scale, logged = float(n / sw_mix.sum()), weighted.sum() / sw_mix.sum()
+    loss = one_step(model, x, y, sw)
+    np.testing.assert_allclose(loss, logged, rtol=2e-5)
+
+    reference = compile_model(
+        kg.GMixModel(network(), method=method, seed=7), learning_rate=lr * objective_scale
+    )
+    one_step(reference, x, y, sw)
+    for a, b in zip(numpy_weights(model), numpy_weights(reference)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_outputs_with_different_reductions_are_refused():
+    inputs = keras.Input((D,))
+    hidden = keras.layers.Dense(8)(inputs)
+    net = keras.Model(
+        inputs,
+        {
+            "a": keras.layers.Dense(C, name="a")(hidden),
+            "b": keras.layers.Dense(2, name="b")(hidden),
+        },
+    )
+    model = kg.GMixModel(net, method="gmix")
+    model.compile(optimizer="sgd", loss={"a": sparse_loss("sum"), "b": sparse_loss()})
+    x, y, _ = batch()
+    with pytest.raises(ValueError, match="one reduction"):
+        model.fit(x, {"a": y, "b": y % 2}, epochs=1, verbose=0)
+
+
+# -- the user's network is the user's model -------------------------------------
+
+
+def trained(method="dgmix", with_input=True, **kwargs):
+    x, y, _ = batch()
+    model = compile_model(
+        kg.GMixModel(network(with_input=with_input), method=method, **kwargs),
+        metrics=["accuracy"],
+    )
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    return model
+
+
+def summary_text(model):
+    lines = []
+    model.summary(print_fn=lambda line, **_: lines.append(line))
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"perturb_every": 2, "reuse_scale": 0.5}])
+def test_weights_count_and_summary_are_the_networks(kwargs):
+    model = trained(**kwargs)
+    net = model.inner
+    assert model.count_params() == net.count_params() == 5 * 8 + 8 + 8 * C + C
+    assert [w.path for w in model.weights] == [w.path for w in net.weights]
+    assert [w.path for w in model.trainable_weights] == [w.path for w in net.trainable_weights]
+    assert model.non_trainable_weights == []
+    for a, b in zip(model.get_weights(), net.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert summary_text(model) == summary_text(net)
+    assert "Non-trainable params: 0" in summary_text(model)
+    # set_weights takes the bare network's list, and sets the network.
+    other = network(seed=9)
+    model.set_weights(other.get_weights())
+    for a, b in zip(net.get_weights(), other.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_counters_are_still_saved_and_restored(tmp_path):
+    model = trained(perturb_every=2, reuse_scale=0.5)
+    direction = [d.numpy() for d in model.reuse_direction]
+    assert max(float(np.abs(d).max()) for d in direction) > 0
+    model.save_weights(tmp_path / "model.weights.h5")
+    fresh = compile_model(
+        kg.GMixModel(network(seed=4), method="dgmix", perturb_every=2, reuse_scale=0.5)
+    )
+    fresh.load_weights(tmp_path / "model.weights.h5")
+    assert int(fresh.mix_step.numpy()) == int(model.mix_step.numpy()) == 2
+    for a, b in zip(fresh.reuse_direction, direction):
+        np.testing.assert_array_equal(a.numpy(), b)
+    for a, b in zip(fresh.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_layers_inputs_outputs_and_the_feature_extractor_idiom():
+    model = trained()
+    net = model.inner
+    assert model.layers == net.layers
+    assert model.get_layer("d1") is net.get_layer("d1")
+    assert model.get_layer(index=1) is net.layers[1]
+    extractor = keras.Model(model.inputs, model.get_layer("d1").output)
+    x, _, _ = batch(5)
+    kernel, bias = net.get_layer("d1").get_weights()
+    np.testing.assert_allclose(
+        extractor.predict(x, verbose=0), np.maximum(x @ kernel + bias, 0), rtol=1e-5, atol=1e-6
+    )
+    assert model.outputs[0].shape == (None, C)
+
+
+@pytest.mark.parametrize(
+    "metrics", [None, ["accuracy"], ["accuracy", keras.metrics.SparseTopKCategoricalAccuracy(2)]]
+)
+def test_train_and_test_on_batch_return_what_keras_returns(metrics):
+    x, y, _ = batch()
+    plain = compile_model(network(), metrics=metrics)
+    model = compile_model(kg.GMixModel(network(), method="erm"), metrics=metrics)
+    expected = plain.train_on_batch(x, y)
+    got = model.train_on_batch(x, y)
+    assert type(got) is type(expected)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(model.test_on_batch(x, y)), np.asarray(plain.test_on_batch(x, y)), rtol=1e-5
+    )
+    gmix = compile_model(kg.GMixModel(network(), method="dgmix"), metrics=metrics)
+    values = gmix.train_on_batch(x, y)
+    assert np.ndim(values) == (0 if metrics is None else 1)
+    logs = gmix.train_on_batch(x, y, return_dict=True)
+    assert {"loss", "sharpness", "perturbed_loss", "conflict"} <= set(logs)
+
+
+# -- deployment -------------------------------------------------------------
+
+
+def subclassed_network():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.hidden = keras.layers.Dense(8, activation="relu")
+            self.head = keras.layers.Dense(C)
+
+        def call(self, x):
+            return self.head(self.hidden(x))
+
+    keras.utils.set_random_seed(2)
+    return Net()
+
+
+@pytest.mark.parametrize("kind", ["input", "first_batch", "subclassed"])
+def test_export_after_fit_serves_predict(tmp_path, kind):
+    x, y, _ = batch()
+    net = subclassed_network() if kind == "subclassed" else network(with_input=kind == "input")
+    model = compile_model(kg.GMixModel(net, method="gmix"), metrics=["accuracy"])
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert model.built
+    assert model.count_params() == net.count_params() > 0
+    expected = model.predict(x, verbose=0)
+    model.export(str(tmp_path / "served"), verbose=False)
+    served = tf.saved_model.load(str(tmp_path / "served"))
+    np.testing.assert_allclose(served.serve(x).numpy(), expected, atol=1e-6)
+
+
+def test_the_trained_network_saves_alone_for_plain_keras(tmp_path):
+    """README's "Deploy the trained network": `model.inner.save(...)` loads
+    in a process that never imports keras_gmix."""
+    import subprocess
+    import sys
+
+    model = trained(with_input=False)
+    x, _, _ = batch(6)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "expected.npy", model.predict(x, verbose=0))
+    model.inner.save(tmp_path / "network.keras")
+    code = (
+        "import sys, numpy as np, keras\n"
+        "net = keras.saving.load_model(sys.argv[1] + '/network.keras')\n"
+        "got = net.predict(np.load(sys.argv[1] + '/x.npy'), verbose=0)\n"
+        "np.testing.assert_allclose(got, np.load(sys.argv[1] + '/expected.npy'), atol=1e-6)\n"
+        "assert 'keras_gmix' not in sys.modules\n"
+    )
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    completed = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+
+
+def test_a_network_built_by_its_first_batch_is_built_after_fit():
+    model = trained(with_input=False)
+    assert model.built and model.inner.built
+    assert model.count_params() == model.inner.count_params() == 5 * 8 + 8 + 8 * C + C
+    assert "d1 (Dense)" in summary_text(model)
+
+
+# -- fine-tuning: the trainable set changes between fits ------------------------------
+
+
+def freeze(model, frozen):
+    model.get_layer("d1").trainable = not frozen
+
+
+@pytest.mark.parametrize(
+    "method,kwargs",
+    [
+        ("erm", {}),
+        ("dgmix", {}),
+        ("gmix", {"perturb_every": 2, "reuse_scale": 0.5}),
+        ("dgmix", {"perturb_every": 3, "reuse_scale": 0.7}),
+        ("bgmix", {"perturb_probability": 0.5, "reuse_scale": 0.5}),
+    ],
+)
+def test_two_stage_fine_tuning(method, kwargs):
+    """Freeze the first layer, fit, unfreeze, recompile, fit: the frozen
+    layer stays put in stage 1 and trains in stage 2, the stored direction
+    follows the trainable set (starting from zero), and erm's two stages
+    equal plain Keras'."""
+    x, y, _ = batch(8, n=32)
+    model = kg.GMixModel(network(), method=method, seed=3, **kwargs)
+    plain = network()
+    stages = []
+    for frozen in (True, False):
+        for m in (model, plain):
+            freeze(m, frozen)
+            compile_model(m)
+        kernel_before = model.get_layer("d1").get_weights()[0]
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+        plain.fit(
+            x, y, batch_size=8, epochs=2, verbose=0, shuffle=False
+        ) if method == "erm" else None
+        kernel_after = model.get_layer("d1").get_weights()[0]
+        stages.append(float(np.abs(kernel_after - kernel_before).max()))
+        if model.reuse_direction is not None:
+            assert [d.shape for d in model.reuse_direction] == [
+                v.shape for v in model.inner.trainable_variables
+            ]
+    assert stages[0] == 0.0 and stages[1] > 0.0
+    assert np.isfinite(np.concatenate([w.ravel() for w in model.get_weights()])).all()
+    if method == "erm":
+        for a, b in zip(model.get_weights(), plain.get_weights()):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_stored_direction_restarts_when_the_trainable_set_changes(capsys):
+    model = trained("gmix", perturb_every=2, reuse_scale=0.5)
+    assert any(float(np.abs(d.numpy()).max()) > 0 for d in model.reuse_direction)
+    freeze(model, True)
+    compile_model(model)
+    model.make_train_function(force=True)
+    assert "reuse direction starts again from zero" in capsys.readouterr().out
+    assert len(model.reuse_direction) == 2
+    assert all(float(np.abs(d.numpy()).max()) == 0 for d in model.reuse_direction)
+
+
+# -- losses GMixModel cannot hand one-hot labels ------------------------------------
+
+
+def class_id_loss(y_true, y_pred):
+    return keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
+
+
+def batch_mean_loss(y_true, y_pred):
+    return keras.ops.mean(keras.losses.categorical_crossentropy(y_true, y_pred, from_logits=True))
+
+
+@pytest.mark.parametrize("method", ["erm", "sam", "dgmix"])
+@pytest.mark.parametrize(
+    "loss,match",
+    [(class_id_loss, r"fails on one-hot labels.*one-hot"), (batch_mean_loss, r"one number")],
+)
+def test_losses_that_cannot_take_one_hot_rows_are_refused_before_a_step(method, loss, match):
+    x, y, _ = batch()
+    model = kg.GMixModel(network(), method=method)
+    model.compile(optimizer="sgd", loss=loss)
+    before = model.get_weights()
+    with pytest.raises(ValueError, match=match):
+        model.fit(x, y, epochs=1, verbose=0)
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+    assert int(model.optimizer.iterations.numpy()) == 0
+
+
+# -- README: fine-tune a pretrained backbone ---------------------------------------
+
+
+def readme_block(title):
+    text = open(os.path.join(HERE, "..", "README.md"), encoding="utf-8").read()
+    section = text.split(f"### {title}", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_fine_tuning_example_runs_offline():
+    """README's example, with weights=None (no download) and a few images."""
+    code = readme_block("Fine-tune a pretrained backbone")
+    assert 'weights="imagenet"' in code
+    code = code.replace('weights="imagenet"', "weights=None")
+    rng = np.random.default_rng(0)
+    namespace = {
+        "x_train": rng.uniform(0, 255, (16, 32, 32, 3)).astype("float32"),
+        "y_train": rng.integers(0, 10, 16),
+        "x_test": rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32"),
+        "y_test": rng.integers(0, 10, 8),
+        "EPOCHS": 1,
+    }
+    exec(compile(code, "README.md", "exec"), namespace)
+    model, backbone = namespace["model"], namespace["backbone"]
+    assert isinstance(model, kg.GMixModel) and backbone.trainable
+    assert model.count_params() == model.inner.count_params()
+    # The backbone is called with training=False: its BatchNorm layers kept
+    # their (here: initial) statistics through both stages.
+    means = [v.numpy() for v in backbone.non_trainable_weights if v.path.endswith("moving_mean")]
+    assert means and all(float(np.abs(m).max()) == 0 for m in means)
