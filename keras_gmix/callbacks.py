@@ -30,6 +30,7 @@ import tensorflow as tf
 from keras_gmix import checks
 from keras_gmix import compat
 from keras_gmix import flatness
+from keras_gmix import flatness_plots
 
 STEPS_RUN = "steps"  # TensorBoard run (sub-folder) of StepValuesLogger
 FLATNESS_RUN = "flatness"  # TensorBoard run (sub-folder) of FlatnessMonitor
@@ -381,7 +382,7 @@ class FlatnessMonitor(keras.callbacks.Callback):
 
         title = f"epoch {epoch + 1}"
         png = io.BytesIO()
-        flatness.plot_landscape_1d(landscape, png, title=title)
+        flatness_plots.plot_landscape_1d(landscape, png, title=title)
         if self.plot_dir:
             os.makedirs(self.plot_dir, exist_ok=True)
             with open(
