@@ -14,7 +14,7 @@
 
 Keras' own `keras.callbacks.TensorBoard` already writes the epoch scalars
 (`epoch_loss`, `epoch_sharpness`, ...) and, with `update_freq=N`, the batch
-scalars (`batch_loss`, ...) of SPEC.md section 5.
+scalars (`batch_loss`, ...) of every value a GMixModel step logs.
 """
 
 import csv
@@ -70,7 +70,8 @@ class StepValuesLogger(keras.callbacks.Callback):
     NaN entries (the padding of `GMixModel`'s fixed-size buffers, or a
     method that does not compute the value) are dropped; a histogram with no
     finite value is not written. The buffers are not saved: after a resume
-    with a schedule (cheap steps, SPEC.md section 4b), `sensitivity` starts
+    with a schedule (`perturb_every` or `perturb_probability`: cheap steps
+    compute no sensitivity), `sensitivity` starts
     again at the first full step.
 
     Args:
