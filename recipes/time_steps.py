@@ -3,8 +3,9 @@
 Builds and compiles the model exactly as `gmix-train` does
 (`keras_gmix.train.build_compiled_model`), times a few optimizer steps per
 method after a warm-up (tracing) phase, as benchmarks/step_time.py does
-(`keras_gmix.timing.timed_step`), and extrapolates to a recipe's epochs. It also counts the forward FLOPs per image (TensorFlow's profiler on
-the frozen inference graph) for the GPU estimate of recipes/README.md.
+(`keras_gmix.timing.timed_step`), and extrapolates to a recipe's epochs.
+It also counts the forward FLOPs per image (TensorFlow's profiler on the
+frozen inference graph) for the GPU estimate of recipes/README.md.
 
     python recipes/time_steps.py --dataset ../shared/data/cifar10_partial.npz \\
         --model preact_resnet18 --methods erm sam dgmix --steps 5 \\
