@@ -31,15 +31,9 @@ before them: the step's activations, gradients and temporaries, without the
 resident weights and optimizer state. The process' RSS high-water mark is
 reported too.
 
-Usage: the committed results are two runs, the second merged into the same
-files (benchmarks/README.md):
-
-    python benchmarks/step_time.py --models small_cnn:1x4,resnet20:1x5 --jit off
-    python benchmarks/step_time.py --models small_cnn:1x3,preact_resnet18:1x2 \
-        --model-options small_cnn:on:fused --model-options preact_resnet18:off:fused \
-        --no-keras-fit --no-naive --merge
-
-A quick run, printed only:
+Usage: the commands of the committed results (several runs merged into
+the same files with `--merge`) are in benchmarks/README.md and in the
+header of each report. A quick run, printed only:
 
     python benchmarks/step_time.py --models resnet20:1x2 --bn fused --jit off --no-write
 
