@@ -15,7 +15,7 @@ BatchNormalization and for jit_compile off and on:
 - `erm` ... `dgmix`: `keras_gmix.GMixModel(method=...)`;
 - `naive sam`: `benchmarks/naive_sam.py`, SAM by assign_add / assign_sub;
 - `gmix:k5`, `dgmix:k5-r0.3` and the like: a method with an efficient
-  schedule (SPEC.md section 4b), `perturb_every=5` (and `reuse_scale=0.3`). Its steps are not all alike, so its
+  schedule, `perturb_every=5` (and `reuse_scale=0.3`). Its steps are not all alike, so its
   per-round time is the amortized one, (full + (k - 1) * cheap) / k, from
   the round's median full step and median cheap step (the step counter says
   which is which); give it at least k steps per round;
@@ -31,50 +31,39 @@ before them: the step's activations, gradients and temporaries, without the
 resident weights and optimizer state. The process' RSS high-water mark is
 reported too.
 
-Usage: the committed results are two runs, the second merged into the same
-files (benchmarks/README.md):
-
-    python benchmarks/step_time.py --models small_cnn:1x4,resnet20:1x5 --jit off
-    python benchmarks/step_time.py --models small_cnn:1x3,preact_resnet18:1x2 \
-        --model-options small_cnn:on:fused --model-options preact_resnet18:off:fused \
-        --no-keras-fit --no-naive --merge
-
-A quick run, printed only:
+Usage: the commands of the committed results (several runs merged into
+the same files with `--merge`) are in benchmarks/README.md and in the
+header of each report. A quick run, printed only:
 
     python benchmarks/step_time.py --models resnet20:1x2 --bn fused --jit off --no-write
 
-`--report` rewrites OUTPUT.md from OUTPUT.json without measuring.
+`--report` rewrites OUTPUT.md from OUTPUT.json without measuring. The ratios,
+the targets and the tables are step_time_report.py's.
 """
 
 import argparse
 import datetime
 import gc
-import json
 import os
 import platform
 import random
 import resource
 import shlex
-import statistics
 import subprocess
 import sys
 import time
+
+import step_time_report as report
+from step_time_report import KERAS_FIT
+from step_time_report import NAIVE_SAM
+from step_time_report import PEER_BN
+from step_time_report import TFK_FIT
+from step_time_report import TFK_SAM
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
 MODELS = ("small_cnn", "resnet8", "resnet20", "preact_resnet18")
-KERAS_FIT = "keras fit"
-NAIVE_SAM = "naive sam"
-TFK_FIT = "tf-keras fit"
-TFK_SAM = "tf-keras SAM"
-PEER_BN = "tf-keras"
-
-# Targets (issue 6: stock or fused; issue 9: fused), as ratios to our erm.
-ISSUE6_LIMITS = {"sam": 2.1, "gmix": 2.1, "bgmix": 2.7, "dgmix": 2.7}
-ISSUE9_LIMITS = {"sam": 2.05, "gmix": 2.05, "bgmix": 2.5, "dgmix": 2.5}
-# Issue 19's targets are on the CPU-time ratio.
-ISSUE19_LIMITS = {"gmix:k5": 1.25, "dgmix:k5": 1.35}
 
 
 def known_methods():
@@ -381,14 +370,15 @@ def prepare(config, dataset, args):
     config.iterator = iter(dataset)
     config.warm_step_s = None
     for _ in range(args.warmup):
-        start = time.perf_counter()
-        run_step(config)
-        config.warm_step_s = time.perf_counter() - start
+        config.warm_step_s, _ = run_step(config)
 
 
 def run_step(config):
-    logs = config.train_model.train_function(config.iterator)
-    config.last_loss = float(logs["loss"])  # blocks until the step is done
+    """One step of the config's train function: (wall-clock s, process CPU s)."""
+    from keras_gmix.timing import timed_step
+
+    wall, cpu, config.last_loss = timed_step(config.train_model, config.iterator)
+    return wall, cpu
 
 
 # -- measuring -----------------------------------------------------------------
@@ -428,10 +418,9 @@ def time_block(config, steps, memory):
             full.append(
                 int(config.train_model.optimizer.iterations.numpy()) % config.perturb_every == 0
             )
-        start, cpu_start = time.perf_counter(), time.process_time()
-        run_step(config)
-        times.append(time.perf_counter() - start)
-        cpu_times.append(time.process_time() - cpu_start)
+        wall, cpu = run_step(config)
+        times.append(wall)
+        cpu_times.append(cpu)
     peak = memory.stop(base)
     if peak is not None:
         config.step_peak = max(config.step_peak or 0, peak)
@@ -463,341 +452,13 @@ def run_model(model, steps, rounds, args, dataset, memory, log):
     return configs
 
 
-# -- summarizing ---------------------------------------------------------------
-
-
-def median(values):
-    return statistics.median(values) if values else None
-
-
-def round_values(config, cpu=False):
-    """Per round: the median step time, or with a schedule the amortized
-    (full + (k - 1) * cheap) / k from the median full and cheap steps."""
-    rounds = config.round_cpu_times if cpu else config.round_times
-    if config.perturb_every == 1:
-        return [median(times) for times in rounds]
-    k = config.perturb_every
-    values = []
-    for times, full in zip(rounds, config.round_full):
-        full_times = [t for t, f in zip(times, full) if f]
-        cheap_times = [t for t, f in zip(times, full) if not f]
-        if not full_times or not cheap_times:
-            raise ValueError(
-                f"{config!r}: a round needs full and cheap steps; time at least {k} steps per round"
-            )
-        values.append((median(full_times) + (k - 1) * median(cheap_times)) / k)
-    return values
-
-
-def round_ratios(a, b, cpu=False):
-    """Per round: a's round value / b's round value (see `round_values`)."""
-    return [x / y for x, y in zip(round_values(a, cpu), round_values(b, cpu))]
-
-
-def paired_ratio(a, b, cpu=False):
-    """Median over rounds of (a's round median / b's round median)."""
-    if a is None or b is None:
-        return None
-    return median(round_ratios(a, b, cpu))
-
-
-def summarize(configs, run):
-    """One JSON row per configuration; ratios are within this run."""
-    by_key = {c.key: c for c in configs}
-    rows = []
-    for c in configs:
-        wall = [t for block in c.round_times for t in block]
-        row = {
-            "model": c.model,
-            "batchnorm": c.bn,
-            "jit_compile": c.jit,
-            "method": c.method,
-            "run": run,
-            "median_ms": 1000 * median(round_values(c)),
-            "cpu_median_ms": 1000 * median(round_values(c, cpu=True)),
-            "round_medians_ms": [round(1000 * v, 1) for v in round_values(c)],
-            "steps_timed": len(wall),
-            "first_call_s": c.first_call_s,
-            "step_peak_mb": None if c.step_peak is None else c.step_peak / 2**20,
-            "final_loss": c.last_loss,
-        }
-
-        def ratio(name, other_key):
-            other = by_key.get(other_key)
-            if other is None or other is c:
-                row[name] = None if other is None else 1.0
-                return
-            row[name] = paired_ratio(c, other)
-            row[name + "_cpu"] = paired_ratio(c, other, cpu=True)
-            row[name + "_rounds"] = [round(r, 3) for r in round_ratios(c, other)]
-
-        if c.bn == PEER_BN:
-            ratio("x_own_fit", (c.model, c.bn, c.jit, TFK_FIT))
-        else:
-            ratio("x_erm", (c.model, c.bn, c.jit, "erm"))
-            ratio("x_keras_fit", (c.model, c.bn, c.jit, KERAS_FIT))
-            if c.bn == "fused":
-                ratio("fused_x_stock", (c.model, "stock", c.jit, c.method))
-            if c.method == "sam":
-                ratio("x_naive_sam", (c.model, c.bn, c.jit, NAIVE_SAM))
-                ratio("x_tf_keras_sam", (c.model, PEER_BN, c.jit, TFK_SAM))
-            if c.method in ("erm", KERAS_FIT):
-                ratio("x_tf_keras_fit", (c.model, PEER_BN, c.jit, TFK_FIT))
-        rows.append({k: v for k, v in row.items() if v is not None or not k.startswith("x_")})
-    return rows
-
-
-def check_targets(rows):
-    """Each target of issues 6 and 9 that was measured, with its verdict.
-
-    The verdict is on the wall-clock ratio; the CPU-time ratio is shown
-    beside it.
-    """
-    checks = []
-
-    def add(target, row, key, limit, on_cpu=False):
-        value = row.get(key + "_cpu" if on_cpu else key)
-        if value is None:
-            return
-        checks.append(
-            {
-                "target": target,
-                "model": row["model"],
-                "batchnorm": row["batchnorm"],
-                "jit_compile": row["jit_compile"],
-                "method": row["method"],
-                "ratio": value,
-                "ratio_cpu": row.get(key + "_cpu"),
-                "round_range": [min(row[key + "_rounds"]), max(row[key + "_rounds"])]
-                if row.get(key + "_rounds")
-                else None,
-                "limit": limit,
-                "holds": value <= limit,
-            }
-        )
-        if on_cpu:
-            checks[-1].update(
-                ratio=row.get(key), verdict="yes" if value <= limit else "no", on_cpu=True
-            )
-            return
-        cpu = checks[-1]["ratio_cpu"]
-        if cpu is None or (cpu <= limit) == (value <= limit):
-            checks[-1]["verdict"] = "yes" if value <= limit else "no"
-        else:
-            checks[-1]["verdict"] = "unclear"
-
-    for row in rows:
-        method = row["method"]
-        if row["batchnorm"] == PEER_BN:
-            continue
-        if method in ISSUE6_LIMITS:
-            add(
-                f"issue 6: {method} <= {ISSUE6_LIMITS[method]}x erm",
-                row,
-                "x_erm",
-                ISSUE6_LIMITS[method],
-            )
-        if method in ISSUE9_LIMITS and row["batchnorm"] == "fused":
-            add(
-                f"issue 9: {method} <= {ISSUE9_LIMITS[method]}x erm (fused)",
-                row,
-                "x_erm",
-                ISSUE9_LIMITS[method],
-            )
-        if method == "sam":
-            add("issue 6: sam <= naive sam", row, "x_naive_sam", 1.0)
-            if row["batchnorm"] == "fused":
-                add("issue 9: sam (fused) <= tf-keras SAM", row, "x_tf_keras_sam", 1.0)
-        if method == "erm" and row["batchnorm"] == "fused":
-            add("issue 9: erm (fused) <= tf-keras fit", row, "x_tf_keras_fit", 1.0)
-        if method in ISSUE19_LIMITS:
-            add(
-                f"issue 19: {method} <= {ISSUE19_LIMITS[method]}x erm (CPU time)",
-                row,
-                "x_erm",
-                ISSUE19_LIMITS[method],
-                on_cpu=True,
-            )
-    return checks
-
-
-VERDICTS = {"yes": "yes", "no": "**no**", "unclear": "unclear"}
-
-
-def fmt(value, spec=".2f", none="–"):
-    return none if value is None else format(value, spec)
-
-
-def fmt_ratio(row, key):
-    """'wall (cpu)' for a ratio column."""
-    if not row or row.get(key) is None:
-        return "–"
-    cpu = row.get(key + "_cpu")
-    return f"{row[key]:.2f}" + ("" if cpu is None else f" ({cpu:.2f})")
-
-
-def tables(rows, checks):
-    """Markdown tables: one per model and jit setting (with the peers), the targets."""
-    lines = []
-    groups = []
-    for row in rows:
-        group = (row["model"], row["jit_compile"])
-        if group not in groups:
-            groups.append(group)
-    index = {(r["model"], r["batchnorm"], r["jit_compile"], r["method"]): r for r in rows}
-    for model, jit in groups:
-        lines.append(f"### {model}, jit_compile={'on' if jit else 'off'}")
-        lines.append("")
-        lines.append(
-            "| method | stock ms/step | stock x erm | fused ms/step | fused x erm "
-            "| fused / stock | stock peak MB | fused peak MB |"
-        )
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
-        methods = []
-        for row in rows:
-            if (row["model"], row["jit_compile"]) == (model, jit) and row["batchnorm"] != PEER_BN:
-                if row["method"] not in methods:
-                    methods.append(row["method"])
-        for method in methods:
-            stock = index.get((model, "stock", jit, method), {})
-            fused = index.get((model, "fused", jit, method), {})
-            lines.append(
-                f"| {method} | {fmt(stock.get('median_ms'), '.0f')} | {fmt_ratio(stock, 'x_erm')} "
-                f"| {fmt(fused.get('median_ms'), '.0f')} | {fmt_ratio(fused, 'x_erm')} "
-                f"| {fmt_ratio(fused, 'fused_x_stock')} | {fmt(stock.get('step_peak_mb'), '.0f')} "
-                f"| {fmt(fused.get('step_peak_mb'), '.0f')} |"
-            )
-        peers = [
-            r
-            for r in rows
-            if (r["model"], r["jit_compile"]) == (model, jit) and r["batchnorm"] == PEER_BN
-        ]
-        if peers:
-            lines.append("")
-            lines.append(
-                "| peer row | ms/step | x its own fit | peak MB | ours | ours ms/step | ours / peer |"
-            )
-            lines.append("|---|---:|---:|---:|---|---:|---:|")
-            for peer in peers:
-                ours_methods = [KERAS_FIT, "erm"] if peer["method"] == TFK_FIT else ["sam"]
-                key = "x_tf_keras_fit" if peer["method"] == TFK_FIT else "x_tf_keras_sam"
-                for ours_method in ours_methods:
-                    for bn in ("stock", "fused"):
-                        ours = index.get((model, bn, jit, ours_method))
-                        if ours is None:
-                            continue
-                        lines.append(
-                            f"| {peer['method']} | {fmt(peer['median_ms'], '.0f')} "
-                            f"| {fmt_ratio(peer, 'x_own_fit')} | {fmt(peer.get('step_peak_mb'), '.0f')} "
-                            f"| {ours_method} ({bn} BN) | {fmt(ours['median_ms'], '.0f')} "
-                            f"| {fmt_ratio(ours, key)} |"
-                        )
-        naive = [index.get((model, bn, jit, "sam")) for bn in ("stock", "fused")]
-        naive = [r for r in naive if r and r.get("x_naive_sam") is not None]
-        if naive:
-            lines.append("")
-            lines.append(
-                "Our sam over the naive SAM (assign_add/assign_sub): "
-                + ", ".join(f"{r['batchnorm']} BN {fmt_ratio(r, 'x_naive_sam')}" for r in naive)
-                + "."
-            )
-        lines.append("")
-    if checks:
-        lines.append("### Targets")
-        lines.append("")
-        lines.append(
-            "Median wall-clock ratio, the CPU-time ratio in parentheses, and the lowest and "
-            "highest per-round wall-clock ratio. Holds: yes or no where the wall-clock and the "
-            "CPU-time ratios agree, unclear where they fall on both sides of the limit; for "
-            "targets marked (CPU time), the CPU-time ratio decides."
-        )
-        lines.append("")
-        lines.append("| target | model | BN | jit | measured (cpu) | rounds | holds |")
-        lines.append("|---|---|---|---|---:|---:|---|")
-        for c in checks:
-            cpu = "" if c.get("ratio_cpu") is None else f" ({c['ratio_cpu']:.2f})"
-            spread = "–" if not c.get("round_range") else "{:.2f}–{:.2f}".format(*c["round_range"])
-            lines.append(
-                f"| {c['target']} | {c['model']} | {c['batchnorm']} | {'on' if c['jit_compile'] else 'off'} "
-                f"| {c['ratio']:.2f}{cpu} | {spread} | {VERDICTS[c['verdict']]} |"
-            )
-        lines.append("")
-    return "\n".join(lines)
-
-
-def run_header(meta):
-    allocator = (
-        "BFC CPU allocator (`TF_CPU_ALLOCATOR_USE_BFC=true`)"
-        if meta["allocator"] == "bfc"
-        else "default CPU allocator (no per-row peak memory)"
-    )
-    return f"""- Run {meta["run"]}: `{meta["command"]}`
-  - {meta["date"]} (git {meta["git_commit"]}); {meta["total_s"] / 60:.1f} min; steps x rounds: {meta["steps_rounds"]}
-  - {meta["cpu_count"]} CPU cores, {meta["cpu_model"]}; Python {meta["python"]}, TensorFlow
-    {meta["tensorflow"]}, Keras {meta["keras"]}, tf-keras {meta["tf_keras"]}; {allocator}
-  - load average (1, 5, 15 min) before {meta["load_before"]}, after {meta["load_after"]};
-    process RSS high-water mark {meta["max_rss_mb"]:.0f} MB
-"""
-
-
-def write_results(path, runs, rows, checks, text):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".json", "w") as f:
-        json.dump({"runs": runs, "rows": rows, "targets": checks}, f, indent=1)
-        f.write("\n")
-    warmup = runs[-1]["warmup"]
-    header = f"""# Step time: G-Mix methods vs ERM, naive SAM and tf-keras
-
-Generated by `benchmarks/step_time.py`. How to read it, and the profiling of
-the targets that are missed: `benchmarks/README.md`.
-
-{"".join(run_header(meta) for meta in runs)}
-Setup: batch {runs[-1]["batch_size"]} of random 32x32x3 images, 10 classes, SGD (momentum
-0.9), sparse categorical cross-entropy, rho {runs[-1]["rho"]}, alpha 1.0, gamma 0.5.
-Each configuration is built and traced (and compiled) by one `fit` step,
-which runs a step too; {warmup} more untimed step(s) follow; then it is timed
-in rounds: every round runs K steps of every configuration of a model, in a
-shuffled order. Other engineers' test runs
-share the 2 cores (see the load averages), so absolute times are inflated
-and noisy; the ratios are paired within rounds, which cancels most of it.
-
-- ms/step: median wall-clock time of all timed steps of the train function.
-- x erm: median over rounds of (round median / erm's round median), same model,
-  BatchNorm and jit setting; in parentheses the same ratio of process CPU time
-  (user + system, all threads), which other processes' load disturbs much less.
-  "fused / stock" and "ours / peer" are paired the same way.
-- peak MB: peak of `tf.config.experimental.get_memory_info('CPU:0')` during the
-  configuration's steps minus the bytes in use before them (activations,
-  gradients, temporaries; not the resident weights and optimizer state), max
-  over rounds. The default CPU allocator keeps no statistics, hence the BFC one.
-
-"""
-    with open(path + ".md", "w") as f:
-        f.write(header + text)
-
-
-def load_previous(path):
-    try:
-        with open(path + ".json") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {"runs": [], "rows": []}
-
-
 def main(argv=None):
     args = parse_args(argv)
     if args.report:
-        previous = load_previous(args.output)
+        previous = report.load_previous(args.output)
         if not previous["runs"]:
             sys.exit(f"{args.output}.json holds no results to report")
-        checks = check_targets(previous["rows"])
-        write_results(
-            args.output,
-            previous["runs"],
-            previous["rows"],
-            checks,
-            tables(previous["rows"], checks),
-        )
+        report.write_results(args.output, previous["runs"], previous["rows"])
         print(f"wrote {args.output}.md and {args.output}.json")
         return
     sys.path.insert(0, REPO)
@@ -827,7 +488,7 @@ def main(argv=None):
         configs += run_model(model, steps, rounds, args, dataset, memory, log)
         gc.collect()
 
-    previous = load_previous(args.output) if args.merge else {"runs": [], "rows": []}
+    previous = report.load_previous(args.output) if args.merge else {"runs": [], "rows": []}
     measured = {c.key for c in configs}
     kept = [
         r
@@ -864,18 +525,15 @@ def main(argv=None):
         "total_s": time.perf_counter() - total_start,
     }
     runs.append(meta)
-    new_rows = summarize(configs, run)
-    rows = kept + new_rows
-    checks = check_targets(rows)
-    text = tables(rows, checks)
+    new_rows = report.summarize(configs, run)
     print()
-    print(tables(new_rows, check_targets(new_rows)))
+    print(report.tables(new_rows, report.check_targets(new_rows)))
     print(
         f"load before {meta['load_before']}, after {meta['load_after']}; "
         f"RSS high-water mark {meta['max_rss_mb']:.0f} MB; total {meta['total_s'] / 60:.1f} min"
     )
     if not args.no_write:
-        write_results(args.output, runs, rows, checks, text)
+        report.write_results(args.output, runs, kept + new_rows)
         print(f"wrote {args.output}.md and {args.output}.json")
 
 

@@ -14,7 +14,7 @@
 
 Keras' own `keras.callbacks.TensorBoard` already writes the epoch scalars
 (`epoch_loss`, `epoch_sharpness`, ...) and, with `update_freq=N`, the batch
-scalars (`batch_loss`, ...) of SPEC.md section 5.
+scalars (`batch_loss`, ...) of every value a GMixModel step logs.
 """
 
 import csv
@@ -30,6 +30,7 @@ import tensorflow as tf
 from keras_gmix import checks
 from keras_gmix import compat
 from keras_gmix import flatness
+from keras_gmix import flatness_plots
 
 STEPS_RUN = "steps"  # TensorBoard run (sub-folder) of StepValuesLogger
 FLATNESS_RUN = "flatness"  # TensorBoard run (sub-folder) of FlatnessMonitor
@@ -69,7 +70,8 @@ class StepValuesLogger(keras.callbacks.Callback):
     NaN entries (the padding of `GMixModel`'s fixed-size buffers, or a
     method that does not compute the value) are dropped; a histogram with no
     finite value is not written. The buffers are not saved: after a resume
-    with a schedule (cheap steps, SPEC.md section 4b), `sensitivity` starts
+    with a schedule (`perturb_every` or `perturb_probability`: cheap steps
+    compute no sensitivity), `sensitivity` starts
     again at the first full step.
 
     Args:
@@ -381,7 +383,7 @@ class FlatnessMonitor(keras.callbacks.Callback):
 
         title = f"epoch {epoch + 1}"
         png = io.BytesIO()
-        flatness.plot_landscape_1d(landscape, png, title=title)
+        flatness_plots.plot_landscape_1d(landscape, png, title=title)
         if self.plot_dir:
             os.makedirs(self.plot_dir, exist_ok=True)
             with open(

@@ -8,7 +8,7 @@ renamed it, the canary fails with a sentence naming what moved, instead of
 `fit` failing somewhere deep inside a run. No other module of the package
 touches a private upstream name (tests/test_compat.py checks that too).
 
-Checked on Keras 3.15 and TensorFlow 2.21 (SPEC.md section 7). TensorFlow
+Checked on Keras 3.15 and TensorFlow 2.21. TensorFlow
 is imported where it is used, so that the module loads under any Keras
 backend (layers.py uses it).
 """
@@ -63,8 +63,8 @@ def loss_tracker(model):
     """The `Mean` metric behind fit's `loss` log (`Model._loss_tracker`).
 
     A custom train_step that reports "loss" must update this very tracker:
-    fit shows the tracker's value for a key equal to a compiled metric's name
-    (SPEC.md section 7). Keras updates it only inside `compute_loss`, which
+    fit shows the tracker's value for a key equal to a compiled metric's
+    name, whatever train_step returns for it. Keras updates it only inside `compute_loss`, which
     GMixModel does not call (its loss is per example, on mixed labels). No
     upstream issue; internal since Keras 3.0.
     """

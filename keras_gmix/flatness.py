@@ -21,6 +21,8 @@ gradient or Hessian-vector evaluation (so it must yield the same examples on
 every pass: do not reshuffle it), or a tuple `(x, y)` of arrays, which is
 batched here with `batch_size`. The batch size does not change any measured
 value, only memory use and speed.
+
+The landscapes' figures are drawn by `keras_gmix.flatness_plots`.
 """
 
 import dataclasses
@@ -32,9 +34,11 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+# keras.ops (and keras.tree) for the tensor arithmetic; tf only where Keras
+# has no API: GradientTape (gradients, Hessian-vector products) and tf.data.
+
 from keras_gmix import checks
 from keras_gmix import losses as losses_lib
-from keras_gmix import plotting
 
 NORMALIZATIONS = ("filter", None)
 
@@ -263,8 +267,8 @@ class _Objective:
             )
         self.shapes = [tuple(v.shape) for v in variables]
         # Snapshots of the values: everything below works on these copies.
-        self.values = [tf.identity(v.value) for v in variables]
-        self.non_trainable = [tf.identity(v.value) for v in self.network.non_trainable_variables]
+        self.values = [ops.copy(v.value) for v in variables]
+        self.non_trainable = [ops.copy(v.value) for v in self.network.non_trainable_variables]
         self.w = flatten(self.values)
         self.dtype = self.w.dtype
         # The mean over the data of the unreduced values is exact whatever
@@ -287,13 +291,13 @@ class _Objective:
         )
         # Under mixed precision the outputs are float16: compute the loss in
         # the weights' dtype, as a compiled Keras loss would.
-        y_pred = tf.nest.map_structure(
-            lambda t: tf.cast(t, self.dtype) if t.dtype.is_floating else t, y_pred
+        y_pred = keras.tree.map_structure(
+            lambda t: ops.cast(t, self.dtype) if t.dtype.is_floating else t, y_pred
         )
         values = self.loss_fn(y, y_pred)
-        n = tf.shape(tf.nest.flatten(x)[0])[0]
+        n = ops.shape(keras.tree.flatten(x)[0])[0]
         # mean * n (not sum): a callable may already return the batch mean.
-        total = tf.reduce_mean(tf.cast(values, self.dtype)) * tf.cast(n, self.dtype)
+        total = ops.mean(ops.cast(values, self.dtype)) * ops.cast(n, self.dtype)
         return total, n
 
     def loss(self, flat_w):
@@ -325,7 +329,7 @@ class _Objective:
                     inner.watch(flat_w)
                     s, n = self._batch_sum(flat_w, x, y)
                 g = inner.gradient(s, flat_w, unconnected_gradients="zero")
-                gv = tf.reduce_sum(g * v)
+                gv = ops.sum(g * v)
             hv += outer.gradient(gv, flat_w, unconnected_gradients="zero")
             count += int(n)
         if count == 0:
@@ -784,75 +788,3 @@ def measure_flatness(
         "landscape_mean_rise": float(np.mean(landscape.losses - sharp.loss)),
     }
     return record, landscape
-
-
-def plot_landscape_1d(results, path, title=None):
-    """Plots one or several 1-D loss landscapes into a PNG file.
-
-    Args:
-        results: a 1-D `LandscapeResult`, or a dict of name to 1-D
-            `LandscapeResult`, drawn as overlaid curves with a legend; a
-            name that is a method (or a schedule such as `"gmix-k5"`) is
-            drawn in that method's colour (`keras_gmix.plotting`), a
-            schedule dashed.
-        path: the PNG file to write.
-        title: the figure title. Defaults to `None`, no title.
-
-    Returns:
-        `path`.
-
-    Example:
-
-    >>> flat = loss_landscape(model, (x, y), "mse")  # doctest: +SKIP
-    >>> plot_landscape_1d({"sam": flat, "erm": sharp}, "landscape.png")  # doctest: +SKIP
-    """
-    named = results if isinstance(results, dict) else {None: results}
-    if not named:
-        raise ValueError("`results` is empty.")
-    styles = plotting.line_styles(named)  # a method in its colour of every figure
-    figure, [[axes]] = plotting.new_figure()
-    for name, result in named.items():
-        if result.betas is not None:
-            raise ValueError(
-                f"plot_landscape_1d needs 1-D landscapes; {name or 'result'} is 2-D "
-                "(use plot_landscape_2d)."
-            )
-        axes.plot(result.alphas, result.losses, label=name, **styles[name])
-    axes.set_xlabel("alpha")
-    axes.set_ylabel("loss")
-    if title:
-        axes.set_title(title)
-    if not isinstance(results, LandscapeResult):
-        plotting.legend(axes)
-    return plotting.save(figure, path)
-
-
-def plot_landscape_2d(result, path, levels=30, title=None):
-    """Plots a 2-D loss landscape as a contour map into a PNG file.
-
-    Args:
-        result: a 2-D `LandscapeResult`.
-        path: the PNG file to write.
-        levels: number of contour levels. Defaults to `30`.
-        title: the figure title. Defaults to `None`, no title.
-
-    Returns:
-        `path`.
-
-    Example:
-
-    >>> plane = loss_landscape(model, (x, y), "mse", directions=2)  # doctest: +SKIP
-    >>> plot_landscape_2d(plane, "plane.png")  # doctest: +SKIP
-    """
-    if result.betas is None:
-        raise ValueError("plot_landscape_2d needs a 2-D landscape (directions=2).")
-    figure, [[axes]] = plotting.new_figure(grid=False)  # the contours are the grid
-    # losses[i, j] sits at (alphas[i], betas[j]): contour wants [row=y, col=x].
-    contour = axes.contour(result.alphas, result.betas, result.losses.T, levels=levels)
-    axes.clabel(contour, inline=True, fontsize=plotting.NOTE_SIZE)
-    axes.plot([0.0], [0.0], "+", color=plotting.NEUTRAL_COLOR)
-    axes.set_xlabel("alpha")
-    axes.set_ylabel("beta")
-    if title:
-        axes.set_title(title)
-    return plotting.save(figure, path)

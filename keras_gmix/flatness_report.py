@@ -27,6 +27,7 @@ from keras_gmix import checks
 from keras_gmix import records
 from keras_gmix.flatness import FLATNESS_DEFAULTS
 from keras_gmix.flatness import measure_flatness
+from keras_gmix.flatness_plots import plot_landscape_1d
 
 
 # ---------------------------------------------------------------------------
@@ -245,8 +246,6 @@ def report(
     Returns:
         A `FlatnessReport`.
     """
-    from keras_gmix import flatness
-
     if not model_paths:
         raise ValueError("Give at least one saved model (.keras file).")
     unknown = sorted(set(measure_kwargs) - set(FLATNESS_DEFAULTS))
@@ -306,7 +305,7 @@ def report(
         rows.append(row)
         landscapes[label] = landscape
         png = os.path.join(output, f"landscape_{label.replace(os.sep, '_')}.png")
-        flatness.plot_landscape_1d(landscape, png, title=f"{label}: 1D loss landscape ({split})")
+        plot_landscape_1d(landscape, png, title=f"{label}: 1D loss landscape ({split})")
         files.append(png)
         keras.backend.clear_session()
 
@@ -314,7 +313,7 @@ def report(
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
     overlay = os.path.join(output, "landscape_1d.png")
-    flatness.plot_landscape_1d(
+    plot_landscape_1d(
         {row["model"]: landscapes[row["model"]] for row in rows},
         overlay,
         title=f"1D loss landscapes, {data_info['dataset']} {split} ({len(y)} examples)",

@@ -1,7 +1,8 @@
-"""Efficient schedules (SPEC.md section 4b): which steps pay for the perturbation.
+"""Efficient schedules: which steps pay for the perturbation.
 
-A perturbed method (sam, gmix, bgmix, dgmix) makes a *full* step (the method
-of section 4) only on some steps; the other, *cheap* steps compute only the
+A perturbed method (sam, gmix, bgmix, dgmix) makes a *full* step (the
+method's own step, as `GMixModel(method=...)` describes it) only on some
+steps; the other, *cheap* steps compute only the
 plain gradient g = grad L_B(w) on the same batch (1 forward + 1 backward
 pass). Optionally a cheap step reuses the part of the last full step's update
 that is orthogonal to its plain gradient (LookSAM's idea):

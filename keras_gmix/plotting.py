@@ -9,9 +9,9 @@ Every figure of the package and its benchmark reports is made by
 - one look: `DPI`, a panel size per subplot, the font sizes below, a light
   grid behind the data, no top and right spines, legends by `legend`;
 - one colour per training method (`METHOD_COLORS`), so that a method has
-  the same colour in every figure. A schedule variant of SPEC.md section 4b
-  (`"gmix-k5"`, `"dgmix-k5-r0.3"`: the method, then `kK`, `rA` or `pP`
-  parts) takes its method's colour and a marker of its own, drawn open
+  the same colour in every figure. A schedule variant (`"gmix-k5"`,
+  `"dgmix-k5-r0.3"`: the method, then `kK`, `rA` or `pP` parts for
+  `perturb_every`, `reuse_scale` or `perturb_probability`) takes its method's colour and a marker of its own, drawn open
   (`method_marker`).
 
 matplotlib is imported by the functions that draw, never by

@@ -2,9 +2,10 @@
 
 Builds and compiles the model exactly as `gmix-train` does
 (`keras_gmix.train.build_compiled_model`), times a few optimizer steps per
-method after a warm-up (tracing) phase, and extrapolates to a recipe's
-epochs. It also counts the forward FLOPs per image (TensorFlow's profiler on
-the frozen inference graph) for the GPU estimate of recipes/README.md.
+method after a warm-up (tracing) phase, as benchmarks/step_time.py does
+(`keras_gmix.timing.timed_step`), and extrapolates to a recipe's epochs.
+It also counts the forward FLOPs per image (TensorFlow's profiler on the
+frozen inference graph) for the GPU estimate of recipes/README.md.
 
     python recipes/time_steps.py --dataset ../shared/data/cifar10_partial.npz \\
         --model preact_resnet18 --methods erm sam dgmix --steps 5 \\
@@ -15,17 +16,30 @@ import argparse
 import dataclasses
 import os
 import statistics
-import time
 
 import keras
 import tensorflow as tf
 
 from keras_gmix import data as data_lib
+from keras_gmix import gradients
 from keras_gmix import train
+from keras_gmix.timing import timed_step
 
-# Forward-pass equivalents per step (a backward pass costs about two forward
-# passes): erm/mixup 1F+1B, sam/gmix 2F+2B, bgmix/dgmix 2F+3B (SPEC.md 4).
-PASS_COST = {"erm": 3, "mixup": 3, "sam": 6, "gmix": 6, "bgmix": 8, "dgmix": 8}
+
+def pass_counts(method):
+    """(forward, backward) passes of one step of `method`, as
+    keras_gmix.gradients runs them: a perturbed method adds a forward and a
+    backward pass at w + eps; a partitioned one (bgmix, dgmix) a third
+    backward pass, for the flat subset at w."""
+    forward = 2 if method in gradients.PERTURBED_METHODS else 1
+    backward = forward + (method in gradients.PARTITIONED_METHODS)
+    return forward, backward
+
+
+def forward_equivalents(method):
+    """One step's cost in forward passes: a backward pass costs about two."""
+    forward, backward = pass_counts(method)
+    return forward + 2 * backward
 
 
 def forward_flops(model, input_shape):
@@ -45,25 +59,6 @@ def forward_flops(model, input_shape):
     return profile.total_float_ops
 
 
-class StepTimer(keras.callbacks.Callback):
-    """Wall time and this process's CPU time (all threads) of every step."""
-
-    def __init__(self):
-        super().__init__()
-        self.times = []
-        self.cpu_times = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._start = time.perf_counter()
-        self._cpu_start = time.process_time()
-
-    def on_train_batch_end(self, batch, logs=None):
-        # Reading a log value waits for the step to finish.
-        float(logs["loss"])
-        self.times.append(time.perf_counter() - self._start)
-        self.cpu_times.append(time.process_time() - self._cpu_start)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="../shared/data/cifar10_partial.npz")
@@ -71,7 +66,12 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=["erm", "sam", "dgmix"])
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per method")
-    parser.add_argument("--warmup-steps", type=int, default=2, help="untimed first steps (tracing)")
+    parser.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=2,
+        help="untimed first steps, at least 1 (the first traces the step)",
+    )
     parser.add_argument(
         "--train-images", type=int, default=5000, help="images per epoch to extrapolate to"
     )
@@ -97,17 +97,18 @@ def main(argv=None):
         )
         if flops is None:
             flops = forward_flops(model.inner, splits.input_shape)
-        timer = StepTimer()
-        total = args.warmup_steps + args.steps
-        model.fit(train_ds.repeat(), steps_per_epoch=total, epochs=1, verbose=0, callbacks=[timer])
-        step = statistics.median(timer.times[args.warmup_steps :])
-        cpu_step = statistics.median(timer.cpu_times[args.warmup_steps :])
+        warmup = max(1, args.warmup_steps)
+        model.fit(train_ds.repeat(), steps_per_epoch=warmup, epochs=1, verbose=0)
+        iterator = iter(train_ds.repeat())
+        timed = [timed_step(model, iterator) for _ in range(args.steps)]
+        step = statistics.median(wall for wall, _, _ in timed)
+        cpu_step = statistics.median(cpu for _, cpu, _ in timed)
         # On a busy machine the wall time includes waiting for the cores; the
         # CPU time spread over all cores is what an idle machine would take.
         idle_step = cpu_step / (os.cpu_count() or 1)
         hours = lambda seconds: seconds * steps_per_epoch * args.epochs / 3600  # noqa: E731
         images = args.train_images * args.epochs
-        gpu_hours = images * flops * PASS_COST[method] / (args.gpu_tflops * 1e12) / 3600
+        gpu_hours = images * flops * forward_equivalents(method) / (args.gpu_tflops * 1e12) / 3600
         rows.append((method, step, hours(step), cpu_step, hours(idle_step), gpu_hours))
     print(
         f"{args.model} on {splits.input_shape} images, batch {args.batch_size}, "

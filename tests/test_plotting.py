@@ -13,6 +13,7 @@ import pytest
 
 from keras_gmix import compare
 from keras_gmix import flatness
+from keras_gmix import flatness_plots
 from keras_gmix import plotting
 from keras_gmix.gradients import METHODS
 from tests.png_checks import has_color
@@ -73,7 +74,7 @@ def test_a_method_has_the_same_colour_in_the_bar_chart_and_the_landscape(tmp_pat
         for m, a in (("erm", 0.8), ("sam", 0.9))
     ]
     bars = compare.plot_results(rows, str(tmp_path / "bars.png"))
-    curves = flatness.plot_landscape_1d(
+    curves = flatness_plots.plot_landscape_1d(
         {"sam": landscape(1.0), "erm": landscape(2.0)}, str(tmp_path / "curves.png")
     )
     for path in (bars, curves):
@@ -82,7 +83,7 @@ def test_a_method_has_the_same_colour_in_the_bar_chart_and_the_landscape(tmp_pat
         # No mixup here: matplotlib's first default colour (tab:blue) is mixup's.
         assert not has_color(path, plotting.method_color("mixup")), path
     # One unnamed landscape could be any method's: drawn in none of their colours.
-    single = flatness.plot_landscape_1d(landscape(1.0), str(tmp_path / "single.png"))
+    single = flatness_plots.plot_landscape_1d(landscape(1.0), str(tmp_path / "single.png"))
     assert has_color(single, plotting.NEUTRAL_COLOR)
     # (erm's grey is left out: the antialiased edges of black lines pass through it.)
     colored = [c for m, c in plotting.METHOD_COLORS.items() if m != "erm"]
