@@ -1,6 +1,6 @@
 """update_gradients: the gradient each method hands to the optimizer.
 
-One function serves all six methods of SPEC.md section 4:
+One function serves all six methods (`GMixModel(method=...)`):
 
 | method | input batch | update gradient |
 |---|---|---|
@@ -290,8 +290,10 @@ def update_gradients(
 
     Returns:
         `(grads, stats)`: grads aligned with `inner.trainable_variables`;
-        stats a dict of the SPEC.md section 5 values (Python floats when
-        run eagerly, scalar tensors inside a `tf.function`).
+        stats a dict of the step's statistics (`loss`; for the perturbed
+        methods `perturbed_loss`, `sharpness`, `eps_norm`; for bgmix/dgmix
+        `sensitive_fraction`, `grad_cosine`; for dgmix `conflict`): Python
+        floats when run eagerly, scalar tensors inside a `tf.function`.
 
     Example:
 

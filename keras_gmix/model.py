@@ -119,7 +119,7 @@ class GMixModel(keras.Model):
             makes its full step only when the optimizer's step counter is a
             multiple of k; the steps in between are cheap (one forward and
             one backward pass, the plain gradient on the same batch: mixup's
-            step, erm's for sam). SPEC.md section 4b. Defaults to `1`.
+            step, erm's for sam). Defaults to `1`.
         reuse_scale: on a cheap step, add the part of the last full step's
             update orthogonal to its plain gradient, scaled to
             `reuse_scale * ||g||` (LookSAM). Defaults to `0.0` (off).
@@ -687,9 +687,10 @@ class GMixModel(keras.Model):
         return gradients.StepResult(*compiled(weights, state, x, y, sample_weight, loss_scale))
 
     def scheduled_update(self, x, y, sample_weight, loss_fn, full, reduction):
-        """One step of a schedule (SPEC.md section 4b): the full method if
-        `full`, else the cheap step (1F + 1B), with the stored direction v
-        added when `reuse_scale > 0`.
+        """One step of an efficient schedule (`perturb_every`,
+        `perturb_probability`): the full method if `full`, else the cheap
+        step (1F + 1B), with the stored direction v added when
+        `reuse_scale > 0`.
 
         Returns `(result, plain_grads)`: a `StepResult` shaped like the full
         method's (the values only a full step computes are 0 on cheap
