@@ -446,3 +446,14 @@ class StopAfterConsecutiveSkips(keras.callbacks.Callback):
                 "step. Look for NaN/inf in the data, lower the learning rate, or add "
                 "gradient clipping (e.g. optimizer global_clipnorm)."
             )
+
+
+class WarnOnSoftLabels(keras.callbacks.Callback):
+    """Warns once, at the first batch whose labels arrive soft, that a mixing
+    method mixes them a second time (`GMixModel.soft_labels_tracker`)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if getattr(self.model, "_soft_labels_warned", False):
+            return
+        if float(keras.ops.convert_to_numpy(self.model.soft_labels_tracker.result())) > 0:
+            self.model.warn_soft_labels()

@@ -4,7 +4,7 @@
 and name it in a Keras-style sentence. Training data is checked before
 `fit` starts: arrays whole (cheap next to training); a tf.data.Dataset for
 emptiness only: its batches are guarded step by step, inside the compiled
-step, with the same rules (`labels_to_one_hot`, `checked_sample_weight`; a
+step, with the same rules (`labels.labels_to_one_hot`, `checked_sample_weight`; a
 non-finite loss or gradient skips the step, see GMixModel), so the data is
 never read twice.
 """
@@ -113,7 +113,8 @@ def check_bool(name, value):
     return bool(value)
 
 
-def _is_array(value):
+def is_array(value):
+    """An array-like batch of values (NumPy or tensor), not a tf.data.Dataset."""
     return isinstance(value, np.ndarray) or (
         hasattr(value, "shape")
         and hasattr(value, "dtype")
@@ -128,7 +129,7 @@ def check_inputs(x):
             raise ValueError("The training data set is empty: it yields no batch.")
         return
     for array in tf.nest.flatten(x):
-        if not _is_array(array):
+        if not is_array(array):
             continue
         array = np.asarray(array)
         if array.shape[0] == 0:
@@ -139,52 +140,6 @@ def check_inputs(x):
                 f"The training inputs hold NaN or inf values ({bad} examples). "
                 "Clean or drop those examples (e.g. np.nan_to_num) before fit."
             )
-
-
-def check_labels(y, num_classes):
-    """Array labels of one output, before fit, by the rule of `label_kind`."""
-    if y is None or not _is_array(y):
-        return
-    y = np.asarray(y)
-    if not (np.issubdtype(y.dtype, np.number) or np.issubdtype(y.dtype, np.bool_)):
-        raise TypeError(
-            f"Labels must be numbers (class ids or one-hot rows); received dtype {y.dtype}. "
-            "Map class names to integer ids first."
-        )
-    if y.shape[0] == 0:
-        raise ValueError("The training labels are empty (0 examples).")
-    kind = label_kind(y.shape, num_classes)
-    if kind == "binary":
-        values = y.astype(np.float64)
-        if (
-            y.ndim > 2
-            or not np.all(np.isfinite(values))
-            or np.any(values < 0)
-            or np.any(values > 1)
-        ):
-            raise ValueError(_binary_labels_text(y.shape))
-    elif kind == "ids":
-        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-            raise ValueError(
-                "Class-id labels must be whole numbers; some are fractional, NaN or inf."
-            )
-        low, high = y.min(), y.max()
-        if low < 0 or high >= num_classes:
-            raise ValueError(
-                f"Class ids must lie in [0, {num_classes - 1}] (the model has {num_classes} "
-                f"outputs); received ids from {low:g} to {high:g}. Relabel the data or "
-                "build the model with more classes."
-            )
-    else:
-        if y.ndim != 2:
-            raise ValueError(_label_shape_text(y.shape, num_classes))
-        if y.shape[1] != num_classes:
-            raise ValueError(
-                f"One-hot labels have {y.shape[-1]} columns (shape {y.shape}) but the model "
-                f"outputs {num_classes} classes."
-            )
-        if not np.all(np.isfinite(y)):
-            raise ValueError("The labels hold NaN or inf values.")
 
 
 def call_takes_training(layer):
@@ -200,133 +155,6 @@ def call_takes_training(layer):
     return "training" in parameters or any(
         p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
     )
-
-
-def check_output_shape(shape):
-    """The model must output (batch, classes) scores."""
-    if len(shape) != 2 or shape[-1] is None:
-        raise ValueError(
-            "GMixModel trains classifiers: the wrapped model must output class "
-            f"scores (probabilities or logits) of shape (batch, classes); it outputs {tuple(shape)}. "
-            "Flatten or pool the output and end with a Dense(num_classes) layer."
-        )
-
-
-def label_kind(shape, num_classes):
-    """The label rule, for array labels before fit and for each batch in the step.
-
-    - `"binary"`: the output has one unit (a sigmoid or a logit); labels of
-      shape (n,) or (n, 1) are the probability of the positive class (0/1,
-      or soft), and a mixed label is the mixed probability.
-    - `"ids"`: labels of shape (n,) or (n, 1) for an output of more units
-      are class ids.
-    - `"one_hot"`: anything else is one-hot (or soft) rows, of any dtype
-      (integer one-hot rows for CategoricalCrossentropy too).
-    """
-    rank = len(shape)
-    if num_classes == 1:
-        return "binary"
-    if rank == 1 or (rank == 2 and shape[-1] == 1):
-        return "ids"
-    return "one_hot"
-
-
-def _label_shape_text(shape, num_classes):
-    return (
-        f"Labels must be class ids of shape (n,) or (n, 1), or one-hot rows of shape "
-        f"(n, {num_classes}) (the model's output width). Received labels of shape {tuple(shape)}."
-    )
-
-
-def _binary_labels_text(shape):
-    return (
-        "The model has one output unit (binary classification): its labels must have "
-        "shape (batch,) or (batch, 1) and hold the probability of the positive class, "
-        f"in [0, 1] (0 or 1 for hard labels). Received labels of shape {tuple(shape)}. "
-        "For several classes, end the model with Dense(num_classes)."
-    )
-
-
-def labels_to_one_hot(y, num_classes):
-    """One batch's labels as `(y_soft float32 [n, C], kind)`, checked in the step.
-
-    `kind` is `label_kind`'s. Class ids must be whole numbers in
-    [0, num_classes): tf.one_hot would map an out-of-range id to a zero row
-    and a cast would truncate 3.7 to 3, and training would go on silently
-    with wrong labels. Binary labels must lie in [0, 1] for the same reason.
-    """
-    y = tf.convert_to_tensor(y)
-    if not (y.dtype.is_integer or y.dtype.is_floating or y.dtype == tf.bool):
-        raise TypeError(
-            f"Labels must be numbers (class ids or one-hot rows); received dtype {y.dtype.name}. "
-            "Map class names to integer ids first (e.g. with tf.keras.layers.StringLookup "
-            "in the pipeline)."
-        )
-    kind = label_kind(y.shape, num_classes)
-    if kind == "binary":
-        if y.shape.rank not in (1, 2):
-            raise ValueError(_binary_labels_text(y.shape))
-        values = tf.reshape(tf.cast(y, tf.float32), [-1, 1])
-        checks = [
-            tf.debugging.assert_non_negative(values, message="binary labels must be >= 0"),
-            tf.debugging.assert_less_equal(values, 1.0, message="binary labels must be <= 1"),
-        ]
-        with tf.control_dependencies(checks):
-            return tf.identity(values), kind
-    if kind == "ids":
-        flat = tf.reshape(y, [-1])
-        checks = []
-        if not y.dtype.is_integer:
-            values = tf.cast(flat, tf.float32)
-            checks.append(
-                tf.debugging.assert_equal(
-                    values,
-                    tf.round(values),
-                    message="class-id labels must be whole numbers; a batch holds fractional, NaN or inf ids",
-                )
-            )
-        ids = tf.cast(flat, tf.int32)
-        checks.append(
-            tf.debugging.assert_less(
-                ids,
-                num_classes,
-                message=f"class ids must be < {num_classes}, the model's output width",
-            )
-        )
-        checks.append(tf.debugging.assert_non_negative(ids, message="class ids must be >= 0"))
-        with tf.control_dependencies(checks):
-            return tf.one_hot(ids, num_classes, dtype=tf.float32), kind
-    if y.shape.rank != 2:
-        raise ValueError(_label_shape_text(y.shape, num_classes))
-    if y.shape[-1] != num_classes:
-        raise ValueError(
-            f"Labels have {y.shape[-1]} classes (shape {y.shape}) but the model "
-            f"outputs {num_classes}. Give one-hot labels of shape (batch, "
-            f"{num_classes}) or integer class ids of shape (batch,)."
-        )
-    return tf.cast(y, tf.float32), kind
-
-
-def metric_labels(y, y_soft, kind, mixed):
-    """The labels the compiled metrics see, in the form the user gave.
-
-    Class ids stay class ids and binary labels stay 0/1 (the dominant class
-    of a mixed label, as categorical accuracy's argmax reads soft rows);
-    one-hot rows, and unmixed binary labels, are passed as they are.
-    """
-    if kind == "ids":
-        return tf.reshape(tf.cast(tf.argmax(y_soft, axis=-1), y.dtype), tf.shape(y))
-    if kind == "binary":
-        if not mixed:
-            return y
-        return tf.reshape(tf.cast(tf.round(y_soft), y.dtype), tf.shape(y))
-    return y_soft
-
-
-def labels_are_soft(y_soft):
-    """Scalar bool: some label value lies strictly between 0 and 1 (soft or
-    already mixed labels, e.g. from Keras' MixUp or CutMix layers)."""
-    return tf.reduce_any(tf.logical_and(y_soft > 0.0, y_soft < 1.0))
 
 
 def checked_sample_weight(sample_weight):
@@ -346,7 +174,7 @@ def checked_sample_weight(sample_weight):
 
 def check_sample_weight(sample_weight):
     """Array sample weights, before fit: finite and >= 0."""
-    if sample_weight is None or not _is_array(sample_weight):
+    if sample_weight is None or not is_array(sample_weight):
         return
     weights = np.asarray(sample_weight, dtype=np.float64)
     if not np.all(np.isfinite(weights)) or np.any(weights < 0):

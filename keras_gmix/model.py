@@ -16,9 +16,11 @@ from keras_gmix import checks
 from keras_gmix import compat
 from keras_gmix import distribute
 from keras_gmix import gradients
+from keras_gmix import labels as labels_lib
 from keras_gmix import losses as losses_lib
 from keras_gmix import mixing
 from keras_gmix import perturb_schedule
+from keras_gmix import step_guards
 from keras_gmix.step_values import STEP_VALUES_NAMES
 from keras_gmix.step_values import StepValues
 from keras_gmix.step_values import without_old_step_values
@@ -451,7 +453,7 @@ class GMixModel(keras.Model):
         # Python state set while tracing: the structure, shapes and dtypes a
         # served model takes (`export`).
         if getattr(self, "_input_specs", None) is None:
-            self._input_specs = tf.nest.map_structure(_symbolic_spec, x)
+            self._input_specs = tf.nest.map_structure(labels_lib.symbolic_spec, x)
 
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
         """`keras.Model.train_on_batch`: the loss and compiled metrics, as Keras
@@ -556,53 +558,13 @@ class GMixModel(keras.Model):
     # -- the step ---------------------------------------------------------
 
     def output_widths(self, x):
-        """The width of each output (classes; 1 for a binary one), from the
-        static output shapes; `x` is a batch or its structure of specs."""
+        """The width of each output (classes; 1 for a binary one), found once
+        (`labels.output_widths_and_names`); `x` is a batch or its specs."""
         if getattr(self, "_output_widths", None) is None:
-            outputs = getattr(self.inner, "outputs", None) if self.inner.built else None
-            names = getattr(self.inner, "output_names", None) if outputs else None
-            if not outputs:  # subclassed (or never built): trace it symbolically, once
-                specs = tf.nest.map_structure(_symbolic_spec, x)
-                # A call builds a model that is not built yet (Sequential's
-                # compute_output_spec fails then, passing `training` to
-                # layers that take none).
-                outputs = (
-                    self.inner.compute_output_spec(specs) if self.inner.built else self.inner(specs)
-                )
-                names = sorted(outputs) if isinstance(outputs, dict) else None
-                outputs = losses_lib.outputs_as_list(outputs, names)
-            for output in outputs:
-                checks.check_output_shape(output.shape)
-            self._output_names = (
-                list(names) if names else [f"output_{i}" for i in range(len(outputs))]
+            self._output_widths, self._output_names = labels_lib.output_widths_and_names(
+                self.inner, x
             )
-            self._output_widths = tuple(output.shape[-1] for output in outputs)
         return self._output_widths
-
-    def labels_per_output(self, y):
-        """The labels as a list in output order (one array per output)."""
-        widths = self._output_widths
-        if len(widths) == 1:
-            if isinstance(y, (list, tuple)) and len(y) == 1:
-                return [y[0]]
-            if isinstance(y, dict) and len(y) == 1:
-                return list(y.values())
-            return [y]
-        if isinstance(y, dict) or (isinstance(y, (list, tuple)) and len(y) == len(widths)):
-            return losses_lib.per_output(y, self._output_names, "y")
-        raise ValueError(
-            f"The model has {len(widths)} outputs {self._output_names}: give one label "
-            "array per output, as a list in that order or a dict keyed by output name. "
-            f"Received labels of type {type(y).__name__}."
-        )
-
-    def _pack_like_labels(self, y, values):
-        """Per-output values in the structure the user's labels have."""
-        if len(values) == 1 and not isinstance(y, (list, tuple, dict)):
-            return values[0]
-        if isinstance(y, dict):
-            return dict(zip(self._output_names, values))
-        return list(values)
 
     def mixing_seed(self, step, replica=None):
         """Stateless seed of step `step` on `replica` (default: this replica)."""
@@ -748,21 +710,32 @@ class GMixModel(keras.Model):
         checks.check_inputs(x)
         # Arrays are checked whole before training; generators, PyDatasets
         # and tf.data batch by batch in the step (never read twice here).
-        if x is not None and all(checks._is_array(leaf) for leaf in tf.nest.flatten(x)):
-            widths = self.output_widths(tf.nest.map_structure(_symbolic_spec, x))
+        if x is not None and all(checks.is_array(leaf) for leaf in tf.nest.flatten(x)):
+            widths = self.output_widths(tf.nest.map_structure(labels_lib.symbolic_spec, x))
             y = arguments.get("y")
             if y is not None:
-                for labels, width in zip(self.labels_per_output(y), widths):
-                    checks.check_labels(labels, width)
-                    if self.method in gradients.MIXED_METHODS and _soft_array(labels, width):
-                        self._warn_soft_labels()
+                given = labels_lib.check_array_labels(y, widths, self._output_names)
+                if self._may_warn_soft_labels() and any(
+                    labels_lib.soft_array(labels, width) for labels, width in zip(given, widths)
+                ):
+                    self.warn_soft_labels()
             checks.check_sample_weight(arguments.get("sample_weight"))
         guard = callbacks.StopAfterConsecutiveSkips(self.max_consecutive_skips)
-        extra = [guard] + ([WarnOnSoftLabels()] if self.soft_labels_tracker is not None else [])
+        extra = [guard] + (
+            [callbacks.WarnOnSoftLabels()] if self.soft_labels_tracker is not None else []
+        )
         arguments["callbacks"] = list(arguments.get("callbacks") or []) + extra
         return super().fit(**arguments)
 
-    def _warn_soft_labels(self):
+    def _may_warn_soft_labels(self):
+        # Only a mixing method mixes twice, and only class-probability labels
+        # are "soft" (a regression loss's real-valued labels are not).
+        return self.soft_labels_tracker is not None and labels_lib.soft_labels_may_be_mixed(
+            self.loss, self._output_names
+        )
+
+    def warn_soft_labels(self):
+        """Warns once that labels arrive soft and this method mixes them again."""
         if not getattr(self, "_soft_labels_warned", False):
             self._soft_labels_warned = True
             warnings.warn(SOFT_LABELS.format(method=self.method), UserWarning, stacklevel=3)
@@ -771,36 +744,23 @@ class GMixModel(keras.Model):
         """The per-step statistics' trackers (and full_step with a schedule)."""
         return self.step_stat_trackers + ([self.full_step_tracker] if self.scheduled else [])
 
-    def record_step(self, result, finite, fault, x, y_metric, batch_size, sample_weight, full):
+    def record_step(self, result, finite, fault, x, y_metric, sample_weight, full):
         """Keeps a finite step's state (BatchNorm, metrics, step values), or counts a skip.
 
-        `y_metric` are the labels the compiled metrics see (`checks.metric_labels`).
-        `fault` (a skip that is not a loss-scale overflow) counts towards
-        `max_consecutive_skips`; a finite step resets that count. `full`
-        (a scalar bool) says whether the step computed the perturbed
-        statistics: they are averaged over full steps only.
-
-        Kept or dropped arithmetically, not with a tf.cond: under
-        MirroredStrategy these assignments may be merge_calls, which
-        TensorFlow refuses inside a replica-context cond.
+        `y_metric` are the labels the compiled metrics see
+        (`labels.metric_labels_like`). `fault` (a skip that is not a
+        loss-scale overflow) counts towards `max_consecutive_skips`; a finite
+        step resets that count. `full` (a scalar bool) says whether the step
+        computed the perturbed statistics: they are averaged over full steps
+        only. Kept or dropped arithmetically (`step_guards`).
         """
-        keep = tf.cast(finite, tf.float32)
-
-        def kept(new, old):
-            return tf.where(finite, new, old)
-
         if result.sensitivity is not None:
             self.last_sensitivity_tracker.update_state(
                 result.sensitivity, keep=tf.logical_and(finite, full)
             )
         # BatchNorm statistics (and RNG state) from the unperturbed pass only.
         for variable, value in zip(self.inner.non_trainable_variables, result.non_trainable):
-            variable.assign(kept(value, variable))
-        # A skipped step leaves every metric as it was: whatever a metric
-        # does with zero-weighted NaN predictions, its state is put back.
-        # (Reads and writes of a variable run in program order inside a
-        # tf.function; no explicit control dependency, which would stop
-        # Keras from lifting the compiled metrics' lazy variable creation.)
+            variable.assign(step_guards.kept_if(finite, value, variable))
         # Not skipped_steps, which counts the skip, nor the step values,
         # written before this point with a rule of their own.
         own = (self.skipped_steps_tracker, self.last_lam_tracker, self.last_sensitivity_tracker)
@@ -810,114 +770,133 @@ class GMixModel(keras.Model):
             if not any(metric is tracker for tracker in own)
             for v in metric.variables
         ]
-        before = [tf.identity(v) for v in metric_variables]
-        batch_size = tf.cast(batch_size, tf.float32)
-        compat.loss_tracker(self).update_state(
-            kept(result.stats["loss"], 0.0), sample_weight=batch_size
-        )
-        full_weight = tf.cast(full, tf.float32)
-        for tracker in self.step_stat_trackers:
-            tracker.update_state(kept(result.stats[tracker.name], 0.0), sample_weight=full_weight)
-        if self.scheduled:
-            self.full_step_tracker.update_state(full_weight)
-        y_pred = tf.nest.map_structure(lambda p: kept(p, tf.zeros_like(p)), result.y_pred)
-        self.compute_metrics(x, y_metric, y_pred, sample_weight)
-        for variable, value in zip(metric_variables, before):
-            variable.assign(kept(variable, value))
+        with step_guards.restored_unless(finite, metric_variables):
+            self.update_step_metrics(result, finite, x, y_metric, sample_weight, full)
         # Summed over replicas on read: each replica counts its share of the step.
-        self.skipped_steps_tracker.update_state((1.0 - keep) / distribute.num_replicas())
+        skipped = 1.0 - tf.cast(finite, tf.float32)
+        self.skipped_steps_tracker.update_state(skipped / distribute.num_replicas())
         self.consecutive_skips.assign(
             tf.where(
                 fault,
                 self.consecutive_skips + 1,
-                kept(tf.zeros_like(self.consecutive_skips), self.consecutive_skips),
+                step_guards.kept_if(
+                    finite, tf.zeros_like(self.consecutive_skips), self.consecutive_skips
+                ),
             )
         )
 
+    def update_step_metrics(self, result, finite, x, y_metric, sample_weight, full):
+        """The loss tracker, the G-Mix statistics and the compiled metrics."""
+        batch_size = tf.cast(tf.shape(tf.nest.flatten(result.y_pred)[0])[0], tf.float32)
+        loss = step_guards.kept_if(finite, result.stats["loss"], 0.0)
+        compat.loss_tracker(self).update_state(loss, sample_weight=batch_size)
+        full_weight = tf.cast(full, tf.float32)
+        for tracker in self.step_stat_trackers:
+            value = step_guards.kept_if(finite, result.stats[tracker.name], 0.0)
+            tracker.update_state(value, sample_weight=full_weight)
+        if self.scheduled:
+            self.full_step_tracker.update_state(full_weight)
+        y_pred = tf.nest.map_structure(
+            lambda p: step_guards.kept_if(finite, p, tf.zeros_like(p)), result.y_pred
+        )
+        self.compute_metrics(x, y_metric, y_pred, sample_weight)
+
     def train_step(self, data):
+        x, y, sample_weight = self.unpack_batch(data)
+        loss_fn, reduction = self.step_loss(x)
+        labels = labels_lib.prepare_labels(y, self.output_widths(x), self.loss, self._output_names)
+        if self.soft_labels_tracker is not None and self._may_warn_soft_labels():
+            self.soft_labels_tracker.update_state(tf.cast(labels_lib.any_soft(labels), "float32"))
+        x, y_one_hot, sample_weight = self.mix_step_batch(x, labels.one_hot, sample_weight)
+        result, full, plain_grads = self.update(x, y_one_hot, sample_weight, loss_fn, reduction)
+        finite, fault = self.apply_update(result, full, plain_grads, reduction)
+        y_metric = labels_lib.metric_labels_like(
+            y, labels, y_one_hot, self.method in gradients.MIXED_METHODS, self._output_names
+        )
+        self.record_step(
+            self.logged_like_keras(result, reduction),
+            finite,
+            fault,
+            x,
+            y_metric,
+            sample_weight,
+            full,
+        )
+        return self._distributable_logs(self.get_metrics_result())
+
+    def unpack_batch(self, data):
+        """`(x, y, sample_weight)` of a batch, checked: labels present, weights finite."""
         if self.loss is None:
             raise ValueError("GMixModel needs a loss: call `compile(loss=...)` before `fit`.")
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if y is None:
-            raise ValueError(NO_LABELS)
-        self._remember_input_specs(x)
-        widths = self.output_widths(x)
-        several = len(widths) > 1
-        # The compiled loss, per example and on one-hot labels (sparse
-        # cross-entropy becomes categorical), summed over outputs. Resolved
-        # at trace time, so that a model re-compiled by `load_model` needs
-        # nothing else.
-        loss_fn = losses_lib.per_example_loss(
-            self.loss, self._output_names if several else None, getattr(self, "_loss_weights", None)
-        )
-        losses_lib.check_per_example(loss_fn, widths)
-        reduction = losses_lib.reduction_of(self.loss, self._output_names if several else None)
         if not self.inner.trainable_variables:
             raise ValueError(
                 "The wrapped model has no trainable weights: there is nothing to train."
             )
-        labels = self.labels_per_output(y)
-        converted = [checks.labels_to_one_hot(t, width) for t, width in zip(labels, widths)]
-        y_soft = [soft for soft, _ in converted]
-        kinds = [kind for _, kind in converted]
-        output_losses = (
-            losses_lib.per_output(self.loss, self._output_names, "loss") if several else [self.loss]
-        )
-        for output_loss, kind, t, name in zip(output_losses, kinds, labels, self._output_names):
-            if losses_lib.is_sparse_loss(output_loss) and kind != "ids":
-                where = f" of output {name!r}" if several else ""
-                raise ValueError(
-                    f"The compiled loss{where} is sparse (it expects integer class ids) but "
-                    f"the labels have shape {t.shape}: pass class ids of shape "
-                    "(batch,), or compile with 'categorical_crossentropy'."
-                )
-        if self.soft_labels_tracker is not None:
-            soft = [checks.labels_are_soft(v) for v, kind in zip(y_soft, kinds) if kind != "ids"]
-            self.soft_labels_tracker.update_state(
-                tf.cast(tf.reduce_any(soft) if soft else False, tf.float32)
-            )
-        y_one_hot = y_soft if several else y_soft[0]
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if y is None:
+            raise ValueError(NO_LABELS)
+        self._remember_input_specs(x)
         if sample_weight is not None:
             sample_weight = checks.checked_sample_weight(sample_weight)
-        step = self.mix_step.assign_add(1)
-        if self.method in gradients.MIXED_METHODS:
-            x, y_one_hot, sample_weight, label_lam = self.mix_data(
-                x, y_one_hot, sample_weight, self.mixing_seed(step)
-            )
-            self.last_lam_tracker.update_state(
-                tf.broadcast_to(label_lam, tf.shape(tf.nest.flatten(y_one_hot)[0])[:1])
-            )
+        return x, y, sample_weight
 
-        if self.scheduled:
-            full = perturb_schedule.is_full_step(
-                self.optimizer.iterations,
-                self._base_seed,
-                self.perturb_every,
-                self.perturb_probability,
-            )
-            result, plain_grads = self.scheduled_update(
-                x, y_one_hot, sample_weight, loss_fn, full, reduction
-            )
-        else:
-            full = tf.constant(True)
+    def step_loss(self, x):
+        """`(loss_fn, reduction)`: the compiled loss per example and on one-hot
+        labels (sparse cross-entropy becomes categorical), summed over outputs,
+        and its reduction. Resolved at trace time, so that a model re-compiled
+        by `load_model` needs nothing else."""
+        several = len(self.output_widths(x)) > 1
+        names = self._output_names if several else None
+        loss_fn = losses_lib.per_example_loss(
+            self.loss, names, getattr(self, "_loss_weights", None)
+        )
+        losses_lib.check_per_example(loss_fn, self.output_widths(x))
+        return loss_fn, losses_lib.reduction_of(self.loss, names)
+
+    def mix_step_batch(self, x, y_one_hot, sample_weight):
+        """The batch this step trains on: mixed (with the step's own seed) for
+        the mixing methods, as it came for erm and sam."""
+        step = self.mix_step.assign_add(1)
+        if self.method not in gradients.MIXED_METHODS:
+            return x, y_one_hot, sample_weight
+        x, y_one_hot, sample_weight, label_lam = self.mix_data(
+            x, y_one_hot, sample_weight, self.mixing_seed(step)
+        )
+        self.last_lam_tracker.update_state(
+            tf.broadcast_to(label_lam, tf.shape(tf.nest.flatten(y_one_hot)[0])[:1])
+        )
+        return x, y_one_hot, sample_weight
+
+    def update(self, x, y_one_hot, sample_weight, loss_fn, reduction):
+        """`(result, full, plain_grads)`: the method's update, or with a
+        schedule the full or the cheap one (`full`, a scalar bool)."""
+        if not self.scheduled:
             result = self.compute_update(x, y_one_hot, sample_weight, loss_fn, reduction)
+            return result, tf.constant(True), None
+        full = perturb_schedule.is_full_step(
+            self.optimizer.iterations,
+            self._base_seed,
+            self.perturb_every,
+            self.perturb_probability,
+        )
+        result, plain_grads = self.scheduled_update(
+            x, y_one_hot, sample_weight, loss_fn, full, reduction
+        )
+        return result, full, plain_grads
+
+    def apply_update(self, result, full, plain_grads, reduction):
+        """Hands the update to the optimizer unless it is not finite on some
+        replica (then weights and optimizer state stay as they were).
+
+        Returns `(finite, fault)`: `fault` is a skip that should count
+        towards `max_consecutive_skips`.
+        """
         # The optimizer all-reduces with SUM: hand it this replica's share of
-        # a mean; a sum is summed as it is, and logged times the replicas,
-        # as Keras does.
+        # a mean; a sum is summed as it is.
         replicas = distribute.num_replicas()
         grads = result.grads
         if replicas > 1 and losses_lib.is_mean_over_replicas(reduction):
             grads = [g / replicas for g in grads]
-        elif replicas > 1:
-            result = result._replace(
-                stats={
-                    name: value * replicas if name in ("loss", "perturbed_loss") else value
-                    for name, value in result.stats.items()
-                }
-            )
-        # A non-finite loss or gradient on any replica skips the whole step:
-        # weights, optimizer state, BatchNorm statistics and metrics stay as
-        # they were, and the skip is counted.
         finite = distribute.all_replicas_true(
             gradients.all_finite(result.grads + [result.stats["loss"]])
         )
@@ -933,17 +912,19 @@ class GMixModel(keras.Model):
             fault = tf.logical_and(fault, self.optimizer.dynamic_scale <= 1.0)
         else:
             distribute.apply_if(finite, self.optimizer.apply, grads, self.inner.trainable_variables)
-        mixed = self.method in gradients.MIXED_METHODS
-        y_metric = self._pack_like_labels(
-            y,
-            [
-                checks.metric_labels(t, soft, kind, mixed)
-                for t, soft, kind in zip(labels, tf.nest.flatten(y_one_hot), kinds)
-            ],
-        )
-        batch_size = tf.shape(tf.nest.flatten(y_one_hot)[0])[0]
-        self.record_step(result, finite, fault, x, y_metric, batch_size, sample_weight, full)
-        return self._distributable_logs(self.get_metrics_result())
+        return finite, fault
+
+    def logged_like_keras(self, result, reduction):
+        """A summed loss (reduction "sum" or None) is logged times the number
+        of replicas under a strategy, as Keras logs it; a mean as it is."""
+        replicas = distribute.num_replicas()
+        if replicas == 1 or losses_lib.is_mean_over_replicas(reduction):
+            return result
+        stats = {
+            name: value * replicas if name in ("loss", "perturbed_loss") else value
+            for name, value in result.stats.items()
+        }
+        return result._replace(stats=stats)
 
     def get_metrics_result(self):
         """Keras' metric results without the internal `soft_labels` count and
@@ -972,31 +953,3 @@ def _specs_from_shapes(shapes):
     if isinstance(shapes, dict):
         return {key: _specs_from_shapes(value) for key, value in shapes.items()}
     return [_specs_from_shapes(value) for value in shapes]
-
-
-def _symbolic_spec(value):
-    """A KerasTensor with a value's shape (batch axis unknown) and dtype."""
-    return keras.KerasTensor(
-        (None,) + tuple(value.shape[1:]), dtype=keras.backend.standardize_dtype(value.dtype)
-    )
-
-
-def _soft_array(labels, width):
-    """Array labels of one output that are soft (not class ids)."""
-    labels = np.asarray(labels)
-    if checks.label_kind(labels.shape, width) == "ids" or not np.issubdtype(
-        labels.dtype, np.floating
-    ):
-        return False
-    return bool(np.any((labels > 0) & (labels < 1)))
-
-
-class WarnOnSoftLabels(keras.callbacks.Callback):
-    """Warns once, at the first batch whose labels arrive soft, that a mixing
-    method mixes them a second time (`GMixModel.soft_labels_tracker`)."""
-
-    def on_train_batch_end(self, batch, logs=None):
-        if getattr(self.model, "_soft_labels_warned", False):
-            return
-        if float(keras.ops.convert_to_numpy(self.model.soft_labels_tracker.result())) > 0:
-            self.model._warn_soft_labels()

@@ -93,7 +93,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_gmix as kg  # noqa: E402
-from keras_gmix import checks  # noqa: E402
+from keras_gmix import labels as labels_lib  # noqa: E402
 from keras_gmix import losses as losses_lib  # noqa: E402
 from keras_gmix import mixing  # noqa: E402
 
@@ -225,14 +225,14 @@ def test_integer_inputs_are_refused_with_the_fix():
 @pytest.mark.parametrize("activation", [None, "sigmoid"])
 def test_binary_labels_with_one_output_unit_mix_as_probabilities(activation):
     labels = (Y > 0).astype("int64")
-    y_soft, kind = checks.labels_to_one_hot(labels[:BATCH], 1)
+    y_soft, kind = labels_lib.labels_to_one_hot(labels[:BATCH], 1)
     assert kind == "binary" and y_soft.shape == (BATCH, 1)
     lam, perm = tf.constant(0.25), tf.constant([7, 6, 5, 4, 3, 2, 1, 0])
     _, y_mix, _ = mixing.mix_batch(tf.constant(X[:BATCH]), y_soft, lam, perm)
     expected = 0.25 * labels[:BATCH] + 0.75 * labels[:BATCH][::-1]
     np.testing.assert_allclose(y_mix[:, 0], expected)
     # Metrics see the dominant label, 0 or 1, in the user's shape and dtype.
-    shown = checks.metric_labels(tf.constant(labels[:BATCH]), y_mix, kind, mixed=True)
+    shown = labels_lib.metric_labels(tf.constant(labels[:BATCH]), y_mix, kind, mixed=True)
     np.testing.assert_array_equal(shown, np.round(expected).astype("int64"))
     keras.utils.set_random_seed(0)
     inner = keras.Sequential([keras.Input((6,)), keras.layers.Dense(1, activation=activation)])
@@ -281,7 +281,7 @@ def test_several_outputs_sum_their_losses_as_keras_does():
     model = gmix(inner, "bgmix", loss=losses, loss_weights=[1.0, 0.5], metrics=per_output)
     keras_loss = model.evaluate(X, labels, batch_size=N, verbose=0, return_dict=True)["loss"]
     fn = losses_lib.per_example_loss(losses, ["cls", "bin"], [1.0, 0.5])
-    soft = [checks.labels_to_one_hot(t, w)[0] for t, w in zip(labels, (3, 1))]
+    soft = [labels_lib.labels_to_one_hot(t, w)[0] for t, w in zip(labels, (3, 1))]
     per_example = fn(soft, inner(X))
     assert per_example.shape == (N,)
     np.testing.assert_allclose(float(tf.reduce_mean(per_example)), keras_loss, rtol=1e-5)
