@@ -140,15 +140,30 @@ class StepValuesLogger(keras.callbacks.Callback):
 
 
 class ResumableTensorBoard(keras.callbacks.TensorBoard):
-    """`keras.callbacks.TensorBoard` whose batch step survives `BackupAndRestore`.
+    """`keras.callbacks.TensorBoard` whose batch step survives `BackupAndRestore`,
+    and whose epoch scalars are written every epoch whatever `update_freq` is.
 
     Keras' callback counts batches from 0 in every `fit` call, so a resumed
     run would write its `batch_*` scalars over the steps of the first
     attempt. This one starts the count at `model.optimizer.iterations` (read
     at the first batch, after `BackupAndRestore` has restored the optimizer).
-    Epoch scalars need nothing: they use the epoch number, which
-    `BackupAndRestore` restores. Same arguments as the Keras callback.
+    Epoch scalars use the epoch number, which `BackupAndRestore` restores.
+
+    Keras leaves its batch-level `record_if(step % update_freq == 0)` in
+    force at the end of an epoch, so with `update_freq=10` and 23 steps per
+    epoch its `epoch_*` scalars (train and validation) reach the event file
+    only for epochs whose last step is a multiple of 10. Here the epoch and
+    evaluation summaries are always recorded. Same arguments as the Keras
+    callback.
     """
+
+    def on_epoch_end(self, epoch, logs=None):
+        with tf.summary.record_if(True):
+            super().on_epoch_end(epoch, logs)
+
+    def on_test_end(self, logs=None):
+        with tf.summary.record_if(True):
+            super().on_test_end(logs)
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
