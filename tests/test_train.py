@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -494,3 +495,73 @@ def test_gmix_train_learns_the_digits(method, tmp_path):
     assert cli.train_main(flags) == 0
     results = json.load(open(os.path.join(output, "results.json")))
     assert results["test_accuracy"] > 0.6, results["test_accuracy"]
+
+
+@pytest.fixture(scope="module")
+def killed_after_two_epochs(tmp_path_factory):
+    """An erm run of 3 epochs on digits stopped after its second: history.csv
+    holds epochs 0 and 1, the backup 2 finished epochs."""
+    output = str(tmp_path_factory.mktemp("killed") / "run")
+    config = train.TrainConfig(
+        method="erm", epochs=3, train_size=32, batch_size=16, verbose=0, output=output
+    )
+    with pytest.raises(KeyboardInterrupt):
+        train.run(config, callbacks=[_Kill(after=1)])
+    return output
+
+
+@pytest.fixture
+def killed_copy(killed_after_two_epochs, tmp_path):
+    import shutil
+
+    output = str(tmp_path / "run")
+    shutil.copytree(killed_after_two_epochs, output)
+    return output
+
+
+def _cut_history(text):
+    return text[: text.index("\n1,") + 1]  # the header and epoch 0's row
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (None, "is missing, but the checkpoint holds 2 finished epochs"),
+        (lambda text: "", r"lacks the rows of epochs \[0, 1\]"),
+        (_cut_history, r"lacks the rows of epochs \[1\]"),
+        (lambda text: text.replace("\n1,", "\n#garbled,"), r"lacks the rows of epochs \[1\]"),
+        (lambda text: "\x00\x01 not,a csv\n", r"lacks the rows of epochs \[0, 1\]"),
+    ],
+    ids=["deleted", "emptied", "short", "garbled-row", "garbled-file"],
+)
+def test_resume_refuses_a_history_that_lost_rows_the_checkpoint_holds(
+    killed_copy, damage, expected, capsys
+):
+    path = os.path.join(killed_copy, "history.csv")
+    if damage is None:
+        os.remove(path)
+    else:
+        text = open(path, encoding="utf-8").read()
+        open(path, "w", encoding="utf-8").write(damage(text))
+    before = open(path, "rb").read() if os.path.exists(path) else None
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--resume", "--output", killed_copy])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert re.search(expected, error), error
+    assert f"restore {path} from a copy" in error and "delete the backup folder" in error
+    # Refused before anything was written: the record is as it was.
+    assert (open(path, "rb").read() if os.path.exists(path) else None) == before
+    assert train.checkpoint_lib.saved_epoch(os.path.join(killed_copy, "backup")) == 2
+    assert not os.path.exists(os.path.join(killed_copy, "results.json"))
+
+
+def test_resume_with_an_intact_history_finishes_with_every_epoch(killed_copy):
+    results = train.run(
+        train.TrainConfig.from_dict(
+            config_lib.resume_values({"output": killed_copy, "resume": True})
+        )
+    )
+    history = read_csv(os.path.join(killed_copy, "history.csv"))
+    assert [row["epoch"] for row in history] == ["0", "1", "2"]
+    assert results["epochs_done"] == 3 == results["epochs"]
