@@ -54,6 +54,11 @@ RESUMABLE_FIELDS = (
     "flatness_examples",
 )
 
+# Keys of a run's config.json that record what the run found rather than
+# what was asked (`train.run` adds them): not settings, so `from_dict`
+# leaves them out, and a run's config.json can be given as `--config`.
+RECORD_KEYS = ("data_fingerprint",)
+
 # The allowed range of each numeric field (keywords of `checks.check_number`;
 # int fields must be whole numbers). A numeric field not listed here must
 # still be a finite number of its type.
@@ -237,6 +242,7 @@ class TrainConfig:
         """A config from a dict (e.g. a JSON/YAML file); unknown keys are an error."""
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {str(key).replace("-", "_"): value for key, value in values.items()}
+        values = {key: value for key, value in values.items() if key not in RECORD_KEYS}
         unknown = sorted(set(values) - fields)
         if unknown:
             hints = [

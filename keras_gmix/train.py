@@ -212,6 +212,10 @@ def _write_config(folder, values):
     )
 
 
+def _data_fingerprint(config):
+    return data_lib.data_fingerprint(config.dataset, config.test_dataset, config.data_dir)
+
+
 def _check_resume(config, folder):
     """Refuses a resume that would change the run; returns the saved config.json."""
     saved = records.read_json(
@@ -227,6 +231,20 @@ def _check_resume(config, folder):
             "config.json), or start a new run in another --output."
         )
     return saved
+
+
+def _check_same_data(saved, config, folder):
+    """Refuses a resume on other data than the run began with (config.json's
+    `data_fingerprint`; a config.json written before it existed is not checked)."""
+    if "data_fingerprint" not in saved:
+        return
+    changes = data_lib.fingerprint_changes(saved["data_fingerprint"], _data_fingerprint(config))
+    if changes:
+        raise ValueError(
+            f"Cannot resume {folder}: its data changed since the run began "
+            f"({'; '.join(changes)}). Put the run's data back as it was, or start a "
+            "new run on this data in another --output (without --resume)."
+        )
 
 
 def _run_held(config, output, strategy, extra_callbacks):
@@ -251,12 +269,13 @@ def _run_held(config, output, strategy, extra_callbacks):
             if config.verbose:
                 print(f"gmix-train: {output} is finished already; nothing to resume.")
             return results
+        _check_same_data(saved, config, output)
         if config.epochs != saved["epochs"]:
             # The record says what the run is now: only `epochs` is relabelled.
             _write_config(output, dict(saved, epochs=config.epochs))
     else:
         _check_new_output(output)
-        _write_config(output, config.to_dict())
+        _write_config(output, dict(config.to_dict(), data_fingerprint=_data_fingerprint(config)))
 
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:

@@ -565,3 +565,83 @@ def test_resume_with_an_intact_history_finishes_with_every_epoch(killed_copy):
     history = read_csv(os.path.join(killed_copy, "history.csv"))
     assert [row["epoch"] for row in history] == ["0", "1", "2"]
     assert results["epochs_done"] == 3 == results["epochs"]
+
+
+def _write_tiny_npz(path, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (32, 8, 8, 3), dtype=np.uint8),
+        y_train=np.arange(32) % classes,
+        x_test=rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8),
+        y_test=np.arange(8) % classes,
+    )
+
+
+def _killed_run_on(dataset, output, **settings):
+    config = train.TrainConfig(
+        dataset=dataset, method="erm", epochs=2, batch_size=16, verbose=0, output=output, **settings
+    )
+    with pytest.raises(KeyboardInterrupt):
+        train.run(config, callbacks=[_Kill(after=0)])
+
+
+@pytest.mark.parametrize(
+    "replace, expected",
+    [
+        ("pixel", r"train data \(.*tiny.npz\): the content differs\)"),
+        ("classes", r"train data \(.*tiny.npz\): the content differs\)"),
+    ],
+)
+def test_resume_on_a_replaced_npz_is_refused_saying_what_changed(
+    tmp_path, replace, expected, capsys
+):
+    path, output = str(tmp_path / "tiny.npz"), str(tmp_path / "run")
+    _write_tiny_npz(path)
+    _killed_run_on(path, output)
+    saved = json.load(open(os.path.join(output, "config.json")))["data_fingerprint"]["train"]
+    import hashlib
+
+    assert saved["sha256"] == hashlib.sha256(open(path, "rb").read()).hexdigest()
+    assert saved["bytes"] == os.path.getsize(path)
+    if replace == "pixel":
+        with np.load(path) as f:
+            arrays = dict(f)
+        arrays["x_train"][5, 2, 2, 0] ^= 1
+        np.savez(path, **arrays)
+    else:
+        _write_tiny_npz(path, classes=6, seed=1)  # more classes: once blamed on the checkpoint
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--resume", "--output", output])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f"Cannot resume {output}: its data changed since the run began" in error
+    assert re.search(expected, error) and "Put the run's data back" in error, error
+    assert "checkpoint" not in error
+    assert train.checkpoint_lib.saved_epoch(os.path.join(output, "backup")) == 1
+
+
+def test_resume_on_a_changed_image_folder_is_refused_and_the_same_folder_resumes(tmp_path, capsys):
+    from tests.folder_data import write_digit_folder
+
+    folder, output = str(tmp_path / "images"), str(tmp_path / "run")
+    write_digit_folder(folder, per_class=8)
+    _killed_run_on(folder, output)
+    extra = str(tmp_path / "more")
+    write_digit_folder(extra, per_class=1, offset=40)
+    added = os.path.join(folder, "digit_1", "extra.png")
+    import shutil
+
+    shutil.copy(
+        os.path.join(extra, "digit_1", os.listdir(os.path.join(extra, "digit_1"))[0]), added
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--resume", "--output", output])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert re.search(
+        r"train data \(.*images\): files 24 -> 25, bytes \d+ -> \d+, file names", error
+    )
+    os.remove(added)
+    assert cli.train_main(["--resume", "--output", output]) == 0
+    assert json.load(open(os.path.join(output, "results.json")))["epochs_done"] == 2

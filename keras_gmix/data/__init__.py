@@ -24,6 +24,8 @@ from keras_gmix.data.datasets import load_digits
 from keras_gmix.data.datasets import load_npz
 from keras_gmix.data.datasets import load_tfds
 from keras_gmix.data.download import DownloadUnavailableError
+from keras_gmix.data.fingerprint import data_fingerprint
+from keras_gmix.data.fingerprint import fingerprint_changes
 from keras_gmix.data.folder import ImageFiles
 from keras_gmix.data.folder import load_image_folder
 from keras_gmix.data.pipeline import AUGMENTATIONS
@@ -46,7 +48,9 @@ __all__ = [
     "balanced_subset_indices",
     "compute_mean_std",
     "data_arguments",
+    "data_fingerprint",
     "draw_crop_flip",
+    "fingerprint_changes",
     "load_dataset",
     "load_digits",
     "load_image_folder",
