@@ -59,6 +59,12 @@ RESUMABLE_FIELDS = (
 # leaves them out, and a run's config.json can be given as `--config`.
 RECORD_KEYS = ("data_fingerprint",)
 
+# Learning-rate schedules laid out over the run's length (cosine decays to 0
+# at the last step, step's milestones are fractions of it): more epochs on
+# --resume would move every later rate, and the rate would jump at the first
+# resumed step, so a resume may add epochs only to a run of another schedule.
+LENGTH_DEPENDENT_SCHEDULES = ("cosine", "step")
+
 # The allowed range of each numeric field (keywords of `checks.check_number`;
 # int fields must be whole numbers). A numeric field not listed here must
 # still be a finite number of its type.
@@ -389,7 +395,8 @@ def resume_differences(saved, config):
     Returns:
         A list of "name: saved -> asked" strings, empty when `config`
         continues the saved run: only `RESUMABLE_FIELDS` may differ, and
-        `epochs` only grow. A key that the saved config lacks (written
+        `epochs` only grow, and only when the schedule does not depend on
+        the run's length (`LENGTH_DEPENDENT_SCHEDULES`). A key that the saved config lacks (written
         before the field existed) counts as its default.
     """
     asked = dataclasses.replace(config, augment=resolve_augment(config)).to_dict()
@@ -399,6 +406,15 @@ def resume_differences(saved, config):
         before = saved.get(name, defaults[name])
         if name == "epochs" and value < before:
             differences.append(f"epochs: {before!r} -> {value!r} (epochs may only grow)")
+        elif (
+            name == "epochs" and value > before and asked["schedule"] in LENGTH_DEPENDENT_SCHEDULES
+        ):
+            differences.append(
+                f"epochs: {before!r} -> {value!r} (the {asked['schedule']} learning-rate "
+                f"schedule is laid out over the run's {before} epochs: more would make the "
+                "learning rate jump at the first resumed step; only a run with "
+                "schedule 'constant' may be given more epochs)"
+            )
         elif name not in RESUMABLE_FIELDS and before != value:
             differences.append(f"{name}: {before!r} -> {value!r}")
     return differences

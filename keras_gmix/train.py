@@ -216,17 +216,23 @@ def _data_fingerprint(config):
     return data_lib.data_fingerprint(config.dataset, config.test_dataset, config.data_dir)
 
 
-def _check_resume(config, folder):
+def _check_resume(config, folder, finished):
     """Refuses a resume that would change the run; returns the saved config.json."""
     saved = records.read_json(
         os.path.join(folder, "config.json"), config_lib.missing_config_fix(folder)
     )
+    if finished and config.epochs != saved["epochs"]:
+        raise ValueError(
+            f"{folder} finished its {saved['epochs']} epochs and kept no "
+            "checkpoint to continue from: start a new run with "
+            f"epochs={config.epochs} in another --output."
+        )
     differences = config_lib.resume_differences(saved, config)
     if differences:
         raise ValueError(
             f"Cannot resume {folder} with other settings than it was started "
             f"with: {'; '.join(differences)}. Only {list(config_lib.RESUMABLE_FIELDS)} may "
-            "change on --resume (epochs only grow). Drop those flags to continue "
+            "change on --resume (epochs only grow, and only with schedule 'constant'). Drop those flags to continue "
             "the run as it was (`gmix-train --resume --output DIR` alone reads "
             "config.json), or start a new run in another --output."
         )
@@ -252,14 +258,9 @@ def _run_held(config, output, strategy, extra_callbacks):
     backup_dir = os.path.join(output, "backup")
     results_path = os.path.join(output, "results.json")
     if config.resume:
-        saved = _check_resume(config, output)
-        if not os.path.exists(backup_dir) and os.path.exists(results_path):
-            if config.epochs != saved["epochs"]:
-                raise ValueError(
-                    f"{output} finished its {saved['epochs']} epochs and kept no "
-                    "checkpoint to continue from: start a new run with "
-                    f"epochs={config.epochs} in another --output."
-                )
+        finished = not os.path.exists(backup_dir) and os.path.exists(results_path)
+        saved = _check_resume(config, output, finished)
+        if finished:
             # Finished already: nothing to continue.
             results = records.read_json(
                 results_path,

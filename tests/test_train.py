@@ -645,3 +645,47 @@ def test_resume_on_a_changed_image_folder_is_refused_and_the_same_folder_resumes
     os.remove(added)
     assert cli.train_main(["--resume", "--output", output]) == 0
     assert json.load(open(os.path.join(output, "results.json")))["epochs_done"] == 2
+
+
+def test_resume_with_more_epochs_is_refused_for_a_cosine_schedule(killed_copy, capsys):
+    config_path = os.path.join(killed_copy, "config.json")
+    before = open(config_path).read()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--resume", "--output", killed_copy, "--epochs", "5"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "epochs: 3 -> 5 (the cosine learning-rate schedule is laid out over the run's 3" in error
+    assert "only a run with schedule 'constant' may be given more epochs" in error
+    assert open(config_path).read() == before
+
+
+def test_resume_with_more_epochs_keeps_a_constant_schedule_smooth(tmp_path):
+    """Killed after epoch 1 of 2, resumed for 4: the learning rate of every step
+    is the warm-up-then-constant rate, computed here with NumPy."""
+    output = str(tmp_path / "run")
+    rate, steps_per_epoch, warmup_steps = 0.05, 2, 3
+    _killed_run_on(
+        "digits",
+        output,
+        train_size=32,
+        schedule="constant",
+        learning_rate=rate,
+        warmup_epochs=1.5,
+        tensorboard_update_freq=1,
+    )
+    assert cli.train_main(["--resume", "--output", output, "--epochs", "4", "--verbose", "0"]) == 0
+    import tensorflow as tf
+
+    folder = os.path.join(output, "tensorboard", "steps")
+    logged = {}
+    for name in sorted(event_files(folder)):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(folder, name)):
+            for value in event.summary.value:
+                if value.tag == "learning_rate":
+                    logged[event.step] = float(tf.make_ndarray(value.tensor))
+    steps = np.arange(1, 4 * steps_per_epoch + 1)  # the rate of the step after each
+    expected = np.where(steps < warmup_steps, rate * (steps + 1) / warmup_steps, rate)
+    assert sorted(logged) == list(steps)
+    np.testing.assert_allclose([logged[s] for s in steps], expected, rtol=1e-6)
+    saved = json.load(open(os.path.join(output, "config.json")))
+    assert (saved["epochs"], saved["schedule"]) == (4, "constant")
