@@ -114,6 +114,15 @@ def hold_run_folder(folder):
         os.close(fd)
 
 
+def check_output_folder(path):
+    """Refuses an `--output` that names an existing file: a run's record is a folder."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(
+            f"--output {path} is a file, not a folder: name a new folder (or an "
+            "existing run folder) for the record."
+        )
+
+
 def read_json(path, fix):
     """The JSON object in `path`.
 
