@@ -26,6 +26,7 @@ DISTRIBUTE = ("none", "mirrored", "multiworker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 AUGMENT = ("auto",) + tuple(data_lib.AUGMENTATIONS)
 MIXES = ("mixup", "cutmix")
+COLOR_MODES = tuple(data_lib.COLOR_MODES)
 # The fields that take one of a fixed set of values (also gmix-train's
 # argparse choices).
 FIELD_CHOICES = {
@@ -36,6 +37,7 @@ FIELD_CHOICES = {
     "mixed_precision": PRECISIONS,
     "augment": AUGMENT,
     "mix": MIXES,
+    "color_mode": COLOR_MODES,
 }
 
 # The TrainConfig fields a resumed run may change: where the data and the
@@ -71,7 +73,7 @@ LENGTH_DEPENDENT_SCHEDULES = ("cosine", "step")
 NUMBER_RANGES = {
     "train_fraction": dict(low=0, low_inclusive=False, high=1),
     "train_size": dict(low=1),
-    "image_size": dict(low=1),
+    "image_size": dict(low=1, high=data_lib.MAX_IMAGE_SIZE),
     "epochs": dict(low=1),
     "batch_size": dict(low=1),
     "learning_rate": dict(low=0, low_inclusive=False),
@@ -143,6 +145,7 @@ class TrainConfig:
     train_fraction: Optional[float] = None  # class-balanced subset: the limited-data regime
     train_size: Optional[int] = None
     image_size: Optional[int] = None  # digits and folders: the side images are resized to
+    color_mode: str = "rgb"  # folders: every image converted to rgb or grayscale
     # "auto": "standard" (pad-crop, flip where label-preserving) for image
     # data sets, "none" for the 8x8 digits.
     augment: str = "auto"
@@ -285,6 +288,8 @@ FIELD_HELP = {
     "train_size": "Train on this many training examples (class-balanced); exclusive with --train-fraction.",
     "image_size": "Side length in pixels that images are resized to: digits (8x8 upsampled) and "
     "folder data sets (default there: the first image's size).",
+    "color_mode": "Folder data sets only: rgb (3 channels) or grayscale (1); every image is "
+    "converted to it, whatever its own mode (as Keras' image_dataset_from_directory).",
     "augment": "Training augmentation: 'standard' pads, crops and flips (flips only where "
     "label-preserving), 'randaugment'/'erasing'/'strong' add Keras' layers, "
     "'auto' is 'none' for digits and 'standard' otherwise.",

@@ -491,7 +491,7 @@ def test_folder_data_set_reads_the_images_and_holds_out_a_fixed_stratified_split
     from tests.folder_data import write_digit_folder
 
     images, labels, paths = write_digit_folder(str(tmp_path / "train"), per_class=10)
-    splits = kd.load_dataset(str(tmp_path / "train"))
+    splits = kd.load_dataset(str(tmp_path / "train"), color_mode="grayscale")
     assert splits.class_names == ("digit_0", "digit_1", "digit_2")
     assert splits.num_classes == 3 and splits.input_shape == (8, 8, 1)
     # A fifth of every class held out, the rest trained on, no file in both.
@@ -521,6 +521,7 @@ def test_folder_data_set_with_a_test_folder_resize_and_subset(tmp_path):
         image_size=16,
         train_size=12,
         seed=1,
+        color_mode="grayscale",
     )
     assert splits.test_size == 12 and np.bincount(splits.y_test).tolist() == [4, 4, 4]
     assert splits.train_size == 12 and np.bincount(splits.y_train).tolist() == [4, 4, 4]
@@ -571,3 +572,48 @@ def test_data_arguments_from_a_config_or_its_json():
     expected = {"name": "digits", "download": True, "image_size": 16, "seed": 3}
     assert kd.data_arguments(config) == expected
     assert kd.data_arguments({**config.to_dict(), "method": "erm"}) == expected
+
+
+def _write_mixed_mode_folder(root):
+    """Two classes of 8x8 images; the first file (sorted) grayscale, the others
+    RGB, RGBA, grayscale + alpha and a palette GIF. Returns the paths."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for label in ("a", "b"):
+        os.makedirs(os.path.join(root, label))
+        for i, (mode, ext) in enumerate(
+            [("L", "png"), ("RGB", "png"), ("RGBA", "png"), ("LA", "png"), ("RGB", "gif")]
+        ):
+            channels = {"L": 1, "RGB": 3, "RGBA": 4, "LA": 2}[mode]
+            pixels = rng.integers(0, 256, (8, 8, channels), dtype=np.uint8)
+            image = Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode)
+            path = os.path.join(root, label, f"{i}.{ext}")
+            image.save(path)
+            paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("color_mode, pil_mode", [("rgb", "RGB"), ("grayscale", "L")])
+def test_folder_images_are_converted_to_one_color_mode(tmp_path, color_mode, pil_mode):
+    """Whatever the first image's mode: every image in the mode asked for, with
+    PIL's conversion of the same file as the reference (luma within 1 level:
+    PIL rounds ITU-R 601 weights in integers)."""
+    from PIL import Image
+
+    paths = _write_mixed_mode_folder(str(tmp_path / "images"))
+    arguments = {} if color_mode == "rgb" else {"color_mode": color_mode}
+    splits = kd.load_dataset(str(tmp_path / "images"), **arguments)
+    channels = 3 if color_mode == "rgb" else 1
+    assert splits.input_shape == (8, 8, channels)
+    files = kd.ImageFiles(paths, splits.input_shape)
+    ds = kd.make_pipeline(files, np.zeros(len(paths), np.int64), 16, training=False)
+    x = next(ds.as_numpy_iterator())[0]
+    assert x.shape == (len(paths), 8, 8, channels)
+    for path, image in zip(paths, x):
+        reference = np.asarray(Image.open(path).convert(pil_mode), np.float64)
+        reference = reference.reshape(8, 8, channels)
+        np.testing.assert_allclose(image * 255.0, reference, atol=1.0 if channels == 1 else 1e-3)
+    with pytest.raises(ValueError, match="`color_mode` applies only to folders"):
+        kd.load_dataset("digits", color_mode="grayscale")

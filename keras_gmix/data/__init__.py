@@ -26,6 +26,8 @@ from keras_gmix.data.datasets import load_tfds
 from keras_gmix.data.download import DownloadUnavailableError
 from keras_gmix.data.fingerprint import data_fingerprint
 from keras_gmix.data.fingerprint import fingerprint_changes
+from keras_gmix.data.folder import COLOR_MODES
+from keras_gmix.data.folder import MAX_IMAGE_SIZE
 from keras_gmix.data.folder import ImageFiles
 from keras_gmix.data.folder import load_image_folder
 from keras_gmix.data.pipeline import AUGMENTATIONS
@@ -39,11 +41,13 @@ __all__ = [
     "CIFAR100_STD",
     "CIFAR10_MEAN",
     "CIFAR10_STD",
+    "COLOR_MODES",
     "DATASET_NAMES",
     "DATA_KEYS",
     "DataSplits",
     "DownloadUnavailableError",
     "ImageFiles",
+    "MAX_IMAGE_SIZE",
     "apply_crop_flip",
     "balanced_subset_indices",
     "compute_mean_std",

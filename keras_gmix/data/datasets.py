@@ -389,6 +389,7 @@ DATA_KEYS = (
     "train_fraction",
     "train_size",
     "image_size",
+    "color_mode",
     "seed",
 )
 
@@ -423,6 +424,7 @@ def load_dataset(
     num_classes=None,
     flip=None,
     test_dataset=None,
+    color_mode="rgb",
 ):
     """Loads a data set by name, optionally keeping a class-balanced subset.
 
@@ -448,6 +450,8 @@ def load_dataset(
         test_dataset: str or None, folders only: a second folder of the same
             classes to test on. Defaults to None (a fixed stratified fifth of
             the folder is held out).
+        color_mode: str, folders only: `"rgb"` or `"grayscale"`, the mode
+            every image is converted to. Defaults to `"rgb"` (as Keras).
 
     Returns:
         A `DataSplits`. With a subset, each class keeps as equal a number of
@@ -471,6 +475,7 @@ def load_dataset(
     is_folder = name not in DATASET_NAMES and not name.endswith(".npz") and os.path.isdir(name)
     if not is_folder:
         _check_option("test_dataset", test_dataset, None, name, "folders of class subfolders")
+        _check_option("color_mode", color_mode, "rgb", name, "folders of class subfolders")
     if name.endswith(".npz"):
         _check_option("image_size", image_size, None, name, "'digits' and folders")
         splits = load_npz(
@@ -493,6 +498,7 @@ def load_dataset(
             image_size=image_size,
             test_directory=test_dataset,
             flip=True if flip is None else flip,
+            color_mode=color_mode,
         )
     else:
         raise ValueError(
