@@ -123,6 +123,29 @@ def check_output_folder(path):
         )
 
 
+def discard_unstarted_run(folder, created):
+    """Removes what a new run wrote into `folder` when it stopped before training.
+
+    A new run writes config.json (and holds `.lock`) before it loads its
+    data; refused while loading (a bad file, a bad folder), it would leave a
+    folder that looks like a run. Only a folder that holds nothing else is
+    cleaned: config.json is removed, and `.lock` and the folder too when
+    this run created the folder. Call it after the lock is released.
+    """
+    try:
+        names = set(os.listdir(folder))
+    except OSError:
+        return
+    if not names <= {"config.json", LOCK_FILE}:
+        return  # training started (history, backup, TensorBoard): a run to resume
+    for name in ["config.json"] + ([LOCK_FILE] if created else []):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(folder, name))
+    if created:
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+
+
 def read_json(path, fix):
     """The JSON object in `path`.
 

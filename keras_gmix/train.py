@@ -192,9 +192,19 @@ def run(config, callbacks=None):
             f"Cannot resume: {folder} does not exist. Check the --output path, "
             "or drop --resume to start a new run there."
         )
+    records.check_output_folder(folder)
+    created = not os.path.exists(folder)
     os.makedirs(folder, exist_ok=True)
-    with records.hold_run_folder(folder):
-        return _run_held(config, folder, strategy, list(callbacks or []))
+    held = False
+    try:
+        with records.hold_run_folder(folder):
+            held = True
+            return _run_held(config, folder, strategy, list(callbacks or []))
+    except BaseException:
+        # Never another process's folder, nor a run to resume.
+        if held and not config.resume:
+            records.discard_unstarted_run(folder, created)
+        raise
 
 
 def record_folder(output, strategy):
