@@ -209,6 +209,12 @@ class TrainConfig:
                 )
             elif field.name == "step_milestones":
                 value = check_milestones(value)
+            elif kind is str and not isinstance(value, str):
+                # `output: 5` in a config file: a path or a name, never a number.
+                raise ValueError(
+                    f"Argument `{field.name}` must be a string (a name or a path). "
+                    f"Received: {field.name}={value!r}"
+                )
             setattr(self, field.name, value)
 
     def validate(self):
@@ -340,19 +346,69 @@ FIELD_HELP = {
 }
 
 
-def load_config_file(path):
-    """Reads a JSON or YAML config file into a dict (dashes in keys become underscores)."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+def _parse_config_text(path, text):
+    """The value in a config file's text: YAML when named .yaml/.yml, else JSON."""
+    expected = (
+        "Config files are JSON, or YAML when their name ends in .yaml or .yml, and hold "
+        'a mapping of settings, e.g. {"epochs": 10}'
+    )
+    if not text.strip():
+        raise ValueError(f"Config file {path} is empty. {expected}.")
     if str(path).endswith((".yaml", ".yml")):
         import yaml
 
-        values = yaml.safe_load(text) or {}
-    else:
-        values = json.loads(text)
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            problem = getattr(error, "problem", None) or str(error)
+            raise ValueError(
+                f"Config file {path} is not valid YAML ({where}{problem}). {expected}."
+            ) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"Config file {path} is not valid JSON (line {error.lineno}, column "
+            f"{error.colno}: {error.msg}). {expected}."
+        ) from None
+
+
+def load_config_file(path):
+    """Reads a JSON or YAML config file into a dict (dashes in keys become underscores).
+
+    Every mistake is one sentence naming the file (and the key or line
+    where known): a missing, empty or unparsable file, a key that is not a
+    setting's name, a value of the wrong type or range.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"Config file {path} does not exist: check the --config path."
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"Config file {path} cannot be read as text ({error}).") from None
+    values = _parse_config_text(path, text)
     if not isinstance(values, dict):
-        raise ValueError(f"Config file {path} must hold a mapping of settings.")
-    return {key.replace("-", "_"): value for key, value in values.items()}
+        raise ValueError(
+            f"Config file {path} must hold a mapping of settings (key: value), "
+            f"not a {type(values).__name__}."
+        )
+    keys = [key for key in values if not isinstance(key, str)]
+    if keys:
+        raise ValueError(
+            f"Config file {path} has the key {keys[0]!r}, which is not a setting name: "
+            "keys are the flags' names without dashes, e.g. epochs or batch_size."
+        )
+    values = {key.replace("-", "_"): value for key, value in values.items()}
+    try:
+        TrainConfig.from_dict(values)  # each key and value on its own, named with the file
+    except ValueError as error:
+        raise ValueError(f"In config file {path}: {error}") from None
+    return values
 
 
 def missing_config_fix(output):

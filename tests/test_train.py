@@ -382,6 +382,45 @@ def test_unknown_config_key_names_the_closest_valid_key(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    "name, text, expected",
+    [
+        ("empty.json", "", r"Config file {path} is empty\. Config files are JSON"),
+        (
+            "settings.txt",
+            "epochs: 3\n",
+            r"{path} is not valid JSON \(line 1, column 1: Expecting value\)",
+        ),
+        (
+            "bad.yaml",
+            "epochs: [3\nrho: 0.1\n",
+            r"{path} is not valid YAML \(line 2, column 4: expected",
+        ),
+        ("keys.yaml", "1: 2\n", r"{path} has the key 1, which is not a setting name"),
+        (
+            "list.yaml",
+            "- epochs\n",
+            r"{path} must hold a mapping of settings \(key: value\), not a list",
+        ),
+        ("paths.yaml", "output: 5\n", r"In config file {path}: Argument `output` must be a string"),
+        ("missing.yaml", None, r"Config file {path} does not exist: check the --config path"),
+    ],
+)
+def test_a_bad_config_file_is_refused_in_one_sentence_naming_it(
+    tmp_path, name, text, expected, capsys
+):
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--config", str(path), "--output", str(tmp_path / "run")])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert error.startswith("gmix-train: error: ") and error.count("\n") == 1, error
+    assert re.search(expected.format(path=re.escape(str(path))), error), error
+    assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize(
     "values, match",
     [
         ({"method": "adam"}, "`method` must be one of"),
