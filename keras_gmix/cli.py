@@ -19,7 +19,13 @@ def _user_errors():
     ConnectionError)."""
     from keras_gmix import records
 
-    return (ValueError, FileNotFoundError, ConnectionError, records.RunFolderInUseError)
+    return (
+        ValueError,
+        FileNotFoundError,
+        ConnectionError,
+        records.RunFolderInUseError,
+        records.RecordWriteError,
+    )
 
 
 # Flags of gmix-train that gmix-compare replaces by its own.

@@ -13,6 +13,7 @@ which file it is and what to do, not a bare JSON or HDF5 error.
 """
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -28,6 +29,30 @@ LOCK_FILE = ".lock"
 
 class RunFolderInUseError(RuntimeError):
     """Raised when another process holds the run folder."""
+
+
+# The errors of a write that failed for want of room: no space left on the
+# device, a disk quota exceeded, a file-size limit (RLIMIT_FSIZE).
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class RecordWriteError(OSError):
+    """A file of the run's record could not be written (a full disk, a
+    read-only folder); the message says what is intact and what to do."""
+
+    def __init__(self, error_number, message):
+        super().__init__(error_number, message)
+        self.message = message
+
+    def __str__(self):
+        return self.message
+
+
+def write_failure(error):
+    """What went wrong in an OSError of a write, in words (a full disk named as such)."""
+    if error.errno in DISK_FULL_ERRNOS:
+        return f"the disk is full ({error.strerror})"
+    return error.strerror or str(error)
 
 
 def _holder_text():

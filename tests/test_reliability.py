@@ -1081,3 +1081,78 @@ def test_flatness_and_callback_arguments_use_the_same_number_check():
     ):
         kg.callbacks.StepValuesLogger("logs", update_freq=True)
     assert kg.callbacks.StepValuesLogger("logs", update_freq=np.int64(5)).update_freq == 5
+
+
+# -- a full disk while a checkpoint is written ------------------------------------------
+
+
+def test_a_full_disk_during_a_checkpoint_write_says_so_and_keeps_the_last_one(
+    tmp_path, monkeypatch
+):
+    import errno
+
+    from keras_gmix import checkpoint
+    from keras_gmix import records
+
+    model, backup = _saved_backup(tmp_path)
+    before = sorted(os.listdir(backup))
+    committed = [v.numpy().copy() for v in model.weights]
+
+    def full(backup_dir, name, content):
+        # A part of the temporary file reaches the disk, then the disk is full.
+        with open(os.path.join(backup_dir, ".tmp-" + name), "wb") as f:
+            f.write(content[: len(content) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "_write_bytes", full)
+    x, y = data(8, seed=1)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # the weights move on
+    with pytest.raises(
+        records.RecordWriteError,
+        match=rf"checkpoint of epoch 2 into {backup}: the disk is full \(No space left on "
+        r"device\)\. The last checkpoint \(epoch 1\) is intact: make room, then continue",
+    ):
+        checkpoint.save(model, backup, epochs_done=2)
+    monkeypatch.undo()
+    assert sorted(os.listdir(backup)) == before, "no temporary file is left behind"
+    fresh = _trained(0, steps=1)
+    assert checkpoint.restore(fresh, backup) == 1
+    for variable, value in zip(fresh.weights, committed):
+        np.testing.assert_array_equal(variable.numpy(), value)
+
+
+DISK_LIMIT = (
+    "import resource, runpy, signal, sys\n"
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write then fails with EFBIG\n"
+    "limit = int(sys.argv.pop(1))\n"
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))\n"
+    "runpy.run_module('keras_gmix.cli', run_name='__main__')\n"
+)
+
+
+@pytest.mark.slow  # two gmix-train processes, ~40 s
+def test_a_full_disk_ends_gmix_train_with_a_sentence_and_the_run_resumes(tmp_path):
+    """A real gmix-train whose files may not grow past 200 kB (RLIMIT_FSIZE):
+    config.json, history.csv and TensorBoard fit, the checkpoint does not."""
+    output = str(tmp_path / "run")
+    args = ["--epochs", "2", "--train-size", "64", "--verbose", "0", "--output", output]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
+    limited = subprocess.run(
+        [sys.executable, "-c", DISK_LIMIT, "200000", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env=env,
+    )
+    assert limited.returncode == 2, limited.stderr[-3000:]
+    assert "Traceback" not in limited.stderr
+    assert "Cannot write the checkpoint of epoch 1" in limited.stderr
+    assert "the disk is full (File too large)" in limited.stderr
+    assert "No epoch was saved yet: make room, then continue the run with --resume" in (
+        limited.stderr
+    )
+    assert os.listdir(os.path.join(output, "backup")) == []
+    _gmix_train(["--resume", "--output", output], prefix=["-m", "keras_gmix.cli"])
+    results = json.load(open(os.path.join(output, "results.json")))
+    assert results["epochs_done"] == 2
