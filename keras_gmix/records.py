@@ -48,11 +48,32 @@ class RecordWriteError(OSError):
         return self.message
 
 
+# The errors of a folder that may not be written: a read-only file system,
+# missing permissions.
+READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 def write_failure(error):
     """What went wrong in an OSError of a write, in words (a full disk named as such)."""
     if error.errno in DISK_FULL_ERRNOS:
         return f"the disk is full ({error.strerror})"
     return error.strerror or str(error)
+
+
+def record_write_error(error, folder):
+    """A `RecordWriteError` saying what to do about `error` in run folder
+    `folder`, or None when `error` is not a full or read-only disk."""
+    where = os.fspath(error.filename) if error.filename else folder
+    inside = os.path.abspath(where).startswith(os.path.abspath(folder))
+    if error.errno in DISK_FULL_ERRNOS:
+        fix = "make room, then continue the run with --resume"
+    elif error.errno in READ_ONLY_ERRNOS and inside:  # not a data file we may not read
+        fix = f"choose an --output on a writable disk, or make {folder} writable"
+    else:
+        return None
+    return RecordWriteError(
+        error.errno, f"Cannot write the run's record at {where}: {write_failure(error)}: {fix}."
+    )
 
 
 def _holder_text():
@@ -75,7 +96,14 @@ def lock_file(path):
         holds it: `lock_holder(path)` names that process.
     """
     # Opened without truncating: the holder's name must survive our look.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd, writable = os.open(path, os.O_RDWR | os.O_CREAT, 0o644), True
+    except OSError as error:
+        if error.errno not in READ_ONLY_ERRNOS or not os.path.exists(path):
+            raise
+        # A read-only folder (a finished run on a read-only disk): flock
+        # works on a descriptor opened for reading; the name stays unwritten.
+        fd, writable = os.open(path, os.O_RDONLY), False
     try:
         if fcntl is not None:
             try:
@@ -83,8 +111,9 @@ def lock_file(path):
             except BlockingIOError:
                 os.close(fd)
                 return None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, _holder_text().encode("utf-8"), 0)
+        if writable:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, _holder_text().encode("utf-8"), 0)
     except BaseException:
         os.close(fd)
         raise
@@ -169,6 +198,19 @@ def discard_unstarted_run(folder, created):
     if created:
         with contextlib.suppress(OSError):
             os.rmdir(folder)
+
+
+def check_writable(folder):
+    """Refuses, up front, a run folder that cannot be written (a read-only
+    disk, missing permissions): TensorFlow's event writer and h5py would
+    otherwise fail deep inside the run, with their own errors."""
+    probe = os.path.join(folder, f".tmp-probe-{os.getpid()}")
+    try:
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        raise record_write_error(error, folder) or error from error
 
 
 def read_json(path, fix):

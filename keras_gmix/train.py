@@ -194,16 +194,21 @@ def run(config, callbacks=None):
         )
     records.check_output_folder(folder)
     created = not os.path.exists(folder)
-    os.makedirs(folder, exist_ok=True)
     held = False
     try:
+        os.makedirs(folder, exist_ok=True)
         with records.hold_run_folder(folder):
             held = True
             return _run_held(config, folder, strategy, list(callbacks or []))
-    except BaseException:
+    except BaseException as error:
         # Never another process's folder, nor a run to resume.
         if held and not config.resume:
             records.discard_unstarted_run(folder, created)
+        if isinstance(error, OSError) and not isinstance(error, records.RecordWriteError):
+            # A full or read-only disk, wherever in the run: one sentence.
+            replacement = records.record_write_error(error, folder)
+            if replacement is not None:
+                raise replacement from error
         raise
 
 
@@ -280,6 +285,7 @@ def _run_held(config, output, strategy, extra_callbacks):
             if config.verbose:
                 print(f"gmix-train: {output} is finished already; nothing to resume.")
             return results
+        records.check_writable(output)
         _check_same_data(saved, config, output)
         if config.epochs != saved["epochs"]:
             # The record says what the run is now: only `epochs` is relabelled.

@@ -728,3 +728,70 @@ def test_resume_with_more_epochs_keeps_a_constant_schedule_smooth(tmp_path):
     np.testing.assert_allclose([logged[s] for s in steps], expected, rtol=1e-6)
     saved = json.load(open(os.path.join(output, "config.json")))
     assert (saved["epochs"], saved["schedule"]) == (4, "constant")
+
+
+def test_an_output_that_names_a_file_is_refused(tmp_path, capsys):
+    path = tmp_path / "notes.txt"
+    path.write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--output", str(path), "--epochs", "1", "--verbose", "0"])
+    assert exit_info.value.code == 2
+    assert f"--output {path} is a file, not a folder" in capsys.readouterr().err
+    assert path.read_text() == "mine"
+
+
+@pytest.fixture
+def disk(tmp_path):
+    """A folder that `make_read_only()` turns read-only for real: a tmpfs
+    remounted read-only when the tests run as root (root ignores file
+    modes), the write permission bits removed otherwise."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    root = os.geteuid() == 0
+    if root:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)], check=True)
+
+    def make_read_only():
+        if root:
+            subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        else:
+            for base, dirs, files in os.walk(folder):
+                for name in dirs + files + [""]:
+                    os.chmod(os.path.join(base, name), 0o555 if name in dirs + [""] else 0o444)
+
+    try:
+        yield folder, make_read_only
+    finally:
+        if root:
+            subprocess.run(["umount", str(folder)], check=True)
+        else:
+            for base, _, _ in os.walk(folder):
+                os.chmod(base, 0o755)
+
+
+def test_runs_on_a_read_only_disk_are_refused_in_one_sentence(disk, capsys):
+    disk, make_read_only = disk
+    finished, unfinished = str(disk / "finished"), str(disk / "unfinished")
+    small = ["--epochs", "1", "--train-size", "32", "--batch-size", "16", "--verbose", "0"]
+    assert cli.train_main(small + ["--method", "erm", "--output", finished]) == 0
+    results = json.load(open(os.path.join(finished, "results.json")))
+    _killed_run_on("digits", unfinished, train_size=32)
+    make_read_only()
+    capsys.readouterr()
+
+    # A finished run reads back: it needs to write nothing.
+    assert cli.train_main(["--resume", "--output", finished]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n\n")[0]) == results
+    for args, where in [
+        (small + ["--output", str(disk / "new")], disk / "new"),
+        (["--resume", "--output", unfinished], os.path.join(unfinished, "")),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.train_main(args)
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "Traceback" not in error, error
+        assert re.search(
+            rf"Cannot write the run's record at {re.escape(str(where))}.*: "
+            r"(Read-only file system|Permission denied): choose an --output on a writable disk",
+            error,
+        ), error
