@@ -292,8 +292,8 @@ FIELD_HELP = {
     "train_fraction": "Train on a class-balanced fraction in (0, 1] of the training split "
     "(the limited-data regime); the test split is never reduced.",
     "train_size": "Train on this many training examples (class-balanced); exclusive with --train-fraction.",
-    "image_size": "Side length in pixels that images are resized to: digits (8x8 upsampled) and "
-    "folder data sets (default there: the first image's size).",
+    "image_size": "Side length in pixels (at most 4096) that images are resized to: digits "
+    "(8x8 upsampled) and folder data sets (default there: the first image's size).",
     "color_mode": "Folder data sets only: rgb (3 channels) or grayscale (1); every image is "
     "converted to it, whatever its own mode (as Keras' image_dataset_from_directory).",
     "augment": "Training augmentation: 'standard' pads, crops and flips (flips only where "

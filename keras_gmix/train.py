@@ -6,6 +6,8 @@ checkpoints that survive a kill, and writes the record of the run into its
 output folder:
 
     config.json      the resolved config (what `--resume` and gmix-flatness read)
+                     and `data_fingerprint`, what identifies the data
+                     (`data.data_fingerprint`), checked on resume
     history.csv      one row per epoch: fit's logs and `seconds`
     tensorboard/     TensorBoard runs: train/ and validation/ (Keras' epoch
                      and batch scalars), steps/ (learning rate, rho,
@@ -24,7 +26,9 @@ the weights, the optimizer (its step count drives the learning-rate
 schedule), GMixModel's mixing counter and the epoch, and fit continues with
 the next epoch; history.csv keeps one row per finished epoch. A resume
 continues the run in the folder or is refused: the folder and a readable
-config.json must exist, and only `RESUMABLE_FIELDS` may differ from it. The training
+config.json must exist, only `RESUMABLE_FIELDS` may differ from it, the data
+must be what config.json's fingerprint describes, and history.csv must hold
+the rows of every epoch the checkpoint holds. The training
 pipeline's shuffling and "standard" augmentation are keyed by (seed,
 epoch), so the resumed run sees the batches the uninterrupted run saw: with
 `deterministic=True`, on one CPU device, with augment "none" or "standard",
