@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import keras_gmix as kg
 from keras_gmix import config as config_lib
+from tests.conftest import copy_run
 from tests.test_train import _Kill
 
 D, C = 6, 3
@@ -251,6 +252,7 @@ def _gmix_train(args, prefix=(), expect=0):
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT),
     )
     assert completed.returncode == expect, completed.stderr[-3000:]
+    return completed
 
 
 def _state_of(output):
@@ -712,11 +714,7 @@ def interrupted_run(tmp_path_factory):
 
 @pytest.fixture
 def run_copy(interrupted_run, tmp_path):
-    import shutil
-
-    output = str(tmp_path / "run")
-    shutil.copytree(interrupted_run, output)
-    return output
+    return copy_run(interrupted_run, tmp_path)
 
 
 def _resume(output, **changes):
@@ -1136,16 +1134,7 @@ def test_a_full_disk_ends_gmix_train_with_a_sentence_and_the_run_resumes(tmp_pat
     config.json, history.csv and TensorBoard fit, the checkpoint does not."""
     output = str(tmp_path / "run")
     args = ["--epochs", "2", "--train-size", "64", "--verbose", "0", "--output", output]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
-    limited = subprocess.run(
-        [sys.executable, "-c", DISK_LIMIT, "200000", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-        env=env,
-    )
-    assert limited.returncode == 2, limited.stderr[-3000:]
+    limited = _gmix_train(args, prefix=["-c", DISK_LIMIT, "200000"], expect=2)
     assert "Traceback" not in limited.stderr
     assert "Cannot write the checkpoint of epoch 1" in limited.stderr
     assert "the disk is full (File too large)" in limited.stderr

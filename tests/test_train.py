@@ -20,6 +20,7 @@ from keras_gmix import config as config_lib
 from keras_gmix import train
 from keras_gmix.gradients import METHODS, PERTURBED_METHODS
 from keras_gmix.layers import BatchNormalization as FusedBatchNormalization
+from tests.conftest import copy_run
 
 # A few steps: 32 examples in batches of 16, one epoch.
 TINY = ["--epochs", "1", "--batch-size", "16", "--verbose", "0", "--tensorboard-update-freq", "1"]
@@ -551,11 +552,7 @@ def killed_after_two_epochs(tmp_path_factory):
 
 @pytest.fixture
 def killed_copy(killed_after_two_epochs, tmp_path):
-    import shutil
-
-    output = str(tmp_path / "run")
-    shutil.copytree(killed_after_two_epochs, output)
-    return output
+    return copy_run(killed_after_two_epochs, tmp_path)
 
 
 def _cut_history(text):
