@@ -352,13 +352,11 @@ def _parse_config_text(path, text):
         "Config files are JSON, or YAML when their name ends in .yaml or .yml, and hold "
         'a mapping of settings, e.g. {"epochs": 10}'
     )
-    if not text.strip():
-        raise ValueError(f"Config file {path} is empty. {expected}.")
     if str(path).endswith((".yaml", ".yml")):
         import yaml
 
         try:
-            return yaml.safe_load(text)
+            return yaml.safe_load(text) or {}  # no YAML document: no settings
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -366,6 +364,8 @@ def _parse_config_text(path, text):
             raise ValueError(
                 f"Config file {path} is not valid YAML ({where}{problem}). {expected}."
             ) from None
+    if not text.strip():
+        raise ValueError(f"Config file {path} is empty. {expected}.")
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
@@ -457,8 +457,9 @@ def resume_differences(saved, config):
         A list of "name: saved -> asked" strings, empty when `config`
         continues the saved run: only `RESUMABLE_FIELDS` may differ, and
         `epochs` only grow, and only when the schedule does not depend on
-        the run's length (`LENGTH_DEPENDENT_SCHEDULES`). A key that the saved config lacks (written
-        before the field existed) counts as its default.
+        the run's length (`LENGTH_DEPENDENT_SCHEDULES`). A key that the
+        saved config lacks (written before the field existed) counts as its
+        default.
     """
     asked = dataclasses.replace(config, augment=resolve_augment(config)).to_dict()
     defaults = TrainConfig().to_dict()

@@ -64,7 +64,8 @@ def record_write_error(error, folder):
     """A `RecordWriteError` saying what to do about `error` in run folder
     `folder`, or None when `error` is not a full or read-only disk."""
     where = os.fspath(error.filename) if error.filename else folder
-    inside = os.path.abspath(where).startswith(os.path.abspath(folder))
+    root = os.path.abspath(folder)
+    inside = os.path.commonpath([os.path.abspath(where), root]) == root
     if error.errno in DISK_FULL_ERRNOS:
         fix = "make room, then continue the run with --resume"
     elif error.errno in READ_ONLY_ERRNOS and inside:  # not a data file we may not read

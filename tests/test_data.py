@@ -718,7 +718,7 @@ def test_a_bad_image_folder_is_refused_naming_what_is_wrong(tmp_path, case, caps
         "corrupt-train": named,
         "corrupt-test": named,
         "empty-class": r"class subfolders \['digit_9'\] of '.*train' hold no image files",
-        "one-class": r"holds 1 class subfolder\(s\) \['digit_0'\]: a classifier needs at least two",
+        "one-class": r"training split of '.*train' holds 1 class\(es\) \(\[0\]\): a classifier",
     }[case]
     assert re.search(expected, error), error
     assert not os.path.exists(output)

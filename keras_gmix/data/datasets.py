@@ -414,7 +414,7 @@ def load_npz(path, num_classes=None, flip=True):
         if label_names is not None:
             num_classes = int(label_names.shape[0])
         else:
-            num_classes = int(max(y_train.max(initial=0), y_test.max(initial=0))) + 1
+            num_classes = int(max(y_train.max(), y_test.max())) + 1
     for split, y in (("train", y_train), ("test", y_test)):
         if y.size and (y.min() < 0 or y.max() >= num_classes):
             raise ValueError(

@@ -251,8 +251,8 @@ def load_image_folder(directory, image_size=None, test_directory=None, flip=True
         estimated from up to `STATS_SAMPLE` training images.
 
     Raises:
-        ValueError: an empty class subfolder, fewer than two classes, or
-            image files that cannot be decoded (named, `check_images`).
+        ValueError: an empty class subfolder, or image files that cannot be
+            decoded (named, `check_images`).
     """
     from keras_gmix.data.datasets import DataSplits
 
@@ -262,12 +262,6 @@ def load_image_folder(directory, image_size=None, test_directory=None, flip=True
         )
     directory = os.fspath(directory)
     paths, labels, class_names = _index(directory)
-    if len(class_names) < 2:
-        raise ValueError(
-            f"The folder {directory!r} holds {len(class_names)} class subfolder(s) "
-            f"{list(class_names)}: a classifier needs at least two, one subfolder of "
-            "images per class."
-        )
     if test_directory is None:
         test = held_out_indices(labels, TEST_FRACTION, SPLIT_SEED)
         train = np.setdiff1d(np.arange(len(paths)), test)
