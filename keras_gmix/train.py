@@ -252,8 +252,9 @@ def _check_resume(config, folder, finished):
             f"Cannot resume {folder} with other settings than it was started "
             f"with: {'; '.join(differences)}. Only {list(config_lib.RESUMABLE_FIELDS)} may "
             "change on --resume (epochs only grow, and only with schedule "
-            "'constant'). Drop those flags to continue the run as it was (`gmix-train --resume --output DIR` alone reads "
-            "config.json), or start a new run in another --output."
+            "'constant'). Drop those flags to continue the run as it was "
+            "(`gmix-train --resume --output DIR` alone reads config.json), or start "
+            "a new run in another --output."
         )
     return saved
 
