@@ -570,7 +570,13 @@ def test_data_arguments_from_a_config_or_its_json():
     from keras_gmix.train import TrainConfig
 
     config = TrainConfig(dataset="digits", image_size=16, seed=3)
-    expected = {"name": "digits", "download": True, "image_size": 16, "seed": 3}
+    expected = {
+        "name": "digits",
+        "download": True,
+        "image_size": 16,
+        "color_mode": "rgb",
+        "seed": 3,
+    }
     assert kd.data_arguments(config) == expected
     assert kd.data_arguments({**config.to_dict(), "method": "erm"}) == expected
 
