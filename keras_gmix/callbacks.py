@@ -142,15 +142,30 @@ class StepValuesLogger(keras.callbacks.Callback):
 
 
 class ResumableTensorBoard(keras.callbacks.TensorBoard):
-    """`keras.callbacks.TensorBoard` whose batch step survives `BackupAndRestore`.
+    """`keras.callbacks.TensorBoard` whose batch step survives `BackupAndRestore`,
+    and whose epoch scalars are written every epoch whatever `update_freq` is.
 
     Keras' callback counts batches from 0 in every `fit` call, so a resumed
     run would write its `batch_*` scalars over the steps of the first
     attempt. This one starts the count at `model.optimizer.iterations` (read
     at the first batch, after `BackupAndRestore` has restored the optimizer).
-    Epoch scalars need nothing: they use the epoch number, which
-    `BackupAndRestore` restores. Same arguments as the Keras callback.
+    Epoch scalars use the epoch number, which `BackupAndRestore` restores.
+
+    Keras leaves its batch-level `record_if(step % update_freq == 0)` in
+    force at the end of an epoch, so with `update_freq=10` and 23 steps per
+    epoch its `epoch_*` scalars (train and validation) reach the event file
+    only for epochs whose last step is a multiple of 10. Here the epoch and
+    evaluation summaries are always recorded. Same arguments as the Keras
+    callback.
     """
+
+    def on_epoch_end(self, epoch, logs=None):
+        with tf.summary.record_if(True):
+            super().on_epoch_end(epoch, logs)
+
+    def on_test_end(self, logs=None):
+        with tf.summary.record_if(True):
+            super().on_test_end(logs)
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
@@ -211,10 +226,57 @@ def read_history(path):
     ]
 
 
+def check_history_covers(path, epochs, backup_dir, separator=","):
+    """Refuses a resume whose history.csv lacks a row of an epoch the checkpoint holds.
+
+    A resumed run appends to history.csv from epoch `epochs` on
+    (`ResumableCSVLogger` drops the rows of later, unsaved epochs). Rows
+    of the epochs before it cannot be written again, so a history that was
+    emptied, deleted, cut short or garbled since would give a run whose
+    record silently lacks epochs (results.json counting fewer than it
+    trained).
+
+    Args:
+        path: the run's history.csv.
+        epochs: int, the epochs finished according to the checkpoint.
+        backup_dir: the checkpoint folder, named in the fix.
+        separator: the column separator. Defaults to `","`.
+
+    Raises:
+        ValueError: naming the file, the epochs it lacks and the fix.
+    """
+    if epochs == 0:
+        return  # a new history is started
+    fix = (
+        f"restore {path} from a copy, or delete the backup folder {backup_dir} to "
+        "train the run again from epoch 0 (with --resume)"
+    )
+    if not os.path.exists(path):
+        raise ValueError(
+            f"{path} is missing, but the checkpoint holds {epochs} finished epochs "
+            f"whose rows it should hold: {fix}."
+        )
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f, delimiter=separator))
+    except (csv.Error, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is unreadable ({error}): {fix}.") from error
+    header, body = (rows[0], rows[1:]) if rows else ([], [])
+    found = [_epoch_of(row) for row in body if len(row) == len(header) and _epoch_of(row) < epochs]
+    if header[:1] != ["epoch"] or found != list(range(epochs)):
+        missing = sorted(set(range(epochs)) - set(found))
+        what = f"lacks the rows of epochs {missing}" if missing else "has damaged rows"
+        raise ValueError(
+            f"{path} {what}, but the checkpoint holds {epochs} finished epochs "
+            f"(0 to {epochs - 1}): a resume would leave them out of the run's "
+            f"record. Either {fix}."
+        )
+
+
 def _epoch_of(row):
     try:
         return int(row[0])
-    except ValueError:  # a line cut short by a kill
+    except (ValueError, IndexError):  # a line cut short by a kill
         return math.inf
 
 

@@ -13,6 +13,8 @@ commit point: it always names a complete weights file of the epoch it
 states, whatever instant the process died at.
 """
 
+import contextlib
+import io
 import json
 import os
 import zipfile
@@ -160,23 +162,61 @@ def resume_epoch(backup_dir, strategy=None):
     return epoch
 
 
+def _write_bytes(backup_dir, name, content):
+    """Writes `content` as `backup_dir/name`: a temporary file, flushed, renamed."""
+    tmp = os.path.join(backup_dir, _TMP_PREFIX + name)
+    with open(tmp, "wb") as f:
+        f.write(content)
+    replace_durably(tmp, os.path.join(backup_dir, name))
+
+
+def _rng_bytes(model):
+    buffer = io.BytesIO()
+    np.savez(buffer, *[v.numpy() for v in rng_variables(model)])
+    return buffer.getvalue()
+
+
 def save(model, backup_dir, epochs_done, keep_previous=False):
     """Commits `model`'s weights and optimizer state as `epochs_done` finished epochs.
 
     `keep_previous` keeps the checkpoint committed before as well, the one
     a worker that is ahead of the others resumes from (see `resume_epoch`).
+
+    Raises:
+        records.RecordWriteError: a file could not be written (a full disk,
+            a read-only folder); the committed checkpoint is left as it was,
+            and the message says so.
     """
+    # Both files are built in memory first: HDF5 writing straight to a full
+    # disk ends the process with a segmentation fault instead of an error.
+    weights, rng = compat.weights_h5_bytes(model), _rng_bytes(model)
+    try:
+        _commit(model, backup_dir, epochs_done, keep_previous, weights, rng)
+    except OSError as error:
+        for other in os.listdir(backup_dir) if os.path.isdir(backup_dir) else ():
+            if other.startswith(_TMP_PREFIX):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(backup_dir, other))
+        kept = None
+        with contextlib.suppress(OSError, ValueError):
+            kept = saved_epoch(backup_dir)
+        intact = (
+            f"The last checkpoint (epoch {kept}) is intact" if kept else "No epoch was saved yet"
+        )
+        raise records.RecordWriteError(
+            error.errno,
+            f"Cannot write the checkpoint of epoch {epochs_done} into {backup_dir}: "
+            f"{records.write_failure(error)}. {intact}: make room, then continue the "
+            "run with --resume.",
+        ) from error
+
+
+def _commit(model, backup_dir, epochs_done, keep_previous, weights, rng):
     os.makedirs(backup_dir, exist_ok=True)
     name = _WEIGHTS_PATTERN.format(epochs_done)
-    # Keras wants the ".weights.h5" ending on the temporary file too.
-    tmp = os.path.join(backup_dir, _TMP_PREFIX + name)
-    model.save_weights(tmp, overwrite=True)
-    replace_durably(tmp, os.path.join(backup_dir, name))
+    _write_bytes(backup_dir, name, weights)
     rng_name = _RNG_PATTERN.format(epochs_done)
-    tmp = os.path.join(backup_dir, _TMP_PREFIX + rng_name)
-    with open(tmp, "wb") as f:
-        np.savez(f, *[v.numpy() for v in rng_variables(model)])
-    replace_durably(tmp, os.path.join(backup_dir, rng_name))
+    _write_bytes(backup_dir, rng_name, rng)
     newest = {"epoch": int(epochs_done), "weights": name, "rng": rng_name}
     # Read only when kept: a single process never depends on the old state.
     older = _checkpoints(read_state(backup_dir)) if keep_previous else []

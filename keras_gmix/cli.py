@@ -7,8 +7,11 @@
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
+import signal
 import sys
 
 
@@ -19,7 +22,44 @@ def _user_errors():
     ConnectionError)."""
     from keras_gmix import records
 
-    return (ValueError, FileNotFoundError, ConnectionError, records.RunFolderInUseError)
+    return (
+        ValueError,
+        FileNotFoundError,
+        ConnectionError,
+        records.RunFolderInUseError,
+        records.RecordWriteError,
+    )
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt, so
+    that a terminated run closes its files and says how to continue."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _stops_as_interrupts():
+    """Within the block, SIGTERM raises `Terminated` (Python's default would
+    end the process without a word); outside, the old handler is back."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_interrupted(parser, error, how_to_continue):
+    """Ends an entry point stopped by Ctrl-C or SIGTERM with one line (exit 128 + signal)."""
+    signum = signal.SIGTERM if isinstance(error, Terminated) else signal.SIGINT
+    what = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    parser.exit(128 + signum, f"{parser.prog}: stopped by {what}. {how_to_continue}\n")
 
 
 # Flags of gmix-train that gmix-compare replaces by its own.
@@ -89,12 +129,25 @@ def train_main(argv=None):
 
     parser = train_parser()
     args = vars(parser.parse_args(argv))
+    config = None
     try:
-        values = config_lib.resume_values(_config_values(args))
-        config = config_lib.TrainConfig.from_dict(values)
-        results = train.run(config)
+        with _stops_as_interrupts():
+            values = config_lib.resume_values(_config_values(args))
+            config = config_lib.TrainConfig.from_dict(values)
+            config = dataclasses.replace(config, output=config.output or train.default_output())
+            results = train.run(config)
     except _user_errors() as error:
         parser.exit(2, f"gmix-train: error: {error}\n")
+    except KeyboardInterrupt as error:
+        output = config.output if config else None
+        if output and os.path.exists(os.path.join(output, "config.json")):
+            how = (
+                "The run's last finished epoch is saved: continue it with "
+                f"`gmix-train --resume --output {output}`."
+            )
+        else:
+            how = "Nothing was saved yet: start the run again."
+        _exit_interrupted(parser, error, how)
     print(json.dumps(results, indent=2))
     print(
         f"\n{results['method']} on {results['dataset']}: test accuracy "
@@ -140,33 +193,42 @@ def compare_parser():
     return parser
 
 
-def compare_main(argv=None):
-    """`gmix-compare`: runs methods x seeds on one recipe (or collects runs) into results.md and results.png."""
+def _compare(args, methods, seeds, output, collect):
     from keras_gmix import compare
     from keras_gmix import config as config_lib
 
+    if collect:
+        config_flags = [k for k, v in args.items() if v is not None]
+        if config_flags:
+            raise ValueError(f"--collect trains nothing: drop the training flags {config_flags}.")
+        return compare.collect_and_report(collect, output=output)
+    config = config_lib.TrainConfig.from_dict(_config_values(args))
+    return compare.compare(
+        config,
+        methods=methods or list(config_lib.METHODS),
+        seeds=seeds or [0],
+        output=output,
+    )
+
+
+def compare_main(argv=None):
+    """`gmix-compare`: runs methods x seeds on one recipe (or collects runs) into results.md and results.png."""
     parser = compare_parser()
     args = vars(parser.parse_args(argv))
     methods, seeds = args.pop("methods"), args.pop("seeds")
     output, collect = args.pop("output"), args.pop("collect")
     try:
-        if collect:
-            config_flags = [k for k, v in args.items() if v is not None]
-            if config_flags:
-                raise ValueError(
-                    f"--collect trains nothing: drop the training flags {config_flags}."
-                )
-            summary = compare.collect_and_report(collect, output=output)
-        else:
-            config = config_lib.TrainConfig.from_dict(_config_values(args))
-            summary = compare.compare(
-                config,
-                methods=methods or list(config_lib.METHODS),
-                seeds=seeds or [0],
-                output=output,
-            )
+        with _stops_as_interrupts():
+            summary = _compare(args, methods, seeds, output, collect)
     except _user_errors() as error:
         parser.exit(2, f"gmix-compare: error: {error}\n")
+    except KeyboardInterrupt as error:
+        _exit_interrupted(
+            parser,
+            error,
+            "Finished runs are kept and the unfinished one resumes from its last epoch: "
+            "start gmix-compare again with the same settings and --output to continue.",
+        )
     print(summary.markdown)
     print(f"Wrote {summary.table_path} and {summary.chart_path}")
     return 0

@@ -75,8 +75,61 @@ def _same_settings(saved, planned):
     return not config_lib.resume_differences(saved, planned)
 
 
+def _plan(config, methods, seeds, output):
+    """Every run of the comparison, checked before anything is written.
+
+    Returns:
+        A list of `(folder, TrainConfig, state)`, state one of "training",
+        "resuming", "finished, read back".
+
+    Raises:
+        ValueError: a run folder holds a run with other settings.
+        records.RunFolderInUseError: a run folder is in use by another process
+            (another gmix-compare or gmix-train on it).
+    """
+    from keras_gmix import config as config_lib
+
+    plan = []
+    for method in methods:
+        for seed in seeds:
+            folder = run_folder(output, method, seed)
+            planned = dataclasses.replace(
+                config, method=method, seed=seed, output=folder, resume=False
+            )
+            finished = os.path.exists(os.path.join(folder, "results.json"))
+            unfinished = os.path.exists(os.path.join(folder, "backup"))
+            if os.path.isdir(folder):
+                with records.hold_run_folder(folder):  # refused now if another process has it
+                    saved = config_lib.saved_config(folder)
+            else:
+                saved = None
+            if (
+                (finished or unfinished)
+                and saved is not None
+                and not _same_settings(saved, planned)
+            ):
+                raise ValueError(
+                    f"{folder} holds a run with other settings than this comparison's: "
+                    "choose another --output."
+                )
+            state = (
+                "finished, read back"
+                if finished and not unfinished
+                else ("resuming" if unfinished else "training")
+            )
+            plan.append(
+                (folder, dataclasses.replace(planned, resume=finished or unfinished), state)
+            )
+    return plan
+
+
 def compare(config, methods=METHODS, seeds=(0,), output=None):
     """Trains every method with every seed on `config`'s recipe; writes the report.
+
+    Every run folder is checked first (settings, and that no other process
+    is writing it), and the output folder is held (`records.hold_run_folder`)
+    for the whole comparison: a second comparison into it is refused before
+    it writes anything.
 
     Args:
         config: a `keras_gmix.config.TrainConfig`; its `method`, `seed`,
@@ -89,48 +142,36 @@ def compare(config, methods=METHODS, seeds=(0,), output=None):
     Returns:
         A `CompareSummary`.
     """
-    import keras
-
-    from keras_gmix import config as config_lib
-    from keras_gmix import train
-
     methods, seeds = list(methods), [int(s) for s in seeds]
     _check_plan(methods, seeds)
     config.validate()
     output = output or os.path.join("runs", time.strftime("compare-%Y%m%d-%H%M%S"))
+    records.check_output_folder(output)
     os.makedirs(output, exist_ok=True)
-    with open(os.path.join(output, "compare.json"), "w", encoding="utf-8") as f:
-        json.dump({"config": config.to_dict(), "methods": methods, "seeds": seeds}, f, indent=2)
+    with records.hold_run_folder(output):
+        plan = _plan(config, methods, seeds, output)
+        return _compare_held(config, methods, seeds, output, plan)
 
+
+def _compare_held(config, methods, seeds, output, plan):
+    import keras
+
+    from keras_gmix import checkpoint
+    from keras_gmix import train
+
+    checkpoint.atomic_write_text(
+        os.path.join(output, "compare.json"),
+        json.dumps({"config": config.to_dict(), "methods": methods, "seeds": seeds}, indent=2),
+    )
     all_results = []
-    for method in methods:
-        for seed in seeds:
-            folder = run_folder(output, method, seed)
-            planned = dataclasses.replace(
-                config, method=method, seed=seed, output=folder, resume=False
+    for folder, run_config, state in plan:
+        if config.verbose:
+            print(
+                f"gmix-compare: {run_config.method}, seed {run_config.seed}: {state} ({folder})",
+                flush=True,
             )
-            saved = config_lib.saved_config(folder)
-            finished = os.path.exists(os.path.join(folder, "results.json"))
-            unfinished = os.path.exists(os.path.join(folder, "backup"))
-            if (
-                (finished or unfinished)
-                and saved is not None
-                and not _same_settings(saved, planned)
-            ):
-                raise ValueError(
-                    f"{folder} holds a run with other settings than this comparison's: "
-                    "choose another --output."
-                )
-            if config.verbose:
-                state = (
-                    "finished, read back"
-                    if finished and not unfinished
-                    else ("resuming" if unfinished else "training")
-                )
-                print(f"gmix-compare: {method}, seed {seed}: {state} ({folder})", flush=True)
-            run_config = dataclasses.replace(planned, resume=finished or unfinished)
-            all_results.append(train.run(run_config))
-            keras.backend.clear_session()
+        all_results.append(train.run(run_config))
+        keras.backend.clear_session()
     title = f"gmix-compare: {config.model} on {config.dataset}, {config.epochs} epochs"
     return write_report(all_results, output, title=title)
 

@@ -82,6 +82,30 @@ def set_initial_epoch(model, epoch):
     model._initial_epoch = epoch
 
 
+def weights_h5_bytes(model):
+    """The bytes of the `.weights.h5` file `model.save_weights` would write.
+
+    `save_weights` takes only a path, and h5py writes it from inside the
+    HDF5 library: on a full disk the write fails there, and the process
+    then dies by a segmentation fault while h5py frees its objects (exit
+    -11), before any Python handler runs. Built in memory (Keras' own
+    `H5IOStore` over a `BytesIO`, as it does inside `.keras` archives), the
+    file is then written with plain Python I/O, where a full disk is an
+    OSError. No upstream issue; `saving_lib` is internal since Keras 3.0.
+    """
+    import io
+
+    from keras.src.saving import saving_lib
+
+    buffer = io.BytesIO()
+    store = saving_lib.H5IOStore(buffer, mode="w")
+    saving_lib._save_state(
+        model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set()
+    )
+    store.close()
+    return buffer.getvalue()
+
+
 # -- keras.callbacks (keras/src/callbacks/tensorboard.py, csv_logger.py)
 
 
@@ -175,6 +199,7 @@ INTERNALS = (
     "flatten_logs_like_keras",
     "loss_tracker",
     "set_initial_epoch",
+    "weights_h5_bytes",
     "set_tensorboard_train_step",
     "csv_logger_write_header",
     "csv_logger_set_columns",

@@ -26,6 +26,7 @@ DISTRIBUTE = ("none", "mirrored", "multiworker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 AUGMENT = ("auto",) + tuple(data_lib.AUGMENTATIONS)
 MIXES = ("mixup", "cutmix")
+COLOR_MODES = tuple(data_lib.COLOR_MODES)
 # The fields that take one of a fixed set of values (also gmix-train's
 # argparse choices).
 FIELD_CHOICES = {
@@ -36,6 +37,7 @@ FIELD_CHOICES = {
     "mixed_precision": PRECISIONS,
     "augment": AUGMENT,
     "mix": MIXES,
+    "color_mode": COLOR_MODES,
 }
 
 # The TrainConfig fields a resumed run may change: where the data and the
@@ -54,13 +56,24 @@ RESUMABLE_FIELDS = (
     "flatness_examples",
 )
 
+# Keys of a run's config.json that record what the run found rather than
+# what was asked (`train.run` adds them): not settings, so `from_dict`
+# leaves them out, and a run's config.json can be given as `--config`.
+RECORD_KEYS = ("data_fingerprint",)
+
+# Learning-rate schedules laid out over the run's length (cosine decays to 0
+# at the last step, step's milestones are fractions of it): more epochs on
+# --resume would move every later rate, and the rate would jump at the first
+# resumed step, so a resume may add epochs only to a run of another schedule.
+LENGTH_DEPENDENT_SCHEDULES = ("cosine", "step")
+
 # The allowed range of each numeric field (keywords of `checks.check_number`;
 # int fields must be whole numbers). A numeric field not listed here must
 # still be a finite number of its type.
 NUMBER_RANGES = {
     "train_fraction": dict(low=0, low_inclusive=False, high=1),
     "train_size": dict(low=1),
-    "image_size": dict(low=1),
+    "image_size": dict(low=1, high=data_lib.MAX_IMAGE_SIZE),
     "epochs": dict(low=1),
     "batch_size": dict(low=1),
     "learning_rate": dict(low=0, low_inclusive=False),
@@ -132,6 +145,7 @@ class TrainConfig:
     train_fraction: Optional[float] = None  # class-balanced subset: the limited-data regime
     train_size: Optional[int] = None
     image_size: Optional[int] = None  # digits and folders: the side images are resized to
+    color_mode: str = "rgb"  # folders: every image converted to rgb or grayscale
     # "auto": "standard" (pad-crop, flip where label-preserving) for image
     # data sets, "none" for the 8x8 digits.
     augment: str = "auto"
@@ -195,6 +209,12 @@ class TrainConfig:
                 )
             elif field.name == "step_milestones":
                 value = check_milestones(value)
+            elif kind is str and not isinstance(value, str):
+                # `output: 5` in a config file: a path or a name, never a number.
+                raise ValueError(
+                    f"Argument `{field.name}` must be a string (a name or a path). "
+                    f"Received: {field.name}={value!r}"
+                )
             setattr(self, field.name, value)
 
     def validate(self):
@@ -237,6 +257,7 @@ class TrainConfig:
         """A config from a dict (e.g. a JSON/YAML file); unknown keys are an error."""
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {str(key).replace("-", "_"): value for key, value in values.items()}
+        values = {key: value for key, value in values.items() if key not in RECORD_KEYS}
         unknown = sorted(set(values) - fields)
         if unknown:
             hints = [
@@ -271,8 +292,10 @@ FIELD_HELP = {
     "train_fraction": "Train on a class-balanced fraction in (0, 1] of the training split "
     "(the limited-data regime); the test split is never reduced.",
     "train_size": "Train on this many training examples (class-balanced); exclusive with --train-fraction.",
-    "image_size": "Side length in pixels that images are resized to: digits (8x8 upsampled) and "
-    "folder data sets (default there: the first image's size).",
+    "image_size": "Side length in pixels (at most 4096) that images are resized to: digits "
+    "(8x8 upsampled) and folder data sets (default there: the first image's size).",
+    "color_mode": "Folder data sets only: rgb (3 channels) or grayscale (1); every image is "
+    "converted to it, whatever its own mode (as Keras' image_dataset_from_directory).",
     "augment": "Training augmentation: 'standard' pads, crops and flips (flips only where "
     "label-preserving), 'randaugment'/'erasing'/'strong' add Keras' layers, "
     "'auto' is 'none' for digits and 'standard' otherwise.",
@@ -323,19 +346,69 @@ FIELD_HELP = {
 }
 
 
-def load_config_file(path):
-    """Reads a JSON or YAML config file into a dict (dashes in keys become underscores)."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+def _parse_config_text(path, text):
+    """The value in a config file's text: YAML when named .yaml/.yml, else JSON."""
+    expected = (
+        "Config files are JSON, or YAML when their name ends in .yaml or .yml, and hold "
+        'a mapping of settings, e.g. {"epochs": 10}'
+    )
     if str(path).endswith((".yaml", ".yml")):
         import yaml
 
-        values = yaml.safe_load(text) or {}
-    else:
-        values = json.loads(text)
+        try:
+            return yaml.safe_load(text) or {}  # no YAML document: no settings
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            problem = getattr(error, "problem", None) or str(error)
+            raise ValueError(
+                f"Config file {path} is not valid YAML ({where}{problem}). {expected}."
+            ) from None
+    if not text.strip():
+        raise ValueError(f"Config file {path} is empty. {expected}.")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"Config file {path} is not valid JSON (line {error.lineno}, column "
+            f"{error.colno}: {error.msg}). {expected}."
+        ) from None
+
+
+def load_config_file(path):
+    """Reads a JSON or YAML config file into a dict (dashes in keys become underscores).
+
+    Every mistake is one sentence naming the file (and the key or line
+    where known): a missing, empty or unparsable file, a key that is not a
+    setting's name, a value of the wrong type or range.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"Config file {path} does not exist: check the --config path."
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"Config file {path} cannot be read as text ({error}).") from None
+    values = _parse_config_text(path, text)
     if not isinstance(values, dict):
-        raise ValueError(f"Config file {path} must hold a mapping of settings.")
-    return {key.replace("-", "_"): value for key, value in values.items()}
+        raise ValueError(
+            f"Config file {path} must hold a mapping of settings (key: value), "
+            f"not a {type(values).__name__}."
+        )
+    keys = [key for key in values if not isinstance(key, str)]
+    if keys:
+        raise ValueError(
+            f"Config file {path} has the key {keys[0]!r}, which is not a setting name: "
+            "keys are the flags' names without dashes, e.g. epochs or batch_size."
+        )
+    values = {key.replace("-", "_"): value for key, value in values.items()}
+    try:
+        TrainConfig.from_dict(values)  # each key and value on its own, named with the file
+    except ValueError as error:
+        raise ValueError(f"In config file {path}: {error}") from None
+    return values
 
 
 def missing_config_fix(output):
@@ -383,8 +456,10 @@ def resume_differences(saved, config):
     Returns:
         A list of "name: saved -> asked" strings, empty when `config`
         continues the saved run: only `RESUMABLE_FIELDS` may differ, and
-        `epochs` only grow. A key that the saved config lacks (written
-        before the field existed) counts as its default.
+        `epochs` only grow, and only when the schedule does not depend on
+        the run's length (`LENGTH_DEPENDENT_SCHEDULES`). A key that the
+        saved config lacks (written before the field existed) counts as its
+        default.
     """
     asked = dataclasses.replace(config, augment=resolve_augment(config)).to_dict()
     defaults = TrainConfig().to_dict()
@@ -393,6 +468,15 @@ def resume_differences(saved, config):
         before = saved.get(name, defaults[name])
         if name == "epochs" and value < before:
             differences.append(f"epochs: {before!r} -> {value!r} (epochs may only grow)")
+        elif (
+            name == "epochs" and value > before and asked["schedule"] in LENGTH_DEPENDENT_SCHEDULES
+        ):
+            differences.append(
+                f"epochs: {before!r} -> {value!r} (the {asked['schedule']} learning-rate "
+                f"schedule is laid out over the run's {before} epochs: more would make the "
+                "learning rate jump at the first resumed step; only a run with "
+                "schedule 'constant' may be given more epochs)"
+            )
         elif name not in RESUMABLE_FIELDS and before != value:
             differences.append(f"{name}: {before!r} -> {value!r}")
     return differences

@@ -100,6 +100,7 @@ def load_examples(
     image_size=None,
     seed=0,
     test_dataset=None,
+    color_mode="rgb",
 ):
     """The first `examples` images of a split, preprocessed as gmix-train does.
 
@@ -122,6 +123,7 @@ def load_examples(
                 train_fraction=train_fraction,
                 train_size=train_size,
                 image_size=image_size,
+                color_mode=color_mode,
                 seed=seed,
             )
         )

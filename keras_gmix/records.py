@@ -13,6 +13,7 @@ which file it is and what to do, not a bare JSON or HDF5 error.
 """
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -28,6 +29,52 @@ LOCK_FILE = ".lock"
 
 class RunFolderInUseError(RuntimeError):
     """Raised when another process holds the run folder."""
+
+
+# The errors of a write that failed for want of room: no space left on the
+# device, a disk quota exceeded, a file-size limit (RLIMIT_FSIZE).
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class RecordWriteError(OSError):
+    """A file of the run's record could not be written (a full disk, a
+    read-only folder); the message says what is intact and what to do."""
+
+    def __init__(self, error_number, message):
+        super().__init__(error_number, message)
+        self.message = message
+
+    def __str__(self):
+        return self.message
+
+
+# The errors of a folder that may not be written: a read-only file system,
+# missing permissions.
+READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def write_failure(error):
+    """What went wrong in an OSError of a write, in words (a full disk named as such)."""
+    if error.errno in DISK_FULL_ERRNOS:
+        return f"the disk is full ({error.strerror})"
+    return error.strerror or str(error)
+
+
+def record_write_error(error, folder):
+    """A `RecordWriteError` saying what to do about `error` in run folder
+    `folder`, or None when `error` is not a full or read-only disk."""
+    where = os.fspath(error.filename) if error.filename else folder
+    root = os.path.abspath(folder)
+    inside = os.path.commonpath([os.path.abspath(where), root]) == root
+    if error.errno in DISK_FULL_ERRNOS:
+        fix = "make room, then continue the run with --resume"
+    elif error.errno in READ_ONLY_ERRNOS and inside:  # not a data file we may not read
+        fix = f"choose an --output on a writable disk, or make {folder} writable"
+    else:
+        return None
+    return RecordWriteError(
+        error.errno, f"Cannot write the run's record at {where}: {write_failure(error)}: {fix}."
+    )
 
 
 def _holder_text():
@@ -50,7 +97,14 @@ def lock_file(path):
         holds it: `lock_holder(path)` names that process.
     """
     # Opened without truncating: the holder's name must survive our look.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd, writable = os.open(path, os.O_RDWR | os.O_CREAT, 0o644), True
+    except OSError as error:
+        if error.errno not in READ_ONLY_ERRNOS or not os.path.exists(path):
+            raise
+        # A read-only folder (a finished run on a read-only disk): flock
+        # works on a descriptor opened for reading; the name stays unwritten.
+        fd, writable = os.open(path, os.O_RDONLY), False
     try:
         if fcntl is not None:
             try:
@@ -58,8 +112,9 @@ def lock_file(path):
             except BlockingIOError:
                 os.close(fd)
                 return None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, _holder_text().encode("utf-8"), 0)
+        if writable:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, _holder_text().encode("utf-8"), 0)
     except BaseException:
         os.close(fd)
         raise
@@ -112,6 +167,51 @@ def hold_run_folder(folder):
         # Closing the only descriptor releases the lock. The file stays:
         # deleting it would let a waiting process lock a file no one else sees.
         os.close(fd)
+
+
+def check_output_folder(path):
+    """Refuses an `--output` that names an existing file: a run's record is a folder."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(
+            f"--output {path} is a file, not a folder: name a new folder (or an "
+            "existing run folder) for the record."
+        )
+
+
+def discard_unstarted_run(folder, created):
+    """Removes what a new run wrote into `folder` when it stopped before training.
+
+    A new run writes config.json (and holds `.lock`) before it loads its
+    data; refused while loading (a bad file, a bad folder), it would leave a
+    folder that looks like a run. Only a folder that holds nothing else is
+    cleaned: config.json is removed, and `.lock` and the folder too when
+    this run created the folder. Call it after the lock is released.
+    """
+    try:
+        names = set(os.listdir(folder))
+    except OSError:
+        return
+    if not names <= {"config.json", LOCK_FILE}:
+        return  # training started (history, backup, TensorBoard): a run to resume
+    for name in ["config.json"] + ([LOCK_FILE] if created else []):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(folder, name))
+    if created:
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+
+
+def check_writable(folder):
+    """Refuses, up front, a run folder that cannot be written (a read-only
+    disk, missing permissions): TensorFlow's event writer and h5py would
+    otherwise fail deep inside the run, with their own errors."""
+    probe = os.path.join(folder, f".tmp-probe-{os.getpid()}")
+    try:
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        raise record_write_error(error, folder) or error from error
 
 
 def read_json(path, fix):

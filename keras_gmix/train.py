@@ -6,6 +6,8 @@ checkpoints that survive a kill, and writes the record of the run into its
 output folder:
 
     config.json      the resolved config (what `--resume` and gmix-flatness read)
+                     and `data_fingerprint`, what identifies the data
+                     (`data.data_fingerprint`), checked on resume
     history.csv      one row per epoch: fit's logs and `seconds`
     tensorboard/     TensorBoard runs: train/ and validation/ (Keras' epoch
                      and batch scalars), steps/ (learning rate, rho,
@@ -24,7 +26,9 @@ the weights, the optimizer (its step count drives the learning-rate
 schedule), GMixModel's mixing counter and the epoch, and fit continues with
 the next epoch; history.csv keeps one row per finished epoch. A resume
 continues the run in the folder or is refused: the folder and a readable
-config.json must exist, and only `RESUMABLE_FIELDS` may differ from it. The training
+config.json must exist, only `RESUMABLE_FIELDS` may differ from it, the data
+must be what config.json's fingerprint describes, and history.csv must hold
+the rows of every epoch the checkpoint holds. The training
 pipeline's shuffling and "standard" augmentation are keyed by (seed,
 epoch), so the resumed run sees the batches the uninterrupted run saw: with
 `deterministic=True`, on one CPU device, with augment "none" or "standard",
@@ -192,9 +196,24 @@ def run(config, callbacks=None):
             f"Cannot resume: {folder} does not exist. Check the --output path, "
             "or drop --resume to start a new run there."
         )
-    os.makedirs(folder, exist_ok=True)
-    with records.hold_run_folder(folder):
-        return _run_held(config, folder, strategy, list(callbacks or []))
+    records.check_output_folder(folder)
+    created = not os.path.exists(folder)
+    held = False
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with records.hold_run_folder(folder):
+            held = True
+            return _run_held(config, folder, strategy, list(callbacks or []))
+    except BaseException as error:
+        # Never another process's folder, nor a run to resume.
+        if held and not config.resume:
+            records.discard_unstarted_run(folder, created)
+        if isinstance(error, OSError) and not isinstance(error, records.RecordWriteError):
+            # A full or read-only disk, wherever in the run: one sentence.
+            replacement = records.record_write_error(error, folder)
+            if replacement is not None:
+                raise replacement from error
+        raise
 
 
 def record_folder(output, strategy):
@@ -212,21 +231,46 @@ def _write_config(folder, values):
     )
 
 
-def _check_resume(config, folder):
+def _data_fingerprint(config):
+    return data_lib.data_fingerprint(config.dataset, config.test_dataset, config.data_dir)
+
+
+def _check_resume(config, folder, finished):
     """Refuses a resume that would change the run; returns the saved config.json."""
     saved = records.read_json(
         os.path.join(folder, "config.json"), config_lib.missing_config_fix(folder)
     )
+    if finished and config.epochs != saved["epochs"]:
+        raise ValueError(
+            f"{folder} finished its {saved['epochs']} epochs and kept no "
+            "checkpoint to continue from: start a new run with "
+            f"epochs={config.epochs} in another --output."
+        )
     differences = config_lib.resume_differences(saved, config)
     if differences:
         raise ValueError(
             f"Cannot resume {folder} with other settings than it was started "
             f"with: {'; '.join(differences)}. Only {list(config_lib.RESUMABLE_FIELDS)} may "
-            "change on --resume (epochs only grow). Drop those flags to continue "
-            "the run as it was (`gmix-train --resume --output DIR` alone reads "
-            "config.json), or start a new run in another --output."
+            "change on --resume (epochs only grow, and only with schedule "
+            "'constant'). Drop those flags to continue the run as it was "
+            "(`gmix-train --resume --output DIR` alone reads config.json), or start "
+            "a new run in another --output."
         )
     return saved
+
+
+def _check_same_data(saved, config, folder):
+    """Refuses a resume on other data than the run began with (config.json's
+    `data_fingerprint`; a config.json written before it existed is not checked)."""
+    if "data_fingerprint" not in saved:
+        return
+    changes = data_lib.fingerprint_changes(saved["data_fingerprint"], _data_fingerprint(config))
+    if changes:
+        raise ValueError(
+            f"Cannot resume {folder}: its data changed since the run began "
+            f"({'; '.join(changes)}). Put the run's data back as it was, or start a "
+            "new run on this data in another --output (without --resume)."
+        )
 
 
 def _run_held(config, output, strategy, extra_callbacks):
@@ -234,14 +278,9 @@ def _run_held(config, output, strategy, extra_callbacks):
     backup_dir = os.path.join(output, "backup")
     results_path = os.path.join(output, "results.json")
     if config.resume:
-        saved = _check_resume(config, output)
-        if not os.path.exists(backup_dir) and os.path.exists(results_path):
-            if config.epochs != saved["epochs"]:
-                raise ValueError(
-                    f"{output} finished its {saved['epochs']} epochs and kept no "
-                    "checkpoint to continue from: start a new run with "
-                    f"epochs={config.epochs} in another --output."
-                )
+        finished = not os.path.exists(backup_dir) and os.path.exists(results_path)
+        saved = _check_resume(config, output, finished)
+        if finished:
             # Finished already: nothing to continue.
             results = records.read_json(
                 results_path,
@@ -251,12 +290,14 @@ def _run_held(config, output, strategy, extra_callbacks):
             if config.verbose:
                 print(f"gmix-train: {output} is finished already; nothing to resume.")
             return results
+        records.check_writable(output)
+        _check_same_data(saved, config, output)
         if config.epochs != saved["epochs"]:
             # The record says what the run is now: only `epochs` is relabelled.
             _write_config(output, dict(saved, epochs=config.epochs))
     else:
         _check_new_output(output)
-        _write_config(output, config.to_dict())
+        _write_config(output, dict(config.to_dict(), data_fingerprint=_data_fingerprint(config)))
 
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
@@ -328,11 +369,11 @@ def fit_and_evaluate(
 
 
 def _run(config, output, backup_dir, results_path, strategy, extra_callbacks):
-    splits = data_lib.load_dataset(**data_lib.data_arguments(config))
-
     # The stream of epochs starts where the backup ends, so that a resumed
     # run's epoch k has the shuffling and augmentation of epoch k.
     start_epoch = checkpoint_lib.resume_epoch(backup_dir, strategy) if config.resume else 0
+    callbacks_lib.check_history_covers(os.path.join(output, "history.csv"), start_epoch, backup_dir)
+    splits = data_lib.load_dataset(**data_lib.data_arguments(config))
     train_ds, test_ds = data_lib.make_pipelines(
         splits, config.batch_size, augment=config.augment, seed=config.seed, start_epoch=start_epoch
     )

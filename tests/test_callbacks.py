@@ -207,3 +207,34 @@ def test_callback_arguments_are_checked():
         callbacks.StepValuesLogger("logs", update_freq=0)
     with pytest.raises(ValueError, match="every"):
         callbacks.FlatnessMonitor((np.zeros((1, D)), np.zeros(1)), every=0)
+
+
+def test_tensorboard_writes_every_epoch_when_update_freq_does_not_divide_the_steps(tmp_path):
+    """3 steps per epoch, update_freq=10: Keras' own callback records the epoch
+    scalars only for epochs that end on a multiple of 10 (here: none)."""
+    x, y = data()  # 48 examples, batch 16: 3 steps per epoch
+    m = model("gmix")
+    m.fit(
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=4,
+        validation_data=(x, y),
+        verbose=0,
+        callbacks=[callbacks.ResumableTensorBoard(str(tmp_path), update_freq=10)],
+    )
+    train_events = read_events(str(tmp_path / "train"))
+    validation_events = read_events(str(tmp_path / "validation"))
+    for tag in ("epoch_loss", "epoch_perturbed_loss", "epoch_learning_rate"):
+        assert [step for step, _, _ in train_events[tag]] == [0, 1, 2, 3], tag
+    assert [step for step, _, _ in validation_events["epoch_loss"]] == [0, 1, 2, 3]
+    # The values are the epoch's: the History of the same fit.
+    history = m.history.history
+    np.testing.assert_allclose(
+        [float(v) for _, _, v in train_events["epoch_loss"]], history["loss"], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        [float(v) for _, _, v in validation_events["epoch_loss"]], history["val_loss"], rtol=1e-6
+    )
+    # The batch scalars keep their cadence: steps 10 of the 12.
+    assert [step for step, _, _ in train_events["batch_loss"]] == [10]

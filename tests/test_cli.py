@@ -4,6 +4,10 @@ import dataclasses
 import importlib.metadata
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
@@ -202,3 +206,37 @@ def test_gmix_flatness_reads_the_data_set_from_the_run_folder(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.flatness_main([str(tmp_path / "missing.keras"), "--dataset", "digits"])
     assert "No such model file" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a real gmix-train process per signal, ~20 s each
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_stopped_gmix_train_says_in_one_line_how_to_resume(tmp_path, signum):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    output = str(tmp_path / "run")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keras_gmix.cli", "--epochs", "500", "--train-size", "64"]
+        + ["--verbose", "0", "--output", output],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=root,
+        env=dict(os.environ, PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    try:
+        deadline = time.time() + 300
+        while not os.path.exists(os.path.join(output, "backup", "state.json")):
+            assert process.poll() is None and time.time() < deadline, "no epoch finished"
+            time.sleep(0.2)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 128 + signum, stderr[-2000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-2000:]
+    what = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    assert stderr.strip().splitlines()[-1] == (
+        f"gmix-train: stopped by {what}. The run's last finished epoch is saved: "
+        f"continue it with `gmix-train --resume --output {output}`."
+    )
+    assert kg.checkpoint.saved_epoch(os.path.join(output, "backup")) >= 1

@@ -66,6 +66,7 @@ def test_gmix_compare_runs_reads_back_and_collects(tmp_path, capsys):
         == 0
     )
     assert sorted(os.listdir(output)) == [
+        ".lock",
         "compare.json",
         "erm-seed0",
         "mixup-seed0",
@@ -122,3 +123,62 @@ def compare_config():
     from keras_gmix import train
 
     return train.TrainConfig(epochs=1)
+
+
+def test_a_second_compare_into_a_running_ones_output_is_refused_before_writing(tmp_path, capsys):
+    """A real first gmix-compare is training; a second one into the same
+    --output, with other methods, is refused and leaves the first one's
+    compare.json as it was."""
+    import subprocess
+    import sys
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    output = str(tmp_path / "cmp")
+    compare_json = os.path.join(output, "compare.json")
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from keras_gmix import cli; sys.exit(cli.compare_main(sys.argv[1:]))",
+            *["--methods", "erm", "--epochs", "200", "--train-size", "32", "--verbose", "0"],
+            *["--output", output],
+        ],
+        cwd=root,
+        env=dict(os.environ, PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    try:
+        deadline = time.time() + 120
+        while not os.path.exists(os.path.join(output, "erm-seed0", "config.json")):
+            assert first.poll() is None and time.time() < deadline, (
+                "the first compare did not start"
+            )
+            time.sleep(0.2)
+        before = open(compare_json).read()
+        with pytest.raises(SystemExit) as exit_info:
+            cli.compare_main(
+                TINY + ["--methods", "mixup", "sam", "--train-size", "48", "--output", output]
+            )
+        assert exit_info.value.code == 2
+        assert f"{output} is in use by process {first.pid}" in capsys.readouterr().err
+        assert open(compare_json).read() == before
+        assert json.loads(before)["methods"] == ["erm"]
+        assert not os.path.exists(os.path.join(output, "mixup-seed0"))
+    finally:
+        first.kill()
+        first.wait(timeout=60)
+
+
+def test_compare_checks_every_run_folder_before_writing(tmp_path, capsys):
+    """A run folder of other settings, found at the second method, refuses the
+    comparison before compare.json or any run is written."""
+    output = tmp_path / "cmp"
+    (output / "mixup-seed0" / "backup").mkdir(parents=True)
+    (output / "mixup-seed0" / "config.json").write_text(
+        json.dumps(dict(compare_config().to_dict(), method="mixup", rho=0.3, augment="none"))
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        cli.compare_main(TINY + ["--methods", "erm", "mixup", "--output", str(output)])
+    assert exit_info.value.code == 2
+    assert "mixup-seed0 holds a run with other settings" in capsys.readouterr().err
+    assert sorted(os.listdir(output)) == [".lock", "mixup-seed0"]

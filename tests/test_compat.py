@@ -168,6 +168,28 @@ def test_csv_logger_set_columns(tmp_path):
     )
 
 
+def test_weights_h5_bytes(tmp_path):
+    model = tiny_model()
+    model.optimizer.build(model.trainable_variables)
+    try:
+        content = compat.weights_h5_bytes(model)
+    except (ImportError, AttributeError, TypeError):
+        pytest.fail(moved("keras.src.saving.saving_lib.H5IOStore / _save_state"))
+    path = tmp_path / "m.weights.h5"
+    path.write_bytes(content)
+    other = tiny_model()
+    other.optimizer.build(other.trainable_variables)
+    other.load_weights(str(path))
+    for got, want in zip(other.weights, model.weights):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    saved = tmp_path / "keras.weights.h5"
+    model.save_weights(str(saved))
+    require(
+        len(content) > 0 and abs(len(content) - saved.stat().st_size) < 4096,
+        "saving_lib.H5IOStore / _save_state (no longer the file save_weights writes)",
+    )
+
+
 def test_is_functional():
     try:
         inputs = keras.Input((3,))

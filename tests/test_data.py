@@ -1,6 +1,7 @@
 """Tests for keras_gmix.data: loaders, class-balanced subsets, pipelines."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -491,7 +492,7 @@ def test_folder_data_set_reads_the_images_and_holds_out_a_fixed_stratified_split
     from tests.folder_data import write_digit_folder
 
     images, labels, paths = write_digit_folder(str(tmp_path / "train"), per_class=10)
-    splits = kd.load_dataset(str(tmp_path / "train"))
+    splits = kd.load_dataset(str(tmp_path / "train"), color_mode="grayscale")
     assert splits.class_names == ("digit_0", "digit_1", "digit_2")
     assert splits.num_classes == 3 and splits.input_shape == (8, 8, 1)
     # A fifth of every class held out, the rest trained on, no file in both.
@@ -521,6 +522,7 @@ def test_folder_data_set_with_a_test_folder_resize_and_subset(tmp_path):
         image_size=16,
         train_size=12,
         seed=1,
+        color_mode="grayscale",
     )
     assert splits.test_size == 12 and np.bincount(splits.y_test).tolist() == [4, 4, 4]
     assert splits.train_size == 12 and np.bincount(splits.y_train).tolist() == [4, 4, 4]
@@ -568,6 +570,170 @@ def test_data_arguments_from_a_config_or_its_json():
     from keras_gmix.train import TrainConfig
 
     config = TrainConfig(dataset="digits", image_size=16, seed=3)
-    expected = {"name": "digits", "download": True, "image_size": 16, "seed": 3}
+    expected = {
+        "name": "digits",
+        "download": True,
+        "image_size": 16,
+        "color_mode": "rgb",
+        "seed": 3,
+    }
     assert kd.data_arguments(config) == expected
     assert kd.data_arguments({**config.to_dict(), "method": "erm"}) == expected
+
+
+def _write_mixed_mode_folder(root):
+    """Two classes of 8x8 images; the first file (sorted) grayscale, the others
+    RGB, RGBA, grayscale + alpha and a palette GIF. Returns the paths."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for label in ("a", "b"):
+        os.makedirs(os.path.join(root, label))
+        for i, (mode, ext) in enumerate(
+            [("L", "png"), ("RGB", "png"), ("RGBA", "png"), ("LA", "png"), ("RGB", "gif")]
+        ):
+            channels = {"L": 1, "RGB": 3, "RGBA": 4, "LA": 2}[mode]
+            pixels = rng.integers(0, 256, (8, 8, channels), dtype=np.uint8)
+            image = Image.fromarray(pixels[..., 0] if channels == 1 else pixels, mode)
+            path = os.path.join(root, label, f"{i}.{ext}")
+            image.save(path)
+            paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("color_mode, pil_mode", [("rgb", "RGB"), ("grayscale", "L")])
+def test_folder_images_are_converted_to_one_color_mode(tmp_path, color_mode, pil_mode):
+    """Whatever the first image's mode: every image in the mode asked for, with
+    PIL's conversion of the same file as the reference (luma within 1 level:
+    PIL rounds ITU-R 601 weights in integers)."""
+    from PIL import Image
+
+    paths = _write_mixed_mode_folder(str(tmp_path / "images"))
+    arguments = {} if color_mode == "rgb" else {"color_mode": color_mode}
+    splits = kd.load_dataset(str(tmp_path / "images"), **arguments)
+    channels = 3 if color_mode == "rgb" else 1
+    assert splits.input_shape == (8, 8, channels)
+    files = kd.ImageFiles(paths, splits.input_shape)
+    ds = kd.make_pipeline(files, np.zeros(len(paths), np.int64), 16, training=False)
+    x = next(ds.as_numpy_iterator())[0]
+    assert x.shape == (len(paths), 8, 8, channels)
+    for path, image in zip(paths, x):
+        reference = np.asarray(Image.open(path).convert(pil_mode), np.float64)
+        reference = reference.reshape(8, 8, channels)
+        np.testing.assert_allclose(image * 255.0, reference, atol=1.0 if channels == 1 else 1e-3)
+    with pytest.raises(ValueError, match="`color_mode` applies only to folders"):
+        kd.load_dataset("digits", color_mode="grayscale")
+
+
+# -- .npz files with bad content: one sentence through gmix-train -------------------
+
+
+def _npz_case(path, case):
+    rng = np.random.default_rng(0)
+    arrays = dict(
+        x_train=rng.random((16, 8, 8, 3)).astype(np.float32),
+        y_train=np.arange(16) % 2,
+        x_test=rng.random((8, 8, 8, 3)).astype(np.float32),
+        y_test=np.arange(8) % 2,
+    )
+    if case == "nan-test":
+        arrays["x_test"][3, 1, 1, 0] = np.nan
+    elif case == "nan-train":
+        arrays["x_train"][5, 2, 2, 2] = np.inf
+    elif case == "one-class":
+        arrays["y_train"][:] = 0
+        arrays["y_test"][:] = 0
+    elif case == "no-train":
+        arrays["x_train"], arrays["y_train"] = arrays["x_train"][:0], arrays["y_train"][:0]
+    elif case == "no-test":
+        arrays["x_test"], arrays["y_test"] = arrays["x_test"][:0], arrays["y_test"][:0]
+    elif case == "test-size":
+        arrays["x_test"] = arrays["x_test"][:, :4, :4]
+    np.savez(path, **arrays)
+    if case == "zero-bytes":
+        open(path, "wb").close()
+    elif case == "truncated":
+        content = open(path, "rb").read()
+        open(path, "wb").write(content[: len(content) // 2])
+    elif case == "not-zip":
+        open(path, "w").write("x_train,y_train\n1,2\n")
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("nan-test", r"x_test holds NaN or inf values in 1 image\(s\) \(the first at index 3\)"),
+        ("nan-train", r"x_train holds NaN or inf values in 1 image\(s\) \(the first at index 5\)"),
+        ("one-class", r"training split of '.*data.npz' holds 1 class\(es\) \(\[0\]\)"),
+        ("no-train", r"x_train holds no examples"),
+        ("no-test", r"x_test holds no examples"),
+        ("test-size", r"the test images are \(4, 4, 3\) and the training images \(8, 8, 3\)"),
+        ("zero-bytes", r"data.npz' is unreadable \(empty, truncated or not an .npz archive"),
+        ("truncated", r"data.npz' is unreadable \(empty, truncated or not an .npz archive"),
+        ("not-zip", r"data.npz' holds object \(pickled\) arrays or is not an .npz archive"),
+    ],
+)
+def test_a_bad_npz_is_refused_in_one_sentence_and_leaves_no_run_folder(
+    tmp_path, case, expected, capsys
+):
+    from keras_gmix import cli
+
+    path, output = str(tmp_path / "data.npz"), str(tmp_path / "run")
+    _npz_case(path, case)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--dataset", path, "--output", output, "--epochs", "1", "--verbose", "0"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert error.startswith("gmix-train: error: ") and error.count("\n") == 1, error
+    assert re.search(expected, error), error
+    assert "Traceback" not in error
+    # Refused while loading: no config.json, no .lock, no folder that looks like a run.
+    assert not os.path.exists(output)
+
+
+# -- image folders with bad content: one sentence through gmix-train ------------------
+
+
+@pytest.mark.parametrize("case", ["corrupt-train", "corrupt-test", "empty-class", "one-class"])
+def test_a_bad_image_folder_is_refused_naming_what_is_wrong(tmp_path, case, capsys):
+    from keras_gmix import cli
+    from tests.folder_data import write_digit_folder
+
+    train_dir, test_dir = str(tmp_path / "train"), str(tmp_path / "test")
+    classes = (0,) if case == "one-class" else (0, 1)
+    _, _, paths = write_digit_folder(train_dir, per_class=6, classes=classes)
+    _, _, test_paths = write_digit_folder(test_dir, per_class=3, classes=classes, offset=30)
+    bad = {"corrupt-train": paths[-2], "corrupt-test": test_paths[1]}.get(case)
+    if bad:
+        content = open(bad, "rb").read()
+        open(bad, "wb").write(content[: len(content) // 3])
+    if case == "empty-class":
+        os.makedirs(os.path.join(train_dir, "digit_9"))
+        os.makedirs(os.path.join(test_dir, "digit_9"))
+    output = str(tmp_path / "run")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(
+            ["--dataset", train_dir, "--test-dataset", test_dir, "--output", output]
+            + ["--epochs", "1", "--verbose", "0"]
+        )
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in error, error
+    named = rf"1 image file\(s\) cannot be read as images .*: {re.escape(bad or '')}\."
+    expected = {
+        "corrupt-train": named,
+        "corrupt-test": named,
+        "empty-class": r"class subfolders \['digit_9'\] of '.*train' hold no image files",
+        "one-class": r"training split of '.*train' holds 1 class\(es\) \(\[0\]\): a classifier",
+    }[case]
+    assert re.search(expected, error), error
+    assert not os.path.exists(output)
+
+
+def test_an_absurd_image_size_is_refused_before_reading(tmp_path, capsys):
+    from keras_gmix import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--dataset", "digits", "--image-size", "100000", "--output", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "Argument `image_size` must be an integer in [1, 4096]" in capsys.readouterr().err

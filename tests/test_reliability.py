@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import keras_gmix as kg
 from keras_gmix import config as config_lib
+from tests.conftest import copy_run
 from tests.test_train import _Kill
 
 D, C = 6, 3
@@ -251,6 +252,7 @@ def _gmix_train(args, prefix=(), expect=0):
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT),
     )
     assert completed.returncode == expect, completed.stderr[-3000:]
+    return completed
 
 
 def _state_of(output):
@@ -689,7 +691,13 @@ def test_config_accepts_numpy_scalars_as_plain_numbers():
 # -- run records: one process per run folder; a resume continues the same run ----------
 
 TINY_RUN = dict(
-    method="gmix", epochs=2, train_size=32, batch_size=16, verbose=0, tensorboard_update_freq=1
+    method="gmix",
+    epochs=2,
+    train_size=32,
+    batch_size=16,
+    verbose=0,
+    tensorboard_update_freq=1,
+    schedule="constant",  # its epochs may grow on resume
 )
 
 
@@ -706,11 +714,7 @@ def interrupted_run(tmp_path_factory):
 
 @pytest.fixture
 def run_copy(interrupted_run, tmp_path):
-    import shutil
-
-    output = str(tmp_path / "run")
-    shutil.copytree(interrupted_run, output)
-    return output
+    return copy_run(interrupted_run, tmp_path)
 
 
 def _resume(output, **changes):
@@ -1075,3 +1079,69 @@ def test_flatness_and_callback_arguments_use_the_same_number_check():
     ):
         kg.callbacks.StepValuesLogger("logs", update_freq=True)
     assert kg.callbacks.StepValuesLogger("logs", update_freq=np.int64(5)).update_freq == 5
+
+
+# -- a full disk while a checkpoint is written ------------------------------------------
+
+
+def test_a_full_disk_during_a_checkpoint_write_says_so_and_keeps_the_last_one(
+    tmp_path, monkeypatch
+):
+    import errno
+
+    from keras_gmix import checkpoint
+    from keras_gmix import records
+
+    model, backup = _saved_backup(tmp_path)
+    before = sorted(os.listdir(backup))
+    committed = [v.numpy().copy() for v in model.weights]
+
+    def full(backup_dir, name, content):
+        # A part of the temporary file reaches the disk, then the disk is full.
+        with open(os.path.join(backup_dir, ".tmp-" + name), "wb") as f:
+            f.write(content[: len(content) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "_write_bytes", full)
+    x, y = data(8, seed=1)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # the weights move on
+    with pytest.raises(
+        records.RecordWriteError,
+        match=rf"checkpoint of epoch 2 into {backup}: the disk is full \(No space left on "
+        r"device\)\. The last checkpoint \(epoch 1\) is intact: make room, then continue",
+    ):
+        checkpoint.save(model, backup, epochs_done=2)
+    monkeypatch.undo()
+    assert sorted(os.listdir(backup)) == before, "no temporary file is left behind"
+    fresh = _trained(0, steps=1)
+    assert checkpoint.restore(fresh, backup) == 1
+    for variable, value in zip(fresh.weights, committed):
+        np.testing.assert_array_equal(variable.numpy(), value)
+
+
+DISK_LIMIT = (
+    "import resource, runpy, signal, sys\n"
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write then fails with EFBIG\n"
+    "limit = int(sys.argv.pop(1))\n"
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))\n"
+    "runpy.run_module('keras_gmix.cli', run_name='__main__')\n"
+)
+
+
+@pytest.mark.slow  # two gmix-train processes, ~40 s
+def test_a_full_disk_ends_gmix_train_with_a_sentence_and_the_run_resumes(tmp_path):
+    """A real gmix-train whose files may not grow past 200 kB (RLIMIT_FSIZE):
+    config.json, history.csv and TensorBoard fit, the checkpoint does not."""
+    output = str(tmp_path / "run")
+    args = ["--epochs", "2", "--train-size", "64", "--verbose", "0", "--output", output]
+    limited = _gmix_train(args, prefix=["-c", DISK_LIMIT, "200000"], expect=2)
+    assert "Traceback" not in limited.stderr
+    assert "Cannot write the checkpoint of epoch 1" in limited.stderr
+    assert "the disk is full (File too large)" in limited.stderr
+    assert "No epoch was saved yet: make room, then continue the run with --resume" in (
+        limited.stderr
+    )
+    assert os.listdir(os.path.join(output, "backup")) == []
+    _gmix_train(["--resume", "--output", output], prefix=["-m", "keras_gmix.cli"])
+    results = json.load(open(os.path.join(output, "results.json")))
+    assert results["epochs_done"] == 2

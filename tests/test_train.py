@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from keras_gmix import config as config_lib
 from keras_gmix import train
 from keras_gmix.gradients import METHODS, PERTURBED_METHODS
 from keras_gmix.layers import BatchNormalization as FusedBatchNormalization
+from tests.conftest import copy_run
 
 # A few steps: 32 examples in batches of 16, one epoch.
 TINY = ["--epochs", "1", "--batch-size", "16", "--verbose", "0", "--tensorboard-update-freq", "1"]
@@ -381,6 +383,45 @@ def test_unknown_config_key_names_the_closest_valid_key(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    "name, text, expected",
+    [
+        ("empty.json", "", r"Config file {path} is empty\. Config files are JSON"),
+        (
+            "settings.txt",
+            "epochs: 3\n",
+            r"{path} is not valid JSON \(line 1, column 1: Expecting value\)",
+        ),
+        (
+            "bad.yaml",
+            "epochs: [3\nrho: 0.1\n",
+            r"{path} is not valid YAML \(line 2, column 4: expected",
+        ),
+        ("keys.yaml", "1: 2\n", r"{path} has the key 1, which is not a setting name"),
+        (
+            "list.yaml",
+            "- epochs\n",
+            r"{path} must hold a mapping of settings \(key: value\), not a list",
+        ),
+        ("paths.yaml", "output: 5\n", r"In config file {path}: Argument `output` must be a string"),
+        ("missing.yaml", None, r"Config file {path} does not exist: check the --config path"),
+    ],
+)
+def test_a_bad_config_file_is_refused_in_one_sentence_naming_it(
+    tmp_path, name, text, expected, capsys
+):
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--config", str(path), "--output", str(tmp_path / "run")])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert error.startswith("gmix-train: error: ") and error.count("\n") == 1, error
+    assert re.search(expected.format(path=re.escape(str(path))), error), error
+    assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize(
     "values, match",
     [
         ({"method": "adam"}, "`method` must be one of"),
@@ -494,3 +535,260 @@ def test_gmix_train_learns_the_digits(method, tmp_path):
     assert cli.train_main(flags) == 0
     results = json.load(open(os.path.join(output, "results.json")))
     assert results["test_accuracy"] > 0.6, results["test_accuracy"]
+
+
+@pytest.fixture(scope="module")
+def killed_after_two_epochs(tmp_path_factory):
+    """An erm run of 3 epochs on digits stopped after its second: history.csv
+    holds epochs 0 and 1, the backup 2 finished epochs."""
+    output = str(tmp_path_factory.mktemp("killed") / "run")
+    config = train.TrainConfig(
+        method="erm", epochs=3, train_size=32, batch_size=16, verbose=0, output=output
+    )
+    with pytest.raises(KeyboardInterrupt):
+        train.run(config, callbacks=[_Kill(after=1)])
+    return output
+
+
+@pytest.fixture
+def killed_copy(killed_after_two_epochs, tmp_path):
+    return copy_run(killed_after_two_epochs, tmp_path)
+
+
+def _cut_history(text):
+    return text[: text.index("\n1,") + 1]  # the header and epoch 0's row
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (None, "is missing, but the checkpoint holds 2 finished epochs"),
+        (lambda text: "", r"lacks the rows of epochs \[0, 1\]"),
+        (_cut_history, r"lacks the rows of epochs \[1\]"),
+        (lambda text: text.replace("\n1,", "\n#garbled,"), r"lacks the rows of epochs \[1\]"),
+        (lambda text: "\x00\x01 not,a csv\n", r"lacks the rows of epochs \[0, 1\]"),
+    ],
+    ids=["deleted", "emptied", "short", "garbled-row", "garbled-file"],
+)
+def test_resume_refuses_a_history_that_lost_rows_the_checkpoint_holds(
+    killed_copy, damage, expected, capsys
+):
+    path = os.path.join(killed_copy, "history.csv")
+    if damage is None:
+        os.remove(path)
+    else:
+        text = open(path, encoding="utf-8").read()
+        open(path, "w", encoding="utf-8").write(damage(text))
+    before = open(path, "rb").read() if os.path.exists(path) else None
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--resume", "--output", killed_copy])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert re.search(expected, error), error
+    assert f"restore {path} from a copy" in error and "delete the backup folder" in error
+    # Refused before anything was written: the record is as it was.
+    assert (open(path, "rb").read() if os.path.exists(path) else None) == before
+    assert train.checkpoint_lib.saved_epoch(os.path.join(killed_copy, "backup")) == 2
+    assert not os.path.exists(os.path.join(killed_copy, "results.json"))
+
+
+def test_resume_with_an_intact_history_finishes_with_every_epoch(killed_copy):
+    results = train.run(
+        train.TrainConfig.from_dict(
+            config_lib.resume_values({"output": killed_copy, "resume": True})
+        )
+    )
+    history = read_csv(os.path.join(killed_copy, "history.csv"))
+    assert [row["epoch"] for row in history] == ["0", "1", "2"]
+    assert results["epochs_done"] == 3 == results["epochs"]
+
+
+def _write_tiny_npz(path, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (32, 8, 8, 3), dtype=np.uint8),
+        y_train=np.arange(32) % classes,
+        x_test=rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8),
+        y_test=np.arange(8) % classes,
+    )
+
+
+def _killed_run_on(dataset, output, **settings):
+    config = train.TrainConfig(
+        dataset=dataset, method="erm", epochs=2, batch_size=16, verbose=0, output=output, **settings
+    )
+    with pytest.raises(KeyboardInterrupt):
+        train.run(config, callbacks=[_Kill(after=0)])
+
+
+@pytest.mark.parametrize(
+    "replace, expected",
+    [
+        ("pixel", r"train data \(.*tiny.npz\): the content differs\)"),
+        ("classes", r"train data \(.*tiny.npz\): the content differs\)"),
+    ],
+)
+def test_resume_on_a_replaced_npz_is_refused_saying_what_changed(
+    tmp_path, replace, expected, capsys
+):
+    path, output = str(tmp_path / "tiny.npz"), str(tmp_path / "run")
+    _write_tiny_npz(path)
+    _killed_run_on(path, output)
+    saved = json.load(open(os.path.join(output, "config.json")))["data_fingerprint"]["train"]
+    import hashlib
+
+    assert saved["sha256"] == hashlib.sha256(open(path, "rb").read()).hexdigest()
+    assert saved["bytes"] == os.path.getsize(path)
+    if replace == "pixel":
+        with np.load(path) as f:
+            arrays = dict(f)
+        arrays["x_train"][5, 2, 2, 0] ^= 1
+        np.savez(path, **arrays)
+    else:
+        _write_tiny_npz(path, classes=6, seed=1)  # more classes: once blamed on the checkpoint
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--resume", "--output", output])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f"Cannot resume {output}: its data changed since the run began" in error
+    assert re.search(expected, error) and "Put the run's data back" in error, error
+    assert "checkpoint" not in error
+    assert train.checkpoint_lib.saved_epoch(os.path.join(output, "backup")) == 1
+
+
+def test_resume_on_a_changed_image_folder_is_refused_and_the_same_folder_resumes(tmp_path, capsys):
+    from tests.folder_data import write_digit_folder
+
+    folder, output = str(tmp_path / "images"), str(tmp_path / "run")
+    write_digit_folder(folder, per_class=8)
+    _killed_run_on(folder, output)
+    extra = str(tmp_path / "more")
+    write_digit_folder(extra, per_class=1, offset=40)
+    added = os.path.join(folder, "digit_1", "extra.png")
+    import shutil
+
+    shutil.copy(
+        os.path.join(extra, "digit_1", os.listdir(os.path.join(extra, "digit_1"))[0]), added
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--resume", "--output", output])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert re.search(
+        r"train data \(.*images\): files 24 -> 25, bytes \d+ -> \d+, file names", error
+    )
+    os.remove(added)
+    assert cli.train_main(["--resume", "--output", output]) == 0
+    assert json.load(open(os.path.join(output, "results.json")))["epochs_done"] == 2
+
+
+def test_resume_with_more_epochs_is_refused_for_a_cosine_schedule(killed_copy, capsys):
+    config_path = os.path.join(killed_copy, "config.json")
+    before = open(config_path).read()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--resume", "--output", killed_copy, "--epochs", "5"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "epochs: 3 -> 5 (the cosine learning-rate schedule is laid out over the run's 3" in error
+    assert "only a run with schedule 'constant' may be given more epochs" in error
+    assert open(config_path).read() == before
+
+
+def test_resume_with_more_epochs_keeps_a_constant_schedule_smooth(tmp_path):
+    """Killed after epoch 1 of 2, resumed for 4: the learning rate of every step
+    is the warm-up-then-constant rate, computed here with NumPy."""
+    output = str(tmp_path / "run")
+    rate, steps_per_epoch, warmup_steps = 0.05, 2, 3
+    _killed_run_on(
+        "digits",
+        output,
+        train_size=32,
+        schedule="constant",
+        learning_rate=rate,
+        warmup_epochs=1.5,
+        tensorboard_update_freq=1,
+    )
+    assert cli.train_main(["--resume", "--output", output, "--epochs", "4", "--verbose", "0"]) == 0
+    import tensorflow as tf
+
+    folder = os.path.join(output, "tensorboard", "steps")
+    logged = {}
+    for name in sorted(event_files(folder)):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(folder, name)):
+            for value in event.summary.value:
+                if value.tag == "learning_rate":
+                    logged[event.step] = float(tf.make_ndarray(value.tensor))
+    steps = np.arange(1, 4 * steps_per_epoch + 1)  # the rate of the step after each
+    expected = np.where(steps < warmup_steps, rate * (steps + 1) / warmup_steps, rate)
+    assert sorted(logged) == list(steps)
+    np.testing.assert_allclose([logged[s] for s in steps], expected, rtol=1e-6)
+    saved = json.load(open(os.path.join(output, "config.json")))
+    assert (saved["epochs"], saved["schedule"]) == (4, "constant")
+
+
+def test_an_output_that_names_a_file_is_refused(tmp_path, capsys):
+    path = tmp_path / "notes.txt"
+    path.write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--output", str(path), "--epochs", "1", "--verbose", "0"])
+    assert exit_info.value.code == 2
+    assert f"--output {path} is a file, not a folder" in capsys.readouterr().err
+    assert path.read_text() == "mine"
+
+
+@pytest.fixture
+def disk(tmp_path):
+    """A folder that `make_read_only()` turns read-only for real: a tmpfs
+    remounted read-only when the tests run as root (root ignores file
+    modes), the write permission bits removed otherwise."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    root = os.geteuid() == 0
+    if root:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)], check=True)
+
+    def make_read_only():
+        if root:
+            subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        else:
+            for base, dirs, files in os.walk(folder):
+                for name in dirs + files + [""]:
+                    os.chmod(os.path.join(base, name), 0o555 if name in dirs + [""] else 0o444)
+
+    try:
+        yield folder, make_read_only
+    finally:
+        if root:
+            subprocess.run(["umount", str(folder)], check=True)
+        else:
+            for base, _, _ in os.walk(folder):
+                os.chmod(base, 0o755)
+
+
+def test_runs_on_a_read_only_disk_are_refused_in_one_sentence(disk, capsys):
+    disk, make_read_only = disk
+    finished, unfinished = str(disk / "finished"), str(disk / "unfinished")
+    small = ["--epochs", "1", "--train-size", "32", "--batch-size", "16", "--verbose", "0"]
+    assert cli.train_main(small + ["--method", "erm", "--output", finished]) == 0
+    results = json.load(open(os.path.join(finished, "results.json")))
+    _killed_run_on("digits", unfinished, train_size=32)
+    make_read_only()
+    capsys.readouterr()
+
+    # A finished run reads back: it needs to write nothing.
+    assert cli.train_main(["--resume", "--output", finished]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n\n")[0]) == results
+    for args, where in [
+        (small + ["--output", str(disk / "new")], disk / "new"),
+        (["--resume", "--output", unfinished], os.path.join(unfinished, "")),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.train_main(args)
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "Traceback" not in error, error
+        assert re.search(
+            rf"Cannot write the run's record at {re.escape(str(where))}.*: "
+            r"(Read-only file system|Permission denied): choose an --output on a writable disk",
+            error,
+        ), error

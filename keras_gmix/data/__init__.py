@@ -24,6 +24,10 @@ from keras_gmix.data.datasets import load_digits
 from keras_gmix.data.datasets import load_npz
 from keras_gmix.data.datasets import load_tfds
 from keras_gmix.data.download import DownloadUnavailableError
+from keras_gmix.data.fingerprint import data_fingerprint
+from keras_gmix.data.fingerprint import fingerprint_changes
+from keras_gmix.data.folder import COLOR_MODES
+from keras_gmix.data.folder import MAX_IMAGE_SIZE
 from keras_gmix.data.folder import ImageFiles
 from keras_gmix.data.folder import load_image_folder
 from keras_gmix.data.pipeline import AUGMENTATIONS
@@ -37,16 +41,20 @@ __all__ = [
     "CIFAR100_STD",
     "CIFAR10_MEAN",
     "CIFAR10_STD",
+    "COLOR_MODES",
     "DATASET_NAMES",
     "DATA_KEYS",
     "DataSplits",
     "DownloadUnavailableError",
     "ImageFiles",
+    "MAX_IMAGE_SIZE",
     "apply_crop_flip",
     "balanced_subset_indices",
     "compute_mean_std",
     "data_arguments",
+    "data_fingerprint",
     "draw_crop_flip",
+    "fingerprint_changes",
     "load_dataset",
     "load_digits",
     "load_image_folder",

@@ -9,6 +9,8 @@ folder: `ImageFiles`). Images are HWC: uint8 in [0, 255] for photographs
 
 import dataclasses
 import os
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -288,6 +290,88 @@ def load_digits(image_size=None, test_fraction=0.2):
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
+def check_splits(splits, source):
+    """Refuses splits that cannot train or test a classifier, whatever their source.
+
+    Each split must hold at least one example, and the training labels at
+    least two classes (one class makes the loss and the accuracy trivial,
+    and Keras then reports a shape error about the loss instead).
+
+    Args:
+        splits: a `DataSplits`.
+        source: how the user named the data (a path, a folder), for the message.
+    """
+    for split, size in (("training", splits.train_size), ("test", splits.test_size)):
+        if size == 0:
+            raise ValueError(
+                f"The {split} split of {source!r} holds no examples: give it at least one "
+                "(a folder held out needs two or more images in some class; an .npz file "
+                f"needs non-empty x_{'train' if split == 'training' else 'test'})."
+            )
+    classes = np.unique(splits.y_train)
+    if splits.num_classes < 2 or len(classes) < 2:
+        raise ValueError(
+            f"The training split of {source!r} holds {len(classes)} class(es) "
+            f"({classes.tolist()}): a classifier needs examples of at least two classes."
+        )
+
+
+def _check_npz_arrays(path, arrays):
+    """The arrays of an .npz data set: examples in both splits, finite pixels,
+    one image shape for both splits."""
+    for key in ("x_train", "x_test"):
+        x = arrays[key]
+        if not len(x):
+            raise ValueError(
+                f"In {path!r}, {key} holds no examples: both splits need at least one "
+                "image. Save the file again with examples in x_train and x_test."
+            )
+        if np.issubdtype(x.dtype, np.floating) and x.size:
+            bad = ~np.isfinite(x).reshape(len(x), -1).all(axis=1)
+            if bad.any():
+                raise ValueError(
+                    f"In {path!r}, {key} holds NaN or inf values in {int(bad.sum())} "
+                    f"image(s) (the first at index {int(np.flatnonzero(bad)[0])}): clean or "
+                    "drop them (e.g. np.nan_to_num) and save the file again."
+                )
+    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+        raise ValueError(
+            f"In {path!r}, the test images are {arrays['x_test'].shape[1:]} and the training "
+            f"images {arrays['x_train'].shape[1:]}: both splits must hold images of one "
+            "shape (H, W, C). Resize one of them and save the file again."
+        )
+
+
+def _read_npz(path):
+    """The arrays of `NPZ_KEYS` and `label_names` (or None) of an .npz file."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in NPZ_KEYS if k not in f.files]
+            if missing:
+                raise ValueError(
+                    f"The .npz file {path!r} lacks the arrays {missing}; it must "
+                    f"hold {list(NPZ_KEYS)}. Found: {sorted(f.files)}"
+                )
+            arrays = {k: f[k] for k in NPZ_KEYS}
+            label_names = f["label_names"] if "label_names" in f.files else None
+    except ValueError as error:
+        if "allow_pickle" not in str(error):
+            raise
+        # np.load reads a file that is no zip archive as a pickle, refused here.
+        raise ValueError(
+            f"The .npz file {path!r} holds object (pickled) arrays or is not an .npz "
+            "archive at all, and unpickling can run arbitrary code, so it is not loaded. "
+            "Save numeric arrays (uint8/float images, integer labels) and string label "
+            "names with dtype 'U' with np.savez."
+        ) from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise ValueError(
+            f"The .npz file {path!r} is unreadable (empty, truncated or not an .npz "
+            f"archive: {error or type(error).__name__}). Write it again with np.savez."
+        ) from None
+    return arrays, label_names
+
+
 def load_npz(path, num_classes=None, flip=True):
     """Loads arrays x_train, y_train, x_test, y_test from a `.npz` file.
 
@@ -308,25 +392,7 @@ def load_npz(path, num_classes=None, flip=True):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No such .npz file: {path!r}")
-    with np.load(path, allow_pickle=False) as f:
-        missing = [k for k in NPZ_KEYS if k not in f.files]
-        if missing:
-            raise ValueError(
-                f"The .npz file {path!r} lacks the arrays {missing}; it must "
-                f"hold {list(NPZ_KEYS)}. Found: {sorted(f.files)}"
-            )
-        try:
-            arrays = {k: f[k] for k in NPZ_KEYS}
-            label_names = f["label_names"] if "label_names" in f.files else None
-        except ValueError as error:
-            if "allow_pickle" not in str(error):
-                raise
-            raise ValueError(
-                f"The .npz file {path!r} holds object (pickled) arrays, and "
-                "unpickling can run arbitrary code, so it is not loaded. Save "
-                "numeric arrays (uint8/float images, integer labels) and string "
-                "label names with dtype 'U'."
-            ) from None
+    arrays, label_names = _read_npz(path)
     for split in ("train", "test"):
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.ndim == 3:
@@ -341,6 +407,7 @@ def load_npz(path, num_classes=None, flip=True):
             raise ValueError(
                 f"In {path!r}, y_{split} must hold integer class indices. Received dtype {y.dtype}."
             )
+    _check_npz_arrays(path, arrays)
     y_train = arrays["y_train"].astype(np.int64)
     y_test = arrays["y_test"].astype(np.int64)
     if num_classes is None:
@@ -389,6 +456,7 @@ DATA_KEYS = (
     "train_fraction",
     "train_size",
     "image_size",
+    "color_mode",
     "seed",
 )
 
@@ -423,6 +491,7 @@ def load_dataset(
     num_classes=None,
     flip=None,
     test_dataset=None,
+    color_mode="rgb",
 ):
     """Loads a data set by name, optionally keeping a class-balanced subset.
 
@@ -448,6 +517,8 @@ def load_dataset(
         test_dataset: str or None, folders only: a second folder of the same
             classes to test on. Defaults to None (a fixed stratified fifth of
             the folder is held out).
+        color_mode: str, folders only: `"rgb"` or `"grayscale"`, the mode
+            every image is converted to. Defaults to `"rgb"` (as Keras).
 
     Returns:
         A `DataSplits`. With a subset, each class keeps as equal a number of
@@ -471,6 +542,7 @@ def load_dataset(
     is_folder = name not in DATASET_NAMES and not name.endswith(".npz") and os.path.isdir(name)
     if not is_folder:
         _check_option("test_dataset", test_dataset, None, name, "folders of class subfolders")
+        _check_option("color_mode", color_mode, "rgb", name, "folders of class subfolders")
     if name.endswith(".npz"):
         _check_option("image_size", image_size, None, name, "'digits' and folders")
         splits = load_npz(
@@ -493,6 +565,7 @@ def load_dataset(
             image_size=image_size,
             test_directory=test_dataset,
             flip=True if flip is None else flip,
+            color_mode=color_mode,
         )
     else:
         raise ValueError(
@@ -500,6 +573,7 @@ def load_dataset(
             f"{list(DATASET_NAMES)}, a path ending in '.npz', or an existing "
             "folder with one subfolder of images per class."
         )
+    check_splits(splits, name)
     size = resolve_subset_size(
         splits.train_size, train_fraction=train_fraction, train_size=train_size
     )

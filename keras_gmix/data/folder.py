@@ -63,13 +63,46 @@ class ImageFiles:
         return f"ImageFiles({len(self)} files, image_shape={self.image_shape})"
 
 
+# `color_mode` -> channels: every image of a folder is converted to one mode
+# (as `keras.utils.image_dataset_from_directory`, rgb by default), whatever
+# its own (grayscale, grayscale + alpha, RGB, RGBA, a GIF's palette).
+COLOR_MODES = {"rgb": 3, "grayscale": 1}
+
+# The largest side `image_size` may ask for: one 4096 x 4096 RGB image is
+# 48 MiB as uint8 and 192 MiB as float32, so a batch of them is already more
+# than most machines hold; larger is a typo, refused before anything is read.
+MAX_IMAGE_SIZE = 4096
+
+
+def _to_channels(image, channels):
+    """uint8 [H, W, c] of any c in 1..4 as [H, W, channels] (1: luma, 3: RGB)."""
+    import tensorflow as tf
+
+    found = tf.shape(image)[-1]
+    if channels == 3:
+        return tf.cond(
+            found >= 3,
+            lambda: image[..., :3],
+            lambda: tf.image.grayscale_to_rgb(image[..., :1]),
+        )
+
+    def luma():
+        gray = tf.image.rgb_to_grayscale(tf.cast(image[..., :3], tf.float32))
+        return tf.cast(tf.round(tf.clip_by_value(gray, 0.0, 255.0)), tf.uint8)
+
+    return tf.cond(found >= 3, luma, lambda: image[..., :1])
+
+
 def decode_image(path, image_shape):
-    """Reads one image file as uint8 [H, W, C], resized (bilinear, as Keras'
-    loader) only when its size differs."""
+    """Reads one image file as uint8 [H, W, C], converted to C channels
+    (`COLOR_MODES`) and resized (bilinear, as Keras' loader) only when its
+    size differs."""
     import tensorflow as tf
 
     height, width, channels = image_shape
-    image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+    # channels=0: the file's own; a GIF refuses channels=1 at decoding.
+    image = tf.io.decode_image(tf.io.read_file(path), channels=0, expand_animations=False)
+    image = _to_channels(image, channels)
     image.set_shape([None, None, channels])
     same_size = tf.logical_and(tf.shape(image)[0] == height, tf.shape(image)[1] == width)
 
@@ -109,7 +142,45 @@ def _index(directory, class_names=None):
     # sit deeper); Keras lists classes in this order.
     roots = [os.path.relpath(p, directory).split(os.sep)[0] for p in paths]
     labels = np.asarray([names.index(r) for r in roots], dtype=np.int64)
+    empty = [name for i, name in enumerate(names) if not np.any(labels == i)]
+    if empty:
+        # Keras makes a class of an empty subfolder: a class no image teaches.
+        raise ValueError(
+            f"The class subfolders {empty} of {directory!r} hold no image files "
+            "(jpeg, png, bmp, gif): add their images, or remove the empty subfolders."
+        )
     return paths, labels, names
+
+
+def check_images(paths, image_shape):
+    """Refuses, before training, image files that cannot be read or decoded.
+
+    Every file is decoded once (in parallel), as the pipeline will; a
+    corrupt or truncated image would otherwise stop training (or, in the
+    test split, the first validation) with a decoder error that names no
+    file.
+
+    Raises:
+        ValueError: naming the unreadable files (the first ten) and the fix.
+    """
+    import tensorflow as tf
+
+    def readable(path):
+        return path, tf.shape(decode_image(path, image_shape))
+
+    decoded = (
+        tf.data.Dataset.from_tensor_slices(np.asarray(paths, dtype=str))
+        .map(readable, num_parallel_calls=tf.data.AUTOTUNE)
+        .ignore_errors()
+    )
+    good = {path.decode("utf-8") for path, _ in decoded.as_numpy_iterator()}
+    bad = [path for path in paths if path not in good]
+    if bad:
+        shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise ValueError(
+            f"{len(bad)} image file(s) cannot be read as images (corrupt, truncated or "
+            f"not an image): {shown}. Replace or delete them, then start again."
+        )
 
 
 def held_out_indices(labels, fraction, seed):
@@ -126,16 +197,22 @@ def held_out_indices(labels, fraction, seed):
     return np.sort(np.concatenate(held_out)) if held_out else np.zeros([0], np.int64)
 
 
-def _first_image_shape(path, image_size):
-    """`(H, W, C)` of the split: `image_size` squared (or the first image's
-    size), grayscale kept as 1 channel, alpha dropped."""
+def _image_shape(path, image_size, color_mode):
+    """`(H, W, C)` of the splits: `image_size` squared (or the size of the
+    image at `path`), with the channels of `color_mode`."""
     import tensorflow as tf
 
-    first = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
-    height, width, channels = first.shape
-    channels = 1 if channels in (1, 2) else 3
+    channels = COLOR_MODES[color_mode]
     if image_size is not None:
-        height = width = image_size
+        return int(image_size), int(image_size), channels
+    try:
+        first = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
+        raise ValueError(
+            f"The image file {path} cannot be read as an image ({error.message}): "
+            "replace or delete it, or give --image-size."
+        ) from None
+    height, width, _ = first.shape
     return int(height), int(width), channels
 
 
@@ -151,7 +228,7 @@ def _sample_mean_std(files, seed):
     return compute_mean_std(np.stack(list(images.as_numpy_iterator())))
 
 
-def load_image_folder(directory, image_size=None, test_directory=None, flip=True):
+def load_image_folder(directory, image_size=None, test_directory=None, flip=True, color_mode="rgb"):
     """Loads a folder of class subfolders as a `DataSplits` of `ImageFiles`.
 
     Args:
@@ -164,14 +241,25 @@ def load_image_folder(directory, image_size=None, test_directory=None, flip=True
             `directory`, drawn with the fixed `SPLIT_SEED`, is held out.
         flip: bool, whether a horizontal flip keeps the label. Defaults to
             True (natural images).
+        color_mode: `"rgb"` (3 channels) or `"grayscale"` (1): every image
+            is converted to it, whatever its own mode. Defaults to `"rgb"`,
+            as Keras' `image_dataset_from_directory`.
 
     Returns:
         A `DataSplits` whose `x_train` and `x_test` are `ImageFiles` (read
         as the pipeline streams), with `class_names`; mean and std are
         estimated from up to `STATS_SAMPLE` training images.
+
+    Raises:
+        ValueError: an empty class subfolder, or image files that cannot be
+            decoded (named, `check_images`).
     """
     from keras_gmix.data.datasets import DataSplits
 
+    if color_mode not in COLOR_MODES:
+        raise ValueError(
+            f"`color_mode` must be one of {list(COLOR_MODES)}. Received: color_mode={color_mode!r}"
+        )
     directory = os.fspath(directory)
     paths, labels, class_names = _index(directory)
     if test_directory is None:
@@ -187,7 +275,8 @@ def load_image_folder(directory, image_size=None, test_directory=None, flip=True
         train_paths, y_train = paths, labels
         # Keras refuses a test folder whose subfolders are not these classes.
         test_paths, y_test, _ = _index(os.fspath(test_directory), class_names=list(class_names))
-    image_shape = _first_image_shape(train_paths[0], image_size)
+    image_shape = _image_shape(train_paths[0], image_size, color_mode)
+    check_images(list(train_paths) + list(test_paths), image_shape)
     x_train = ImageFiles(train_paths, image_shape)
     mean, std = _sample_mean_std(x_train, SPLIT_SEED)
     return DataSplits(
