@@ -60,6 +60,7 @@ SETTINGS = (
     "perturb_every",
     "reuse_scale",
     "perturb_probability",
+    "perturb_from",
 )
 
 
@@ -126,6 +127,10 @@ class GMixModel(keras.Model):
         perturb_probability: p: each step is full with probability p,
             drawn from (seed, step). Not with `perturb_every > 1`.
             Defaults to `1.0`.
+        perturb_from: s: the late phase. Every step before the optimizer's
+            step s is cheap; from s on, full steps follow `perturb_every`
+            or `perturb_probability` (Zhou et al., ICLR 2025: SAM in the
+            last part of training only). Defaults to `0` (from the start).
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -161,6 +166,7 @@ class GMixModel(keras.Model):
         perturb_every=1,
         reuse_scale=0.0,
         perturb_probability=1.0,
+        perturb_from=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -191,14 +197,15 @@ class GMixModel(keras.Model):
         perturb_every, reuse_scale, perturb_probability = perturb_schedule.check_schedule(
             perturb_every, reuse_scale, perturb_probability
         )
+        perturb_from = perturb_schedule.check_perturb_from(perturb_from)
         scheduled = method in gradients.PERTURBED_METHODS and perturb_schedule.has_cheap_steps(
-            perturb_every, perturb_probability
+            perturb_every, perturb_probability, perturb_from
         )
         if scheduled and sync_perturbation:
             raise ValueError(
                 "`sync_perturbation=True` cannot be combined with a schedule "
-                "(`perturb_every > 1` or `perturb_probability < 1`): the all-reduce "
-                "of the ascent gradient would sit inside the branch of full steps, "
+                "(`perturb_every > 1`, `perturb_probability < 1` or `perturb_from > 0`): "
+                "the all-reduce of the ascent gradient would sit inside the branch of full steps, "
                 "where tf.distribute cannot synchronize replicas. Use one of the two."
             )
         if jit_gradients and sync_perturbation:
@@ -233,6 +240,7 @@ class GMixModel(keras.Model):
         self.perturb_every = perturb_every
         self.reuse_scale = reuse_scale
         self.perturb_probability = perturb_probability
+        self.perturb_from = perturb_from
         # Whether some steps are cheap (fixed at construction: the compiled
         # step is built for one schedule).
         self.scheduled = scheduled
@@ -362,6 +370,7 @@ class GMixModel(keras.Model):
             perturb_every=self.perturb_every,
             reuse_scale=self.reuse_scale,
             perturb_probability=self.perturb_probability,
+            perturb_from=self.perturb_from,
         )
         return config
 
@@ -737,6 +746,7 @@ class GMixModel(keras.Model):
                 self._base_seed,
                 self.perturb_every,
                 self.perturb_probability,
+                self.perturb_from,
             )
             result, plain_grads = self.scheduled_update(x, y_one_hot, sample_weight, loss_fn, full)
         else:
