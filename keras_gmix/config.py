@@ -167,6 +167,9 @@ class TrainConfig:
     # it on. A fraction in (0, 1) of the run's total steps is resolved into
     # a step when the run starts (and saved so in config.json).
     perturb_from: float = 0
+    # bgmix/dgmix: False trades one more forward pass for about half the
+    # working memory (the same update).
+    keep_first_pass: bool = True
     label_smoothing: float = 0.0
     seed: int = 0
     # TensorFlow's op determinism (process-wide, stays on): the same seed
@@ -315,6 +318,9 @@ FIELD_HELP = {
     "full steps (as --perturb-every / --perturb-probability say) from it on: a step "
     "(integer >= 0) or a fraction in [0, 1) of the run's total steps, e.g. 0.875 for "
     "the last 12.5% (resolved into a step and saved so in config.json).",
+    "keep_first_pass": "bgmix/dgmix: keep the first pass's tape for the flat subset's "
+    "gradient (2F+3B); --no-keep-first-pass gives the same update with one more forward "
+    "pass (3F+3B) and about sam's working memory instead of twice it.",
     "label_smoothing": "Label smoothing in [0, 1] of the cross-entropy (one-hot labels).",
     "seed": "Seed of initialization, shuffling, augmentation, mixing and subsets (0 to 2**32 - 1).",
     "deterministic": "Turn on TensorFlow's op determinism: the same seed gives the same "

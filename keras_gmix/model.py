@@ -61,6 +61,7 @@ SETTINGS = (
     "reuse_scale",
     "perturb_probability",
     "perturb_from",
+    "keep_first_pass",
 )
 
 
@@ -131,6 +132,11 @@ class GMixModel(keras.Model):
             step s is cheap; from s on, full steps follow `perturb_every`
             or `perturb_probability` (Zhou et al., ICLR 2025: SAM in the
             last part of training only). Defaults to `0` (from the start).
+        keep_first_pass: bgmix/dgmix keep the first forward pass's tape
+            through the perturbed pass, for the flat subset's gradient
+            (about twice sam's working memory). `False` gives the same
+            update with one more forward pass and about sam's memory.
+            Defaults to `True`.
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -167,6 +173,7 @@ class GMixModel(keras.Model):
         reuse_scale=0.0,
         perturb_probability=1.0,
         perturb_from=0,
+        keep_first_pass=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -181,13 +188,14 @@ class GMixModel(keras.Model):
         )
         alpha = mixing.check_alpha(alpha)
         mixing.check_mix(mix)
-        adaptive, per_example_lam, sync_perturbation, jit_gradients = (
+        adaptive, per_example_lam, sync_perturbation, jit_gradients, keep_first_pass = (
             checks.check_bool(name, value)
             for name, value in (
                 ("adaptive", adaptive),
                 ("per_example_lam", per_example_lam),
                 ("sync_perturbation", sync_perturbation),
                 ("jit_gradients", jit_gradients),
+                ("keep_first_pass", keep_first_pass),
             )
         )
         max_consecutive_skips = checks.check_number(
@@ -241,6 +249,7 @@ class GMixModel(keras.Model):
         self.reuse_scale = reuse_scale
         self.perturb_probability = perturb_probability
         self.perturb_from = perturb_from
+        self.keep_first_pass = keep_first_pass
         # Whether some steps are cheap (fixed at construction: the compiled
         # step is built for one schedule).
         self.scheduled = scheduled
@@ -371,6 +380,7 @@ class GMixModel(keras.Model):
             reuse_scale=self.reuse_scale,
             perturb_probability=self.perturb_probability,
             perturb_from=self.perturb_from,
+            keep_first_pass=self.keep_first_pass,
         )
         return config
 
@@ -511,6 +521,7 @@ class GMixModel(keras.Model):
             eta=self.eta,
             mean_over_replicas=distribute.mean_over_replicas if self.sync_perturbation else None,
             with_plain_grads=with_plain_grads,
+            keep_first_pass=self.keep_first_pass,
         )
         if not self.jit_gradients:
             return gradients.compute_update(

@@ -109,6 +109,7 @@ def build_model(config, splits, inner=None):
         reuse_scale=config.reuse_scale,
         perturb_probability=config.perturb_probability,
         perturb_from=config.perturb_from,
+        keep_first_pass=config.keep_first_pass,
     )
 
 
