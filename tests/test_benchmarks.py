@@ -97,13 +97,21 @@ def test_parse_dataset_refuses_unknown_keys(plan, key):
         ("gmix-k5", ("gmix", {"perturb_every": 5})),
         ("dgmix-k5-r0.3", ("dgmix", {"perturb_every": 5, "reuse_scale": 0.3})),
         ("gmix-p0.2", ("gmix", {"perturb_probability": 0.2})),
+        ("gmix-f0.875", ("gmix", {"perturb_from": 0.875})),
+        ("dgmix-f0.875-k5", ("dgmix", {"perturb_from": 0.875, "perturb_every": 5})),
+        ("dgmix-f4000", ("dgmix", {"perturb_from": 4000.0})),
+        ("bgmix-lean", ("bgmix", {"keep_first_pass": False})),
+        ("dgmix-k5-lean", ("dgmix", {"perturb_every": 5, "keep_first_pass": False})),
     ],
 )
 def test_parse_variant(plan, variant, expected):
     assert plan.parse_variant(variant) == expected
+    # A run's file name is the variant's name again.
+    method, schedule = expected
+    assert "-".join([method] + plan.variant_suffix(schedule)) == variant
 
 
-@pytest.mark.parametrize("variant", ["sgd", "gmix-x5", "gmix-"])
+@pytest.mark.parametrize("variant", ["sgd", "gmix-x5", "gmix-", "gmix-f", "gmix-fast", "gmix-kx"])
 def test_parse_variant_refuses_unknown_names(plan, variant):
     with pytest.raises(ValueError):
         plan.parse_variant(variant)
@@ -422,6 +430,8 @@ def test_the_committed_reports_are_rebuilt_from_the_committed_runs(report, tmp_p
         ("erm", ("erm", {})),
         ("gmix:k5", ("gmix", {"perturb_every": 5})),
         ("dgmix:k5-r0.3", ("dgmix", {"perturb_every": 5, "reuse_scale": 0.3})),
+        ("dgmix:lean", ("dgmix", {"keep_first_pass": False})),
+        ("bgmix:k5-lean", ("bgmix", {"perturb_every": 5, "keep_first_pass": False})),
     ],
 )
 def test_step_time_reads_schedules_as_generalization_does(generalization, spec, expected):
@@ -430,7 +440,9 @@ def test_step_time_reads_schedules_as_generalization_does(generalization, spec, 
     assert step_time.parse_method(spec) == expected
 
 
-@pytest.mark.parametrize("spec", ["gmix:k1", "gmix:p0.2", "gmix:r0.3", "gmix:x5", "adam:k5"])
+@pytest.mark.parametrize(
+    "spec", ["gmix:k1", "gmix:p0.2", "gmix:r0.3", "gmix:x5", "adam:k5", "gmix:f0.875-k5"]
+)
 def test_step_time_refuses_schedules_it_cannot_time(generalization, spec):
     import step_time
 
