@@ -317,7 +317,7 @@ FIELD_HELP = {
     "perturb_from": "Perturbed methods: the late phase. Steps before this one are plain, "
     "full steps (as --perturb-every / --perturb-probability say) from it on: a step "
     "(integer >= 0) or a fraction in [0, 1) of the run's total steps, e.g. 0.875 for "
-    "the last 12.5% (resolved into a step and saved so in config.json).",
+    "the last eighth (resolved into a step and saved so in config.json).",
     "keep_first_pass": "bgmix/dgmix: keep the first pass's tape for the flat subset's "
     "gradient (2F+3B); --no-keep-first-pass gives the same update with one more forward "
     "pass (3F+3B) and about sam's working memory instead of twice it.",
