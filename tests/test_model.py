@@ -519,11 +519,14 @@ def test_pass_counts(method, forward, backward, options):
 
 @pytest.mark.parametrize("method", gradients.PARTITIONED_METHODS)
 @pytest.mark.parametrize(
-    "schedule", [{}, {"perturb_every": 2, "reuse_scale": 0.3}], ids=["full", "schedule"]
+    "schedule",
+    [{}, {"perturb_every": 2, "reuse_scale": 0.3}, {"jit_gradients": True}],
+    ids=["full", "schedule", "xla"],
 )
 def test_fit_with_keep_first_pass_false_trains_as_the_kept_tape(method, schedule):
     """Several fit steps of a BatchNorm + dropout model: the memory-lean step
-    ends with the same weights, BatchNorm statistics and logs (float tolerance)."""
+    ends with the same weights, BatchNorm statistics and logs (float
+    tolerance); also when XLA compiles both steps."""
     x, y = data(n=64)
     histories, variables = [], []
     for keep_first_pass in (True, False):
