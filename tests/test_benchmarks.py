@@ -231,13 +231,24 @@ class Killed(Exception):
     pass
 
 
+# The late phase too: killed before epoch 1's checkpoint, the resumed run
+# starts at epoch 1 and crosses the switch (step 2 of 4 epochs) in epoch 2.
+@pytest.mark.parametrize("schedule", [None, {"perturb_from": 0.5}], ids=["full", "late_phase"])
 def test_a_killed_resumable_run_resumes_and_ends_as_an_uninterrupted_one(
-    generalization, tmp_path, monkeypatch
+    generalization, tmp_path, monkeypatch, schedule
 ):
     epochs = 4
     task = tiny_cifar_task(generalization, epochs)
     run = lambda backup: generalization.train_run(  # noqa: E731
-        task, "gmix", 0, epochs, 0.05, 0.2, eigen=False, backup_dir=str(backup)
+        task,
+        "gmix",
+        0,
+        epochs,
+        0.05,
+        0.2,
+        eigen=False,
+        backup_dir=str(backup),
+        step_schedule=schedule,
     )
     whole = run(tmp_path / "whole")
 
@@ -279,6 +290,11 @@ def test_a_killed_resumable_run_resumes_and_ends_as_an_uninterrupted_one(
     np.testing.assert_allclose(resumed["test_loss"], whole["test_loss"], rtol=1e-5)
     assert resumed["cpu_seconds"] > 0 and len(resumed["history"]["cpu_seconds"]) == epochs
     assert resumed["config"]["training_stream"] == "keyed by (seed, epoch), resumable"
+    if schedule:
+        steps = len(task.y_train) // task.budget["batch_size"]  # 3 per epoch
+        assert resumed["method"] == "gmix-f0.5"
+        assert resumed["config"]["perturb_from_step"] == epochs * steps // 2 == 6
+        assert resumed["history"]["full_step"] == whole["history"]["full_step"] == [0, 0, 1, 1]
 
 
 def test_only_the_5438_set_is_resumable(plan):
