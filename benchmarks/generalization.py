@@ -54,6 +54,7 @@ from generalization_plan import (  # noqa: E402  (after the sys.path line)
     parse_dataset,
     parse_variant,
     run_dir,
+    variant_suffix,
     sweep_dataset,
     sweep_path,
     sweep_plan,
@@ -261,7 +262,7 @@ def train_run(
     result = {
         "dataset": task.name,
         "subset": task.subset,
-        "method": method + "".join(f"-{k}" for k in _variant_suffix(step_schedule)),
+        "method": "-".join([method] + variant_suffix(step_schedule)),
         "seed": seed,
         "config": {
             "epochs": epochs,
@@ -273,6 +274,12 @@ def train_run(
             "alpha": alpha,
             "sensitive_fraction": config.sensitive_fraction,
             **({"schedule": step_schedule} if step_schedule else {}),
+            # A fraction of the run resolved into the step it names.
+            **(
+                {"perturb_from_step": model.perturb_from}
+                if "perturb_from" in (step_schedule or {})
+                else {}
+            ),
             "model": "mnist1d_cnn" if task.name == "mnist1d" else f"{budget['model']} (fused BN)",
             "augment": "none" if task.name == "mnist1d" else "standard (pad 4, crop, flip)",
             "training_stream": "seeded reshuffle every epoch"
@@ -318,11 +325,6 @@ def train_run(
             "seconds": round(time.time() - start, 1),
         }
     return result
-
-
-def _variant_suffix(schedule):
-    letters = {"perturb_every": "k", "reuse_scale": "r", "perturb_probability": "p"}
-    return [f"{letters[key]}{value:g}" for key, value in (schedule or {}).items()]
 
 
 def claim(path):

@@ -25,13 +25,26 @@ def __getattr__(name):
 GMIX_FAMILY = ("gmix", "bgmix", "dgmix")
 BASELINES = {"mixup": "Mixup", "sam": "SAM"}
 # Efficient schedules (SPEC.md section 4b) of the G-Mix family, named
-# METHOD-kK (perturb_every=K), METHOD-kK-rA (and reuse_scale=A) or METHOD-pP
-# (perturb_probability=P); they train with their full method's (rho, alpha).
+# METHOD-kK (perturb_every=K), METHOD-kK-rA (and reuse_scale=A), METHOD-pP
+# (perturb_probability=P) or METHOD-fF (perturb_from=F: a step, or a
+# fraction of the run's steps; combines with kK); they train with their full
+# method's (rho, alpha).
 SCHEDULE_VARIANTS = tuple(
     f"{method}-{suffix}"
     for method in ("gmix", "dgmix")
-    for suffix in ("k5", "k10", "k5-r0.1", "k5-r0.3", "p0.2")
+    for suffix in ("k5", "k10", "k5-r0.1", "k5-r0.3", "p0.2", "f0.875", "f0.875-k5")
 )
+# The letter of each schedule setting in a variant's name, and its type.
+SCHEDULE_PARTS = {
+    "k": ("perturb_every", int),
+    "r": ("reuse_scale", float),
+    "p": ("perturb_probability", float),
+    "f": ("perturb_from", float),
+}
+# Parts that are a whole word: options of the step that are not a schedule.
+# "lean": bgmix/dgmix without pass 1's tape held through pass 2 (SPEC.md
+# section 4b, "Memory").
+FLAG_PARTS = {"lean": ("keep_first_pass", False)}
 DATASETS = ("mnist1d", "cifar10_partial:2500", "cifar10_partial:5438")
 # The budget of each data set: the same for every method. Why each budget
 # is what it is: benchmarks/README.md, "Why these budgets" (the report quotes it).
@@ -68,7 +81,11 @@ BUDGETS = {
 
 
 def parse_variant(name):
-    """`"dgmix-k5-r0.3"` -> ("dgmix", {"perturb_every": 5, "reuse_scale": 0.3}); a plain method -> (name, {})."""
+    """`"dgmix-k5-r0.3"` -> ("dgmix", {"perturb_every": 5, "reuse_scale": 0.3}); a plain method -> (name, {}).
+
+    `"gmix-f0.875"` -> ("gmix", {"perturb_from": 0.875}); `"dgmix-lean"` ->
+    ("dgmix", {"keep_first_pass": False}).
+    """
     from keras_gmix.gradients import METHODS
 
     method, *parts = name.split("-")
@@ -76,18 +93,32 @@ def parse_variant(name):
         raise ValueError(
             f"Unknown method {name!r}: one of {METHODS}, or a schedule like 'gmix-k5'."
         )
-    keys = {
-        "k": ("perturb_every", int),
-        "r": ("reuse_scale", float),
-        "p": ("perturb_probability", float),
-    }
     schedule = {}
     for part in parts:
-        if not part or part[0] not in keys:
-            raise ValueError(f"Unknown schedule part {part!r} in {name!r}: kK, rA or pP.")
-        key, kind = keys[part[0]]
-        schedule[key] = kind(part[1:])
+        if part in FLAG_PARTS:
+            key, value = FLAG_PARTS[part]
+            schedule[key] = value
+            continue
+        if not part or part[0] not in SCHEDULE_PARTS:
+            raise ValueError(f"Unknown schedule part {part!r} in {name!r}: kK, rA, pP, fF or lean.")
+        key, kind = SCHEDULE_PARTS[part[0]]
+        try:
+            schedule[key] = kind(part[1:])
+        except ValueError:
+            raise ValueError(
+                f"Schedule part {part!r} in {name!r} needs a number after {part[0]!r}."
+            ) from None
     return method, schedule
+
+
+def variant_suffix(schedule):
+    """The name parts of a parsed schedule, in order: the inverse of `parse_variant`."""
+    letters = {key: letter for letter, (key, _) in SCHEDULE_PARTS.items()}
+    words = {setting: word for word, setting in FLAG_PARTS.items()}
+    return [
+        words[(key, value)] if (key, value) in words else f"{letters[key]}{value:g}"
+        for key, value in (schedule or {}).items()
+    ]
 
 
 def budget_epochs(name, subset):

@@ -101,12 +101,17 @@ def parse_method(spec):
         if name not in methods:
             raise ValueError(name)
         options = parse_variant(f"{name}-{schedule}")[1] if schedule else {}
-        if schedule and (options.get("perturb_every", 1) < 2 or "perturb_probability" in options):
+        # Timed: every k-th step full (k >= 2), or all steps alike with an
+        # option of the step (`lean`); not the random or late schedules.
+        every_kth = options.get("perturb_every", 1) >= 2 and not (
+            {"perturb_probability", "perturb_from"} & set(options)
+        )
+        if schedule and not (every_kth or set(options) <= {"keep_first_pass"}):
             raise ValueError(schedule)
     except ValueError:
         raise ValueError(
-            f"unknown method {spec!r}; choose from {methods}, optionally with ':kK' or "
-            "':kK-rA' (k >= 2; e.g. gmix:k5, dgmix:k5-r0.3)"
+            f"unknown method {spec!r}; choose from {methods}, optionally with ':kK', "
+            "':kK-rA' (k >= 2) or ':lean' (e.g. gmix:k5, dgmix:k5-r0.3, dgmix:lean)"
         ) from None
     return name, options
 

@@ -18,6 +18,7 @@ from typing import Optional
 from keras_gmix import checks
 from keras_gmix import data as data_lib
 from keras_gmix import models as models_lib
+from keras_gmix import perturb_schedule
 from keras_gmix import records
 from keras_gmix.gradients import METHODS
 
@@ -176,6 +177,13 @@ class TrainConfig:
     perturb_every: int = 1
     reuse_scale: float = 0.0
     perturb_probability: float = 1.0
+    # The late phase: cheap steps before this step, the schedule above from
+    # it on. A fraction in (0, 1) of the run's total steps is resolved into
+    # a step when the run starts (and saved so in config.json).
+    perturb_from: float = 0
+    # bgmix/dgmix: False trades one more forward pass for about half the
+    # working memory (the same update).
+    keep_first_pass: bool = True
     label_smoothing: float = 0.0
     seed: int = 0
     # TensorFlow's op determinism (process-wide, stays on): the same seed
@@ -201,7 +209,9 @@ class TrainConfig:
             value = getattr(self, field.name)
             if optional and value is None:
                 continue
-            if kind is bool:
+            if field.name == "perturb_from":  # a step (int) or a fraction (float)
+                value = perturb_schedule.check_perturb_from_setting(value)
+            elif kind is bool:
                 value = checks.check_bool(field.name, value)
             elif kind in (int, float):
                 value = checks.check_number(
@@ -327,6 +337,13 @@ FIELD_HELP = {
     "scaled to this times ||g|| (LookSAM; >= 0, 0 is off).",
     "perturb_probability": "Perturbed methods: probability in (0, 1] that a step is full, "
     "drawn from (seed, step); not with --perturb-every > 1.",
+    "perturb_from": "Perturbed methods: the late phase. Steps before this one are plain, "
+    "full steps (as --perturb-every / --perturb-probability say) from it on: a step "
+    "(integer >= 0) or a fraction in [0, 1) of the run's total steps, e.g. 0.875 for "
+    "the last eighth (resolved into a step and saved so in config.json).",
+    "keep_first_pass": "bgmix/dgmix: keep the first pass's tape for the flat subset's "
+    "gradient (2F+3B); --no-keep-first-pass gives the same update with one more forward "
+    "pass (3F+3B) and about sam's working memory instead of twice it.",
     "label_smoothing": "Label smoothing in [0, 1] of the cross-entropy (one-hot labels).",
     "seed": "Seed of initialization, shuffling, augmentation, mixing and subsets (0 to 2**32 - 1).",
     "deterministic": "Turn on TensorFlow's op determinism: the same seed gives the same "
@@ -344,6 +361,15 @@ FIELD_HELP = {
     "flatness_examples": "Held-out (test) examples the flatness measures use.",
     "verbose": "Keras fit's verbosity: 0 silent, 1 progress bar, 2 one line per epoch.",
 }
+
+
+def resolve_perturb_from(config, steps_per_epoch):
+    """`config` with `perturb_from` as a step: a fraction of the run's total
+    steps (epochs x steps_per_epoch) is resolved, a step stays."""
+    total_steps = config.epochs * steps_per_epoch
+    return dataclasses.replace(
+        config, perturb_from=perturb_schedule.resolve_perturb_from(config.perturb_from, total_steps)
+    )
 
 
 def _parse_config_text(path, text):

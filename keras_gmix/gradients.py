@@ -21,7 +21,9 @@ draw the same dropout masks.
 
 Pass counts: erm/mixup 1 forward + 1 backward; sam/gmix 2F + 2B;
 bgmix/dgmix 2F + 3B, the third backward pass running through the first
-forward pass again (its tape is kept) for the flat subset.
+forward pass again (its tape is kept) for the flat subset. With
+`keep_first_pass=False` bgmix/dgmix make 3F + 3B instead and hold about one
+tape at a time, as sam does (SPEC.md section 4b, "Memory").
 """
 
 from typing import NamedTuple
@@ -112,6 +114,7 @@ def compute_update(
     state=None,
     with_plain_grads=False,
     reduction="sum_over_batch_size",
+    keep_first_pass=True,
 ):
     """One step's update gradient, statistics and new non-trainable state.
 
@@ -139,6 +142,12 @@ def compute_update(
             reduction in Keras (`losses.objective_scales`): the sharp and
             flat subsets' sums are scaled alike. Defaults to
             `"sum_over_batch_size"` (the batch mean).
+        keep_first_pass: bgmix/dgmix: keep pass 1's tape through the
+            perturbed pass (2F + 3B, about two tapes of memory). `False`
+            takes s_i from a forward pass at w + eps without a tape, the
+            flat subset's gradient through pass 1's tape, frees it, and
+            then runs the perturbed pass with its tape: the same update
+            for 3F + 3B and about one tape. Defaults to `True`.
 
     Returns:
         A `StepResult`.
@@ -200,20 +209,43 @@ def compute_update(
     eps = pt.perturbation(weights, ascent, rho, adaptive=adaptive, eta=eta)
     perturbed_weights = pt.add(weights, eps)
 
-    # Forward and backward pass 2, at w + eps, from the same starting state
-    # (same dropout masks); its BatchNorm statistics are dropped.
+    def losses_at(values):
+        # At w + eps, from the same starting state (same dropout masks); the
+        # BatchNorm statistics of this pass are dropped.
+        y_pred_eps, _ = inner.stateless_call(values, state, x, **training)
+        return _per_example(loss_fn, y, y_pred_eps, sample_weight)
+
+    g_flat = None
+    if partitioned and not keep_first_pass:
+        # Memory-lean: the partition from a forward pass without a tape, the
+        # flat subset's gradient through pass 1, whose tape is then freed
+        # before the perturbed pass runs again, with its tape.
+        losses_at_eps = losses_at(perturbed_weights)
+        sharp = partition.sharp_mask(losses_at_eps - losses_at_w, sensitive_fraction)
+        g_flat = _gradient(
+            tape, scaled_losses_at_w, weights, output_gradients=(1.0 - sharp) * scale
+        )
+        del tape
+        # In a graph nothing else orders the taped pass after the flat
+        # gradient: TensorFlow could run both at once and hold both tapes.
+        with tf.control_dependencies(g_flat):
+            perturbed_weights = [tf.identity(w) for w in perturbed_weights]
+
+    # Forward and backward pass 2, at w + eps.
     with tf.GradientTape() as perturbed_tape:
         perturbed_tape.watch(perturbed_weights)
-        y_pred_eps, _ = inner.stateless_call(perturbed_weights, state, x, **training)
-        losses_at_eps = _per_example(loss_fn, y, y_pred_eps, sample_weight)
-        sensitivity = tf.stop_gradient(losses_at_eps - losses_at_w)
-        if partitioned:
-            sharp = partition.sharp_mask(sensitivity, sensitive_fraction)
-            # Both subsets are scaled as the whole batch is (1/n by default).
-            target = scale_loss(tf.reduce_sum(sharp * losses_at_eps) * scale)
-        else:
-            target = scale_loss(tf.reduce_sum(losses_at_eps) * scale)
+        taped_losses_at_eps = losses_at(perturbed_weights)
+        if g_flat is None:
+            losses_at_eps = taped_losses_at_eps
+            if partitioned:
+                sharp = partition.sharp_mask(
+                    tf.stop_gradient(losses_at_eps - losses_at_w), sensitive_fraction
+                )
+        # Both subsets are scaled as the whole batch is (1/n by default).
+        weighted = sharp * taped_losses_at_eps if partitioned else taped_losses_at_eps
+        target = scale_loss(tf.reduce_sum(weighted) * scale)
     g_sharp = _gradient(perturbed_tape, target, perturbed_weights)
+    sensitivity = tf.stop_gradient(losses_at_eps - losses_at_w)
 
     # Like "loss" (and Keras' own loss), perturbed_loss includes the
     # regularizers at w; with the default reduction, sharpness (the mean
@@ -226,10 +258,12 @@ def compute_update(
     )
 
     if partitioned:
-        # Backward pass 3, through pass 1 again: the flat subset at w.
-        flat = 1.0 - sharp
-        g_flat = _gradient(tape, scaled_losses_at_w, weights, output_gradients=flat * scale)
-        del tape
+        if g_flat is None:
+            # Backward pass 3, through pass 1 again: the flat subset at w.
+            g_flat = _gradient(
+                tape, scaled_losses_at_w, weights, output_gradients=(1.0 - sharp) * scale
+            )
+            del tape
         stats.update(
             sensitive_fraction=tf.reduce_mean(sharp),
             grad_cosine=partition.cosine(g_sharp, g_flat),
@@ -265,6 +299,7 @@ def update_gradients(
     adaptive=False,
     eta=0.01,
     sample_weight=None,
+    keep_first_pass=True,
 ):
     """The update gradient of one G-Mix family step, without applying it.
 
@@ -287,6 +322,9 @@ def update_gradients(
         adaptive: ASAM perturbation. Defaults to `False`.
         eta: ASAM offset. Defaults to `0.01`.
         sample_weight: optional per-example weights. Defaults to `None`.
+        keep_first_pass: bgmix/dgmix: `False` trades one more forward
+            pass for about half the working memory (the same update).
+            Defaults to `True`.
 
     Returns:
         `(grads, stats)`: grads aligned with `inner.trainable_variables`;
@@ -319,6 +357,7 @@ def update_gradients(
         eta=eta,
         sample_weight=sample_weight,
         reduction=losses_lib.reduction_of(loss),
+        keep_first_pass=checks.check_bool("keep_first_pass", keep_first_pass),
     )
     stats = result.stats
     if tf.executing_eagerly():

@@ -62,6 +62,8 @@ SETTINGS = (
     "perturb_every",
     "reuse_scale",
     "perturb_probability",
+    "perturb_from",
+    "keep_first_pass",
 )
 
 
@@ -128,6 +130,15 @@ class GMixModel(keras.Model):
         perturb_probability: p: each step is full with probability p,
             drawn from (seed, step). Not with `perturb_every > 1`.
             Defaults to `1.0`.
+        perturb_from: s: the late phase. Every step before the optimizer's
+            step s is cheap; from s on, full steps follow `perturb_every`
+            or `perturb_probability` (Zhou et al., ICLR 2025: SAM in the
+            last part of training only). Defaults to `0` (from the start).
+        keep_first_pass: bgmix/dgmix keep the first forward pass's tape
+            through the perturbed pass, for the flat subset's gradient
+            (about twice sam's working memory). `False` gives the same
+            update with one more forward pass and about sam's memory.
+            Defaults to `True`.
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -163,6 +174,8 @@ class GMixModel(keras.Model):
         perturb_every=1,
         reuse_scale=0.0,
         perturb_probability=1.0,
+        perturb_from=0,
+        keep_first_pass=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -177,13 +190,14 @@ class GMixModel(keras.Model):
         )
         alpha = mixing.check_alpha(alpha)
         mixing.check_mix(mix)
-        adaptive, per_example_lam, sync_perturbation, jit_gradients = (
+        adaptive, per_example_lam, sync_perturbation, jit_gradients, keep_first_pass = (
             checks.check_bool(name, value)
             for name, value in (
                 ("adaptive", adaptive),
                 ("per_example_lam", per_example_lam),
                 ("sync_perturbation", sync_perturbation),
                 ("jit_gradients", jit_gradients),
+                ("keep_first_pass", keep_first_pass),
             )
         )
         max_consecutive_skips = checks.check_number(
@@ -193,14 +207,15 @@ class GMixModel(keras.Model):
         perturb_every, reuse_scale, perturb_probability = perturb_schedule.check_schedule(
             perturb_every, reuse_scale, perturb_probability
         )
+        perturb_from = perturb_schedule.check_perturb_from(perturb_from)
         scheduled = method in gradients.PERTURBED_METHODS and perturb_schedule.has_cheap_steps(
-            perturb_every, perturb_probability
+            perturb_every, perturb_probability, perturb_from
         )
         if scheduled and sync_perturbation:
             raise ValueError(
                 "`sync_perturbation=True` cannot be combined with a schedule "
-                "(`perturb_every > 1` or `perturb_probability < 1`): the all-reduce "
-                "of the ascent gradient would sit inside the branch of full steps, "
+                "(`perturb_every > 1`, `perturb_probability < 1` or `perturb_from > 0`): "
+                "the all-reduce of the ascent gradient would sit inside the branch of full steps, "
                 "where tf.distribute cannot synchronize replicas. Use one of the two."
             )
         if jit_gradients and sync_perturbation:
@@ -235,6 +250,8 @@ class GMixModel(keras.Model):
         self.perturb_every = perturb_every
         self.reuse_scale = reuse_scale
         self.perturb_probability = perturb_probability
+        self.perturb_from = perturb_from
+        self.keep_first_pass = keep_first_pass
         # Whether some steps are cheap (fixed at construction: the compiled
         # step is built for one schedule).
         self.scheduled = scheduled
@@ -509,6 +526,8 @@ class GMixModel(keras.Model):
             perturb_every=self.perturb_every,
             reuse_scale=self.reuse_scale,
             perturb_probability=self.perturb_probability,
+            perturb_from=self.perturb_from,
+            keep_first_pass=self.keep_first_pass,
         )
         return config
 
@@ -613,6 +632,7 @@ class GMixModel(keras.Model):
             eta=self.eta,
             mean_over_replicas=distribute.mean_over_replicas if self.sync_perturbation else None,
             with_plain_grads=with_plain_grads,
+            keep_first_pass=self.keep_first_pass,
         )
         if not self.jit_gradients:
             return gradients.compute_update(
@@ -878,6 +898,7 @@ class GMixModel(keras.Model):
             self._base_seed,
             self.perturb_every,
             self.perturb_probability,
+            self.perturb_from,
         )
         result, plain_grads = self.scheduled_update(
             x, y_one_hot, sample_weight, loss_fn, full, reduction

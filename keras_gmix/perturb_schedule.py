@@ -11,8 +11,8 @@ that is orthogonal to its plain gradient (LookSAM's idea):
     on a cheap step: g + reuse_scale * (||g|| / ||v||) v  (g when v == 0)
 
 Which steps are full is a pure function of the optimizer's step counter
-(every k-th step) or of (seed, step) (with probability p), so every replica
-and a resumed run make the same choice.
+(every k-th step, from a first step on) or of (seed, step) (with
+probability p), so every replica and a resumed run make the same choice.
 
 Everything here is a pure function of tensors (no variable is read or
 written), so that it moves to another backend unchanged in meaning.
@@ -22,7 +22,12 @@ References:
       Minimization", CVPR 2022, https://arxiv.org/abs/2203.02714
     - RST: Zhao et al., "Randomized Sharpness-Aware Training for Boosting
       Computational Efficiency in Deep Learning", 2022
+    - Late phase: Zhou et al., "Sharpness-Aware Minimization Efficiently
+      Selects Flatter Minima Late in Training", ICLR 2025,
+      https://arxiv.org/abs/2410.10373
 """
+
+import math
 
 import tensorflow as tf
 
@@ -67,12 +72,49 @@ def check_schedule(perturb_every, reuse_scale, perturb_probability):
     return perturb_every, reuse_scale, perturb_probability
 
 
-def has_cheap_steps(perturb_every, perturb_probability):
+PERTURB_FROM_MEANING = "the first step that may be a full step; 0: from the start"
+PERTURB_FROM_SETTING = "a step (an integer >= 0) or a fraction of the run's total steps in [0, 1)"
+
+
+def check_perturb_from(perturb_from):
+    """Checks GMixModel's `perturb_from`, a step (int >= 0); returns it as an int."""
+    return checks.check_number(
+        "perturb_from", perturb_from, low=0, integer=True, meaning=PERTURB_FROM_MEANING
+    )
+
+
+def check_perturb_from_setting(perturb_from):
+    """Checks a run's `perturb_from` (config file, CLI): a step, or a fraction
+    of the run's steps. Returns an int step, or a float fraction in (0, 1).
+
+    A whole number >= 1 is a step (`1.0` from a float flag is step 1);
+    a number in [0, 1) is a fraction (`0` is step 0 either way).
+    """
+    value = checks.check_number("perturb_from", perturb_from, low=0, meaning=PERTURB_FROM_SETTING)
+    if value >= 1 and value != int(value):
+        raise ValueError(
+            f"Argument `perturb_from` must be {PERTURB_FROM_SETTING}, e.g. 0.875 "
+            f"(the last 12.5% of the steps) or 5000. Received: perturb_from={perturb_from!r}"
+        )
+    return value if 0 < value < 1 else int(value)
+
+
+def resolve_perturb_from(perturb_from, total_steps):
+    """The step a run's `perturb_from` names: a fraction f of `total_steps`
+    becomes floor(f * total_steps) (so the perturbed phase is at least the
+    last 1 - f of the steps); a step stays what it is."""
+    perturb_from = check_perturb_from_setting(perturb_from)
+    if isinstance(perturb_from, float):
+        return int(math.floor(perturb_from * total_steps))
+    return perturb_from
+
+
+def has_cheap_steps(perturb_every, perturb_probability, perturb_from=0):
     """Whether a schedule skips the perturbation on some steps."""
-    return perturb_every > 1 or perturb_probability < 1
+    return perturb_every > 1 or perturb_probability < 1 or perturb_from > 0
 
 
-def is_full_step(step, seed, perturb_every=1, perturb_probability=1.0):
+def is_full_step(step, seed, perturb_every=1, perturb_probability=1.0, perturb_from=0):
     """Whether step `step` (0-based, global) is a full step: a scalar bool tensor.
 
     Args:
@@ -81,6 +123,8 @@ def is_full_step(step, seed, perturb_every=1, perturb_probability=1.0):
         perturb_every: k; step t is full when t mod k == 0.
         perturb_probability: p; step t is full with probability p, drawn
             from (seed, t) alone.
+        perturb_from: s; every step t < s is cheap, whatever k or p say
+            (the late phase).
     """
     step = tf.cast(step, tf.int64)
     if perturb_probability < 1:
@@ -89,8 +133,12 @@ def is_full_step(step, seed, perturb_every=1, perturb_probability=1.0):
             tf.cast(pair, tf.int32), _FULL_STEP_STREAM, alg=mixing.RNG_ALG
         )
         # mixing.uniform: the same draw in graph mode and under XLA.
-        return mixing.uniform([], stream) < perturb_probability
-    return tf.equal(step % perturb_every, 0)
+        full = mixing.uniform([], stream) < perturb_probability
+    else:
+        full = tf.equal(step % perturb_every, 0)
+    if perturb_from > 0:  # no op at all for s = 0: the schedules stay bit for bit
+        full = tf.logical_and(full, step >= perturb_from)
+    return full
 
 
 def orthogonal_part(update, plain):

@@ -49,21 +49,32 @@ METHOD_COLORS = {
 }
 # Marker of each schedule of the benchmarks (the name after the method); a
 # full method is a filled circle, a schedule not listed here an open circle.
-SCHEDULE_MARKERS = {"k5": "s", "k10": "D", "k5-r0.1": "^", "k5-r0.3": "v", "p0.2": "X"}
+SCHEDULE_MARKERS = {
+    "k5": "s",
+    "k10": "D",
+    "k5-r0.1": "^",
+    "k5-r0.3": "v",
+    "p0.2": "X",
+    "f0.875": "P",
+    "f0.875-k5": "*",
+}
 # Curves whose name is no method (model folders, seeds): the tab10 colours
 # no method uses, repeated after the fourth.
 OTHER_COLORS = ("tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 # Lines that are no method's (frontier, a single unnamed curve): black.
 NEUTRAL_COLOR = "k"
 
-_SCHEDULE_PART = re.compile(r"[krp][0-9.]+")
+# The parts of benchmarks/generalization_plan.py's variant names: kK, rA,
+# pP, fF (perturb_from) and "lean" (keep_first_pass=False).
+_SCHEDULE_PART = re.compile(r"[krpf][0-9.]+|lean")
 
 
 def split_method(name):
     """`"dgmix-k5-r0.3"` -> `("dgmix", "k5-r0.3")`, `"gmix"` -> `("gmix", "")`.
 
     Returns `None` when `name` is neither a method nor a method followed by
-    schedule parts (`kK`, `rA`, `pP`), e.g. a model folder `"erm-seed0"`.
+    schedule parts (`kK`, `rA`, `pP`, `fF`, `lean`), e.g. a model folder
+    `"erm-seed0"`.
     """
     method, *parts = str(name).split("-")
     if method not in METHOD_COLORS or not all(_SCHEDULE_PART.fullmatch(p) for p in parts):

@@ -53,6 +53,7 @@ from keras_gmix import data as data_lib
 from keras_gmix import layers as layers_lib
 from keras_gmix import models as models_lib
 from keras_gmix import records
+from keras_gmix.gradients import PERTURBED_METHODS
 from keras_gmix.schedules import LinearWarmup, learning_rate_schedule  # noqa: F401  (re-exported)
 from keras_gmix.config import TrainConfig  # noqa: F401  (re-exported: what `run` takes)
 from keras_gmix.model import GMixModel
@@ -111,6 +112,8 @@ def build_model(config, splits, inner=None):
         perturb_every=config.perturb_every,
         reuse_scale=config.reuse_scale,
         perturb_probability=config.perturb_probability,
+        perturb_from=config.perturb_from,
+        keep_first_pass=config.keep_first_pass,
     )
 
 
@@ -118,9 +121,10 @@ def build_compiled_model(config, splits, steps_per_epoch, inner=None):
     """The GMixModel of `config`, compiled with its optimizer, schedule and loss.
 
     Call it inside the strategy's scope. With `label_smoothing`, the loss
-    expects one-hot labels. `inner`: as in `build_model`.
+    expects one-hot labels. `inner`: as in `build_model`. A `perturb_from`
+    given as a fraction of the run is resolved with `steps_per_epoch`.
     """
-    model = build_model(config, splits, inner)
+    model = build_model(config_lib.resolve_perturb_from(config, steps_per_epoch), splits, inner)
     optimizer = keras.optimizers.SGD(
         learning_rate_schedule(config, steps_per_epoch),
         momentum=config.momentum,
@@ -378,6 +382,18 @@ def _run(config, output, backup_dir, results_path, strategy, extra_callbacks):
         splits, config.batch_size, augment=config.augment, seed=config.seed, start_epoch=start_epoch
     )
     steps_per_epoch = math.ceil(splits.train_size / config.batch_size)
+    resolved = config_lib.resolve_perturb_from(config, steps_per_epoch)
+    if resolved.perturb_from != config.perturb_from:
+        # Saved resolved: a resume, or a longer run, keeps the same step.
+        config = resolved
+        _write_config(output, config.to_dict())
+    if config.verbose and config.perturb_from > 0 and config.method in PERTURBED_METHODS:
+        epoch, batch = divmod(config.perturb_from, steps_per_epoch)
+        print(
+            f"gmix-train: plain steps until step {config.perturb_from} (epoch {epoch + 1}, "
+            f"batch {batch + 1}), full steps from there on (perturb_from); the full_step "
+            "column of history.csv shows the switch."
+        )
     one_hot = bool(config.label_smoothing)
     if one_hot:
         # Keras' label smoothing needs one-hot labels.

@@ -97,13 +97,21 @@ def test_parse_dataset_refuses_unknown_keys(plan, key):
         ("gmix-k5", ("gmix", {"perturb_every": 5})),
         ("dgmix-k5-r0.3", ("dgmix", {"perturb_every": 5, "reuse_scale": 0.3})),
         ("gmix-p0.2", ("gmix", {"perturb_probability": 0.2})),
+        ("gmix-f0.875", ("gmix", {"perturb_from": 0.875})),
+        ("dgmix-f0.875-k5", ("dgmix", {"perturb_from": 0.875, "perturb_every": 5})),
+        ("dgmix-f4000", ("dgmix", {"perturb_from": 4000.0})),
+        ("bgmix-lean", ("bgmix", {"keep_first_pass": False})),
+        ("dgmix-k5-lean", ("dgmix", {"perturb_every": 5, "keep_first_pass": False})),
     ],
 )
 def test_parse_variant(plan, variant, expected):
     assert plan.parse_variant(variant) == expected
+    # A run's file name is the variant's name again.
+    method, schedule = expected
+    assert "-".join([method] + plan.variant_suffix(schedule)) == variant
 
 
-@pytest.mark.parametrize("variant", ["sgd", "gmix-x5", "gmix-"])
+@pytest.mark.parametrize("variant", ["sgd", "gmix-x5", "gmix-", "gmix-f", "gmix-fast", "gmix-kx"])
 def test_parse_variant_refuses_unknown_names(plan, variant):
     with pytest.raises(ValueError):
         plan.parse_variant(variant)
@@ -223,13 +231,24 @@ class Killed(Exception):
     pass
 
 
+# The late phase too: killed before epoch 1's checkpoint, the resumed run
+# starts at epoch 1 and crosses the switch (step 2 of 4 epochs) in epoch 2.
+@pytest.mark.parametrize("schedule", [None, {"perturb_from": 0.5}], ids=["full", "late_phase"])
 def test_a_killed_resumable_run_resumes_and_ends_as_an_uninterrupted_one(
-    generalization, tmp_path, monkeypatch
+    generalization, tmp_path, monkeypatch, schedule
 ):
     epochs = 4
     task = tiny_cifar_task(generalization, epochs)
     run = lambda backup: generalization.train_run(  # noqa: E731
-        task, "gmix", 0, epochs, 0.05, 0.2, eigen=False, backup_dir=str(backup)
+        task,
+        "gmix",
+        0,
+        epochs,
+        0.05,
+        0.2,
+        eigen=False,
+        backup_dir=str(backup),
+        step_schedule=schedule,
     )
     whole = run(tmp_path / "whole")
 
@@ -271,6 +290,11 @@ def test_a_killed_resumable_run_resumes_and_ends_as_an_uninterrupted_one(
     np.testing.assert_allclose(resumed["test_loss"], whole["test_loss"], rtol=1e-5)
     assert resumed["cpu_seconds"] > 0 and len(resumed["history"]["cpu_seconds"]) == epochs
     assert resumed["config"]["training_stream"] == "keyed by (seed, epoch), resumable"
+    if schedule:
+        steps = len(task.y_train) // task.budget["batch_size"]  # 3 per epoch
+        assert resumed["method"] == "gmix-f0.5"
+        assert resumed["config"]["perturb_from_step"] == epochs * steps // 2 == 6
+        assert resumed["history"]["full_step"] == whole["history"]["full_step"] == [0, 0, 1, 1]
 
 
 def test_only_the_5438_set_is_resumable(plan):
@@ -422,6 +446,8 @@ def test_the_committed_reports_are_rebuilt_from_the_committed_runs(report, tmp_p
         ("erm", ("erm", {})),
         ("gmix:k5", ("gmix", {"perturb_every": 5})),
         ("dgmix:k5-r0.3", ("dgmix", {"perturb_every": 5, "reuse_scale": 0.3})),
+        ("dgmix:lean", ("dgmix", {"keep_first_pass": False})),
+        ("bgmix:k5-lean", ("bgmix", {"perturb_every": 5, "keep_first_pass": False})),
     ],
 )
 def test_step_time_reads_schedules_as_generalization_does(generalization, spec, expected):
@@ -430,7 +456,9 @@ def test_step_time_reads_schedules_as_generalization_does(generalization, spec, 
     assert step_time.parse_method(spec) == expected
 
 
-@pytest.mark.parametrize("spec", ["gmix:k1", "gmix:p0.2", "gmix:r0.3", "gmix:x5", "adam:k5"])
+@pytest.mark.parametrize(
+    "spec", ["gmix:k1", "gmix:p0.2", "gmix:r0.3", "gmix:x5", "adam:k5", "gmix:f0.875-k5"]
+)
 def test_step_time_refuses_schedules_it_cannot_time(generalization, spec):
     import step_time
 

@@ -90,6 +90,13 @@ def test_mirrored_schedule_keeps_one_v_and_one_choice_on_every_replica(mirrored)
     assert 0 < sum(schedule["random_drawn"]) < 8  # both kinds of step were taken
 
 
+@pytest.mark.parametrize("case", ["every_2_from_3", "random_from_4"])
+def test_mirrored_late_phase_makes_one_choice_on_every_replica(mirrored, case):
+    late = mirrored["late_phase"][case]
+    assert late["logged"] == late["drawn"]
+    assert late["drawn"][:3] == [0.0, 0.0, 0.0] and 0 < sum(late["drawn"]) < 10
+
+
 @pytest.mark.parametrize("method", ["dgmix", "sam"])
 def test_mirrored_jit_gradients_equal_graph_mode(mirrored, method):
     """XLA per replica (optimizer.apply outside) where compile(jit_compile=True) cannot run."""

@@ -43,16 +43,18 @@ def relative_error(a, b):
 CONFLICT_BATCH, AGREEING_BATCH = 2, 0  # seeds of soft_batch where dgmix does / does not conflict
 
 REFERENCE_CASES = [
-    (method, adaptive, gamma, batch)
+    (method, adaptive, gamma, batch, keep_first_pass)
     for method in kg.METHODS
     for adaptive in (False, True)
     for gamma in ((0.25, 0.5, 0.8) if method in gradients.PARTITIONED_METHODS else (0.5,))
     for batch in (CONFLICT_BATCH, AGREEING_BATCH)
+    # The memory-lean step of bgmix/dgmix must compute the same update.
+    for keep_first_pass in ((True, False) if method in gradients.PARTITIONED_METHODS else (True,))
 ]
 
 
-@pytest.mark.parametrize("method,adaptive,gamma,batch", REFERENCE_CASES)
-def test_matches_numpy_reference(method, adaptive, gamma, batch):
+@pytest.mark.parametrize("method,adaptive,gamma,batch,keep_first_pass", REFERENCE_CASES)
+def test_matches_numpy_reference(method, adaptive, gamma, batch, keep_first_pass):
     model = linear_model()
     x, y = soft_batch(batch)
     before = [v.numpy().copy() for v in model.weights]
@@ -68,6 +70,7 @@ def test_matches_numpy_reference(method, adaptive, gamma, batch):
         sensitive_fraction=gamma,
         adaptive=adaptive,
         eta=0.01,
+        keep_first_pass=keep_first_pass,
     )
     gw, gb, ref_stats = ref.update(
         method,
@@ -215,3 +218,55 @@ def test_partition_ties_take_lower_index_first():
     np.testing.assert_array_equal(mask.numpy(), [0, 1, 1, 0, 0])
     assert int(partition.sharp_count(10, 0.3)) == 3
     assert int(partition.sharp_count(7, 0.5)) == 4
+
+
+def bn_dropout_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((D,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dropout(0.3),
+            keras.layers.Dense(C),
+        ]
+    )
+
+
+@pytest.mark.parametrize("method", gradients.PARTITIONED_METHODS)
+@pytest.mark.parametrize("gamma", [0.25, 0.5, 1.0])
+def test_memory_lean_step_is_the_same_step_with_batchnorm_and_dropout(method, gamma):
+    """keep_first_pass=False: the same update, statistics, predictions and
+    BatchNorm/RNG state as the kept tape, in a model whose passes couple the
+    examples (batch statistics) and draw dropout masks; eagerly and in a graph."""
+    model = bn_dropout_model()
+    x, y = soft_batch(CONFLICT_BATCH)
+    loss_fn = kg.losses.per_example_loss(LOSS)
+
+    def step(keep_first_pass):
+        return gradients.compute_update(
+            model,
+            x,
+            y,
+            loss_fn,
+            method=method,
+            rho=0.3,
+            sensitive_fraction=gamma,
+            keep_first_pass=keep_first_pass,
+        )
+
+    for run in (step, tf.function(step, autograph=False)):
+        kept, lean = run(True), run(False)
+        assert 0 < float(kept.stats["sharpness"])  # a real perturbation
+        for a, b in zip(lean.grads, kept.grads):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+        for name, value in kept.stats.items():
+            np.testing.assert_allclose(lean.stats[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
+        for a, b in zip(lean.non_trainable + [lean.y_pred], kept.non_trainable + [kept.y_pred]):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_allclose(lean.sensitivity, kept.sensitivity, rtol=1e-5, atol=1e-7)
+
+
+def test_keep_first_pass_must_be_a_bool():
+    with pytest.raises(ValueError, match="keep_first_pass"):
+        kg.update_gradients(linear_model(), *soft_batch(), loss=LOSS, keep_first_pass="no")

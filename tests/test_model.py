@@ -492,23 +492,56 @@ class CountingModel(keras.Model):
 
 
 @pytest.mark.parametrize(
-    "method,forward,backward",
+    "method,forward,backward,options",
     [
-        ("erm", 1, 1),
-        ("mixup", 1, 1),
-        ("sam", 2, 2),
-        ("gmix", 2, 2),
-        ("bgmix", 2, 3),
-        ("dgmix", 2, 3),
+        ("erm", 1, 1, {}),
+        ("mixup", 1, 1, {}),
+        ("sam", 2, 2, {}),
+        ("gmix", 2, 2, {}),
+        ("bgmix", 2, 3, {}),
+        ("dgmix", 2, 3, {}),
+        # The memory-lean step: one more forward pass, no more backward passes.
+        ("bgmix", 3, 3, {"keep_first_pass": False}),
+        ("dgmix", 3, 3, {"keep_first_pass": False}),
     ],
 )
-def test_pass_counts(method, forward, backward):
+def test_pass_counts(method, forward, backward, options):
     inner = CountingModel()
     inner(np.zeros((1, D), "float32"))
     x, y = data(n=8)
-    model = compiled(method, inner=inner)
+    model = compiled(method, inner=inner, **options)
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", run_eagerly=True)
     model.train_on_batch(x, y)  # the first step also traces the model symbolically
     inner.forward_calls = inner.backward_calls = 0
     model.train_on_batch(x, y)
     assert (inner.forward_calls, inner.backward_calls) == (forward, backward)
+
+
+@pytest.mark.parametrize("method", gradients.PARTITIONED_METHODS)
+@pytest.mark.parametrize(
+    "schedule",
+    [{}, {"perturb_every": 2, "reuse_scale": 0.3}, {"jit_gradients": True}],
+    ids=["full", "schedule", "xla"],
+)
+def test_fit_with_keep_first_pass_false_trains_as_the_kept_tape(method, schedule):
+    """Several fit steps of a BatchNorm + dropout model: the memory-lean step
+    ends with the same weights, BatchNorm statistics and logs (float
+    tolerance); also when XLA compiles both steps."""
+    x, y = data(n=64)
+    histories, variables = [], []
+    for keep_first_pass in (True, False):
+        model = compiled(
+            method,
+            inner=dense_bn_model(dropout=0.3),
+            rho=0.2,
+            keep_first_pass=keep_first_pass,
+            **schedule,
+        )
+        histories.append(model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False).history)
+        variables.append([v.numpy() for v in model.inner.weights])
+        assert model.get_config()["keep_first_pass"] is keep_first_pass
+    assert histories[0]["sharpness"][-1] > 0
+    for key, values in histories[0].items():
+        np.testing.assert_allclose(histories[1][key], values, rtol=1e-5, atol=1e-6, err_msg=key)
+    for a, b in zip(variables[1], variables[0]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

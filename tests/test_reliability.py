@@ -270,8 +270,12 @@ def _state_of(output):
 # With a schedule (SPEC.md section 4b) too: full steps come from the restored
 # step counter, and v is restored with the weights. 6 steps per epoch, k = 4:
 # the kill falls between full steps 4 and 8.
+# The late phase: 18 steps, --perturb-from 0.5 is step 9, which the resumed
+# run (from step 6, the start of epoch 1) crosses.
 @pytest.mark.parametrize(
-    "schedule", [[], ["--perturb-every", "4", "--reuse-scale", "0.3"]], ids=["plain", "schedule"]
+    "schedule",
+    [[], ["--perturb-every", "4", "--reuse-scale", "0.3"], ["--perturb-from", "0.5"]],
+    ids=["plain", "schedule", "late_phase"],
 )
 def test_sigkill_mid_epoch_then_resume_gives_the_same_weights_bit_for_bit(tmp_path, schedule):
     reference, killed = str(tmp_path / "reference"), str(tmp_path / "killed")
@@ -288,6 +292,8 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights_bit_for_bit(tmp_pa
 
     (ref_values, ref_history), (values, history) = _state_of(reference), _state_of(killed)
     assert history == ref_history and [row["epoch"] for row in history] == [0, 1, 2]
+    if "--perturb-from" in schedule:
+        assert [row["full_step"] for row in history] == [0.0, 0.5, 1.0]
     assert len(values) == len(ref_values)
     for got, want in zip(values, ref_values):
         np.testing.assert_array_equal(got, want)

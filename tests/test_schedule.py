@@ -1,4 +1,5 @@
-"""Efficient schedules (SPEC.md section 4b): perturb_every, reuse_scale, perturb_probability."""
+"""Efficient schedules (SPEC.md section 4b): perturb_every, reuse_scale,
+perturb_probability and the late phase perturb_from."""
 
 import keras
 import numpy as np
@@ -71,8 +72,61 @@ def test_random_schedule_agrees_in_graph_mode_and_under_xla():
 
 
 @pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(perturb_from=7),  # k = 1: every step from s on
+        dict(perturb_from=7, perturb_every=3),  # s not a multiple of k: first full t = 9
+        dict(perturb_from=6, perturb_every=3),  # s a multiple of k: first full t = s
+        dict(perturb_from=7, perturb_probability=0.5),
+    ],
+)
+def test_late_phase_is_cheap_before_s_and_the_schedule_from_s_on(kwargs):
+    s = kwargs["perturb_from"]
+    k = kwargs.get("perturb_every", 1)
+    p = kwargs.get("perturb_probability", 1.0)
+    without = [
+        bool(perturb_schedule.is_full_step(t, 3, perturb_every=k, perturb_probability=p))
+        for t in range(40)
+    ]
+    full = [bool(perturb_schedule.is_full_step(t, 3, **kwargs)) for t in range(40)]
+    # Independent reference: the plain rule (t mod k, or the (seed, t) draw)
+    # from step s on, nothing before.
+    assert full == [t >= s and (t % k == 0 if p == 1 else without[t]) for t in range(40)]
+    assert any(full[s:])
+
+
+@pytest.mark.parametrize(
+    "value,total,step",
+    [
+        (0, 100, 0),
+        (0.0, 100, 0),
+        (0.875, 1600, 1400),
+        (0.875, 1001, 875),
+        (0.5, 3, 1),
+        (250, 100, 250),
+    ],
+)
+def test_a_fraction_of_the_run_resolves_to_a_step(value, total, step):
+    resolved = perturb_schedule.resolve_perturb_from(value, total)
+    assert resolved == step and isinstance(resolved, int)
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, 2.25, float("nan"), True, "0.875"])
+def test_bad_perturb_from_settings(value):
+    with pytest.raises(ValueError, match="perturb_from"):
+        perturb_schedule.check_perturb_from_setting(value)
+
+
+@pytest.mark.parametrize(
     "kwargs,match",
     [
+        (dict(perturb_from=-1), "perturb_from"),
+        (
+            dict(perturb_from=0.875),
+            "perturb_from",
+        ),  # the model takes a step; runs resolve fractions
+        (dict(perturb_from=True), "perturb_from"),
+        (dict(perturb_from=10, sync_perturbation=True), "perturb_from > 0"),
         (dict(perturb_every=0), "perturb_every"),
         (dict(perturb_every=2.5), "perturb_every"),
         (dict(perturb_every=True), "perturb_every"),
@@ -122,7 +176,9 @@ def test_defaults_reproduce_every_method_bit_for_bit(method):
     """k = 1 and p = 1 (any reuse_scale) are the method of section 4, and a
     schedule whose every step is full runs the same arithmetic."""
     plain = compiled(method)
-    explicit = compiled(method, perturb_every=1, perturb_probability=1.0, reuse_scale=0.7)
+    explicit = compiled(
+        method, perturb_every=1, perturb_probability=1.0, reuse_scale=0.7, perturb_from=0
+    )
     # p just below 1: the schedule's branch is taken, and every one of these
     # steps draws "full" (checked through the full_step log).
     branched = compiled(method, perturb_probability=1.0 - 1e-7)
@@ -161,8 +217,17 @@ def flat_weights(model):
     return w, b
 
 
-@pytest.mark.parametrize("method", ["gmix", "dgmix"])
-def test_stored_direction_and_cheap_step_match_numpy(method):
+@pytest.mark.parametrize(
+    "method,options",
+    [
+        ("gmix", {}),
+        ("dgmix", {}),
+        # The memory-lean step of the partitioned methods, under a schedule.
+        ("bgmix", {"keep_first_pass": False}),
+        ("dgmix", {"keep_first_pass": False}),
+    ],
+)
+def test_stored_direction_and_cheap_step_match_numpy(method, options):
     """Step 0 (full) stores v = u - <u, g>/||g||^2 g; step 1 (cheap) applies
     g + a ||g||/||v|| v: both checked against the NumPy reference."""
     reuse_scale, lr = 0.3, 1.0
@@ -173,6 +238,7 @@ def test_stored_direction_and_cheap_step_match_numpy(method):
         perturb_every=2,
         reuse_scale=reuse_scale,
         rho=0.5,
+        **options,
     )
     batches = [data(seed=s) for s in (0, 1)]
     mixed = [step_inputs(model, x, y, step=t + 1) for t, (x, y) in enumerate(batches)]
@@ -232,6 +298,36 @@ def test_perturbed_statistics_are_averaged_over_full_steps_only():
     history = model.fit(*data(n=4 * N), batch_size=N, epochs=1, verbose=0, shuffle=False).history
     assert history["full_step"] == [0.5]
     np.testing.assert_allclose(history["eps_norm"], [0.05], rtol=1e-5)
+
+
+def test_perturb_from_zero_keeps_a_schedule_bit_for_bit():
+    """s = 0 is the schedule of section 4b as it was, step for step."""
+    models = [
+        compiled("dgmix", perturb_every=3, reuse_scale=0.3, **extra)
+        for extra in ({}, {"perturb_from": 0})
+    ]
+    logs = [train_steps(model, 5) for model in models]
+    assert logs[0] == logs[1]
+    for a, b in zip(models[0].weights, models[1].weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("method,cheap_as", [("gmix", "mixup"), ("dgmix", "mixup"), ("sam", "erm")])
+def test_fit_with_a_late_phase(method, cheap_as):
+    """4 steps per epoch, s = 6: epoch 0 all cheap, epoch 1 half full, epoch 2
+    all full; and the steps before s train exactly as the unperturbed method."""
+    x, y = data(n=4 * N)
+    late = compiled(method, perturb_from=6)
+    plain = compiled(cheap_as)  # same seed, same mixing draws per step
+    history = late.fit(x, y, batch_size=N, epochs=3, verbose=0, shuffle=False).history
+    assert history["full_step"] == [0.0, 0.5, 1.0]
+    assert history["eps_norm"][0] == 0.0 and history["eps_norm"][2] > 0
+    # Until step s the late model followed the cheap method's trajectory.
+    late_until_s = compiled(method, perturb_from=6)
+    late_until_s.fit(x, y, batch_size=N, epochs=1, verbose=0, shuffle=False)
+    plain.fit(x, y, batch_size=N, epochs=1, verbose=0, shuffle=False)
+    for a, b in zip(late_until_s.inner.weights, plain.inner.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
 
 
 def test_non_perturbed_methods_ignore_the_schedule():
@@ -304,6 +400,9 @@ def test_config_and_keras_file_round_trip(tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert (loaded.perturb_every, loaded.reuse_scale) == (3, 0.2)
+    late = compiled("gmix", perturb_from=1200, perturb_every=2)
+    assert late.get_config()["perturb_from"] == 1200
+    assert kg.GMixModel.from_config(late.get_config()).perturb_from == 1200
     for a, b in zip(loaded.reuse_direction, model.reuse_direction):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     # The reloaded model goes on exactly as the original.
@@ -321,7 +420,14 @@ def test_config_and_keras_file_round_trip(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(perturb_every=3, reuse_scale=0.3), dict(perturb_probability=0.4, reuse_scale=0.3)],
+    [
+        dict(perturb_every=3, reuse_scale=0.3),
+        dict(perturb_probability=0.4, reuse_scale=0.3),
+        # Saved at step 3, the late phase starts at step 4: the switch falls
+        # in the resumed part.
+        dict(perturb_from=4),
+        dict(perturb_from=4, perturb_every=2, reuse_scale=0.3),
+    ],
 )
 def test_a_checkpointed_and_restored_run_continues_bit_for_bit(tmp_path, kwargs):
     """Which steps are full (from the optimizer's step counter) and v survive a resume."""

@@ -514,6 +514,24 @@ def test_gmix_train_takes_a_schedule(tmp_path):
         cli.train_main(TINY + ["--perturb-every", "0", "--output", str(tmp_path / "bad")])
 
 
+def test_gmix_train_takes_a_late_phase_as_a_fraction_and_saves_the_step(tmp_path, capsys):
+    """--perturb-from 0.75 of 2 epochs x 4 steps is step 6: config.json says 6
+    (a longer resumed run keeps it), the model has it, the log names the switch,
+    and history.csv's full_step shows it (epoch 1: steps 6 and 7 of 4-7 full)."""
+    output = str(tmp_path / "run")
+    flags = ["--train-size", "64", "--dataset", "digits", "--method", "gmix"]
+    flags += ["--epochs", "2", "--perturb-from", "0.75", "--output", output]
+    assert cli.train_main(TINY + flags + ["--verbose", "2"]) == 0
+    config = json.load(open(os.path.join(output, "config.json")))
+    assert config["perturb_from"] == 6
+    assert keras.saving.load_model(os.path.join(output, "model.keras")).perturb_from == 6
+    assert "plain steps until step 6 (epoch 2, batch 3)" in capsys.readouterr().out
+    history = kg.callbacks.read_history(os.path.join(output, "history.csv"))
+    assert [row["full_step"] for row in history] == [0.0, 0.5]
+    with pytest.raises(SystemExit):
+        cli.train_main(TINY + ["--perturb-from", "1.5", "--output", str(tmp_path / "bad")])
+
+
 @pytest.mark.parametrize("method", ["mixup", "dgmix"])
 def test_gmix_train_learns_the_digits(method, tmp_path):
     """A short real run is far above chance (10 classes: 0.1), not only finite."""

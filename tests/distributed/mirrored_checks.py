@@ -207,6 +207,25 @@ def schedule_on_replicas(mirrored):
     }
 
 
+def late_phase_on_replicas(mirrored):
+    """perturb_from under MirroredStrategy: each step's logged full_step is
+    0 or 1 only if both replicas chose alike, and it must be the schedule's
+    choice from the step counter (cheap before step s, the schedule after)."""
+    x, y = data(GLOBAL_BATCH)
+    found = {}
+    for name, kwargs in (
+        ("every_2_from_3", dict(perturb_every=2, perturb_from=3)),
+        ("random_from_4", dict(perturb_probability=0.5, perturb_from=4)),
+    ):
+        with mirrored.scope():
+            model = kg.GMixModel(mlp(batchnorm=True), method="dgmix", seed=3, **kwargs)
+            model.compile(optimizer=keras.optimizers.SGD(0.1), loss=LOSS)
+        logged = [model.train_on_batch(x, y, return_dict=True)["full_step"] for _ in range(10)]
+        drawn = [float(perturb_schedule.is_full_step(t, 3, **kwargs)) for t in range(10)]
+        found[name] = {"logged": logged, "drawn": drawn}
+    return found
+
+
 def main():
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     results = {
@@ -220,6 +239,7 @@ def main():
         "jit_gradients": jit_gradients_match_graph(mirrored),
         "nan_skip": nan_on_one_replica_skips_everywhere(mirrored),
         "schedule": schedule_on_replicas(mirrored),
+        "late_phase": late_phase_on_replicas(mirrored),
     }
     json.dump(results, sys.stdout)
 
