@@ -336,7 +336,8 @@ def write_report(args, draw=True):
     reasons = budget_reasons()
     report["budgets"] = recorded_budgets(reasons)
     report["command"] = (
-        "python benchmarks/generalization.py --sweep && python benchmarks/generalization.py && python benchmarks/generalization.py --report"
+        "python benchmarks/generalization.py --sweep && python benchmarks/generalization.py && "
+        "python benchmarks/generalization.py --report"
     )
     lines = [
         "# Generalization: the six methods on real data with little of it",
@@ -359,16 +360,24 @@ def write_report(args, draw=True):
         name, subset = parse_dataset(key)
         b = BUDGETS[name]
         rows = data["rows"]
+        model_text = (
+            "1D CNN (5.2k parameters), no augmentation"
+            if name == "mnist1d"
+            else "ResNet-8 (fused BN), pad-crop + flip"
+        )
         lines += [
             f"## {section_title(key)}",
             "",
-            f"Budget: {rows['erm']['epochs'] or budget_epochs(name, subset)} epochs, batch {b['batch_size']}, SGD "
+            f"Budget: {rows['erm']['epochs'] or budget_epochs(name, subset)} epochs, batch "
+            f"{b['batch_size']}, SGD "
             f"Nesterov 0.9, lr {b['learning_rate']} cosine to 0, weight decay {b['weight_decay']}; "
-            f"{'1D CNN (5.2k parameters), no augmentation' if name == 'mnist1d' else 'ResNet-8 (fused BN), pad-crop + flip'}. "
+            f"{model_text}. "
             "Hessian: top eigenvalue of the training loss (no weight decay term) on the first "
-            f"{b['eigen_examples']} training examples, BN in inference mode, at most {b['eigen_iters']} power iterations."
+            f"{b['eigen_examples']} training examples, BN in inference mode, at most "
+            f"{b['eigen_iters']} power iterations."
             + (
-                " Training stream keyed by (seed, epoch), with a checkpoint every epoch: a killed run "
+                " Training stream keyed by (seed, epoch), with a checkpoint every epoch: a "
+                "killed run "
                 "resumed from its last epoch (`s / run` sums its attempts' epochs)."
                 if is_resumable(name, subset)
                 else ""
@@ -376,7 +385,9 @@ def write_report(args, draw=True):
             "",
             f"Why this budget: {reasons[key]}.",
             "",
-            "| method | rho | alpha | seeds | test acc. % (mean ± std) | vs ERM (pp) | paired p | top Hessian eig. | s / run (CPU s) | train-loss drop, epochs 81-90% to 91-100% | test acc. gain, 70% to 100% of epochs (pp) |",
+            "| method | rho | alpha | seeds | test acc. % (mean ± std) | vs ERM (pp) | paired p "
+            "| top Hessian eig. | s / run (CPU s) | train-loss drop, epochs 81-90% to 91-100% | "
+            "test acc. gain, 70% to 100% of epochs (pp) |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for method in METHODS:
@@ -385,9 +396,11 @@ def write_report(args, draw=True):
                 lines.append(f"| {method} | | | 0/{len(args.seeds)} | **missing** | | | | | | |")
                 continue
             lines.append(
-                f"| {method} | {fmt(r['rho'])} | {fmt(r['alpha'])} | {len(r['seeds_done'])}/{len(args.seeds)}"
+                f"| {method} | {fmt(r['rho'])} | {fmt(r['alpha'])} | "
+                f"{len(r['seeds_done'])}/{len(args.seeds)}"
                 + (f" (missing {r['missing_seeds']})" if r["missing_seeds"] else "")
-                + f" | {accuracy_cell(r)} | {points(r.get('diff_to_erm'))} | {p_cell(r.get('p_value'))}"
+                + f" | {accuracy_cell(r)} | {points(r.get('diff_to_erm'))} | "
+                f"{p_cell(r.get('p_value'))}"
                 # The sample std, as for the accuracies.
                 + f" | {np.mean(r['eigenvalue']):.1f}"
                 + (f" ± {np.std(r['eigenvalue'], ddof=1):.1f}" if len(r["eigenvalue"]) > 1 else "")
@@ -420,7 +433,8 @@ def write_report(args, draw=True):
                 "",
                 f"Budget check at {epochs} epochs (otherwise the same runs), test accuracy %:",
                 "",
-                "| method | seeds | mean ± std | vs ERM (pp) | p | vs Mixup (pp) | p | vs SAM (pp) | p | top Hessian eig. |",
+                "| method | seeds | mean ± std | vs ERM (pp) | p | vs Mixup (pp) | p | vs SAM "
+                "(pp) | p | top Hessian eig. |",
                 "|---|---|---|---|---|---|---|---|---|---|",
             ]
             for method in METHODS:
@@ -439,11 +453,13 @@ def write_report(args, draw=True):
             lines += [
                 "",
                 (
-                    "Budget check, per seed: the same seed at the budget and at another number of epochs, test "
+                    "Budget check, per seed: the same seed at the budget and at another number "
+                    "of epochs, test "
                     "accuracy % and training-loss drop from epochs 81-90% to 91-100% of each run:"
                 ),
                 "",
-                "| method | seed | budget epochs | acc. | train-loss drop | check epochs | acc. | train-loss drop | check − budget (pp) |",
+                "| method | seed | budget epochs | acc. | train-loss drop | check epochs | acc. "
+                "| train-loss drop | check − budget (pp) |",
                 "|---|---|---|---|---|---|---|---|---|",
             ]
             for c in data["budget_checks"]:
@@ -453,7 +469,8 @@ def write_report(args, draw=True):
                     else c["test_accuracy"] - c["budget_test_accuracy"]
                 )
                 lines.append(
-                    f"| {c['method']} | {c['seed']} | {c['budget_epochs'] or '—'} | {pct(c['budget_test_accuracy'])}"
+                    f"| {c['method']} | {c['seed']} | {c['budget_epochs'] or '—'} | "
+                    f"{pct(c['budget_test_accuracy'])}"
                     f" | {c['budget_loss_drop']:.1%} | {c['epochs']} | {pct(c['test_accuracy'])}"
                     f" | {c['loss_drop']:.1%} | {diff} |"
                 )
@@ -462,7 +479,8 @@ def write_report(args, draw=True):
         "## Sweep (validation split: a class-balanced 20% of the training set, seed 0)",
         "",
         "alpha by Mixup; rho by SAM, and by G-Mix at Mixup's best alpha; BG-Mix and DG-Mix take",
-        "G-Mix's (alpha, rho). ERM ignores both (logged as rho 0, alpha 1); its row is the reference.",
+        "G-Mix's (alpha, rho). ERM ignores both (logged as rho 0, alpha 1); its row is the "
+        "reference.",
         "",
     ]
     for name, sw in report["sweeps"].items():
@@ -479,16 +497,19 @@ def write_report(args, draw=True):
         c = sw["chosen"]
         lines += [
             "",
-            f"Chosen: alpha = {c['alpha']}, rho (SAM) = {c['rho_sam']}, rho (G-Mix family) = {c['rho_gmix']}"
-            + (" (None: sweep incomplete)" if None in c.values() else ""),
+            f"Chosen: alpha = {c['alpha']}, rho (SAM) = {c['rho_sam']}, rho (G-Mix family) = "
+            f"{c['rho_gmix']}" + (" (None: sweep incomplete)" if None in c.values() else ""),
             "",
         ]
     lines += [
         "## Figures",
         "",
-        "- `generalization.png`: mean test accuracy per method and data set (error bars: std over seeds).",
-        "- `generalization_curves.png`: training loss per epoch, 5-epoch running mean (on the mixed batch",
-        "  for the Mixup family, so levels differ between families by construction), and test accuracy",
+        "- `generalization.png`: mean test accuracy per method and data set (error bars: std "
+        "over seeds).",
+        "- `generalization_curves.png`: training loss per epoch, 5-epoch running mean (on the "
+        "mixed batch",
+        "  for the Mixup family, so levels differ between families by construction), and test "
+        "accuracy",
         "  every 10 epochs (monitoring only: nothing is chosen on the test set).",
         "",
     ]

@@ -123,7 +123,8 @@ def check_output_shape(shape):
     if len(shape) != 2 or shape[-1] is None:
         raise ValueError(
             "GMixModel trains classifiers: the wrapped model must output class "
-            f"scores (probabilities or logits) of shape (batch, classes); it outputs {tuple(shape)}. "
+            "scores (probabilities or logits) of shape (batch, classes); "
+            f"it outputs {tuple(shape)}. "
             "Flatten or pool the output and end with a Dense(num_classes) layer."
         )
 
@@ -198,7 +199,10 @@ def labels_to_one_hot(y, num_classes):
                 tf.debugging.assert_equal(
                     values,
                     tf.round(values),
-                    message="class-id labels must be whole numbers; a batch holds fractional, NaN or inf ids",
+                    message=(
+                        "class-id labels must be whole numbers; "
+                        "a batch holds fractional, NaN or inf ids"
+                    ),
                 )
             )
         ids = tf.cast(flat, tf.int32)

@@ -300,7 +300,8 @@ class GMixModel(keras.Model):
             raise AttributeError(
                 f"`{name}` of a GMixModel cannot be changed after construction: the "
                 "compiled training step keeps the value it was built with. Build a new "
-                f"model around the same network instead: `kg.GMixModel(model.inner, {name}=..., ...)`."
+                "model around the same network instead: "
+                f"`kg.GMixModel(model.inner, {name}=..., ...)`."
             )
         super().__setattr__(name, value)
 

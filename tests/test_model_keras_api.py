@@ -98,9 +98,20 @@ def cross_entropy_by_hand(logits, y_soft):
     return -(y_soft * log_p).sum(axis=1)
 
 
-@pytest.mark.parametrize("method", ["mixup", "sam", "gmix", "bgmix", "dgmix"])
+@pytest.mark.parametrize(
+    "method,options",
+    [
+        ("mixup", {}),
+        ("sam", {}),
+        ("gmix", {}),
+        ("bgmix", {}),
+        ("dgmix", {}),
+        ("bgmix", {"keep_first_pass": False}),
+        ("dgmix", {"keep_first_pass": False}),
+    ],
+)
 @pytest.mark.parametrize("reduction", ["sum", "mean_with_sample_weight", None])
-def test_the_reduction_scales_every_methods_objective(method, reduction):
+def test_the_reduction_scales_every_methods_objective(method, options, reduction):
     """The per-example losses stay per example (the same eps, s_i and
     partition); the reduction only scales the objective. So a step with the
     reduction at learning rate lr equals a default (batch-mean) step at
@@ -110,7 +121,9 @@ def test_the_reduction_scales_every_methods_objective(method, reduction):
     sw = sw if reduction == "mean_with_sample_weight" else None
     lr = 0.05
     model = compile_model(
-        kg.GMixModel(network(), method=method, seed=7), learning_rate=lr, reduction=reduction
+        kg.GMixModel(network(), method=method, seed=7, **options),
+        learning_rate=lr,
+        reduction=reduction,
     )
     x_mix, y_mix, sw_mix = mixed_batch(model, x, y, sw)
     weighted = cross_entropy_by_hand(model.predict(x_mix, verbose=0), y_mix) * (
@@ -127,7 +140,8 @@ def test_the_reduction_scales_every_methods_objective(method, reduction):
     np.testing.assert_allclose(loss, logged, rtol=2e-5)
 
     reference = compile_model(
-        kg.GMixModel(network(), method=method, seed=7), learning_rate=lr * objective_scale
+        kg.GMixModel(network(), method=method, seed=7, **options),
+        learning_rate=lr * objective_scale,
     )
     one_step(reference, x, y, sw)
     for a, b in zip(numpy_weights(model), numpy_weights(reference)):
