@@ -121,10 +121,8 @@ def test_bad_perturb_from_settings(value):
     "kwargs,match",
     [
         (dict(perturb_from=-1), "perturb_from"),
-        (
-            dict(perturb_from=0.875),
-            "perturb_from",
-        ),  # the model takes a step; runs resolve fractions
+        # The model takes a step; runs (TrainConfig) resolve fractions.
+        (dict(perturb_from=0.875), "perturb_from"),
         (dict(perturb_from=True), "perturb_from"),
         (dict(perturb_from=10, sync_perturbation=True), "perturb_from > 0"),
         (dict(perturb_every=0), "perturb_every"),

@@ -532,6 +532,18 @@ def test_gmix_train_takes_a_late_phase_as_a_fraction_and_saves_the_step(tmp_path
         cli.train_main(TINY + ["--perturb-from", "1.5", "--output", str(tmp_path / "bad")])
 
 
+def test_gmix_train_takes_no_keep_first_pass(tmp_path):
+    """--no-keep-first-pass reaches the model and config.json; the run trains."""
+    output = str(tmp_path / "run")
+    flags = ["--train-size", "64", "--dataset", "digits", "--method", "bgmix"]
+    assert cli.train_main(TINY + flags + ["--no-keep-first-pass", "--output", output]) == 0
+    assert json.load(open(os.path.join(output, "config.json")))["keep_first_pass"] is False
+    model = keras.saving.load_model(os.path.join(output, "model.keras"))
+    assert model.keep_first_pass is False and model.method == "bgmix"
+    history = kg.callbacks.read_history(os.path.join(output, "history.csv"))
+    assert np.isfinite(history[0]["loss"]) and history[0]["sharpness"] != 0
+
+
 @pytest.mark.parametrize("method", ["mixup", "dgmix"])
 def test_gmix_train_learns_the_digits(method, tmp_path):
     """A short real run is far above chance (10 classes: 0.1), not only finite."""
