@@ -473,7 +473,8 @@ def do_runs(args):
                 )
                 if result is not None:
                     print(
-                        f"[run] -> test accuracy {result['test_accuracy']:.4f} ({result['seconds']:.0f} s, "
+                        f"[run] -> test accuracy {result['test_accuracy']:.4f} "
+                        f"({result['seconds']:.0f} s, "
                         f"eigenvalue {result['hessian_top_eigenvalue']['value']:.2f})",
                         flush=True,
                     )

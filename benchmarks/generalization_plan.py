@@ -81,7 +81,8 @@ BUDGETS = {
 
 
 def parse_variant(name):
-    """`"dgmix-k5-r0.3"` -> ("dgmix", {"perturb_every": 5, "reuse_scale": 0.3}); a plain method -> (name, {}).
+    """`"dgmix-k5-r0.3"` -> ("dgmix", {"perturb_every": 5, "reuse_scale": 0.3});
+    a plain method -> (name, {}).
 
     `"gmix-f0.875"` -> ("gmix", {"perturb_from": 0.875}); `"dgmix-lean"` ->
     ("dgmix", {"keep_first_pass": False}).

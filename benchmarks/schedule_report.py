@@ -134,7 +134,8 @@ def table(rows, title, seeds, best):
     lines = [
         f"### {title}",
         "",
-        f"Seeds {', '.join(map(str, seeds))}; test accuracy in %; cost: CPU time per step over ERM's; "
+        f"Seeds {', '.join(map(str, seeds))}; test accuracy in %; cost: CPU time per step over "
+        "ERM's; "
         "differences in points, paired by seed, two-sided paired t-test. "
         "On the frontier (*): no other row is both cheaper and more accurate.",
         "",

@@ -259,7 +259,8 @@ def tables(rows, checks):
         if peers:
             lines.append("")
             lines.append(
-                "| peer row | ms/step | x its own fit | peak MB | ours | ours ms/step | ours / peer |"
+                "| peer row | ms/step | x its own fit | peak MB | ours | ours ms/step "
+                "| ours / peer |"
             )
             lines.append("|---|---:|---:|---:|---|---:|---:|")
             for peer in peers:
@@ -272,7 +273,8 @@ def tables(rows, checks):
                             continue
                         lines.append(
                             f"| {peer['method']} | {fmt(peer['median_ms'], '.0f')} "
-                            f"| {fmt_ratio(peer, 'x_own_fit')} | {fmt(peer.get('step_peak_mb'), '.0f')} "
+                            f"| {fmt_ratio(peer, 'x_own_fit')} | "
+                            f"{fmt(peer.get('step_peak_mb'), '.0f')} "
                             f"| {ours_method} ({bn} BN) | {fmt(ours['median_ms'], '.0f')} "
                             f"| {fmt_ratio(ours, key)} |"
                         )
@@ -306,7 +308,8 @@ def tables(rows, checks):
             cpu = "" if c.get("ratio_cpu") is None else f" ({c['ratio_cpu']:.2f})"
             spread = "–" if not c.get("round_range") else "{:.2f}–{:.2f}".format(*c["round_range"])
             lines.append(
-                f"| {c['target']} | {c['model']} | {c['batchnorm']} | {'on' if c['jit_compile'] else 'off'} "
+                f"| {c['target']} | {c['model']} | {c['batchnorm']} | "
+                f"{'on' if c['jit_compile'] else 'off'} "
                 f"| {c['ratio']:.2f}{cpu} | {spread} | {VERDICTS[c['verdict']]} |"
             )
         lines.append("")
@@ -320,7 +323,8 @@ def run_header(meta):
         else "default CPU allocator (no per-row peak memory)"
     )
     return f"""- Run {meta["run"]}: `{meta["command"]}`
-  - {meta["date"]} (git {meta["git_commit"]}); {meta["total_s"] / 60:.1f} min; steps x rounds: {meta["steps_rounds"]}
+  - {meta["date"]} (git {meta["git_commit"]}); {meta["total_s"] / 60:.1f} min; \
+steps x rounds: {meta["steps_rounds"]}
   - {meta["cpu_count"]} CPU cores, {meta["cpu_model"]}; Python {meta["python"]}, TensorFlow
     {meta["tensorflow"]}, Keras {meta["keras"]}, tf-keras {meta["tf_keras"]}; {allocator}
   - load average (1, 5, 15 min) before {meta["load_before"]}, after {meta["load_after"]};

@@ -11,7 +11,8 @@ Every figure of the package and its benchmark reports is made by
 - one colour per training method (`METHOD_COLORS`), so that a method has
   the same colour in every figure. A schedule variant (`"gmix-k5"`,
   `"dgmix-k5-r0.3"`: the method, then `kK`, `rA` or `pP` parts for
-  `perturb_every`, `reuse_scale` or `perturb_probability`) takes its method's colour and a marker of its own, drawn open
+  `perturb_every`, `reuse_scale` or `perturb_probability`) takes its
+  method's colour and a marker of its own, drawn open
   (`method_marker`).
 
 matplotlib is imported by the functions that draw, never by

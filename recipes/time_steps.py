@@ -112,17 +112,20 @@ def main(argv=None):
         rows.append((method, step, hours(step), cpu_step, hours(idle_step), gpu_hours))
     print(
         f"{args.model} on {splits.input_shape} images, batch {args.batch_size}, "
-        f"{flops / 1e9:.3f} GFLOPs forward per image; {args.train_images} images x {args.epochs} epochs"
+        f"{flops / 1e9:.3f} GFLOPs forward per image; {args.train_images} images x {args.epochs} "
+        "epochs"
     )
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end")
     print(
         f"| method | wall s/step (median of {args.steps}) | hours at that rate | CPU-seconds/step "
-        f"| hours if the {os.cpu_count()} cores were ours | GPU hours at {args.gpu_tflops:g} TFLOP/s |"
+        f"| hours if the {os.cpu_count()} cores were ours | GPU hours at {args.gpu_tflops:g} "
+        "TFLOP/s |"
     )
     print("|---|---|---|---|---|---|")
     for method, step, wall_hours, cpu_step, idle_hours, gpu_hours in rows:
         print(
-            f"| {method} | {step:.2f} | {wall_hours:.1f} | {cpu_step:.2f} | {idle_hours:.1f} | {gpu_hours:.2f} |"
+            f"| {method} | {step:.2f} | {wall_hours:.1f} | {cpu_step:.2f} | {idle_hours:.1f} | "
+            f"{gpu_hours:.2f} |"
         )
 
 
