@@ -62,6 +62,40 @@ RESUMABLE_FIELDS = (
 # leaves them out, and a run's config.json can be given as `--config`.
 RECORD_KEYS = ("data_fingerprint",)
 
+# The settings of a run (TrainConfig fields, config.json keys) that decide
+# its data and preprocessing: `load_dataset`'s arguments, `dataset` its name.
+DATA_KEYS = (
+    "dataset",
+    "test_dataset",
+    "data_dir",
+    "download",
+    "train_fraction",
+    "train_size",
+    "image_size",
+    "color_mode",
+    "seed",
+)
+
+
+def data_arguments(config):
+    """The `load_dataset` keyword arguments held by a run's settings.
+
+    Args:
+        config: a `TrainConfig`, or a dict such as a run's `config.json`.
+            Settings it lacks, or sets to `None`, keep `load_dataset`'s
+            defaults.
+
+    Returns:
+        A dict for `load_dataset(**data_arguments(config))`: the
+        `DATA_KEYS` that are set, `dataset` given as `name`.
+    """
+    get = config.get if isinstance(config, dict) else lambda key: getattr(config, key, None)
+    arguments = {key: get(key) for key in DATA_KEYS if get(key) is not None}
+    if "dataset" in arguments:
+        arguments["name"] = arguments.pop("dataset")
+    return arguments
+
+
 # Learning-rate schedules laid out over the run's length (cosine decays to 0
 # at the last step, step's milestones are fractions of it): more epochs on
 # --resume would move every later rate, and the rate would jump at the first

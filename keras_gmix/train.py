@@ -377,7 +377,7 @@ def _run(config, output, backup_dir, results_path, strategy, extra_callbacks):
     # run's epoch k has the shuffling and augmentation of epoch k.
     start_epoch = checkpoint_lib.resume_epoch(backup_dir, strategy) if config.resume else 0
     callbacks_lib.check_history_covers(os.path.join(output, "history.csv"), start_epoch, backup_dir)
-    splits = data_lib.load_dataset(**data_lib.data_arguments(config))
+    splits = data_lib.load_dataset(**config_lib.data_arguments(config))
     train_ds, test_ds = data_lib.make_pipelines(
         splits, config.batch_size, augment=config.augment, seed=config.seed, start_epoch=start_epoch
     )
