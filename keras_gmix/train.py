@@ -153,7 +153,7 @@ def _check_new_output(output):
             f"{output} holds an unfinished run: pass --resume to continue it, "
             "or choose another --output."
         )
-    if os.path.exists(os.path.join(output, "results.json")) or callbacks_lib.read_history(
+    if os.path.exists(os.path.join(output, "results.json")) or records.read_history(
         os.path.join(output, "history.csv")
     ):
         raise ValueError(
@@ -230,9 +230,7 @@ def record_folder(output, strategy):
 
 def _write_config(folder, values):
     # Atomic: a kill mid-write must not leave --resume an empty config.json.
-    checkpoint_lib.atomic_write_text(
-        os.path.join(folder, "config.json"), json.dumps(values, indent=2)
-    )
+    records.atomic_write_text(os.path.join(folder, "config.json"), json.dumps(values, indent=2))
 
 
 def _data_fingerprint(config):
@@ -442,7 +440,7 @@ def _run(config, output, backup_dir, results_path, strategy, extra_callbacks):
         loggers=loggers,
         verbose=config.verbose,
     )
-    history = callbacks_lib.read_history(os.path.join(output, "history.csv"))
+    history = records.read_history(os.path.join(output, "history.csv"))
     last = history[-1] if history else {}
     results = {
         "dataset": config.dataset,
@@ -472,7 +470,7 @@ def _run(config, output, backup_dir, results_path, strategy, extra_callbacks):
     # Each file appears whole or not at all; the backup goes last.
     model_tmp = os.path.join(output, ".tmp-model.keras")
     model.save(model_tmp)
-    checkpoint_lib.replace_durably(model_tmp, os.path.join(output, "model.keras"))
-    checkpoint_lib.atomic_write_text(results_path, json.dumps(results, indent=2))
+    records.replace_durably(model_tmp, os.path.join(output, "model.keras"))
+    records.atomic_write_text(results_path, json.dumps(results, indent=2))
     checkpoint_lib.remove(backup_dir)
     return results

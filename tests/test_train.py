@@ -508,7 +508,7 @@ def test_gmix_train_takes_a_schedule(tmp_path):
     )
     model = keras.saving.load_model(os.path.join(output, "model.keras"))
     assert (model.perturb_every, model.reuse_scale) == (2, 0.3)
-    history = kg.callbacks.read_history(os.path.join(output, "history.csv"))
+    history = kg.records.read_history(os.path.join(output, "history.csv"))
     assert history[0]["full_step"] == 0.5  # 4 steps: 0 and 2 are full
     with pytest.raises(SystemExit):
         cli.train_main(TINY + ["--perturb-every", "0", "--output", str(tmp_path / "bad")])
@@ -526,7 +526,7 @@ def test_gmix_train_takes_a_late_phase_as_a_fraction_and_saves_the_step(tmp_path
     assert config["perturb_from"] == 6
     assert keras.saving.load_model(os.path.join(output, "model.keras")).perturb_from == 6
     assert "plain steps until step 6 (epoch 2, batch 3)" in capsys.readouterr().out
-    history = kg.callbacks.read_history(os.path.join(output, "history.csv"))
+    history = kg.records.read_history(os.path.join(output, "history.csv"))
     assert [row["full_step"] for row in history] == [0.0, 0.5]
     with pytest.raises(SystemExit):
         cli.train_main(TINY + ["--perturb-from", "1.5", "--output", str(tmp_path / "bad")])
