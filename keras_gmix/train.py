@@ -54,7 +54,8 @@ from keras_gmix import layers as layers_lib
 from keras_gmix import models as models_lib
 from keras_gmix import records
 from keras_gmix.gradients import PERTURBED_METHODS
-from keras_gmix.schedules import LinearWarmup, learning_rate_schedule  # noqa: F401  (re-exported)
+from keras_gmix.schedules import LinearWarmup  # noqa: F401  (re-exported)
+from keras_gmix.schedules import learning_rate_schedule
 from keras_gmix.config import TrainConfig  # noqa: F401  (re-exported: what `run` takes)
 from keras_gmix.model import GMixModel
 
@@ -117,6 +118,19 @@ def build_model(config, splits, inner=None):
     )
 
 
+def schedule_of(config, steps_per_epoch):
+    """The learning-rate schedule of a `TrainConfig` (`schedules.learning_rate_schedule`)."""
+    return learning_rate_schedule(
+        learning_rate=config.learning_rate,
+        epochs=config.epochs,
+        steps_per_epoch=steps_per_epoch,
+        schedule=config.schedule,
+        warmup_epochs=config.warmup_epochs,
+        step_milestones=config.step_milestones,
+        step_gamma=config.step_gamma,
+    )
+
+
 def build_compiled_model(config, splits, steps_per_epoch, inner=None):
     """The GMixModel of `config`, compiled with its optimizer, schedule and loss.
 
@@ -126,7 +140,7 @@ def build_compiled_model(config, splits, steps_per_epoch, inner=None):
     """
     model = build_model(config_lib.resolve_perturb_from(config, steps_per_epoch), splits, inner)
     optimizer = keras.optimizers.SGD(
-        learning_rate_schedule(config, steps_per_epoch),
+        schedule_of(config, steps_per_epoch),
         momentum=config.momentum,
         nesterov=config.nesterov,
     )
