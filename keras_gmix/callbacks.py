@@ -31,6 +31,10 @@ from keras_gmix import checks
 from keras_gmix import compat
 from keras_gmix import flatness
 from keras_gmix import flatness_plots
+from keras_gmix import records
+
+# Read from here by benchmarks/ (generalization.py); the reader lives in records.py.
+read_history = records.read_history
 
 STEPS_RUN = "steps"  # TensorBoard run (sub-folder) of StepValuesLogger
 FLATNESS_RUN = "flatness"  # TensorBoard run (sub-folder) of FlatnessMonitor
@@ -193,37 +197,6 @@ class EpochTimer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["seconds"] = time.perf_counter() - self._start
-
-
-def read_history(path):
-    """The rows of a `CSVLogger` file as a list of dicts of floats (`epoch` an int)."""
-    if not os.path.exists(path):
-        return []
-    fix = "repair or delete the damaged rows, or delete the run folder to train again"
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (csv.Error, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is unreadable ({error}): {fix}.") from error
-
-    def number(text):
-        try:
-            return float(text)
-        except (TypeError, ValueError):
-            return math.nan
-
-    def epoch(text, line):
-        try:
-            return int(text)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"{path} is unreadable: row {line} has the epoch {text!r}, not a whole number: {fix}."
-            ) from None
-
-    return [
-        {key: epoch(value, line) if key == "epoch" else number(value) for key, value in row.items()}
-        for line, row in enumerate(rows, start=2)
-    ]
 
 
 def check_history_covers(path, epochs, backup_dir, separator=","):

@@ -27,10 +27,12 @@ from keras_gmix import compat
 from keras_gmix import distribute
 from keras_gmix import records
 
+# Read from here by benchmarks/ (generalization_plan.py); the write lives in records.py.
+atomic_write_text = records.atomic_write_text
+
 STATE_FILE = "state.json"
 _WEIGHTS_PATTERN = "epoch-{:06d}.weights.h5"
 _RNG_PATTERN = "epoch-{:06d}.rng.npz"
-_TMP_PREFIX = ".tmp-"
 
 
 def rng_variables(model):
@@ -40,38 +42,6 @@ def rng_variables(model):
     dropout masks of a fresh start instead of where the run was.
     """
     return [v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")]
-
-
-def replace_durably(tmp, path):
-    """Flushes the finished file `tmp` to disk, then renames it to `path` (atomic)."""
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(folder):
-    # Makes the renames themselves durable (a power cut, not just a kill).
-    # Not supported on every platform (Windows): then the OS decides.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path, text):
-    """Writes `text` to `path` so that `path` holds the old or the new text, never a part."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, _TMP_PREFIX + os.path.basename(path))
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    replace_durably(tmp, path)
-    _fsync_dir(folder)
 
 
 def _fix(backup_dir):
@@ -108,9 +78,9 @@ def remove(backup_dir):
     if not os.path.isdir(backup_dir):
         return
     parent, name = os.path.split(os.path.abspath(backup_dir))
-    doomed = os.path.join(parent, f"{_TMP_PREFIX}{name}-{os.getpid()}")
+    doomed = os.path.join(parent, f"{records.TEMP_PREFIX}{name}-{os.getpid()}")
     os.replace(backup_dir, doomed)
-    _fsync_dir(parent)
+    records.fsync_directory(parent)
     for entry in os.listdir(doomed):
         os.remove(os.path.join(doomed, entry))
     os.rmdir(doomed)
@@ -164,10 +134,10 @@ def resume_epoch(backup_dir, strategy=None):
 
 def _write_bytes(backup_dir, name, content):
     """Writes `content` as `backup_dir/name`: a temporary file, flushed, renamed."""
-    tmp = os.path.join(backup_dir, _TMP_PREFIX + name)
+    tmp = os.path.join(backup_dir, records.TEMP_PREFIX + name)
     with open(tmp, "wb") as f:
         f.write(content)
-    replace_durably(tmp, os.path.join(backup_dir, name))
+    records.replace_durably(tmp, os.path.join(backup_dir, name))
 
 
 def _rng_bytes(model):
@@ -194,7 +164,7 @@ def save(model, backup_dir, epochs_done, keep_previous=False):
         _commit(model, backup_dir, epochs_done, keep_previous, weights, rng)
     except OSError as error:
         for other in os.listdir(backup_dir) if os.path.isdir(backup_dir) else ():
-            if other.startswith(_TMP_PREFIX):
+            if other.startswith(records.TEMP_PREFIX):
                 with contextlib.suppress(OSError):
                     os.remove(os.path.join(backup_dir, other))
         kept = None
@@ -222,11 +192,13 @@ def _commit(model, backup_dir, epochs_done, keep_previous, weights, rng):
     older = _checkpoints(read_state(backup_dir)) if keep_previous else []
     previous = [c for c in older if c["epoch"] < epochs_done]
     state = dict(newest, previous=previous[0] if previous else None)
-    atomic_write_text(os.path.join(backup_dir, STATE_FILE), json.dumps(state))
+    records.atomic_write_text(os.path.join(backup_dir, STATE_FILE), json.dumps(state))
     # Only now are the older checkpoints no longer needed.
     kept = {STATE_FILE} | {c[key] for c in _checkpoints(state) for key in ("weights", "rng")}
     for other in os.listdir(backup_dir):
-        if other not in kept and (other.startswith("epoch-") or other.startswith(_TMP_PREFIX)):
+        if other not in kept and (
+            other.startswith("epoch-") or other.startswith(records.TEMP_PREFIX)
+        ):
             os.remove(os.path.join(backup_dir, other))
 
 

@@ -75,7 +75,7 @@ def _with_default(text, default):
 
 def _parser_from_config(config_cls, description, exclude=(), prog=None):
     """An argparse parser with one --flag per TrainConfig field, typed from it,
-    with its help sentence from `config.FIELD_HELP`."""
+    with its help sentence and choices from the field's metadata (`config.setting`)."""
     from keras_gmix import config as config_lib
 
     parser = argparse.ArgumentParser(prog=prog, description=description)
@@ -86,12 +86,11 @@ def _parser_from_config(config_cls, description, exclude=(), prog=None):
         "flags given as well override it. Default: none.",
     )
     defaults = config_cls()
-    choices = config_lib.FIELD_CHOICES
     for field in dataclasses.fields(config_cls):
         if field.name in exclude:
             continue
         flag = "--" + field.name.replace("_", "-")
-        text = _with_default(config_lib.FIELD_HELP[field.name], getattr(defaults, field.name))
+        text = _with_default(field.metadata["help"], getattr(defaults, field.name))
         kind, _ = config_lib.field_kind(field)
         if kind is bool:
             parser.add_argument(
@@ -99,8 +98,8 @@ def _parser_from_config(config_cls, description, exclude=(), prog=None):
             )
         elif kind is tuple:
             parser.add_argument(flag, type=float, nargs="+", default=None, help=text)
-        elif field.name in choices:
-            parser.add_argument(flag, choices=choices[field.name], default=None, help=text)
+        elif field.metadata["choices"]:
+            parser.add_argument(flag, choices=field.metadata["choices"], default=None, help=text)
         else:
             parser.add_argument(flag, type=kind, default=None, help=text)
     return parser

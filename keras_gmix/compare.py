@@ -156,10 +156,9 @@ def compare(config, methods=METHODS, seeds=(0,), output=None):
 def _compare_held(config, methods, seeds, output, plan):
     import keras
 
-    from keras_gmix import checkpoint
     from keras_gmix import train
 
-    checkpoint.atomic_write_text(
+    records.atomic_write_text(
         os.path.join(output, "compare.json"),
         json.dumps({"config": config.to_dict(), "methods": methods, "seeds": seeds}, indent=2),
     )

@@ -17,6 +17,7 @@ from typing import Optional
 
 from keras_gmix import checks
 from keras_gmix import data as data_lib
+from keras_gmix import mixing
 from keras_gmix import models as models_lib
 from keras_gmix import perturb_schedule
 from keras_gmix import records
@@ -26,41 +27,47 @@ SCHEDULES = ("cosine", "step", "constant")
 DISTRIBUTE = ("none", "mirrored", "multiworker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 AUGMENT = ("auto",) + tuple(data_lib.AUGMENTATIONS)
-MIXES = ("mixup", "cutmix")
+MIXES = mixing.MIX_MODES
 COLOR_MODES = tuple(data_lib.COLOR_MODES)
-# The fields that take one of a fixed set of values (also gmix-train's
-# argparse choices).
-FIELD_CHOICES = {
-    "method": METHODS,
-    "model": models_lib.MODEL_NAMES,
-    "schedule": SCHEDULES,
-    "distribute": DISTRIBUTE,
-    "mixed_precision": PRECISIONS,
-    "augment": AUGMENT,
-    "mix": MIXES,
-    "color_mode": COLOR_MODES,
-}
-
-# The TrainConfig fields a resumed run may change: where the data and the
-# record are, and how the run is watched, not what is trained. Every other
-# field, a field added later included, defines the run and must stay as the
-# run began (`resume_differences`); `epochs` may only grow.
-RESUMABLE_FIELDS = (
-    "epochs",
-    "output",
-    "resume",
-    "verbose",
-    "data_dir",
-    "download",
-    "tensorboard_update_freq",
-    "flatness_every",
-    "flatness_examples",
-)
 
 # Keys of a run's config.json that record what the run found rather than
 # what was asked (`train.run` adds them): not settings, so `from_dict`
 # leaves them out, and a run's config.json can be given as `--config`.
 RECORD_KEYS = ("data_fingerprint",)
+
+# The settings of a run (TrainConfig fields, config.json keys) that decide
+# its data and preprocessing: `load_dataset`'s arguments, `dataset` its name.
+DATA_KEYS = (
+    "dataset",
+    "test_dataset",
+    "data_dir",
+    "download",
+    "train_fraction",
+    "train_size",
+    "image_size",
+    "color_mode",
+    "seed",
+)
+
+
+def data_arguments(config):
+    """The `load_dataset` keyword arguments held by a run's settings.
+
+    Args:
+        config: a `TrainConfig`, or a dict such as a run's `config.json`.
+            Settings it lacks, or sets to `None`, keep `load_dataset`'s
+            defaults.
+
+    Returns:
+        A dict for `load_dataset(**data_arguments(config))`: the
+        `DATA_KEYS` that are set, `dataset` given as `name`.
+    """
+    get = config.get if isinstance(config, dict) else lambda key: getattr(config, key, None)
+    arguments = {key: get(key) for key in DATA_KEYS if get(key) is not None}
+    if "dataset" in arguments:
+        arguments["name"] = arguments.pop("dataset")
+    return arguments
+
 
 # Learning-rate schedules laid out over the run's length (cosine decays to 0
 # at the last step, step's milestones are fractions of it): more epochs on
@@ -68,34 +75,25 @@ RECORD_KEYS = ("data_fingerprint",)
 # resumed step, so a resume may add epochs only to a run of another schedule.
 LENGTH_DEPENDENT_SCHEDULES = ("cosine", "step")
 
-# The allowed range of each numeric field (keywords of `checks.check_number`;
-# int fields must be whole numbers). A numeric field not listed here must
-# still be a finite number of its type.
-NUMBER_RANGES = {
-    "train_fraction": dict(low=0, low_inclusive=False, high=1),
-    "train_size": dict(low=1),
-    "image_size": dict(low=1, high=data_lib.MAX_IMAGE_SIZE),
-    "epochs": dict(low=1),
-    "batch_size": dict(low=1),
-    "learning_rate": dict(low=0, low_inclusive=False),
-    "momentum": dict(low=0, high=1),
-    "weight_decay": dict(low=0),
-    "warmup_epochs": dict(low=0),
-    "step_gamma": dict(low=0, low_inclusive=False),
-    "rho": dict(low=0),
-    "alpha": dict(low=0, low_inclusive=False),
-    "sensitive_fraction": dict(low=0, high=1),
-    "eta": dict(low=0),
-    "perturb_every": dict(low=1),
-    "reuse_scale": dict(low=0),
-    "perturb_probability": dict(low=0, low_inclusive=False, high=1),
-    "label_smoothing": dict(low=0, high=1),
-    "seed": dict(low=0, high=2**32 - 1),  # NumPy's seed range (keras.utils.set_random_seed)
-    "tensorboard_update_freq": dict(low=1),
-    "flatness_every": dict(low=0),
-    "flatness_examples": dict(low=1),
-    "verbose": dict(low=0, high=2),
-}
+
+def setting(default, help, choices=None, number_range=None, resumable=False):
+    """A TrainConfig field with its metadata, so that a new setting is one edit.
+
+    Args:
+        default: the field's default value.
+        help: str, one sentence: what it does, its unit or allowed values
+            (gmix-train's help adds the default).
+        choices: tuple or None, the values it may take (also the flag's
+            argparse choices). Defaults to None (any value of its type).
+        number_range: dict or None, keywords of `checks.check_number` for a
+            numeric field. Defaults to None: a finite number of its type.
+        resumable: bool, whether `--resume` may change it: True for where
+            the data and the record are and how the run is watched, not for
+            what is trained; `epochs` may only grow. Defaults to False, so a
+            field added later defines the run (`resume_differences`).
+    """
+    metadata = dict(help=help, choices=choices, number_range=number_range, resumable=resumable)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def field_kind(field):
@@ -134,71 +132,271 @@ class TrainConfig:
     """Every setting of a training run; the defaults are the main job (digits, dgmix).
 
     Every field is a `gmix-train` flag (`train_size` is `--train-size`) and
-    a key of a `--config` JSON/YAML file.
+    a key of a `--config` JSON/YAML file, and carries its help sentence,
+    choices, number range and resumability (`setting`): the tables below
+    the class and the command line are derived from them.
     """
 
-    dataset: str = (
-        "digits"  # cifar10, cifar100, svhn_cropped, stl10, digits, a .npz path or a folder
+    dataset: str = setting(
+        "digits",
+        "Training data: a TFDS name (cifar10, cifar100, svhn_cropped, stl10), 'digits' "
+        "(scikit-learn, offline), a .npz file with x_train/y_train/x_test/y_test, or a "
+        "folder with one subfolder of images per class.",
     )
-    test_dataset: Optional[str] = None  # a folder data set's test images (else a held-out split)
-    data_dir: Optional[str] = None
-    download: bool = True
-    train_fraction: Optional[float] = None  # class-balanced subset: the limited-data regime
-    train_size: Optional[int] = None
-    image_size: Optional[int] = None  # digits and folders: the side images are resized to
-    color_mode: str = "rgb"  # folders: every image converted to rgb or grayscale
+    test_dataset: Optional[str] = setting(
+        None,
+        "Folder data sets only: a second folder of class subfolders to test on (same class "
+        "names); without it a stratified fifth of the training folder is held out, always "
+        "the same images.",
+    )
+    data_dir: Optional[str] = setting(
+        None,
+        "Directory where TensorFlow Datasets keeps (and downloads) its data.",
+        resumable=True,
+    )
+    download: bool = setting(
+        True,
+        "Let TensorFlow Datasets download a data set that is not prepared yet.",
+        resumable=True,
+    )
+    train_fraction: Optional[float] = setting(
+        None,
+        "Train on a class-balanced fraction in (0, 1] of the training split (the "
+        "limited-data regime); the test split is never reduced.",
+        number_range=dict(low=0, low_inclusive=False, high=1),
+    )
+    train_size: Optional[int] = setting(
+        None,
+        "Train on this many training examples (class-balanced); exclusive with --train-fraction.",
+        number_range=dict(low=1),
+    )
+    image_size: Optional[int] = setting(
+        None,
+        "Side length in pixels (at most 4096) that images are resized to: digits (8x8 "
+        "upsampled) and folder data sets (default there: the first image's size).",
+        number_range=dict(low=1, high=data_lib.MAX_IMAGE_SIZE),
+    )
+    color_mode: str = setting(
+        "rgb",
+        "Folder data sets only: rgb (3 channels) or grayscale (1); every image is "
+        "converted to it, whatever its own mode (as Keras' image_dataset_from_directory).",
+        choices=COLOR_MODES,
+    )
     # "auto": "standard" (pad-crop, flip where label-preserving) for image
     # data sets, "none" for the 8x8 digits.
-    augment: str = "auto"
-    model: str = "small_cnn"
-    stock_batchnorm: bool = False  # Keras' BatchNormalization instead of the fused one
-    method: str = "dgmix"
-    epochs: int = 30
-    batch_size: int = 64
-    learning_rate: float = 0.05
-    momentum: float = 0.9
-    nesterov: bool = True
+    augment: str = setting(
+        "auto",
+        "Training augmentation: 'standard' pads, crops and flips (flips only where "
+        "label-preserving), 'randaugment'/'erasing'/'strong' add Keras' layers, 'auto' is "
+        "'none' for digits and 'standard' otherwise.",
+        choices=AUGMENT,
+    )
+    model: str = setting(
+        "small_cnn",
+        "Architecture to train (keras_gmix.models).",
+        choices=models_lib.MODEL_NAMES,
+    )
+    stock_batchnorm: bool = setting(
+        False,
+        "Use Keras' BatchNormalization instead of keras_gmix's fused one.",
+    )
+    method: str = setting(
+        "dgmix",
+        "Training method: erm, mixup, sam, gmix, bgmix or dgmix (SPEC.md section 4).",
+        choices=METHODS,
+    )
+    epochs: int = setting(
+        30,
+        "Number of passes over the training split.",
+        number_range=dict(low=1),
+        resumable=True,
+    )
+    batch_size: int = setting(
+        64,
+        "Training examples per step (the global batch under a distribution strategy).",
+        number_range=dict(low=1),
+    )
+    learning_rate: float = setting(
+        0.05,
+        "Peak learning rate of SGD (after warm-up).",
+        number_range=dict(low=0, low_inclusive=False),
+    )
+    momentum: float = setting(
+        0.9,
+        "SGD momentum in [0, 1].",
+        number_range=dict(low=0, high=1),
+    )
+    nesterov: bool = setting(
+        True,
+        "Use Nesterov momentum.",
+    )
     # PyTorch-style coupled weight decay (the papers' 5e-4): an L2 term
     # weight_decay / 2 * ||w||^2 on kernels, evaluated at w.
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    step_milestones: tuple = (0.5, 0.75)  # step schedule: fractions of training
-    step_gamma: float = 0.1
-    rho: float = 0.05
-    alpha: float = 1.0
-    sensitive_fraction: float = 0.5
-    adaptive: bool = False
-    eta: float = 0.01
-    mix: str = "mixup"
+    weight_decay: float = setting(
+        5e-4,
+        "Coupled L2 weight decay on kernels (PyTorch's convention: the term weight_decay / "
+        "2 * ||w||^2), evaluated at w.",
+        number_range=dict(low=0),
+    )
+    schedule: str = setting(
+        "cosine",
+        "Learning-rate schedule after warm-up: cosine (to 0), step (times --step-gamma at "
+        "each milestone) or constant.",
+        choices=SCHEDULES,
+    )
+    warmup_epochs: float = setting(
+        0.0,
+        "Epochs of linear learning-rate warm-up from 0 (may be fractional).",
+        number_range=dict(low=0),
+    )
+    step_milestones: tuple = setting(
+        (0.5, 0.75),
+        "Step schedule: fractions of training in (0, 1), increasing, where the learning "
+        "rate drops.",
+    )
+    step_gamma: float = setting(
+        0.1,
+        "Step schedule: factor the learning rate is multiplied by at each milestone.",
+        number_range=dict(low=0, low_inclusive=False),
+    )
+    rho: float = setting(
+        0.05,
+        "Radius of the SAM neighbourhood (>= 0; 0 turns the perturbation off).",
+        number_range=dict(low=0),
+    )
+    alpha: float = setting(
+        1.0,
+        "Concentration of the Beta(alpha, alpha) mixing coefficient (> 0).",
+        number_range=dict(low=0, low_inclusive=False),
+    )
+    sensitive_fraction: float = setting(
+        0.5,
+        "bgmix/dgmix: fraction in [0, 1] of each batch treated as sharp.",
+        number_range=dict(low=0, high=1),
+    )
+    adaptive: bool = setting(
+        False,
+        "ASAM's scale-invariant perturbation instead of SAM's.",
+    )
+    eta: float = setting(
+        0.01,
+        "ASAM's offset added to |w| (>= 0).",
+        number_range=dict(low=0),
+    )
+    mix: str = setting(
+        "mixup",
+        "How examples are mixed: mixup (blend) or cutmix (paste a box; image data only).",
+        choices=MIXES,
+    )
     # Efficient schedules (SPEC.md section 4b): the full perturbed step every
     # k-th step (or with probability p), a 1F+1B step in between, optionally
     # plus reuse_scale times the stored orthogonal direction.
-    perturb_every: int = 1
-    reuse_scale: float = 0.0
-    perturb_probability: float = 1.0
+    perturb_every: int = setting(
+        1,
+        "Perturbed methods: the full step every k-th optimizer step, a plain one in "
+        "between (SPEC.md section 4b; integer >= 1).",
+        number_range=dict(low=1),
+    )
+    reuse_scale: float = setting(
+        0.0,
+        "On the cheap steps of a schedule, add the stored orthogonal direction scaled to "
+        "this times ||g|| (LookSAM; >= 0, 0 is off).",
+        number_range=dict(low=0),
+    )
+    perturb_probability: float = setting(
+        1.0,
+        "Perturbed methods: probability in (0, 1] that a step is full, drawn from (seed, "
+        "step); not with --perturb-every > 1.",
+        number_range=dict(low=0, low_inclusive=False, high=1),
+    )
     # The late phase: cheap steps before this step, the schedule above from
     # it on. A fraction in (0, 1) of the run's total steps is resolved into
     # a step when the run starts (and saved so in config.json).
-    perturb_from: float = 0
+    perturb_from: float = setting(
+        0,
+        "Perturbed methods: the late phase. Steps before this one are plain, full steps "
+        "(as --perturb-every / --perturb-probability say) from it on: a step (integer >= "
+        "0) or a fraction in [0, 1) of the run's total steps, e.g. 0.875 for the last "
+        "eighth (resolved into a step and saved so in config.json).",
+    )
     # bgmix/dgmix: False trades one more forward pass for about half the
     # working memory (the same update).
-    keep_first_pass: bool = True
-    label_smoothing: float = 0.0
-    seed: int = 0
+    keep_first_pass: bool = setting(
+        True,
+        "bgmix/dgmix: keep the first pass's tape for the flat subset's gradient (2F+3B); "
+        "--no-keep-first-pass gives the same update with one more forward pass (3F+3B) and "
+        "about sam's working memory instead of twice it.",
+    )
+    label_smoothing: float = setting(
+        0.0,
+        "Label smoothing in [0, 1] of the cross-entropy (one-hot labels).",
+        number_range=dict(low=0, high=1),
+    )
+    seed: int = setting(
+        0,
+        "Seed of initialization, shuffling, augmentation, mixing and subsets (0 to 2**32 - 1).",
+        # NumPy's seed range (keras.utils.set_random_seed)
+        number_range=dict(low=0, high=2**32 - 1),
+    )
     # TensorFlow's op determinism (process-wide, stays on): the same seed
     # gives the same weights bit for bit on one CPU device, also across
     # --resume (augment "none"/"standard"; see the module docstring).
-    deterministic: bool = False
-    output: Optional[str] = None
-    resume: bool = False
-    distribute: str = "none"
-    jit: bool = False
-    mixed_precision: str = "float32"
-    tensorboard_update_freq: int = 10  # steps between TensorBoard batch values
-    flatness_every: int = 0  # FlatnessMonitor every N epochs; 0 = off
-    flatness_examples: int = 256  # held-out (test) examples it measures on
-    verbose: int = 1
+    deterministic: bool = setting(
+        False,
+        "Turn on TensorFlow's op determinism: the same seed gives the same weights bit for "
+        "bit on one CPU device.",
+    )
+    output: Optional[str] = setting(
+        None,
+        "Folder of the run's record (config.json, history.csv, model.keras, results.json, "
+        "...); default runs/<time>.",
+        resumable=True,
+    )
+    resume: bool = setting(
+        False,
+        "Continue the killed run in --output from its last finished epoch.",
+        resumable=True,
+    )
+    distribute: str = setting(
+        "none",
+        "Distribution strategy: none, mirrored (the GPUs of this machine) or multiworker "
+        "(needs TF_CONFIG).",
+        choices=DISTRIBUTE,
+    )
+    jit: bool = setting(
+        False,
+        "Compile the training step with XLA (compile(jit_compile=True)).",
+    )
+    mixed_precision: str = setting(
+        "float32",
+        "Keras mixed-precision policy: float32, mixed_float16 (with loss scaling) or "
+        "mixed_bfloat16.",
+        choices=PRECISIONS,
+    )
+    tensorboard_update_freq: int = setting(
+        10,
+        "Steps between the TensorBoard batch values.",
+        number_range=dict(low=1),
+        resumable=True,
+    )
+    flatness_every: int = setting(
+        0,
+        "Measure flatness (FlatnessMonitor) every N epochs; 0 turns it off.",
+        number_range=dict(low=0),
+        resumable=True,
+    )
+    flatness_examples: int = setting(
+        256,
+        "Held-out (test) examples the flatness measures use.",
+        number_range=dict(low=1),
+        resumable=True,
+    )
+    verbose: int = setting(
+        1,
+        "Keras fit's verbosity: 0 silent, 1 progress bar, 2 one line per epoch.",
+        number_range=dict(low=0, high=2),
+        resumable=True,
+    )
 
     def __post_init__(self):
         # Each field on its own: type, finiteness, range. A config file's
@@ -214,9 +412,8 @@ class TrainConfig:
             elif kind is bool:
                 value = checks.check_bool(field.name, value)
             elif kind in (int, float):
-                value = checks.check_number(
-                    field.name, value, integer=kind is int, **NUMBER_RANGES.get(field.name, {})
-                )
+                number_range = field.metadata.get("number_range") or {}
+                value = checks.check_number(field.name, value, integer=kind is int, **number_range)
             elif field.name == "step_milestones":
                 value = check_milestones(value)
             elif kind is str and not isinstance(value, str):
@@ -230,8 +427,9 @@ class TrainConfig:
     def validate(self):
         """Raises a ValueError naming the first bad setting (each field's own
         type and range are checked when the config is made)."""
-        for name, allowed in FIELD_CHOICES.items():
-            if getattr(self, name) not in allowed:
+        for field in dataclasses.fields(self):
+            name, allowed = field.name, field.metadata.get("choices")
+            if allowed and getattr(self, name) not in allowed:
                 raise ValueError(
                     f"`{name}` must be one of {allowed}. Received: {getattr(self, name)!r}"
                 )
@@ -287,80 +485,13 @@ class TrainConfig:
         return values
 
 
-# One sentence per TrainConfig field: what it does, its unit or allowed
-# values (gmix-train, gmix-compare and a config file's keys share them; the
-# command line adds each default from TrainConfig itself).
-FIELD_HELP = {
-    "dataset": "Training data: a TFDS name (cifar10, cifar100, svhn_cropped, stl10), "
-    "'digits' (scikit-learn, offline), a .npz file with x_train/y_train/x_test/y_test, "
-    "or a folder with one subfolder of images per class.",
-    "test_dataset": "Folder data sets only: a second folder of class subfolders to test on "
-    "(same class names); without it a stratified fifth of the training folder "
-    "is held out, always the same images.",
-    "data_dir": "Directory where TensorFlow Datasets keeps (and downloads) its data.",
-    "download": "Let TensorFlow Datasets download a data set that is not prepared yet.",
-    "train_fraction": "Train on a class-balanced fraction in (0, 1] of the training split "
-    "(the limited-data regime); the test split is never reduced.",
-    "train_size": "Train on this many training examples (class-balanced); exclusive with --train-fraction.",
-    "image_size": "Side length in pixels (at most 4096) that images are resized to: digits "
-    "(8x8 upsampled) and folder data sets (default there: the first image's size).",
-    "color_mode": "Folder data sets only: rgb (3 channels) or grayscale (1); every image is "
-    "converted to it, whatever its own mode (as Keras' image_dataset_from_directory).",
-    "augment": "Training augmentation: 'standard' pads, crops and flips (flips only where "
-    "label-preserving), 'randaugment'/'erasing'/'strong' add Keras' layers, "
-    "'auto' is 'none' for digits and 'standard' otherwise.",
-    "model": "Architecture to train (keras_gmix.models).",
-    "stock_batchnorm": "Use Keras' BatchNormalization instead of keras_gmix's fused one.",
-    "method": "Training method: erm, mixup, sam, gmix, bgmix or dgmix (SPEC.md section 4).",
-    "epochs": "Number of passes over the training split.",
-    "batch_size": "Training examples per step (the global batch under a distribution strategy).",
-    "learning_rate": "Peak learning rate of SGD (after warm-up).",
-    "momentum": "SGD momentum in [0, 1].",
-    "nesterov": "Use Nesterov momentum.",
-    "weight_decay": "Coupled L2 weight decay on kernels (PyTorch's convention: the term "
-    "weight_decay / 2 * ||w||^2), evaluated at w.",
-    "schedule": "Learning-rate schedule after warm-up: cosine (to 0), step (times --step-gamma "
-    "at each milestone) or constant.",
-    "warmup_epochs": "Epochs of linear learning-rate warm-up from 0 (may be fractional).",
-    "step_milestones": "Step schedule: fractions of training in (0, 1), increasing, where the "
-    "learning rate drops.",
-    "step_gamma": "Step schedule: factor the learning rate is multiplied by at each milestone.",
-    "rho": "Radius of the SAM neighbourhood (>= 0; 0 turns the perturbation off).",
-    "alpha": "Concentration of the Beta(alpha, alpha) mixing coefficient (> 0).",
-    "sensitive_fraction": "bgmix/dgmix: fraction in [0, 1] of each batch treated as sharp.",
-    "adaptive": "ASAM's scale-invariant perturbation instead of SAM's.",
-    "eta": "ASAM's offset added to |w| (>= 0).",
-    "mix": "How examples are mixed: mixup (blend) or cutmix (paste a box; image data only).",
-    "perturb_every": "Perturbed methods: the full step every k-th optimizer step, a plain "
-    "one in between (SPEC.md section 4b; integer >= 1).",
-    "reuse_scale": "On the cheap steps of a schedule, add the stored orthogonal direction "
-    "scaled to this times ||g|| (LookSAM; >= 0, 0 is off).",
-    "perturb_probability": "Perturbed methods: probability in (0, 1] that a step is full, "
-    "drawn from (seed, step); not with --perturb-every > 1.",
-    "perturb_from": "Perturbed methods: the late phase. Steps before this one are plain, "
-    "full steps (as --perturb-every / --perturb-probability say) from it on: a step "
-    "(integer >= 0) or a fraction in [0, 1) of the run's total steps, e.g. 0.875 for "
-    "the last eighth (resolved into a step and saved so in config.json).",
-    "keep_first_pass": "bgmix/dgmix: keep the first pass's tape for the flat subset's "
-    "gradient (2F+3B); --no-keep-first-pass gives the same update with one more forward "
-    "pass (3F+3B) and about sam's working memory instead of twice it.",
-    "label_smoothing": "Label smoothing in [0, 1] of the cross-entropy (one-hot labels).",
-    "seed": "Seed of initialization, shuffling, augmentation, mixing and subsets (0 to 2**32 - 1).",
-    "deterministic": "Turn on TensorFlow's op determinism: the same seed gives the same "
-    "weights bit for bit on one CPU device.",
-    "output": "Folder of the run's record (config.json, history.csv, model.keras, "
-    "results.json, ...); default runs/<time>.",
-    "resume": "Continue the killed run in --output from its last finished epoch.",
-    "distribute": "Distribution strategy: none, mirrored (the GPUs of this machine) or "
-    "multiworker (needs TF_CONFIG).",
-    "jit": "Compile the training step with XLA (compile(jit_compile=True)).",
-    "mixed_precision": "Keras mixed-precision policy: float32, mixed_float16 (with loss "
-    "scaling) or mixed_bfloat16.",
-    "tensorboard_update_freq": "Steps between the TensorBoard batch values.",
-    "flatness_every": "Measure flatness (FlatnessMonitor) every N epochs; 0 turns it off.",
-    "flatness_examples": "Held-out (test) examples the flatness measures use.",
-    "verbose": "Keras fit's verbosity: 0 silent, 1 progress bar, 2 one line per epoch.",
-}
+# Views of the fields' metadata, for the code that wants one aspect of all
+# fields (the CLI, the resume check, the tests).
+_FIELDS = dataclasses.fields(TrainConfig)
+FIELD_HELP = {f.name: f.metadata["help"] for f in _FIELDS}
+FIELD_CHOICES = {f.name: f.metadata["choices"] for f in _FIELDS if f.metadata["choices"]}
+NUMBER_RANGES = {f.name: f.metadata["number_range"] for f in _FIELDS if f.metadata["number_range"]}
+RESUMABLE_FIELDS = tuple(f.name for f in _FIELDS if f.metadata["resumable"])
 
 
 def resolve_perturb_from(config, steps_per_epoch):

@@ -109,12 +109,13 @@ def load_examples(
         per-channel mean and std, and int64 labels.
     """
     from keras_gmix import data as data_lib
+    from keras_gmix.config import data_arguments
 
     if split not in ("train", "test"):
         raise ValueError(f"`split` must be 'train' or 'test'. Received: split={split!r}")
     examples = checks.check_number("examples", examples, low=1, integer=True)
     splits = data_lib.load_dataset(
-        **data_lib.data_arguments(
+        **data_arguments(
             dict(
                 dataset=dataset,
                 test_dataset=test_dataset,
@@ -267,7 +268,7 @@ def report(
                 f"No --dataset given and no config.json beside {model_paths[0]}: "
                 "name the data set the models were trained on."
             )
-        from keras_gmix.data import DATA_KEYS
+        from keras_gmix.config import DATA_KEYS
 
         data_settings = {
             k: first_config.get(k) for k in DATA_KEYS if first_config.get(k) is not None

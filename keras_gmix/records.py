@@ -1,4 +1,4 @@
-"""A run folder's record: who may write it, and reading its files back.
+"""A run folder's record: who may write it, writing its files, reading them back.
 
 A run folder (`gmix-train --output`) is written by one process at a time.
 Two processes resuming the same killed run would otherwise both append to
@@ -9,12 +9,18 @@ included), so a lock is never left stale and there is nothing to clean up.
 
 Every file the package reads back goes through `read_json` (or names itself
 the same way): a truncated or hand-edited file gives an error that says
-which file it is and what to do, not a bare JSON or HDF5 error.
+which file it is and what to do, not a bare JSON or HDF5 error. Every file
+the package writes into it (checkpoint.py's included) is written under a
+`TEMP_PREFIX` name, flushed and renamed (`atomic_write_text`,
+`replace_durably`), so a kill leaves the old file or the new one, never a
+part of one.
 """
 
 import contextlib
+import csv
 import errno
 import json
+import math
 import os
 import socket
 import time
@@ -25,6 +31,9 @@ except ImportError:  # Windows: no flock; a run folder is then not locked.
     fcntl = None
 
 LOCK_FILE = ".lock"
+# Files being written are named so until they are complete (then renamed);
+# what a kill leaves under this prefix is never read, and is swept away.
+TEMP_PREFIX = ".tmp-"
 
 
 class RunFolderInUseError(RuntimeError):
@@ -205,7 +214,7 @@ def check_writable(folder):
     """Refuses, up front, a run folder that cannot be written (a read-only
     disk, missing permissions): TensorFlow's event writer and h5py would
     otherwise fail deep inside the run, with their own errors."""
-    probe = os.path.join(folder, f".tmp-probe-{os.getpid()}")
+    probe = os.path.join(folder, f"{TEMP_PREFIX}probe-{os.getpid()}")
     try:
         with open(probe, "wb"):
             pass
@@ -237,3 +246,67 @@ def read_json(path, fix):
     if not isinstance(value, dict):
         raise ValueError(f"{path} is unreadable (it holds no JSON object): {fix}")
     return value
+
+
+def replace_durably(tmp, path):
+    """Flushes the finished file `tmp` to disk, then renames it to `path` (atomic)."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def fsync_directory(folder):
+    """Flushes `folder`'s entries (the renames in it) to disk where the platform allows."""
+    # Makes the renames themselves durable (a power cut, not just a kill).
+    # Not supported on every platform (Windows): then the OS decides.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path, text):
+    """Writes `text` to `path` so that `path` holds the old or the new text, never a part."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, TEMP_PREFIX + os.path.basename(path))
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    replace_durably(tmp, path)
+    fsync_directory(folder)
+
+
+def read_history(path):
+    """The rows of a `CSVLogger` file as a list of dicts of floats (`epoch` an int)."""
+    if not os.path.exists(path):
+        return []
+    fix = "repair or delete the damaged rows, or delete the run folder to train again"
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (csv.Error, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is unreadable ({error}): {fix}.") from error
+
+    def number(text):
+        try:
+            return float(text)
+        except (TypeError, ValueError):
+            return math.nan
+
+    def epoch(text, line):
+        try:
+            return int(text)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{path} is unreadable: row {line} has the epoch {text!r}, not a whole number: {fix}."
+            ) from None
+
+    return [
+        {key: epoch(value, line) if key == "epoch" else number(value) for key, value in row.items()}
+        for line, row in enumerate(rows, start=2)
+    ]

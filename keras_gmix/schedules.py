@@ -47,30 +47,47 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
         return cls(**config)
 
 
-def learning_rate_schedule(config, steps_per_epoch):
+def learning_rate_schedule(
+    *,
+    learning_rate,
+    epochs,
+    steps_per_epoch,
+    schedule="cosine",
+    warmup_epochs=0.0,
+    step_milestones=(0.5, 0.75),
+    step_gamma=0.1,
+):
     """The learning rate per optimizer step: linear warm-up, then cosine / step / constant.
 
-    `config` is a `config.TrainConfig` or any object with its fields
-    `learning_rate`, `epochs`, `warmup_epochs`, `schedule`,
-    `step_milestones` and `step_gamma` (read here, not imported, so that
-    this library module does not depend on the training application).
+    Args:
+        learning_rate: float, the peak rate (reached after the warm-up).
+        epochs: int, the run's length in epochs.
+        steps_per_epoch: int, optimizer steps per epoch.
+        schedule: `"cosine"` (decays to 0 at the last step), `"step"`
+            (times `step_gamma` at each milestone) or `"constant"`.
+            Defaults to `"cosine"`.
+        warmup_epochs: float, epochs of linear warm-up from 0. Defaults to 0.0.
+        step_milestones: fractions of the post-warm-up steps where the step
+            schedule drops. Defaults to (0.5, 0.75).
+        step_gamma: float, the step schedule's factor. Defaults to 0.1.
 
-    Cosine decays to 0 at the last step; step multiplies by `step_gamma` at
-    each of `step_milestones` (fractions of the post-warm-up steps).
+    Returns:
+        A `LearningRateSchedule`, or a float for a constant rate without
+        warm-up.
     """
-    total = max(1, config.epochs * steps_per_epoch)
-    warmup = int(round(config.warmup_epochs * steps_per_epoch))
-    if config.schedule == "cosine":
+    total = max(1, epochs * steps_per_epoch)
+    warmup = int(round(warmup_epochs * steps_per_epoch))
+    if schedule == "cosine":
         return keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0 if warmup else config.learning_rate,
+            initial_learning_rate=0.0 if warmup else learning_rate,
             decay_steps=max(1, total - warmup),
-            warmup_target=config.learning_rate if warmup else None,
+            warmup_target=learning_rate if warmup else None,
             warmup_steps=warmup,
         )
-    if config.schedule == "step":
-        boundaries = [int(m * (total - warmup)) for m in config.step_milestones]
-        values = [config.learning_rate * config.step_gamma**i for i in range(len(boundaries) + 1)]
+    if schedule == "step":
+        boundaries = [int(m * (total - warmup)) for m in step_milestones]
+        values = [learning_rate * step_gamma**i for i in range(len(boundaries) + 1)]
         after = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
     else:
-        after = config.learning_rate
-    return LinearWarmup(config.learning_rate, warmup, after) if warmup else after
+        after = learning_rate
+    return LinearWarmup(learning_rate, warmup, after) if warmup else after

@@ -54,7 +54,8 @@ from keras_gmix import layers as layers_lib
 from keras_gmix import models as models_lib
 from keras_gmix import records
 from keras_gmix.gradients import PERTURBED_METHODS
-from keras_gmix.schedules import LinearWarmup, learning_rate_schedule  # noqa: F401  (re-exported)
+from keras_gmix.schedules import LinearWarmup  # noqa: F401  (re-exported)
+from keras_gmix.schedules import learning_rate_schedule
 from keras_gmix.config import TrainConfig  # noqa: F401  (re-exported: what `run` takes)
 from keras_gmix.model import GMixModel
 
@@ -117,6 +118,19 @@ def build_model(config, splits, inner=None):
     )
 
 
+def schedule_of(config, steps_per_epoch):
+    """The learning-rate schedule of a `TrainConfig` (`schedules.learning_rate_schedule`)."""
+    return learning_rate_schedule(
+        learning_rate=config.learning_rate,
+        epochs=config.epochs,
+        steps_per_epoch=steps_per_epoch,
+        schedule=config.schedule,
+        warmup_epochs=config.warmup_epochs,
+        step_milestones=config.step_milestones,
+        step_gamma=config.step_gamma,
+    )
+
+
 def build_compiled_model(config, splits, steps_per_epoch, inner=None):
     """The GMixModel of `config`, compiled with its optimizer, schedule and loss.
 
@@ -126,7 +140,7 @@ def build_compiled_model(config, splits, steps_per_epoch, inner=None):
     """
     model = build_model(config_lib.resolve_perturb_from(config, steps_per_epoch), splits, inner)
     optimizer = keras.optimizers.SGD(
-        learning_rate_schedule(config, steps_per_epoch),
+        schedule_of(config, steps_per_epoch),
         momentum=config.momentum,
         nesterov=config.nesterov,
     )
@@ -153,7 +167,7 @@ def _check_new_output(output):
             f"{output} holds an unfinished run: pass --resume to continue it, "
             "or choose another --output."
         )
-    if os.path.exists(os.path.join(output, "results.json")) or callbacks_lib.read_history(
+    if os.path.exists(os.path.join(output, "results.json")) or records.read_history(
         os.path.join(output, "history.csv")
     ):
         raise ValueError(
@@ -230,9 +244,7 @@ def record_folder(output, strategy):
 
 def _write_config(folder, values):
     # Atomic: a kill mid-write must not leave --resume an empty config.json.
-    checkpoint_lib.atomic_write_text(
-        os.path.join(folder, "config.json"), json.dumps(values, indent=2)
-    )
+    records.atomic_write_text(os.path.join(folder, "config.json"), json.dumps(values, indent=2))
 
 
 def _data_fingerprint(config):
@@ -377,7 +389,7 @@ def _run(config, output, backup_dir, results_path, strategy, extra_callbacks):
     # run's epoch k has the shuffling and augmentation of epoch k.
     start_epoch = checkpoint_lib.resume_epoch(backup_dir, strategy) if config.resume else 0
     callbacks_lib.check_history_covers(os.path.join(output, "history.csv"), start_epoch, backup_dir)
-    splits = data_lib.load_dataset(**data_lib.data_arguments(config))
+    splits = data_lib.load_dataset(**config_lib.data_arguments(config))
     train_ds, test_ds = data_lib.make_pipelines(
         splits, config.batch_size, augment=config.augment, seed=config.seed, start_epoch=start_epoch
     )
@@ -442,7 +454,7 @@ def _run(config, output, backup_dir, results_path, strategy, extra_callbacks):
         loggers=loggers,
         verbose=config.verbose,
     )
-    history = callbacks_lib.read_history(os.path.join(output, "history.csv"))
+    history = records.read_history(os.path.join(output, "history.csv"))
     last = history[-1] if history else {}
     results = {
         "dataset": config.dataset,
@@ -472,7 +484,7 @@ def _run(config, output, backup_dir, results_path, strategy, extra_callbacks):
     # Each file appears whole or not at all; the backup goes last.
     model_tmp = os.path.join(output, ".tmp-model.keras")
     model.save(model_tmp)
-    checkpoint_lib.replace_durably(model_tmp, os.path.join(output, "model.keras"))
-    checkpoint_lib.atomic_write_text(results_path, json.dumps(results, indent=2))
+    records.replace_durably(model_tmp, os.path.join(output, "model.keras"))
+    records.atomic_write_text(results_path, json.dumps(results, indent=2))
     checkpoint_lib.remove(backup_dir)
     return results

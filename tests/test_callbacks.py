@@ -12,6 +12,7 @@ import keras_gmix as kg
 from keras_gmix import callbacks
 from keras_gmix import flatness
 from keras_gmix import plotting
+from keras_gmix import records
 from tests.png_checks import png_size
 
 D, C, N, BATCH = 6, 3, 48, 16
@@ -147,7 +148,7 @@ def test_resumable_csv_logger_keeps_the_columns_when_the_resumed_epoch_validates
     rows = list(csv.reader(open(path)))
     assert rows[0] == ["epoch", "loss", "seconds", "val_loss", "val_seconds"]
     assert [len(row) for row in rows] == [5, 5, 5, 5]
-    history = callbacks.read_history(str(path))
+    history = records.read_history(str(path))
     assert [row["epoch"] for row in history] == [0, 1, 2]
     assert np.isfinite(history[1]["val_loss"]) and np.isnan(history[2]["val_loss"])
 

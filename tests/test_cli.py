@@ -101,6 +101,28 @@ def test_every_train_config_field_has_a_help_text():
     assert all(text.strip() for text in config_lib.FIELD_HELP.values())
 
 
+def test_a_field_added_in_one_edit_is_a_flag_with_its_help_choices_and_checks():
+    # Adding a setting is one edit: the field, with its metadata beside it.
+    @dataclasses.dataclass
+    class Extended(config_lib.TrainConfig):
+        colour: str = config_lib.setting(
+            "red", "The colour of the run's plots, red or blue.", choices=("red", "blue")
+        )
+        passes: int = config_lib.setting(
+            2, "Passes over each batch (1 to 4).", number_range=dict(low=1, high=4)
+        )
+
+    parser = cli._parser_from_config(Extended, "An extended gmix-train.")
+    flags = {action.dest: action for action in parser._actions}
+    assert flags["colour"].help == "The colour of the run's plots, red or blue. Default: red."
+    assert flags["colour"].choices == ("red", "blue")
+    assert flags["passes"].help == "Passes over each batch (1 to 4). Default: 2."
+    with pytest.raises(ValueError, match="passes"):
+        Extended(passes=5)
+    with pytest.raises(ValueError, match="colour"):
+        Extended(colour="green").validate()
+
+
 def test_help_shows_the_sentence_and_the_default(capsys):
     text = " ".join(help_text(cli.train_main, capsys).split())
     assert (

@@ -567,6 +567,7 @@ def test_folder_images_stream_from_disk_every_epoch(tmp_path):
 
 
 def test_data_arguments_from_a_config_or_its_json():
+    from keras_gmix.config import data_arguments
     from keras_gmix.train import TrainConfig
 
     config = TrainConfig(dataset="digits", image_size=16, seed=3)
@@ -577,8 +578,8 @@ def test_data_arguments_from_a_config_or_its_json():
         "color_mode": "rgb",
         "seed": 3,
     }
-    assert kd.data_arguments(config) == expected
-    assert kd.data_arguments({**config.to_dict(), "method": "erm"}) == expected
+    assert data_arguments(config) == expected
+    assert data_arguments({**config.to_dict(), "method": "erm"}) == expected
 
 
 def _write_mixed_mode_folder(root):

@@ -10,8 +10,9 @@ The rule (STYLE.md, "Layers point down"): the package has two layers.
   run orchestration). A library module never imports an application module,
   neither at module level nor inside a function.
 
-And no module reaches itself through module-level imports (no import
-circle), so any module can be imported first.
+And no module reaches itself through its imports, those inside functions
+counted (no import circle): a function-level import hides a circle from the
+interpreter until the function runs, not from the reader.
 
 The import graph is read from the source (ast), not from a running
 interpreter, so the tests see imports inside functions too.
@@ -143,9 +144,21 @@ def test_the_import_graph_is_read():
 
 
 def test_no_import_cycle():
-    top_level = {module: edges[0] for module, edges in GRAPH.items()}
-    cycles = [c for c in (_cycle_through(m, top_level) for m in sorted(MODULES)) if c]
-    assert not cycles, "Module-level import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+    every_edge = {module: top | inner for module, (top, inner) in GRAPH.items()}
+    cycles = [c for c in (_cycle_through(m, every_edge) for m in sorted(MODULES)) if c]
+    assert not cycles, "Import cycles (imports inside functions counted): " + "; ".join(
+        " -> ".join(c) for c in cycles
+    )
+
+
+def test_a_circle_through_a_function_level_import_is_found():
+    # Guards the cycle search: the circle data/ had before DataSplits moved
+    # to splits.py (datasets imported folder, folder imported datasets back
+    # inside a function) must be reported.
+    edges = {"datasets": {"folder"}, "folder": set()}
+    assert _cycle_through("datasets", edges) is None
+    edges["folder"] = {"datasets"}  # the function-level edge
+    assert _cycle_through("datasets", edges) == ["datasets", "folder", "datasets"]
 
 
 def test_library_never_imports_the_application():

@@ -261,7 +261,7 @@ def _state_of(output):
     values = [v.numpy() for v in model.variables] + [v.numpy() for v in model.optimizer.variables]
     history = [
         {k: v for k, v in row.items() if k != "seconds"}
-        for row in kg.callbacks.read_history(os.path.join(output, "history.csv"))
+        for row in kg.records.read_history(os.path.join(output, "history.csv"))
     ]
     return values, history
 
@@ -1008,7 +1008,7 @@ def test_a_damaged_history_csv_names_itself(tmp_path):
     path = tmp_path / "history.csv"
     path.write_text("epoch,loss\n0,0.5\ngarbage,0.4\n")
     with pytest.raises(ValueError, match=rf"{path} is unreadable.*row 3.*delete the run folder"):
-        kg.callbacks.read_history(str(path))
+        kg.records.read_history(str(path))
 
 
 @pytest.mark.slow  # four gmix-train processes
@@ -1066,7 +1066,7 @@ def test_two_resumes_of_one_killed_run_one_is_refused(tmp_path):
     finally:
         _kill(first)
     _gmix_train(["--resume", "--output", output], prefix=["-m", "keras_gmix.cli"])
-    history = kg.callbacks.read_history(os.path.join(output, "history.csv"))
+    history = kg.records.read_history(os.path.join(output, "history.csv"))
     assert [row["epoch"] for row in history] == [0, 1, 2]
     results = json.load(open(os.path.join(output, "results.json")))
     assert results["epochs_done"] == 3

@@ -444,17 +444,17 @@ def _rates(schedule, steps):
 def test_learning_rate_schedules():
     # 10 epochs x 10 steps; warm-up 2 epochs = 20 steps.
     base = dict(learning_rate=0.1, epochs=10, warmup_epochs=2.0)
-    cosine = train.learning_rate_schedule(train.TrainConfig(schedule="cosine", **base), 10)
+    cosine = train.schedule_of(train.TrainConfig(schedule="cosine", **base), 10)
     assert _rates(cosine, [10, 20, 60]) == pytest.approx([0.05, 0.1, 0.05], rel=1e-5)
     # Step: milestones at 50% and 75% of the 80 post-warm-up steps.
-    step = train.learning_rate_schedule(train.TrainConfig(schedule="step", **base), 10)
+    step = train.schedule_of(train.TrainConfig(schedule="step", **base), 10)
     assert _rates(step, [0, 9, 20, 59, 61, 81]) == pytest.approx(
         [0.005, 0.05, 0.1, 0.1, 0.01, 0.001]
     )
-    constant = train.learning_rate_schedule(train.TrainConfig(schedule="constant", **base), 10)
+    constant = train.schedule_of(train.TrainConfig(schedule="constant", **base), 10)
     assert _rates(constant, [4, 19, 20, 99]) == pytest.approx([0.025, 0.1, 0.1, 0.1])
     # Without warm-up: plain Keras schedules.
-    plain = train.learning_rate_schedule(
+    plain = train.schedule_of(
         train.TrainConfig(schedule="cosine", learning_rate=0.1, epochs=10), 10
     )
     assert _rates(plain, [0, 50, 100]) == pytest.approx([0.1, 0.05, 0.0], abs=1e-6)
@@ -508,7 +508,7 @@ def test_gmix_train_takes_a_schedule(tmp_path):
     )
     model = keras.saving.load_model(os.path.join(output, "model.keras"))
     assert (model.perturb_every, model.reuse_scale) == (2, 0.3)
-    history = kg.callbacks.read_history(os.path.join(output, "history.csv"))
+    history = kg.records.read_history(os.path.join(output, "history.csv"))
     assert history[0]["full_step"] == 0.5  # 4 steps: 0 and 2 are full
     with pytest.raises(SystemExit):
         cli.train_main(TINY + ["--perturb-every", "0", "--output", str(tmp_path / "bad")])
@@ -526,7 +526,7 @@ def test_gmix_train_takes_a_late_phase_as_a_fraction_and_saves_the_step(tmp_path
     assert config["perturb_from"] == 6
     assert keras.saving.load_model(os.path.join(output, "model.keras")).perturb_from == 6
     assert "plain steps until step 6 (epoch 2, batch 3)" in capsys.readouterr().out
-    history = kg.callbacks.read_history(os.path.join(output, "history.csv"))
+    history = kg.records.read_history(os.path.join(output, "history.csv"))
     assert [row["full_step"] for row in history] == [0.0, 0.5]
     with pytest.raises(SystemExit):
         cli.train_main(TINY + ["--perturb-from", "1.5", "--output", str(tmp_path / "bad")])

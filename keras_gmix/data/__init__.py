@@ -14,11 +14,7 @@ from keras_gmix.data.datasets import CIFAR10_MEAN
 from keras_gmix.data.datasets import CIFAR10_STD
 from keras_gmix.data.datasets import CIFAR100_MEAN
 from keras_gmix.data.datasets import CIFAR100_STD
-from keras_gmix.data.datasets import DATA_KEYS
 from keras_gmix.data.datasets import DATASET_NAMES
-from keras_gmix.data.datasets import DataSplits
-from keras_gmix.data.datasets import compute_mean_std
-from keras_gmix.data.datasets import data_arguments
 from keras_gmix.data.datasets import load_dataset
 from keras_gmix.data.datasets import load_digits
 from keras_gmix.data.datasets import load_npz
@@ -33,6 +29,8 @@ from keras_gmix.data.folder import load_image_folder
 from keras_gmix.data.pipeline import AUGMENTATIONS
 from keras_gmix.data.pipeline import make_pipeline
 from keras_gmix.data.pipeline import make_pipelines
+from keras_gmix.data.splits import DataSplits
+from keras_gmix.data.splits import compute_mean_std
 from keras_gmix.data.subset import balanced_subset_indices
 
 __all__ = [
@@ -43,7 +41,6 @@ __all__ = [
     "CIFAR10_STD",
     "COLOR_MODES",
     "DATASET_NAMES",
-    "DATA_KEYS",
     "DataSplits",
     "DownloadUnavailableError",
     "ImageFiles",
@@ -51,7 +48,6 @@ __all__ = [
     "apply_crop_flip",
     "balanced_subset_indices",
     "compute_mean_std",
-    "data_arguments",
     "data_fingerprint",
     "draw_crop_flip",
     "fingerprint_changes",

@@ -13,6 +13,9 @@ import os
 
 import numpy as np
 
+from keras_gmix.data.splits import DataSplits
+from keras_gmix.data.splits import compute_mean_std
+
 # The held-out test split of a folder without a test folder: a stratified
 # fifth, drawn with a fixed seed, so that runs with different `--seed` are
 # tested on the same images (as digits' split is).
@@ -217,7 +220,6 @@ def _image_shape(path, image_size, color_mode):
 
 
 def _sample_mean_std(files, seed):
-    from keras_gmix.data.datasets import compute_mean_std
     import tensorflow as tf
 
     rng = np.random.default_rng(seed)
@@ -254,8 +256,6 @@ def load_image_folder(directory, image_size=None, test_directory=None, flip=True
         ValueError: an empty class subfolder, or image files that cannot be
             decoded (named, `check_images`).
     """
-    from keras_gmix.data.datasets import DataSplits
-
     if color_mode not in COLOR_MODES:
         raise ValueError(
             f"`color_mode` must be one of {list(COLOR_MODES)}. Received: color_mode={color_mode!r}"
