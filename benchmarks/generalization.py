@@ -258,7 +258,7 @@ def train_run(
         validation_freq=eval_every,
     )
     if backup_dir is not None:  # every attempt's epochs, not only this one's
-        history = history_from_rows(kg.callbacks.read_history(csv_path))
+        history = history_from_rows(kg.records.read_history(csv_path))
     result = {
         "dataset": task.name,
         "subset": task.subset,

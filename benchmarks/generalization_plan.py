@@ -149,7 +149,7 @@ def write_json(path, payload):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     # Flushed, then renamed: a killed process or a power cut never leaves
     # half a file (a run costs up to an hour).
-    from keras_gmix.checkpoint import atomic_write_text
+    from keras_gmix.records import atomic_write_text
 
     atomic_write_text(path, json.dumps(payload, indent=1))
 

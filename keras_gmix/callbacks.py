@@ -31,10 +31,6 @@ from keras_gmix import checks
 from keras_gmix import compat
 from keras_gmix import flatness
 from keras_gmix import flatness_plots
-from keras_gmix import records
-
-# Read from here by benchmarks/ (generalization.py); the reader lives in records.py.
-read_history = records.read_history
 
 STEPS_RUN = "steps"  # TensorBoard run (sub-folder) of StepValuesLogger
 FLATNESS_RUN = "flatness"  # TensorBoard run (sub-folder) of FlatnessMonitor

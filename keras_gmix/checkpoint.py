@@ -27,9 +27,6 @@ from keras_gmix import compat
 from keras_gmix import distribute
 from keras_gmix import records
 
-# Read from here by benchmarks/ (generalization_plan.py); the write lives in records.py.
-atomic_write_text = records.atomic_write_text
-
 STATE_FILE = "state.json"
 _WEIGHTS_PATTERN = "epoch-{:06d}.weights.h5"
 _RNG_PATTERN = "epoch-{:06d}.rng.npz"

@@ -202,7 +202,8 @@ class TrainConfig:
     )
     method: str = setting(
         "dgmix",
-        "Training method: erm, mixup, sam, gmix, bgmix or dgmix (SPEC.md section 4).",
+        "Training method: erm (plain), mixup, sam, gmix (Mixup + SAM), bgmix or dgmix "
+        "(Binary / Decomposed G-Mix; README's method table).",
         choices=METHODS,
     )
     epochs: int = setting(
@@ -293,8 +294,9 @@ class TrainConfig:
     # plus reuse_scale times the stored orthogonal direction.
     perturb_every: int = setting(
         1,
-        "Perturbed methods: the full step every k-th optimizer step, a plain one in "
-        "between (SPEC.md section 4b; integer >= 1).",
+        "Perturbed methods: the full step every k-th optimizer step, a cheap one in "
+        "between: one forward and one backward pass, mixup's step (erm's for sam) "
+        "(integer >= 1).",
         number_range=dict(low=1),
     )
     reuse_scale: float = setting(

@@ -540,7 +540,7 @@ def test_gmix_train_takes_no_keep_first_pass(tmp_path):
     assert json.load(open(os.path.join(output, "config.json")))["keep_first_pass"] is False
     model = keras.saving.load_model(os.path.join(output, "model.keras"))
     assert model.keep_first_pass is False and model.method == "bgmix"
-    history = kg.callbacks.read_history(os.path.join(output, "history.csv"))
+    history = kg.records.read_history(os.path.join(output, "history.csv"))
     assert np.isfinite(history[0]["loss"]) and history[0]["sharpness"] != 0
 
 
