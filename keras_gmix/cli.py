@@ -211,7 +211,8 @@ def _compare(args, methods, seeds, output, collect):
 
 
 def compare_main(argv=None):
-    """`gmix-compare`: runs methods x seeds on one recipe (or collects runs) into results.md and results.png."""
+    """`gmix-compare`: runs methods x seeds on one recipe (or collects runs)
+    into results.md and results.png."""
     parser = compare_parser()
     args = vars(parser.parse_args(argv))
     methods, seeds = args.pop("methods"), args.pop("seeds")

@@ -105,7 +105,8 @@ def field_kind(field):
 
 
 def check_milestones(milestones):
-    """Returns the step schedule's milestones as a tuple of floats, strictly increasing in (0, 1)."""
+    """Returns the step schedule's milestones as a tuple of floats, strictly
+    increasing in (0, 1)."""
     values = tuple(milestones) if isinstance(milestones, (list, tuple)) else None
     try:
         values = tuple(

@@ -87,7 +87,8 @@ def record_write_error(error, folder):
 
 
 def _holder_text():
-    return f"process {os.getpid()} on host {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    since = time.strftime("%Y-%m-%d %H:%M:%S")
+    return f"process {os.getpid()} on host {socket.gethostname()}, since {since}"
 
 
 def lock_file(path):
@@ -303,7 +304,8 @@ def read_history(path):
             return int(text)
         except (TypeError, ValueError):
             raise ValueError(
-                f"{path} is unreadable: row {line} has the epoch {text!r}, not a whole number: {fix}."
+                f"{path} is unreadable: row {line} has the epoch {text!r}, "
+                f"not a whole number: {fix}."
             ) from None
 
     return [
