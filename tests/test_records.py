@@ -17,7 +17,7 @@ from tests.helpers.common import (
 )
 
 
-# -- run records: one process per run folder; a resume continues the same run ----------
+# -- one process per run folder: the lock -----------------------------------------------
 
 
 HOLDER = (

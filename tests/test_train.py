@@ -879,6 +879,9 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights_bit_for_bit(tmp_pa
     assert not os.path.exists(os.path.join(killed, "backup"))
 
 
+# -- --resume continues the run in the folder, or refuses ------------------------------
+
+
 def test_resume_of_a_missing_folder_is_refused_and_creates_nothing(tmp_path, capsys):
     from keras_gmix import cli
     from keras_gmix import train
@@ -998,6 +1001,8 @@ def test_a_kill_while_config_json_is_written_leaves_the_old_one(run_copy, monkey
     assert open(config_path).read() == before
     assert train.run(resume_config(run_copy))["epochs_done"] == 2  # and the run resumes from it
 
+
+# -- a full disk: gmix-train ends with a sentence ---------------------------------------
 
 DISK_LIMIT = (
     "import resource, runpy, signal, sys\n"
