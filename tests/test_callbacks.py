@@ -13,14 +13,10 @@ from keras_gmix import callbacks
 from keras_gmix import flatness
 from keras_gmix import plotting
 from keras_gmix import records
+from tests.helpers.common import data
 from tests.png_checks import png_size
 
 D, C, N, BATCH = 6, 3, 48, 16
-
-
-def data(seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(N, D)).astype("float32"), rng.integers(0, C, N)
 
 
 def model(method, learning_rate=0.1):
@@ -49,7 +45,7 @@ def read_events(folder):
 
 
 def test_step_values_logger_writes_lr_rho_and_histograms(tmp_path):
-    x, y = data()
+    x, y = data(N)
     schedule = keras.optimizers.schedules.PolynomialDecay(
         0.1, decay_steps=9, end_learning_rate=0.01
     )
@@ -79,7 +75,7 @@ def test_step_values_logger_writes_lr_rho_and_histograms(tmp_path):
     "method, expected", [("erm", set()), ("mixup", {"lambda"}), ("sam", {"sensitivity"})]
 )
 def test_step_values_logger_skips_what_a_method_does_not_compute(tmp_path, method, expected):
-    x, y = data()
+    x, y = data(N)
     m = model(method)
     m.fit(
         x,
@@ -99,7 +95,7 @@ def test_epoch_timer_and_resumable_csv_logger(tmp_path):
         "epoch,loss,seconds,val_loss,val_seconds\n0,1.0,2.0,NA,NA\n1,0.9,2.0,NA,NA\n"
         "2,0.8,2.0,NA,NA\n3,0."
     )
-    x, y = data()
+    x, y = data(N)
     m = model("erm")
     logger = callbacks.ResumableCSVLogger(str(path))
     m.fit(
@@ -132,7 +128,7 @@ def test_resumable_csv_logger_keeps_the_columns_when_the_resumed_epoch_validates
     # an epoch that validates, whose logs have only val_loss.
     path = tmp_path / "history.csv"
     path.write_text("epoch,loss,seconds,val_loss,val_seconds\n0,1.0,2.0,NA,NA\n")
-    x, y = data()
+    x, y = data(N)
     m = model("erm")
     m.fit(
         x,
@@ -154,8 +150,8 @@ def test_resumable_csv_logger_keeps_the_columns_when_the_resumed_epoch_validates
 
 
 def test_flatness_monitor_logs_tags_pngs_and_the_measured_values(tmp_path):
-    x, y = data()
-    held_out = data(seed=1)
+    x, y = data(N)
+    held_out = data(N, seed=1)
     m = model("dgmix")
     settings = dict(eigenvalue_iters=4, sharpness_steps=2, landscape_points=5, rho=0.05, seed=3)
     monitor = callbacks.FlatnessMonitor(
@@ -213,7 +209,7 @@ def test_callback_arguments_are_checked():
 def test_tensorboard_writes_every_epoch_when_update_freq_does_not_divide_the_steps(tmp_path):
     """3 steps per epoch, update_freq=10: Keras' own callback records the epoch
     scalars only for epochs that end on a multiple of 10 (here: none)."""
-    x, y = data()  # 48 examples, batch 16: 3 steps per epoch
+    x, y = data(N)  # 48 examples, batch 16: 3 steps per epoch
     m = model("gmix")
     m.fit(
         x,
@@ -239,3 +235,10 @@ def test_tensorboard_writes_every_epoch_when_update_freq_does_not_divide_the_ste
     )
     # The batch scalars keep their cadence: steps 10 of the 12.
     assert [step for step, _, _ in train_events["batch_loss"]] == [10]
+
+
+def test_a_damaged_history_csv_names_itself(tmp_path):
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,loss\n0,0.5\ngarbage,0.4\n")
+    with pytest.raises(ValueError, match=rf"{path} is unreadable.*row 3.*delete the run folder"):
+        kg.records.read_history(str(path))

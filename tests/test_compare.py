@@ -182,3 +182,15 @@ def test_compare_checks_every_run_folder_before_writing(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "mixup-seed0 holds a run with other settings" in capsys.readouterr().err
     assert sorted(os.listdir(output)) == [".lock", "mixup-seed0"]
+
+
+def test_a_damaged_results_json_names_itself_in_gmix_compare(tmp_path):
+    from keras_gmix import compare
+
+    run = tmp_path / "erm-seed0"
+    run.mkdir()
+    (run / "results.json").write_text('{"method": "erm", "test_acc')
+    with pytest.raises(
+        ValueError, match=rf"{run / 'results.json'} is unreadable.*out of --collect"
+    ):
+        compare.find_results([str(tmp_path)])

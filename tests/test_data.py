@@ -738,3 +738,30 @@ def test_an_absurd_image_size_is_refused_before_reading(tmp_path, capsys):
         cli.train_main(["--dataset", "digits", "--image-size", "100000", "--output", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "Argument `image_size` must be an integer in [1, 4096]" in capsys.readouterr().err
+
+
+class _Payload:
+    """Unpickling it would create the file `path`: proof that code ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_an_npz_with_pickled_arrays_is_refused_unread(tmp_path):
+    marker = tmp_path / "unpickled"
+    path = tmp_path / "data.npz"
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    np.savez(
+        path,
+        x_train=images,
+        y_train=np.arange(4),
+        x_test=images,
+        y_test=np.arange(4),
+        label_names=np.array([_Payload(str(marker))], dtype=object),
+    )
+    with pytest.raises(ValueError, match="object \\(pickled\\) arrays"):
+        kd.load_dataset(str(path))
+    assert not marker.exists()

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import keras_gmix as kg
 from keras_gmix import mixing
-from tests.test_model import assert_trained_to, weights_after_sgd_step
+from tests.helpers.common import assert_trained_to, weights_after_sgd_step
 
 N, C = 8, 3
 

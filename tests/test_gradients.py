@@ -8,19 +8,10 @@ import tensorflow as tf
 import keras_gmix as kg
 from keras_gmix import gradients
 from tests import numpy_reference as ref
+from tests.helpers.common import linear_model
 
 N, D, C = 24, 6, 4
 LOSS = keras.losses.CategoricalCrossentropy(from_logits=True)
-
-
-def linear_model(seed=0):
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential([keras.Input((D,)), keras.layers.Dense(C)])
-    rng = np.random.default_rng(seed)
-    model.set_weights(
-        [rng.normal(size=(D, C)).astype("float32"), rng.normal(size=C).astype("float32")]
-    )
-    return model
 
 
 def soft_batch(seed=2):
@@ -55,7 +46,7 @@ REFERENCE_CASES = [
 
 @pytest.mark.parametrize("method,adaptive,gamma,batch,keep_first_pass", REFERENCE_CASES)
 def test_matches_numpy_reference(method, adaptive, gamma, batch, keep_first_pass):
-    model = linear_model()
+    model = linear_model(classes=C, normal_weights=True)
     x, y = soft_batch(batch)
     before = [v.numpy().copy() for v in model.weights]
     w, b = [t.astype(np.float64) for t in before]
@@ -95,7 +86,7 @@ def test_matches_numpy_reference(method, adaptive, gamma, batch, keep_first_pass
 
 def test_dgmix_conflict_case_is_exercised():
     """The reference batches must cover both dgmix branches, or its check above is weak."""
-    model = linear_model()
+    model = linear_model(classes=C, normal_weights=True)
     for batch, conflict in [(CONFLICT_BATCH, 1.0), (AGREEING_BATCH, 0.0)]:
         x, y = soft_batch(batch)
         _, stats = kg.update_gradients(model, x, y, loss=LOSS, method="dgmix", rho=0.3)
@@ -107,7 +98,7 @@ def flat_grads(grads):
 
 
 def grads_of(method, **kwargs):
-    model = linear_model()
+    model = linear_model(classes=C, normal_weights=True)
     x, y = soft_batch()
     grads, _ = kg.update_gradients(model, x, y, loss=LOSS, method=method, **kwargs)
     return flat_grads(grads)
@@ -139,7 +130,7 @@ def test_bgmix_gamma_zero_is_mixup():
 
 def test_dgmix_equals_bgmix_without_conflict():
     """Find a batch where g_sharp and g_flat agree, and check dgmix == bgmix there."""
-    model = linear_model()
+    model = linear_model(classes=C, normal_weights=True)
     x, y = soft_batch()
     # A tiny rho keeps g_sharp close to the full-batch gradient direction on
     # a batch of near-duplicate examples, so the two subsets agree.
@@ -154,7 +145,7 @@ def test_dgmix_equals_bgmix_without_conflict():
 
 
 def test_dgmix_never_opposes_flat_gradient():
-    model = linear_model()
+    model = linear_model(classes=C, normal_weights=True)
     x, y = soft_batch()
     grads, stats = kg.update_gradients(model, x, y, loss=LOSS, method="dgmix", rho=0.3)
     assert stats["conflict"] == 1.0
@@ -184,7 +175,7 @@ def test_regularizers_are_evaluated_at_w_and_added_once():
     model = keras.Sequential(
         [keras.Input((D,)), keras.layers.Dense(C, kernel_regularizer=keras.regularizers.L2(l2))]
     )
-    plain = linear_model()
+    plain = linear_model(classes=C, normal_weights=True)
     model.set_weights(plain.get_weights())
     x, y = soft_batch()
     w = plain.get_weights()[0]
@@ -197,7 +188,7 @@ def test_regularizers_are_evaluated_at_w_and_added_once():
 
 
 def test_sample_weights_scale_each_example():
-    model = linear_model()
+    model = linear_model(classes=C, normal_weights=True)
     x, y = soft_batch()
     weights = np.zeros(N, "float32")
     weights[: N // 2] = 2.0
@@ -269,4 +260,9 @@ def test_memory_lean_step_is_the_same_step_with_batchnorm_and_dropout(method, ga
 
 def test_keep_first_pass_must_be_a_bool():
     with pytest.raises(ValueError, match="keep_first_pass"):
-        kg.update_gradients(linear_model(), *soft_batch(), loss=LOSS, keep_first_pass="no")
+        kg.update_gradients(
+            linear_model(classes=C, normal_weights=True),
+            *soft_batch(),
+            loss=LOSS,
+            keep_first_pass="no",
+        )

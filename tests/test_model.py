@@ -10,67 +10,22 @@ import tensorflow as tf
 import keras_gmix as kg
 from keras_gmix import gradients
 from keras_gmix.step_values import STEP_VALUES_CAPACITY
-
-D, C, N = 6, 3, 32
-
-
-def dense_bn_model(seed=0, dropout=0.0):
-    keras.utils.set_random_seed(seed)
-    layers = [
-        keras.Input((D,)),
-        keras.layers.Dense(8),
-        keras.layers.BatchNormalization(),
-        keras.layers.ReLU(),
-    ]
-    if dropout:
-        layers.append(keras.layers.Dropout(dropout, seed=seed))
-    layers.append(keras.layers.Dense(C))
-    return keras.Sequential(layers)
-
-
-def data(seed=0, n=N):
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(n, D)).astype("float32"), rng.integers(0, C, n)
-
-
-def compiled(method, inner=None, optimizer=None, **kwargs):
-    model = kg.GMixModel(inner or dense_bn_model(), method=method, seed=5, **kwargs)
-    model.compile(
-        optimizer=optimizer or keras.optimizers.SGD(0.1),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    return model
-
-
-def step_inputs(model, x, y, step=1):
-    """The batch that step `step` of `model` trains on (mixed if the method mixes)."""
-    y_one_hot = tf.one_hot(y, C)
-    if model.method not in gradients.MIXED_METHODS:
-        return x, y_one_hot
-    x_mix, y_mix, _, _ = model.mix_data(
-        x, y_one_hot, None, model.mixing_seed(tf.constant(step, tf.int64))
-    )
-    return x_mix, y_mix
-
-
-def weights_after_sgd_step(reference, x, y_soft, method, learning_rate=1.0):
-    """The reference model's weights after one plain SGD step on `update_gradients`."""
-    grads, _ = kg.update_gradients(
-        reference,
-        x,
-        y_soft,
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
-        method=method,
-    )
-    return [
-        w.numpy() - learning_rate * g.numpy() for w, g in zip(reference.trainable_variables, grads)
-    ]
-
-
-def assert_trained_to(model, expected):
-    for variable, value in zip(model.inner.trainable_variables, expected):
-        np.testing.assert_allclose(variable.numpy(), value, rtol=1e-5, atol=1e-6)
+from tests.helpers.common import (
+    C,
+    D,
+    GUARDED,
+    N,
+    CountingModel,
+    assert_trained_to,
+    assert_unchanged,
+    compiled,
+    data,
+    dense_bn_model,
+    small_model,
+    step_inputs,
+    weights_after_sgd_step,
+    weights_of,
+)
 
 
 @pytest.mark.parametrize("method", kg.METHODS)
@@ -360,7 +315,7 @@ def old_layout(model, lam, sensitivity):
 
 def reusing_model(seed):
     """A trained model with every kind of own variable: counters and the reuse direction."""
-    x, y = data(seed)
+    x, y = data(seed=seed)
     model = compiled(
         "gmix",
         inner=dense_bn_model(seed),
@@ -467,30 +422,6 @@ def test_labels_with_the_wrong_class_count():
 # -- pass counts ---------------------------------------------------------------
 
 
-class CountingModel(keras.Model):
-    """Counts forward calls, and backward passes through its first layer."""
-
-    def __init__(self):
-        super().__init__()
-        self.hidden = keras.layers.Dense(8, activation="tanh")
-        self.head = keras.layers.Dense(C)
-        self.forward_calls = 0
-        self.backward_calls = 0
-
-    def call(self, x):
-        self.forward_calls += 1
-
-        @tf.custom_gradient
-        def counted(h):
-            def grad(upstream):
-                self.backward_calls += 1
-                return upstream
-
-            return tf.identity(h), grad
-
-        return self.head(counted(self.hidden(x)))
-
-
 @pytest.mark.parametrize(
     "method,forward,backward,options",
     [
@@ -545,3 +476,75 @@ def test_fit_with_keep_first_pass_false_trains_as_the_kept_tape(method, schedule
         np.testing.assert_allclose(histories[1][key], values, rtol=1e-5, atol=1e-6, err_msg=key)
     for a, b in zip(variables[1], variables[0]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# -- numerical faults: skip, count, stop -------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["erm", "gmix", "dgmix"])
+def test_nan_in_a_batch_skips_the_step(method):
+    x, y = data(16)
+    x[5] = np.nan
+    model = compiled(method, small_model(), **GUARDED)
+    before = weights_of(model)
+    optimizer_state = [v.numpy().copy() for v in model.optimizer.variables]
+    # Arrays are refused up front; a data set reaches the step.
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    history = model.fit(dataset, verbose=0).history
+    assert history["skipped_steps"] == [1.0]
+    assert_unchanged(model, before)
+    model.optimizer.build(model.inner.trainable_variables)
+    for variable, value in zip(model.optimizer.variables, optimizer_state):
+        np.testing.assert_array_equal(variable.numpy(), value)
+    clean_x, clean_y = data(16, seed=1)
+    model.fit(clean_x, clean_y, batch_size=16, verbose=0)  # and it goes on training
+    assert int(model.consecutive_skips.numpy()) == 0
+    assert all(np.all(np.isfinite(w)) for w in weights_of(model))
+    assert any(not np.array_equal(a, b) for a, b in zip(weights_of(model), before))
+
+
+class NaNGradient(keras.layers.Layer):
+    """Identity forward; its backward pass returns NaN (a fault in a gradient only)."""
+
+    def call(self, x):
+        @tf.custom_gradient
+        def identity(x):
+            return tf.identity(x), lambda upstream: upstream * np.nan
+
+        return identity(x)
+
+
+@pytest.mark.parametrize("method", ["mixup", "sam", "bgmix"])
+def test_nan_gradient_skips_the_step(method):
+    keras.utils.set_random_seed(0)
+    inner = keras.Sequential(
+        [keras.Input((D,)), keras.layers.Dense(8), NaNGradient(), keras.layers.Dense(C)]
+    )
+    model = compiled(method, inner, max_consecutive_skips=5, **GUARDED)
+    before = weights_of(model)
+    x, y = data(16)
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+    assert history["skipped_steps"] == [2.0]
+    assert_unchanged(model, before)
+    assert int(model.consecutive_skips.numpy()) == 2
+
+
+def test_training_stops_after_consecutive_skips():
+    keras.utils.set_random_seed(0)
+    inner = keras.Sequential(
+        [keras.Input((D,)), keras.layers.Dense(8), NaNGradient(), keras.layers.Dense(C)]
+    )
+    model = compiled("gmix", inner, max_consecutive_skips=3, **GUARDED)
+    before = weights_of(model)
+    x, y = data(64)
+    with pytest.raises(
+        FloatingPointError, match="last 3 steps all had a non-finite loss or gradient"
+    ):
+        model.fit(x, y, batch_size=8, epochs=5, verbose=0)
+    assert_unchanged(model, before)
+    assert int(model.consecutive_skips.numpy()) == 3
+
+
+def test_max_consecutive_skips_is_checked():
+    with pytest.raises(ValueError, match="max_consecutive_skips"):
+        kg.GMixModel(small_model(), max_consecutive_skips=0)

@@ -11,8 +11,7 @@ from keras_gmix import gradients
 from keras_gmix import perturb_schedule
 
 from tests import numpy_reference as ref
-from tests.test_model import (
-    C,
+from tests.helpers.common import (
     D,
     N,
     CountingModel,
@@ -20,6 +19,7 @@ from tests.test_model import (
     compiled,
     data,
     dense_bn_model,
+    linear_model,
     step_inputs,
     weights_after_sgd_step,
 )
@@ -203,11 +203,6 @@ def test_a_cheap_step_without_reuse_is_the_unperturbed_methods_step(method, chea
     logs = model.train_on_batch(x, y, return_dict=True)  # step 1: cheap
     assert logs["full_step"] == 0.0  # train_on_batch resets the metrics: this step alone
     assert_trained_to(model, expected)
-
-
-def linear_model(seed=0):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential([keras.Input((D,)), keras.layers.Dense(C)])
 
 
 def flat_weights(model):

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import keras_gmix as kg
-from tests.test_reliability import C, compiled, data, small_model
+from tests.helpers.common import GUARDED, C, compiled, data, small_model
 
 
 def batches(x, y, *extra, batch_size=16):
@@ -20,19 +20,25 @@ def test_fractional_class_ids_in_a_pipeline_are_refused():
     y = y.astype("float32")
     y[3] = 1.7  # a cast would silently train on class 1
     with pytest.raises(tf.errors.InvalidArgumentError, match="whole numbers"):
-        compiled().fit(batches(x, y), verbose=0)
+        compiled(inner=small_model(), **GUARDED).fit(batches(x, y), verbose=0)
 
 
 def test_whole_float_class_ids_in_a_pipeline_train():
     x, y = data(32)
-    history = compiled().fit(batches(x, y.astype("float32")), verbose=0).history
+    history = (
+        compiled(inner=small_model(), **GUARDED)
+        .fit(batches(x, y.astype("float32")), verbose=0)
+        .history
+    )
     assert history["skipped_steps"] == [0.0]
 
 
 def test_string_labels_in_a_pipeline_get_a_sentence():
     x, _ = data(32)
     with pytest.raises(TypeError, match="Map class names to integer ids"):
-        compiled().fit(batches(x, np.array(["cat", "dog"] * 16)), verbose=0)
+        compiled(inner=small_model(), **GUARDED).fit(
+            batches(x, np.array(["cat", "dog"] * 16)), verbose=0
+        )
 
 
 @pytest.mark.parametrize("bad", [np.nan, -1.0])
@@ -41,9 +47,9 @@ def test_bad_sample_weights_are_refused(bad):
     weights = np.ones(32, "float32")
     weights[4] = bad
     with pytest.raises(ValueError, match="Sample weights"):
-        compiled().fit(x, y, sample_weight=weights, verbose=0)
+        compiled(inner=small_model(), **GUARDED).fit(x, y, sample_weight=weights, verbose=0)
     with pytest.raises(tf.errors.InvalidArgumentError, match="Sample weights"):
-        compiled().fit(batches(x, y, weights), verbose=0)
+        compiled(inner=small_model(), **GUARDED).fit(batches(x, y, weights), verbose=0)
 
 
 @pytest.mark.parametrize("method", ["mixup", "dgmix"])
@@ -52,14 +58,14 @@ def test_skipped_steps_leave_every_metric_untouched(method):
     the good batch's alone (today's code logged accuracy 1.0 and loss 0.0 for
     an epoch of NaN batches)."""
     x, y = data(80)
-    model = compiled(method=method)
+    model = compiled(method, small_model(), **GUARDED)
     model.compile(
         optimizer=keras.optimizers.SGD(0.1),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
     x_good, y_good = x[:16], y[:16]
-    reference = compiled(method=method)
+    reference = compiled(method, small_model(), **GUARDED)
     reference.compile(
         optimizer=keras.optimizers.SGD(0.1),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -77,7 +83,7 @@ def test_skipped_steps_leave_every_metric_untouched(method):
 def test_an_epoch_of_only_skipped_steps_logs_no_accuracy_of_one():
     x, y = data(64)
     x[:] = np.nan
-    model = compiled()
+    model = compiled(inner=small_model(), **GUARDED)
     model.compile(
         optimizer="sgd",
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -95,7 +101,7 @@ def test_an_epoch_of_only_skipped_steps_logs_no_accuracy_of_one():
     [("method", "erm"), ("rho", 0.5), ("alpha", 2.0), ("seed", 3), ("perturb_every", 2)],
 )
 def test_settings_are_read_only_after_construction(name, value):
-    model = compiled()
+    model = compiled(inner=small_model(), **GUARDED)
     with pytest.raises(AttributeError, match=f"`{name}`.*Build a new model"):
         setattr(model, name, value)
 

@@ -20,7 +20,14 @@ from keras_gmix import config as config_lib
 from keras_gmix import train
 from keras_gmix.gradients import METHODS, PERTURBED_METHODS
 from keras_gmix.layers import BatchNormalization as FusedBatchNormalization
-from tests.conftest import copy_run
+from tests.helpers.common import (
+    HELPERS,
+    TINY_RUN,
+    Kill,
+    copy_run,
+    gmix_train,
+    resume_config,
+)
 
 # A few steps: 32 examples in batches of 16, one epoch.
 TINY = ["--epochs", "1", "--batch-size", "16", "--verbose", "0", "--tensorboard-update-freq", "1"]
@@ -144,18 +151,6 @@ def test_stock_batchnorm_flag_selects_the_layer():
         assert bn and all(type(layer) is expected for layer in bn)
 
 
-class _Kill(keras.callbacks.Callback):
-    """Stands for a kill: stops the process's fit after epoch `after` (backup written)."""
-
-    def __init__(self, after):
-        super().__init__()
-        self.after = after
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.after:
-            raise KeyboardInterrupt("killed")
-
-
 class _Epochs(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
@@ -187,7 +182,7 @@ def test_resume_continues_from_the_next_epoch(tmp_path):
         tensorboard_update_freq=1,
     )
     with pytest.raises(KeyboardInterrupt):
-        train.run(config, callbacks=[_Kill(after=0)])
+        train.run(config, callbacks=[Kill(after=0)])
     # The interrupted run left no TensorBoard context behind that stops summaries.
     import tensorflow as tf
 
@@ -279,7 +274,7 @@ def test_resume_drops_a_row_written_after_the_last_backup(tmp_path):
         method="erm", epochs=2, train_size=32, batch_size=16, verbose=0, output=output
     )
     with pytest.raises(KeyboardInterrupt):
-        train.run(config, callbacks=[_Kill(after=0)])
+        train.run(config, callbacks=[Kill(after=0)])
     path = os.path.join(output, "history.csv")
     with open(path, "a", encoding="utf-8") as f:
         f.write("1,0.5,0.5,0.5,0.5,0.5\n2,0.5")  # epoch 1's row without its backup; a torn line
@@ -576,7 +571,7 @@ def killed_after_two_epochs(tmp_path_factory):
         method="erm", epochs=3, train_size=32, batch_size=16, verbose=0, output=output
     )
     with pytest.raises(KeyboardInterrupt):
-        train.run(config, callbacks=[_Kill(after=1)])
+        train.run(config, callbacks=[Kill(after=1)])
     return output
 
 
@@ -649,7 +644,7 @@ def _killed_run_on(dataset, output, **settings):
         dataset=dataset, method="erm", epochs=2, batch_size=16, verbose=0, output=output, **settings
     )
     with pytest.raises(KeyboardInterrupt):
-        train.run(config, callbacks=[_Kill(after=0)])
+        train.run(config, callbacks=[Kill(after=0)])
 
 
 @pytest.mark.parametrize(
@@ -822,3 +817,228 @@ def test_runs_on_a_read_only_disk_are_refused_in_one_sentence(disk, capsys):
             r"(Read-only file system|Permission denied): choose an --output on a writable disk",
             error,
         ), error
+
+
+# -- interruption: SIGKILL mid-epoch, then --resume -------------------------------------
+
+
+# Augmented (pad-crop on 16x16 digits), shuffled, dgmix: every source of randomness.
+RESUME_RUN = [
+    "--epochs",
+    "3",
+    "--train-size",
+    "192",
+    "--batch-size",
+    "32",
+    "--image-size",
+    "16",
+    "--augment",
+    "standard",
+    "--method",
+    "dgmix",
+    "--seed",
+    "3",
+    "--deterministic",
+    "--verbose",
+    "0",
+    "--tensorboard-update-freq",
+    "1",
+]
+
+
+def _state_of(output):
+    """Every variable of the saved GMixModel (weights, BN statistics, optimizer, counters)."""
+    model = keras.saving.load_model(os.path.join(output, "model.keras"))
+    values = [v.numpy() for v in model.variables] + [v.numpy() for v in model.optimizer.variables]
+    history = [
+        {k: v for k, v in row.items() if k != "seconds"}
+        for row in kg.records.read_history(os.path.join(output, "history.csv"))
+    ]
+    return values, history
+
+
+@pytest.mark.slow  # three gmix-train processes, ~70 s; run by .ci/run
+# With a schedule (SPEC.md section 4b) too: full steps come from the restored
+# step counter, and v is restored with the weights. 6 steps per epoch, k = 4:
+# the kill falls between full steps 4 and 8.
+# The late phase: 18 steps, --perturb-from 0.5 is step 9, which the resumed
+# run (from step 6, the start of epoch 1) crosses.
+@pytest.mark.parametrize(
+    "schedule",
+    [[], ["--perturb-every", "4", "--reuse-scale", "0.3"], ["--perturb-from", "0.5"]],
+    ids=["plain", "schedule", "late_phase"],
+)
+def test_sigkill_mid_epoch_then_resume_gives_the_same_weights_bit_for_bit(tmp_path, schedule):
+    reference, killed = str(tmp_path / "reference"), str(tmp_path / "killed")
+    gmix_train([*RESUME_RUN, *schedule, "--output", reference], prefix=["-m", "keras_gmix.cli"])
+    # Killed after batch 2 of epoch 1 (0-based): epoch 0's checkpoint exists.
+    gmix_train(
+        [*RESUME_RUN, *schedule, "--output", killed],
+        prefix=[os.path.join(HELPERS, "sigkill_mid_epoch.py"), "1", "2"],
+        expect=-signal.SIGKILL,
+    )
+    assert kg.checkpoint.saved_epoch(os.path.join(killed, "backup")) == 1
+    assert not os.path.exists(os.path.join(killed, "model.keras"))
+    gmix_train(["--resume", "--output", killed], prefix=["-m", "keras_gmix.cli"])
+
+    (ref_values, ref_history), (values, history) = _state_of(reference), _state_of(killed)
+    assert history == ref_history and [row["epoch"] for row in history] == [0, 1, 2]
+    if "--perturb-from" in schedule:
+        assert [row["full_step"] for row in history] == [0.0, 0.5, 1.0]
+    assert len(values) == len(ref_values)
+    for got, want in zip(values, ref_values):
+        np.testing.assert_array_equal(got, want)
+    assert not os.path.exists(os.path.join(killed, "backup"))
+
+
+# -- --resume continues the run in the folder, or refuses ------------------------------
+
+
+def test_resume_of_a_missing_folder_is_refused_and_creates_nothing(tmp_path, capsys):
+    from keras_gmix import cli
+    from keras_gmix import train
+
+    missing = str(tmp_path / "typo")
+    with pytest.raises(
+        FileNotFoundError, match=rf"Cannot resume: {missing} does not exist.*drop --resume"
+    ):
+        train.run(train.TrainConfig(output=missing, resume=True, **TINY_RUN))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(
+            [
+                "--resume",
+                "--output",
+                missing,
+                "--epochs",
+                "1",
+                "--train-size",
+                "32",
+                "--verbose",
+                "0",
+            ]
+        )
+    assert exit_info.value.code == 2 and "does not exist" in capsys.readouterr().err
+    assert not os.path.exists(missing)
+
+
+@pytest.mark.parametrize(
+    "damage, match",
+    [("delete", "config.json is missing"), ("truncate", "config.json is unreadable")],
+)
+def test_resume_without_a_readable_config_json_is_refused(run_copy, damage, match):
+    from keras_gmix import train
+
+    path = os.path.join(run_copy, "config.json")
+    if damage == "delete":
+        os.remove(path)
+    else:
+        text = open(path).read()
+        open(path, "w").write(text[: len(text) // 2])
+    with pytest.raises(
+        (FileNotFoundError, ValueError), match=rf"{match}.*settings are unknown.*delete {run_copy}"
+    ):
+        train.run(resume_config(run_copy))
+    assert train.checkpoint_lib.saved_epoch(os.path.join(run_copy, "backup")) == 1, (
+        "the backup is untouched"
+    )
+
+
+def test_resume_with_other_run_settings_is_refused_and_epochs_may_grow(run_copy):
+    from keras_gmix import train
+
+    config_path = os.path.join(run_copy, "config.json")
+    before = open(config_path).read()
+    with pytest.raises(ValueError, match=r"method: 'gmix' -> 'erm'; rho: 0.05 -> 0.1\."):
+        train.run(resume_config(run_copy, method="erm", rho=0.1))
+    with pytest.raises(ValueError, match=r"epochs: 2 -> 1 \(epochs may only grow\)"):
+        train.run(resume_config(run_copy, epochs=1))
+    assert open(config_path).read() == before, "a refused resume leaves config.json as it was"
+
+    results = train.run(resume_config(run_copy, epochs=3, verbose=0))
+    saved = json.load(open(config_path))
+    assert (results["method"], results["epochs"], results["epochs_done"]) == ("gmix", 3, 3)
+    assert (saved["method"], saved["epochs"], saved["resume"]) == ("gmix", 3, False)
+    assert {k: v for k, v in saved.items() if k != "epochs"} == {
+        k: v for k, v in json.loads(before).items() if k != "epochs"
+    }, "only epochs is relabelled"
+
+
+def test_a_finished_run_is_not_extended_silently(tmp_path):
+    from keras_gmix import train
+
+    output = str(tmp_path / "run")
+    train.run(train.TrainConfig(output=output, **dict(TINY_RUN, epochs=1)))
+    with pytest.raises(ValueError, match="finished its 1 epochs and kept no checkpoint"):
+        train.run(resume_config(output, epochs=2))
+    assert train.run(resume_config(output))["epochs_done"] == 1  # the same settings: read back
+
+
+class _DiesMidWrite:
+    """A file that takes half of what is written to it, then the process "dies"."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.file.close()
+
+    def write(self, text):
+        self.file.write(text[: len(text) // 2])
+        self.file.flush()
+        raise KeyboardInterrupt("killed while writing")
+
+
+def test_a_kill_while_config_json_is_written_leaves_the_old_one(run_copy, monkeypatch):
+    import builtins
+
+    from keras_gmix import train
+
+    config_path = os.path.join(run_copy, "config.json")
+    before = open(config_path).read()
+    real_open = builtins.open
+
+    def dying_open(file, mode="r", *args, **kwargs):
+        opened = real_open(file, mode, *args, **kwargs)
+        if "w" in mode and os.fspath(file).endswith("config.json"):
+            return _DiesMidWrite(opened)
+        return opened
+
+    monkeypatch.setattr(builtins, "open", dying_open)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(resume_config(run_copy, epochs=3))  # more epochs: config.json is rewritten
+    monkeypatch.undo()
+    assert open(config_path).read() == before
+    assert train.run(resume_config(run_copy))["epochs_done"] == 2  # and the run resumes from it
+
+
+# -- a full disk: gmix-train ends with a sentence ---------------------------------------
+
+DISK_LIMIT = (
+    "import resource, runpy, signal, sys\n"
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write then fails with EFBIG\n"
+    "limit = int(sys.argv.pop(1))\n"
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))\n"
+    "runpy.run_module('keras_gmix.cli', run_name='__main__')\n"
+)
+
+
+@pytest.mark.slow  # two gmix-train processes, ~40 s
+def test_a_full_disk_ends_gmix_train_with_a_sentence_and_the_run_resumes(tmp_path):
+    """A real gmix-train whose files may not grow past 200 kB (RLIMIT_FSIZE):
+    config.json, history.csv and TensorBoard fit, the checkpoint does not."""
+    output = str(tmp_path / "run")
+    args = ["--epochs", "2", "--train-size", "64", "--verbose", "0", "--output", output]
+    limited = gmix_train(args, prefix=["-c", DISK_LIMIT, "200000"], expect=2)
+    assert "Traceback" not in limited.stderr
+    assert "Cannot write the checkpoint of epoch 1" in limited.stderr
+    assert "the disk is full (File too large)" in limited.stderr
+    assert "No epoch was saved yet: make room, then continue the run with --resume" in (
+        limited.stderr
+    )
+    assert os.listdir(os.path.join(output, "backup")) == []
+    gmix_train(["--resume", "--output", output], prefix=["-m", "keras_gmix.cli"])
+    results = json.load(open(os.path.join(output, "results.json")))
+    assert results["epochs_done"] == 2

@@ -1,0 +1,91 @@
+"""config.py: TrainConfig's value checks, config files, and which settings define a run."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from keras_gmix import config as config_lib
+
+
+def test_multiworker_without_tf_config(monkeypatch):
+    from keras_gmix import train
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        train.TrainConfig(distribute="multiworker").validate()
+
+
+@pytest.mark.parametrize(
+    "values, match",
+    [
+        ({"adaptive": "no"}, "`adaptive` must be True or False. Received: adaptive='no'"),
+        ({"deterministic": 1}, "`deterministic` must be True or False"),
+        ({"epochs": "ten"}, "`epochs` must be an integer >= 1. Received: epochs='ten'"),
+        ({"batch_size": 16.5}, "`batch_size` must be an integer >= 1"),
+        ({"rho": float("inf")}, "`rho` must be a finite number >= 0"),
+        ({"alpha": float("nan")}, "`alpha` must be a finite number > 0"),
+        ({"seed": "abc"}, "`seed` must be an integer"),
+        ({"train_fraction": 0.0}, r"`train_fraction` must be a finite number in \(0, 1\]"),
+        ({"learning_rate": True}, "`learning_rate` must be a finite number > 0"),
+        (
+            {"step_milestones": [0.75, 0.5]},
+            "`step_milestones` must be .*strictly increasing in \\(0, 1\\)",
+        ),
+        ({"step_milestones": [0.5, 1.0]}, "`step_milestones` must be"),
+        ({"step_milestones": [0.5, 0.5]}, "`step_milestones` must be"),
+        ({"step_milestones": "0.5"}, "`step_milestones` must be"),
+    ],
+)
+def test_config_values_are_checked_for_type_and_range(values, match):
+    from keras_gmix import train
+
+    with pytest.raises(ValueError, match=match):
+        train.TrainConfig.from_dict(values).validate()
+
+
+def test_a_config_file_with_a_string_for_a_flag_is_refused(tmp_path, capsys):
+    from keras_gmix import cli
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text('adaptive: "no"\nepochs: 1\n')
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--config", str(path), "--output", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    assert "`adaptive` must be True or False" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_config_accepts_numpy_scalars_as_plain_numbers():
+    from keras_gmix import train
+
+    config = train.TrainConfig(
+        rho=np.float32(0.5), epochs=np.int64(3), step_milestones=[np.float32(0.5)]
+    )
+    assert (config.rho, config.epochs, config.step_milestones) == (0.5, 3, (0.5,))
+    assert type(config.rho) is float and type(config.epochs) is int
+    json.dumps(config.to_dict())  # config.json stays writable
+
+
+def test_run_defining_settings_are_every_field_but_the_resumable_ones():
+    """A field added to TrainConfig defines the run unless it is listed as resumable."""
+    import dataclasses
+
+    from keras_gmix import train
+
+    fields = [f.name for f in dataclasses.fields(train.TrainConfig)]
+    assert set(config_lib.RESUMABLE_FIELDS) <= set(fields)
+    asked = train.TrainConfig(augment="none")  # config.json holds the resolved augmentation
+    for name in fields:
+        saved = dict(asked.to_dict(), **{name: "another value"})
+        if name == "epochs":
+            continue  # compared by size: the test above
+        expected = [] if name in config_lib.RESUMABLE_FIELDS else [name]
+        assert [d.split(":")[0] for d in config_lib.resume_differences(saved, asked)] == expected, (
+            name
+        )
+    # A config.json written before a field existed holds its default.
+    saved = asked.to_dict()
+    del saved["rho"]
+    assert config_lib.resume_differences(saved, asked) == []
