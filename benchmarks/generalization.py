@@ -54,10 +54,10 @@ from generalization_plan import (  # noqa: E402  (after the sys.path line)
     parse_dataset,
     parse_variant,
     run_dir,
-    variant_suffix,
     sweep_dataset,
     sweep_path,
     sweep_plan,
+    variant_suffix,
     write_json,
 )
 
@@ -103,6 +103,7 @@ class Task:
     def validation_split(self):
         """(x_fit, y_fit, x_val, y_val): a class-balanced fifth held out for the sweep."""
         import numpy as np
+
         import keras_gmix as kg
 
         n_val = int(round(VAL_FRACTION * len(self.y_train)))
@@ -112,6 +113,7 @@ class Task:
 
     def pipeline(self, x, y, batch_size, training, seed, start_epoch=None):
         import tensorflow as tf
+
         import keras_gmix as kg
 
         if self.name == "mnist1d":
@@ -203,6 +205,7 @@ def train_run(
     by the epoch, so the resumed run sees the batches it would have seen).
     """
     import keras
+
     import keras_gmix as kg
     from keras_gmix import train
     from keras_gmix.flatness import hessian_top_eigenvalue
@@ -520,8 +523,8 @@ def main(argv=None):
         flush=True,
     )
     if args.report:
-        from generalization_report import write_report
         import schedule_report
+        from generalization_report import write_report
 
         write_report(args)
         # The efficient schedules' accuracy/cost table and frontier figure

@@ -11,21 +11,23 @@ import platform
 import re
 import subprocess
 
-from generalization_plan import BASELINES
-from generalization_plan import BUDGETS
-from generalization_plan import DATASETS
-from generalization_plan import GMIX_FAMILY
-from generalization_plan import METHODS
-from generalization_plan import budget_epochs
-from generalization_plan import chosen_hparams
-from generalization_plan import fmt
-from generalization_plan import is_resumable
-from generalization_plan import parse_dataset
-from generalization_plan import read_json
-from generalization_plan import run_dir
-from generalization_plan import sweep_dataset
-from generalization_plan import sweep_results
-from generalization_plan import write_json
+from generalization_plan import (
+    BASELINES,
+    BUDGETS,
+    DATASETS,
+    GMIX_FAMILY,
+    METHODS,
+    budget_epochs,
+    chosen_hparams,
+    fmt,
+    is_resumable,
+    parse_dataset,
+    read_json,
+    run_dir,
+    sweep_dataset,
+    sweep_results,
+    write_json,
+)
 
 README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")
 REASONS_HEADING = "### Why these budgets"

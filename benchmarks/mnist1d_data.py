@@ -36,8 +36,7 @@ def load_mnist1d(test_seed=TEST_SEED, test_size=TEST_SIZE):
     Returns:
         (x_train, y_train, x_test, y_test): float32 [n, 40, 1] and int64 [n].
     """
-    from mnist1d.data import get_dataset_args
-    from mnist1d.data import make_dataset
+    from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
     args.seed = TRAIN_SEED

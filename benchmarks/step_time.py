@@ -54,11 +54,7 @@ import sys
 import time
 
 import step_time_report as report
-from step_time_report import KERAS_FIT
-from step_time_report import NAIVE_SAM
-from step_time_report import PEER_BN
-from step_time_report import TFK_FIT
-from step_time_report import TFK_SAM
+from step_time_report import KERAS_FIT, NAIVE_SAM, PEER_BN, TFK_FIT, TFK_SAM
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)

@@ -15,8 +15,14 @@ them when called.
 
 import importlib
 
-from keras_gmix import callbacks, checkpoint, flatness, layers, mixing
-from keras_gmix import schedules  # registers LinearWarmup: saved models with warm-up load
+from keras_gmix import (
+    callbacks,
+    checkpoint,
+    flatness,
+    layers,
+    mixing,
+    schedules,  # registers LinearWarmup: saved models with warm-up load
+)
 from keras_gmix.gradients import METHODS, update_gradients
 from keras_gmix.layers import fuse_batchnorm
 from keras_gmix.mixing import apply_mix, sample_box_center, sample_mix

@@ -27,10 +27,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_gmix import checks
-from keras_gmix import compat
-from keras_gmix import flatness
-from keras_gmix import flatness_plots
+from keras_gmix import checks, compat, flatness, flatness_plots
 
 STEPS_RUN = "steps"  # TensorBoard run (sub-folder) of StepValuesLogger
 FLATNESS_RUN = "flatness"  # TensorBoard run (sub-folder) of FlatnessMonitor

@@ -23,9 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_gmix import compat
-from keras_gmix import distribute
-from keras_gmix import records
+from keras_gmix import compat, distribute, records
 
 STATE_FILE = "state.json"
 _WEIGHTS_PATTERN = "epoch-{:06d}.weights.h5"

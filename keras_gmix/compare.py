@@ -22,8 +22,7 @@ import time
 
 import numpy as np
 
-from keras_gmix import plotting
-from keras_gmix import records
+from keras_gmix import plotting, records
 from keras_gmix.gradients import METHODS
 
 # Fields that, when they differ between collected runs, name the table's rows

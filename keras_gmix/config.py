@@ -15,12 +15,9 @@ import os
 import typing
 from typing import Optional
 
-from keras_gmix import checks
+from keras_gmix import checks, mixing, perturb_schedule, records
 from keras_gmix import data as data_lib
-from keras_gmix import mixing
 from keras_gmix import models as models_lib
-from keras_gmix import perturb_schedule
-from keras_gmix import records
 from keras_gmix.gradients import METHODS
 
 SCHEDULES = ("cosine", "step", "constant")

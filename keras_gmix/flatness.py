@@ -36,7 +36,6 @@ from keras import ops
 
 # keras.ops (and keras.tree) for the tensor arithmetic; tf only where Keras
 # has no API: GradientTape (gradients, Hessian-vector products) and tf.data.
-
 from keras_gmix import checks
 from keras_gmix import losses as losses_lib
 

@@ -23,12 +23,9 @@ import time
 import keras
 import numpy as np
 
-from keras_gmix import checks
-from keras_gmix import records
-from keras_gmix.flatness import FLATNESS_DEFAULTS
-from keras_gmix.flatness import measure_flatness
+from keras_gmix import checks, records
+from keras_gmix.flatness import FLATNESS_DEFAULTS, measure_flatness
 from keras_gmix.flatness_plots import plot_landscape_1d
-
 
 # ---------------------------------------------------------------------------
 # Saved models and their data

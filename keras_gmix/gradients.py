@@ -30,9 +30,8 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from keras_gmix import checks
+from keras_gmix import checks, partition
 from keras_gmix import losses as losses_lib
-from keras_gmix import partition
 from keras_gmix import perturbation as pt
 
 METHODS = ("erm", "mixup", "sam", "gmix", "bgmix", "dgmix")

@@ -11,19 +11,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_gmix import callbacks
-from keras_gmix import checks
-from keras_gmix import compat
-from keras_gmix import distribute
-from keras_gmix import gradients
+from keras_gmix import (
+    callbacks,
+    checks,
+    compat,
+    distribute,
+    gradients,
+    mixing,
+    perturb_schedule,
+    step_guards,
+)
 from keras_gmix import labels as labels_lib
 from keras_gmix import losses as losses_lib
-from keras_gmix import mixing
-from keras_gmix import perturb_schedule
-from keras_gmix import step_guards
-from keras_gmix.step_values import STEP_VALUES_NAMES
-from keras_gmix.step_values import StepValues
-from keras_gmix.step_values import without_old_step_values
+from keras_gmix.step_values import STEP_VALUES_NAMES, StepValues, without_old_step_values
 
 # The statistics each method adds to fit's logs (SPEC.md section 5), besides
 # "loss" and the compiled metrics.

@@ -31,8 +31,7 @@ import math
 
 import tensorflow as tf
 
-from keras_gmix import checks
-from keras_gmix import mixing
+from keras_gmix import checks, mixing
 from keras_gmix import perturbation as pt
 
 # Folded into the seed of the full-step draw, so that it is independent of

@@ -53,11 +53,13 @@ from keras_gmix import data as data_lib
 from keras_gmix import layers as layers_lib
 from keras_gmix import models as models_lib
 from keras_gmix import records
-from keras_gmix.gradients import PERTURBED_METHODS
-from keras_gmix.schedules import LinearWarmup  # noqa: F401  (re-exported)
-from keras_gmix.schedules import learning_rate_schedule
 from keras_gmix.config import TrainConfig  # noqa: F401  (re-exported: what `run` takes)
+from keras_gmix.gradients import PERTURBED_METHODS
 from keras_gmix.model import GMixModel
+from keras_gmix.schedules import (
+    LinearWarmup,  # noqa: F401  (re-exported)
+    learning_rate_schedule,
+)
 
 
 def make_strategy(distribute):

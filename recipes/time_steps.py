@@ -21,8 +21,7 @@ import keras
 import tensorflow as tf
 
 from keras_gmix import data as data_lib
-from keras_gmix import gradients
-from keras_gmix import train
+from keras_gmix import gradients, train
 from keras_gmix.timing import timed_step
 
 

@@ -10,8 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def interrupted_run(tmp_path_factory):
     """A gmix run of 2 epochs stopped after its first: config.json, history.csv, backup/."""
     from keras_gmix import train
-    from tests.helpers.common import TINY_RUN
-    from tests.helpers.common import Kill
+    from tests.helpers.common import TINY_RUN, Kill
 
     output = str(tmp_path_factory.mktemp("interrupted") / "run")
     with pytest.raises(KeyboardInterrupt):

@@ -199,6 +199,7 @@ def test_history_from_rows_is_shaped_like_keras_history(generalization):
 def tiny_cifar_task(generalization, epochs):
     """A Task of the CIFAR kind on 48 random 8x8 images and a 3-class CNN."""
     import keras
+
     import keras_gmix as kg
 
     rng = np.random.default_rng(0)
@@ -361,7 +362,8 @@ def test_the_summary_tables_show_means_and_paired_differences(report):
     assert "| gmix | 72.00 ± 1.41 |" in lines  # std with ddof=1: |0.73 - 0.71| / sqrt(2)
     assert "| dgmix | 75.00 (1/2 seeds) |" in lines
     assert "| erm | — |" in lines
-    # gmix - mixup per seed: +3, -1 points; mean +1, paired t = 1 / (sqrt(8) / sqrt(2)) = 0.5, p = 0.705.
+    # gmix - mixup per seed: +3, -1 points; mean +1,
+    # paired t = 1 / (sqrt(8) / sqrt(2)) = 0.5, p = 0.705.
     assert "| MNIST-1D | Mixup | +1.00 (p 0.705) | — | +3.00 (1 seed) |" in lines
     # gmix - sam: +13, +7; mean +10, t = 10 / (sqrt(18) / sqrt(2)) = 3.33, p = 0.186.
     assert "| MNIST-1D | SAM | +10.00 (p 0.186) | — | +11.00 (1 seed) |" in lines

@@ -9,10 +9,7 @@ import pytest
 import tensorflow as tf
 
 import keras_gmix as kg
-from keras_gmix import callbacks
-from keras_gmix import flatness
-from keras_gmix import plotting
-from keras_gmix import records
+from keras_gmix import callbacks, flatness, plotting, records
 from tests.helpers.common import data
 from tests.png_checks import png_size
 
@@ -33,7 +30,8 @@ def model(method, learning_rate=0.1):
 
 
 def read_events(folder):
-    """{tag: [(step, value)]}: scalars as floats, histograms as (edges, counts) arrays, images as bytes."""
+    """{tag: [(step, value)]}: scalars as floats, histograms as (edges, counts)
+    arrays, images as bytes."""
     found = {}
     for name in sorted(os.listdir(folder)):
         for event in tf.compat.v1.train.summary_iterator(os.path.join(folder, name)):

@@ -8,9 +8,9 @@ import pytest
 
 import keras_gmix as kg
 from tests.helpers.common import (
+    GUARDED,
     C,
     D,
-    GUARDED,
     compiled,
     data,
     small_model,
@@ -244,8 +244,7 @@ def test_a_full_disk_during_a_checkpoint_write_says_so_and_keeps_the_last_one(
 ):
     import errno
 
-    from keras_gmix import checkpoint
-    from keras_gmix import records
+    from keras_gmix import checkpoint, records
 
     model, backup = _saved_backup(tmp_path)
     before = sorted(os.listdir(backup))

@@ -9,16 +9,15 @@ import tensorflow as tf
 
 import keras_gmix as kg
 from tests.helpers.common import (
+    GUARDED,
     C,
     D,
-    GUARDED,
     assert_unchanged,
     compiled,
     data,
     small_model,
     weights_of,
 )
-
 
 # -- bad input: a clear error, before any weight changes ---------------------------------
 

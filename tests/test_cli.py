@@ -14,11 +14,9 @@ import numpy as np
 import pytest
 
 import keras_gmix as kg
-from keras_gmix import cli
+from keras_gmix import cli, flatness, train
 from keras_gmix import config as config_lib
-from keras_gmix import flatness
 from keras_gmix import flatness_report as fr
-from keras_gmix import train
 
 ENTRY_POINTS = {
     "gmix-train": "train_main",

@@ -7,11 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from keras_gmix import cli
-from keras_gmix import compare
-from keras_gmix import plotting
-from tests.png_checks import has_color
-from tests.png_checks import png_size
+from keras_gmix import cli, compare, plotting
+from tests.png_checks import has_color, png_size
 
 TINY = ["--epochs", "1", "--batch-size", "16", "--train-size", "32", "--verbose", "0"]
 

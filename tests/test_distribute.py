@@ -1,4 +1,5 @@
-"""tf.distribute: MirroredStrategy (two logical CPUs), multi-worker (two processes), mixed precision."""
+"""tf.distribute: MirroredStrategy (two logical CPUs), multi-worker (two
+processes), mixed precision."""
 
 import contextlib
 import json
@@ -205,7 +206,8 @@ def test_multiworker_gmix_completes_and_workers_agree(tmp_path):
 
 @pytest.mark.slow
 def test_multiworker_lost_worker_restart_resumes_from_checkpoint(tmp_path):
-    """Kill one worker mid-training; restarting both resumes from the last checkpoint and completes."""
+    """Kill one worker mid-training; restarting both resumes from the last
+    checkpoint and completes."""
     backup = tmp_path / "backup"
     args = ["--epochs", "8", "--backup", str(backup)]
     first = start_workers(tmp_path, "first", "gmix", False, *args, "--step-seconds", "0.25")
@@ -335,7 +337,8 @@ def test_mixed_precision_trains_like_float32(policy):
 
 
 def test_mixed_float16_overflow_skips_the_step():
-    """A loss scale that overflows float16 gives non-finite gradients: the step is skipped, not applied."""
+    """A loss scale that overflows float16 gives non-finite gradients: the step
+    is skipped, not applied."""
     x, y = separable_problem(32)
     with dtype_policy("mixed_float16"):
         keras.utils.set_random_seed(0)

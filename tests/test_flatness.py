@@ -5,11 +5,11 @@ y)^2) with theta = [kernel; bias] and X_aug = [X, 1], so the Hessian is the
 constant H = 2 X_aug^T X_aug / n and every measure has an exact NumPy value.
 """
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import keras
 from keras_gmix import flatness
 
 N, K = 64, 4

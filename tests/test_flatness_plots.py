@@ -3,11 +3,8 @@
 import numpy as np
 import pytest
 
-from keras_gmix import flatness
-from keras_gmix import flatness_plots
-from keras_gmix import plotting
-from tests.png_checks import has_color
-from tests.png_checks import png_size
+from keras_gmix import flatness, flatness_plots, plotting
+from tests.png_checks import has_color, png_size
 
 ALPHAS = np.linspace(-1.0, 1.0, 7)
 ONE_PANEL = (plotting.PANEL[0] * plotting.DPI, plotting.PANEL[1] * plotting.DPI)

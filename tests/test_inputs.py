@@ -14,7 +14,6 @@ import pytest
 from keras_gmix import cli
 from tests.folder_data import write_digit_folder
 
-
 # -- gmix-train on a folder of class subfolders ------------------------------
 
 

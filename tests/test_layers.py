@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_gmix.layers import BatchNormalization
-from keras_gmix.layers import fuse_batchnorm
+from keras_gmix.layers import BatchNormalization, fuse_batchnorm
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 

@@ -1,9 +1,9 @@
 """sample_mix / apply_mix: the draw is seeded, the application is pure and exact."""
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 import keras_gmix as kg
 from keras_gmix import mixing
 

@@ -11,11 +11,11 @@ import keras_gmix as kg
 from keras_gmix import gradients
 from keras_gmix.step_values import STEP_VALUES_CAPACITY
 from tests.helpers.common import (
-    C,
-    D,
     GUARDED,
-    N,
+    C,
     CountingModel,
+    D,
+    N,
     assert_trained_to,
     assert_unchanged,
     compiled,

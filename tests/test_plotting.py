@@ -11,13 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from keras_gmix import compare
-from keras_gmix import flatness
-from keras_gmix import flatness_plots
-from keras_gmix import plotting
+from keras_gmix import compare, flatness, flatness_plots, plotting
 from keras_gmix.gradients import METHODS
-from tests.png_checks import has_color
-from tests.png_checks import png_size
+from tests.png_checks import has_color, png_size
 
 sys.path.insert(
     0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")

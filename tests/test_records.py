@@ -16,7 +16,6 @@ from tests.helpers.common import (
     resume_config,
 )
 
-
 # -- one process per run folder: the lock -----------------------------------------------
 
 
@@ -51,9 +50,7 @@ def _kill(process):
 
 
 def test_a_run_folder_held_by_another_process_is_refused_naming_it(run_copy, capsys):
-    from keras_gmix import cli
-    from keras_gmix import records
-    from keras_gmix import train
+    from keras_gmix import cli, records, train
 
     holder = _start_holder(run_copy)
     try:

@@ -7,14 +7,12 @@ import pytest
 import tensorflow as tf
 
 import keras_gmix as kg
-from keras_gmix import gradients
-from keras_gmix import perturb_schedule
-
+from keras_gmix import gradients, perturb_schedule
 from tests import numpy_reference as ref
 from tests.helpers.common import (
+    CountingModel,
     D,
     N,
-    CountingModel,
     assert_trained_to,
     compiled,
     data,

@@ -59,8 +59,7 @@ def test_paired_t_test_matches_a_hand_computation():
 
 def test_the_figure_has_one_panel_per_data_set_with_runs_in_the_method_colours(tmp_path):
     from keras_gmix import plotting
-    from tests.png_checks import has_color
-    from tests.png_checks import png_size
+    from tests.png_checks import has_color, png_size
 
     write_runs(
         str(tmp_path / "generalization_runs" / "mnist1d" / "4000"),

@@ -19,8 +19,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from keras_gmix import data as kd
-from keras_gmix.data import datasets
-from keras_gmix.data import download
+from keras_gmix.data import datasets, download
 
 # name -> the (host, port) its download connects to, without a proxy.
 TFDS_HOSTS = {

@@ -10,7 +10,6 @@ sys.path.insert(
 )
 import time_steps  # noqa: E402
 
-
 # (forward, backward) passes and forward-pass equivalents, by hand.
 EXPECTED = [
     ("erm", (1, 1), 3),

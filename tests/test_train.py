@@ -15,9 +15,8 @@ import pytest
 import yaml
 
 import keras_gmix as kg
-from keras_gmix import cli
+from keras_gmix import cli, train
 from keras_gmix import config as config_lib
-from keras_gmix import train
 from keras_gmix.gradients import METHODS, PERTURBED_METHODS
 from keras_gmix.layers import BatchNormalization as FusedBatchNormalization
 from tests.helpers.common import (
@@ -895,8 +894,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights_bit_for_bit(tmp_pa
 
 
 def test_resume_of_a_missing_folder_is_refused_and_creates_nothing(tmp_path, capsys):
-    from keras_gmix import cli
-    from keras_gmix import train
+    from keras_gmix import cli, train
 
     missing = str(tmp_path / "typo")
     with pytest.raises(

@@ -7,30 +7,23 @@ class-balanced training subset; `make_pipeline` / `make_pipelines` build
 the tf.data input with the standard or a stronger augmentation (image
 files are read as they stream)."""
 
-from keras_gmix.data.augment import apply_crop_flip
-from keras_gmix.data.augment import draw_crop_flip
-from keras_gmix.data.augment import random_crop_flip
-from keras_gmix.data.datasets import CIFAR10_MEAN
-from keras_gmix.data.datasets import CIFAR10_STD
-from keras_gmix.data.datasets import CIFAR100_MEAN
-from keras_gmix.data.datasets import CIFAR100_STD
-from keras_gmix.data.datasets import DATASET_NAMES
-from keras_gmix.data.datasets import load_dataset
-from keras_gmix.data.datasets import load_digits
-from keras_gmix.data.datasets import load_npz
-from keras_gmix.data.datasets import load_tfds
+from keras_gmix.data.augment import apply_crop_flip, draw_crop_flip, random_crop_flip
+from keras_gmix.data.datasets import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    DATASET_NAMES,
+    load_dataset,
+    load_digits,
+    load_npz,
+    load_tfds,
+)
 from keras_gmix.data.download import DownloadUnavailableError
-from keras_gmix.data.fingerprint import data_fingerprint
-from keras_gmix.data.fingerprint import fingerprint_changes
-from keras_gmix.data.folder import COLOR_MODES
-from keras_gmix.data.folder import MAX_IMAGE_SIZE
-from keras_gmix.data.folder import ImageFiles
-from keras_gmix.data.folder import load_image_folder
-from keras_gmix.data.pipeline import AUGMENTATIONS
-from keras_gmix.data.pipeline import make_pipeline
-from keras_gmix.data.pipeline import make_pipelines
-from keras_gmix.data.splits import DataSplits
-from keras_gmix.data.splits import compute_mean_std
+from keras_gmix.data.fingerprint import data_fingerprint, fingerprint_changes
+from keras_gmix.data.folder import COLOR_MODES, MAX_IMAGE_SIZE, ImageFiles, load_image_folder
+from keras_gmix.data.pipeline import AUGMENTATIONS, make_pipeline, make_pipelines
+from keras_gmix.data.splits import DataSplits, compute_mean_std
 from keras_gmix.data.subset import balanced_subset_indices
 
 __all__ = [

@@ -16,11 +16,8 @@ import numpy as np
 
 from keras_gmix.data.download import check_download_reachable
 from keras_gmix.data.folder import load_image_folder
-from keras_gmix.data.splits import DataSplits
-from keras_gmix.data.splits import compute_mean_std
-from keras_gmix.data.subset import balanced_subset_indices
-from keras_gmix.data.subset import check_subset_args
-from keras_gmix.data.subset import resolve_subset_size
+from keras_gmix.data.splits import DataSplits, compute_mean_std
+from keras_gmix.data.subset import balanced_subset_indices, check_subset_args, resolve_subset_size
 
 # Per-channel mean and standard deviation of the training pixels, in [0, 1]
 # units, pooled over all training images and pixel positions (not the

@@ -83,8 +83,7 @@ def data_fingerprint(name, test_dataset=None, data_dir=None):
     Returns:
         `{"train": ..., "test": ...}` (`"test"` only with a test folder).
     """
-    from keras_gmix.data.datasets import DATASET_NAMES
-    from keras_gmix.data.datasets import TFDS_DATASETS
+    from keras_gmix.data.datasets import DATASET_NAMES, TFDS_DATASETS
 
     name = os.fspath(name)
     if name in TFDS_DATASETS:

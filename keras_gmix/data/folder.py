@@ -13,8 +13,7 @@ import os
 
 import numpy as np
 
-from keras_gmix.data.splits import DataSplits
-from keras_gmix.data.splits import compute_mean_std
+from keras_gmix.data.splits import DataSplits, compute_mean_std
 
 # The held-out test split of a folder without a test folder: a stratified
 # fifth, drawn with a fixed seed, so that runs with different `--seed` are

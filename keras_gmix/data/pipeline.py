@@ -3,11 +3,9 @@
 import numpy as np
 import tensorflow as tf
 
-from keras_gmix.data.augment import default_pad
-from keras_gmix.data.augment import random_crop_flip
+from keras_gmix.data.augment import default_pad, random_crop_flip
 from keras_gmix.data.datasets import TFDS_DATASETS
-from keras_gmix.data.folder import ImageFiles
-from keras_gmix.data.folder import decode_image
+from keras_gmix.data.folder import ImageFiles, decode_image
 
 # "standard": pad-and-crop plus (optional) horizontal flip. The stronger ones
 # add Keras' own layers after it: RandAugment (Cubuk et al. 2020, arXiv

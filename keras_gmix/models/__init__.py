@@ -9,10 +9,8 @@ selects one by name.
 from keras_gmix.models.blocks import ZeroPadChannels
 from keras_gmix.models.mobilenet import mobilenet_v2
 from keras_gmix.models.pyramidnet import pyramidnet
-from keras_gmix.models.registry import MODEL_NAMES
-from keras_gmix.models.registry import build_model
-from keras_gmix.models.resnet import cifar_resnet
-from keras_gmix.models.resnet import preact_resnet18
+from keras_gmix.models.registry import MODEL_NAMES, build_model
+from keras_gmix.models.resnet import cifar_resnet, preact_resnet18
 from keras_gmix.models.small_cnn import small_cnn
 from keras_gmix.models.wide_resnet import wide_resnet
 

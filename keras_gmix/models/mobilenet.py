@@ -2,8 +2,7 @@
 
 import keras
 
-from keras_gmix.models.blocks import check_common_args
-from keras_gmix.models.blocks import kernel_regularizer
+from keras_gmix.models.blocks import check_common_args, kernel_regularizer
 
 
 def mobilenet_v2(

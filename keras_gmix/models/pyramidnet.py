@@ -5,13 +5,15 @@ import math
 import keras
 
 from keras_gmix import checks
-from keras_gmix.models.blocks import check_common_args
-from keras_gmix.models.blocks import check_depth
-from keras_gmix.models.blocks import classifier_head
-from keras_gmix.models.blocks import conv
-from keras_gmix.models.blocks import norm
-from keras_gmix.models.blocks import relu
-from keras_gmix.models.blocks import ZeroPadChannels
+from keras_gmix.models.blocks import (
+    ZeroPadChannels,
+    check_common_args,
+    check_depth,
+    classifier_head,
+    conv,
+    norm,
+    relu,
+)
 
 
 def _round_half_up(value):

@@ -4,8 +4,7 @@ import functools
 
 from keras_gmix.models.mobilenet import mobilenet_v2
 from keras_gmix.models.pyramidnet import pyramidnet
-from keras_gmix.models.resnet import cifar_resnet
-from keras_gmix.models.resnet import preact_resnet18
+from keras_gmix.models.resnet import cifar_resnet, preact_resnet18
 from keras_gmix.models.small_cnn import small_cnn
 from keras_gmix.models.wide_resnet import wide_resnet
 

@@ -3,11 +3,7 @@
 import keras
 
 from keras_gmix import checks
-from keras_gmix.models.blocks import check_common_args
-from keras_gmix.models.blocks import classifier_head
-from keras_gmix.models.blocks import conv
-from keras_gmix.models.blocks import norm
-from keras_gmix.models.blocks import relu
+from keras_gmix.models.blocks import check_common_args, classifier_head, conv, norm, relu
 
 
 def small_cnn(

@@ -3,13 +3,15 @@
 import keras
 
 from keras_gmix import checks
-from keras_gmix.models.blocks import check_common_args
-from keras_gmix.models.blocks import check_depth
-from keras_gmix.models.blocks import classifier_head
-from keras_gmix.models.blocks import conv
-from keras_gmix.models.blocks import norm
-from keras_gmix.models.blocks import preact_block
-from keras_gmix.models.blocks import relu
+from keras_gmix.models.blocks import (
+    check_common_args,
+    check_depth,
+    classifier_head,
+    conv,
+    norm,
+    preact_block,
+    relu,
+)
 
 
 def wide_resnet(

@@ -16,10 +16,9 @@ worker 0 writes its own: the workers' backups are then one epoch apart.
 """
 
 import argparse
-import time
-
 import json
 import os
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402

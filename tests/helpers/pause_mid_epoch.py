@@ -13,8 +13,7 @@ import time
 
 import keras
 
-from keras_gmix import cli
-from keras_gmix import train
+from keras_gmix import cli, train
 
 
 class PauseAt(keras.callbacks.Callback):

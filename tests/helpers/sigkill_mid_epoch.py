@@ -14,8 +14,7 @@ import sys
 
 import keras
 
-from keras_gmix import cli
-from keras_gmix import train
+from keras_gmix import cli, train
 
 
 class SigkillAt(keras.callbacks.Callback):
