@@ -185,6 +185,7 @@ def one_process_reference(method, sync, epochs=2):
     return model.inner.get_weights(), history.history
 
 
+@pytest.mark.slow  # two worker processes
 def test_multiworker_sync_sam_equals_one_process(tmp_path):
     codes, results, logs = run_workers(tmp_path, "sam", True)
     assert codes == [0, 0], logs[0][-3000:]
@@ -195,6 +196,7 @@ def test_multiworker_sync_sam_equals_one_process(tmp_path):
         assert worker_history["epochs_run"] == [0, 1]
 
 
+@pytest.mark.slow  # two worker processes
 def test_multiworker_gmix_completes_and_workers_agree(tmp_path):
     codes, results, logs = run_workers(tmp_path, "gmix", False)
     assert codes == [0, 0], logs[0][-3000:]
@@ -268,6 +270,7 @@ def test_multiworker_workers_one_epoch_apart_resume_together(tmp_path):
         np.testing.assert_allclose(worker_history["loss"], history["loss"][1:], rtol=1e-5)
 
 
+@pytest.mark.slow  # two worker processes
 def test_keras_still_needs_the_multiworker_workaround(tmp_path):
     """Fails when a Keras release fixes keras-team/keras#20585: then drop the workaround."""
     codes, _, logs = run_workers(tmp_path, "sam", True, "--no-workaround")

@@ -98,6 +98,7 @@ def cross_entropy_by_hand(logits, y_soft):
     return -(y_soft * log_p).sum(axis=1)
 
 
+@pytest.mark.slow  # 21 cases of two fits; erm against plain Keras stays in the default run
 @pytest.mark.parametrize(
     "method,options",
     [
@@ -286,6 +287,7 @@ def test_export_after_fit_serves_predict(tmp_path, kind):
     np.testing.assert_allclose(served.serve(x).numpy(), expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_trained_network_saves_alone_for_plain_keras(tmp_path):
     """README's "Deploy the trained network": `model.inner.save(...)` loads
     in a process that never imports keras_gmix."""
@@ -413,6 +415,7 @@ def readme_block(title):
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_readme_fine_tuning_example_runs_offline():
     """README's example, with weights=None (no download) and a few images."""
     code = readme_block("Fine-tune a pretrained backbone")

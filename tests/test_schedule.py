@@ -303,6 +303,7 @@ def test_perturb_from_zero_keeps_a_schedule_bit_for_bit():
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+@pytest.mark.slow  # several fits
 @pytest.mark.parametrize("method,cheap_as", [("gmix", "mixup"), ("dgmix", "mixup"), ("sam", "erm")])
 def test_fit_with_a_late_phase(method, cheap_as):
     """4 steps per epoch, s = 6: epoch 0 all cheap, epoch 1 half full, epoch 2
@@ -330,6 +331,7 @@ def test_non_perturbed_methods_ignore_the_schedule():
 # -- modes, precision, serialization, resume ----------------------------------
 
 
+@pytest.mark.slow  # several fits
 @pytest.mark.parametrize(
     "kwargs",
     [dict(perturb_every=2, reuse_scale=0.3), dict(perturb_probability=0.5, reuse_scale=0.3)],
@@ -358,6 +360,7 @@ def test_eager_graph_and_xla_agree_with_a_schedule(kwargs):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # several fits
 def test_mixed_precision_with_a_schedule():
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_float16")
@@ -409,6 +412,7 @@ def test_config_and_keras_file_round_trip(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+@pytest.mark.slow  # several fits
 @pytest.mark.parametrize(
     "kwargs",
     [
