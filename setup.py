@@ -36,7 +36,11 @@ setup(
     extras_require={
         "cpu": [f"tensorflow-cpu=={TF_VERSION}"],
         "gpu": [f"tensorflow[and-cuda]=={TF_VERSION}"],
-        "test": ["pytest>=8", "pytest-timeout", "ruff>=0.17,<0.18"],  # ruff: .ci/run's lint
+        # JAX, Keras 3's other backend (KERAS_BACKEND=jax). 0.10 is the newest
+        # JAX for Python 3.11 (0.12 needs 3.12); checked with Keras 3.15.1.
+        "jax": ["jax[cpu]>=0.10,<0.11"],
+        # ruff: .ci/run's lint; pytest-xdist: the tests on both cores.
+        "test": ["pytest>=8", "pytest-timeout", "pytest-xdist", "ruff>=0.17,<0.18"],
         # tf-keras pulls in the full `tensorflow` wheel: benchmarks only.
         "bench": ["tf-keras==2.21.0", "mnist1d", "psutil", "scipy"],
     },

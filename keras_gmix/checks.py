@@ -15,6 +15,9 @@ import numbers
 
 import numpy as np
 import tensorflow as tf
+from keras import ops
+
+from keras_gmix import backend
 
 
 def _bound(value):
@@ -163,13 +166,17 @@ def checked_sample_weight(sample_weight):
     A NaN weight would make the loss NaN and skip the step, every epoch,
     without a word; fail instead and say which.
     """
-    weights = tf.cast(tf.reshape(sample_weight, [-1]), tf.float32)
-    finite = tf.debugging.assert_all_finite(
-        weights, "Sample weights must be finite; a batch holds NaN or inf weights"
+    weights = ops.cast(ops.reshape(sample_weight, [-1]), "float32")
+    return backend.checked(
+        weights,
+        [
+            (
+                ops.all(ops.isfinite(weights)),
+                "Sample weights must be finite; a batch holds NaN or inf weights",
+            ),
+            (ops.all(weights >= 0), "Sample weights must be >= 0"),
+        ],
     )
-    non_negative = tf.debugging.assert_non_negative(weights, message="Sample weights must be >= 0")
-    with tf.control_dependencies([finite, non_negative]):
-        return tf.identity(weights)
 
 
 def check_sample_weight(sample_weight):

@@ -21,16 +21,17 @@ draw the same dropout masks.
 
 Pass counts: erm/mixup 1 forward + 1 backward; sam/gmix 2F + 2B;
 bgmix/dgmix 2F + 3B, the third backward pass running through the first
-forward pass again (its tape is kept) for the flat subset. With
+forward pass again (its pull-back is kept) for the flat subset. With
 `keep_first_pass=False` bgmix/dgmix make 3F + 3B instead and hold about one
-tape at a time, as sam does (SPEC.md section 4b, "Memory").
+pass at a time, as sam does (SPEC.md section 4b, "Memory").
 """
 
 from typing import NamedTuple
 
-import tensorflow as tf
+import keras
+from keras import ops
 
-from keras_gmix import checks, partition
+from keras_gmix import backend, checks, partition
 from keras_gmix import losses as losses_lib
 from keras_gmix import perturbation as pt
 
@@ -65,9 +66,9 @@ class StepResult(NamedTuple):
 
     grads: list  # aligned with inner.trainable_variables, loss-scaled
     stats: dict  # SPEC.md section 5 values, scalar float32 tensors
-    y_pred: tf.Tensor  # predictions of the unperturbed pass
+    y_pred: object  # predictions of the unperturbed pass
     non_trainable: list  # non-trainable values after the unperturbed pass
-    sensitivity: tf.Tensor = None  # [n] s_i = l_i(w + eps) - l_i(w), perturbed methods only
+    sensitivity: object = None  # [n] s_i = l_i(w + eps) - l_i(w), perturbed methods only
     # The plain gradient g = grad (L_B + regularizers)(w), loss-scaled, when
     # asked for (`with_plain_grads`): what a schedule's reuse direction is
     # formed against (SPEC.md section 4b). No extra pass: pass 1's.
@@ -79,21 +80,10 @@ def _identity(value):
 
 
 def _per_example(loss_fn, y, y_pred, sample_weight):
-    values = tf.cast(loss_fn(y, y_pred), tf.float32)
+    values = ops.cast(loss_fn(y, y_pred), "float32")
     if sample_weight is not None:
-        values = values * tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+        values = values * ops.reshape(ops.cast(sample_weight, "float32"), [-1])
     return values
-
-
-def _gradient(tape, target, sources, output_gradients=None):
-    # Variables a method does not reach (e.g. an unused head) get zeros, so
-    # that vector arithmetic over the gradient list stays aligned.
-    return tape.gradient(
-        target,
-        sources,
-        output_gradients=output_gradients,
-        unconnected_gradients=tf.UnconnectedGradients.ZERO,
-    )
 
 
 def compute_update(
@@ -117,6 +107,12 @@ def compute_update(
 ):
     """One step's update gradient, statistics and new non-trainable state.
 
+    Written once for every backend: each forward pass is differentiated
+    through the backend's pull-back (`backend.vjp`), and the cotangent of
+    the per-example losses says which examples a gradient takes, at what
+    scale (all of them for the ascent direction, the flat subset for
+    bgmix/dgmix's third backward pass).
+
     Args:
         inner: a built Keras model.
         x, y: the (already mixed, if the method mixes) batch; y one-hot/soft
@@ -125,8 +121,8 @@ def compute_update(
             outputs: summed over them, `losses.per_example_loss`).
         method, rho, sensitive_fraction, adaptive, eta: see `update_gradients`.
         sample_weight: optional [n] weights multiplying each l_i.
-        scale_loss: applied to every differentiated loss inside the tapes
-            (the optimizer's `scale_loss`, for mixed-precision loss scaling).
+        scale_loss: the optimizer's `scale_loss` (mixed-precision loss
+            scaling), a multiplication applied to every differentiated loss.
             The returned gradients are scaled by it. Defaults to identity.
         mean_over_replicas: if given, applied to the ascent gradient before
             eps is computed (`sync_perturbation`). Defaults to `None`.
@@ -141,12 +137,13 @@ def compute_update(
             reduction in Keras (`losses.objective_scales`): the sharp and
             flat subsets' sums are scaled alike. Defaults to
             `"sum_over_batch_size"` (the batch mean).
-        keep_first_pass: bgmix/dgmix: keep pass 1's tape through the
-            perturbed pass (2F + 3B, about two tapes of memory). `False`
-            takes s_i from a forward pass at w + eps without a tape, the
-            flat subset's gradient through pass 1's tape, frees it, and
-            then runs the perturbed pass with its tape: the same update
-            for 3F + 3B and about one tape. Defaults to `True`.
+        keep_first_pass: bgmix/dgmix: keep pass 1's pull-back through the
+            perturbed pass (2F + 3B; two forward passes' activations held
+            at once). `False` takes s_i from a forward pass at w + eps that
+            is not differentiated, the flat subset's gradient through pass
+            1, drops it, and then runs the perturbed pass again to
+            differentiate it: the same update for 3F + 3B, about one pass
+            held. Defaults to `True`.
 
     Returns:
         A `StepResult`.
@@ -155,56 +152,57 @@ def compute_update(
     perturbed = method in PERTURBED_METHODS
     partitioned = method in PARTITIONED_METHODS
     if weights is None:
-        weights = [tf.convert_to_tensor(v) for v in inner.trainable_variables]
+        weights = [ops.copy(v) for v in inner.trainable_variables]
     if state is None:
-        state = [tf.convert_to_tensor(v) for v in inner.non_trainable_variables]
+        state = [ops.copy(v) for v in inner.non_trainable_variables]
     # y is one label tensor, or a list of them for a model of several outputs.
-    n = tf.cast(tf.shape(tf.nest.flatten(y)[0])[0], tf.float32)
+    n = ops.shape(keras.tree.flatten(y)[0])[0]
     scale, log_scale = losses_lib.objective_scales(reduction, n, sample_weight)
     training = {"training": True} if checks.call_takes_training(inner) else {}
+    regularized = []  # set while pass 1 is traced: whether the model adds losses
 
-    # Forward pass 1, at w. Its tape is kept (persistent) when more than one
-    # gradient is taken through it: the ascent direction, the regularizers,
-    # and for bgmix/dgmix the flat subset.
-    with tf.GradientTape(persistent=perturbed) as tape:
-        tape.watch(weights)
+    def first_pass(values):
+        # At w: its BatchNorm statistics (and RNG state) are the step's.
         y_pred, new_state, extra_losses = inner.stateless_call(
-            weights, state, x, return_losses=True, **training
+            values, state, x, return_losses=True, **training
         )
-        losses_at_w = _per_example(loss_fn, y, y_pred, sample_weight)
-        data_loss = tf.reduce_sum(losses_at_w) * scale
+        regularized.append(bool(extra_losses))
         # Regularizers are evaluated at w only, and added once.
         reg_loss = (
-            tf.add_n([tf.cast(t, tf.float32) for t in extra_losses]) if extra_losses else None
+            ops.sum(ops.stack([ops.cast(t, "float32") for t in extra_losses]))
+            if extra_losses
+            else ops.zeros([], "float32")
         )
-        scaled_losses_at_w = scale_loss(losses_at_w)
-        scaled_data_loss = scale_loss(data_loss)
-        scaled_reg_loss = scale_loss(reg_loss) if reg_loss is not None else None
-        # Sums that are differentiated must be formed inside the tape.
-        scaled_total_loss = (
-            scaled_data_loss if reg_loss is None else scaled_data_loss + scaled_reg_loss
-        )
+        losses = _per_example(loss_fn, y, y_pred, sample_weight)
+        return (losses, reg_loss), (y_pred, new_state)
 
-    logged_loss = tf.reduce_sum(losses_at_w) * log_scale
-    total_loss = logged_loss if reg_loss is None else logged_loss + reg_loss
+    # Forward pass 1, at w, kept for as many pull-backs as the method takes.
+    (losses_at_w, reg_loss), pullback, (y_pred, new_state) = backend.vjp(first_pass, weights)
+    regularized = regularized[0]
+    # The cotangents: d objective / d l_i (loss-scaled), and the regularizers'.
+    every_example = scale_loss(ops.ones_like(losses_at_w) * scale)
+    regularizers = scale_loss(ops.ones([], "float32")) if regularized else None
+
+    logged_loss = ops.sum(losses_at_w) * log_scale
+    total_loss = logged_loss + reg_loss if regularized else logged_loss
     stats = {"loss": total_loss}
 
     if not perturbed:
-        grads = _gradient(tape, scaled_total_loss, weights)
+        grads = pullback((every_example, regularizers))
         return StepResult(
             grads, stats, y_pred, new_state, plain_grads=grads if with_plain_grads else None
         )
 
     # Backward pass 1: the ascent direction g = grad L_B(w).
-    ascent = _gradient(tape, scaled_data_loss, weights)
-    reg_grads = None if reg_loss is None else _gradient(tape, scaled_reg_loss, weights)
+    ascent = pullback((every_example, None))
+    reg_grads = pullback((None, regularizers)) if regularized else None
     plain_grads = None
     if with_plain_grads:
         plain_grads = ascent if reg_grads is None else pt.add(ascent, reg_grads)
     if mean_over_replicas is not None:
         ascent = mean_over_replicas(ascent)
     if not partitioned:
-        del tape  # free pass 1's activations before pass 2
+        pullback = None  # frees pass 1's activations before pass 2
     eps = pt.perturbation(weights, ascent, rho, adaptive=adaptive, eta=eta)
     perturbed_weights = pt.add(weights, eps)
 
@@ -214,44 +212,40 @@ def compute_update(
         y_pred_eps, _ = inner.stateless_call(values, state, x, **training)
         return _per_example(loss_fn, y, y_pred_eps, sample_weight)
 
+    def flat_examples(sharp):
+        # Both subsets are scaled as the whole batch is (1/n by default).
+        return scale_loss((1.0 - sharp) * scale)
+
     g_flat = None
     if partitioned and not keep_first_pass:
-        # Memory-lean: the partition from a forward pass without a tape, the
-        # flat subset's gradient through pass 1, whose tape is then freed
-        # before the perturbed pass runs again, with its tape.
+        # Memory-lean: the partition from a forward pass that is not
+        # differentiated, the flat subset's gradient through pass 1, which
+        # is then dropped before the perturbed pass runs again.
         losses_at_eps = losses_at(perturbed_weights)
         sharp = partition.sharp_mask(losses_at_eps - losses_at_w, sensitive_fraction)
-        g_flat = _gradient(
-            tape, scaled_losses_at_w, weights, output_gradients=(1.0 - sharp) * scale
-        )
-        del tape
-        # In a graph nothing else orders the taped pass after the flat
-        # gradient: TensorFlow could run both at once and hold both tapes.
-        with tf.control_dependencies(g_flat):
-            perturbed_weights = [tf.identity(w) for w in perturbed_weights]
+        g_flat = pullback((flat_examples(sharp), None))
+        pullback = None
+        perturbed_weights = backend.after(perturbed_weights, g_flat)
 
     # Forward and backward pass 2, at w + eps.
-    with tf.GradientTape() as perturbed_tape:
-        perturbed_tape.watch(perturbed_weights)
-        taped_losses_at_eps = losses_at(perturbed_weights)
-        if g_flat is None:
-            losses_at_eps = taped_losses_at_eps
-            if partitioned:
-                sharp = partition.sharp_mask(
-                    tf.stop_gradient(losses_at_eps - losses_at_w), sensitive_fraction
-                )
-        # Both subsets are scaled as the whole batch is (1/n by default).
-        weighted = sharp * taped_losses_at_eps if partitioned else taped_losses_at_eps
-        target = scale_loss(tf.reduce_sum(weighted) * scale)
-    g_sharp = _gradient(perturbed_tape, target, perturbed_weights)
-    sensitivity = tf.stop_gradient(losses_at_eps - losses_at_w)
+    (differentiated_losses_at_eps,), perturbed_pullback, _ = backend.vjp(
+        lambda values: ((losses_at(values),), ()), perturbed_weights
+    )
+    if g_flat is None:
+        losses_at_eps = differentiated_losses_at_eps
+        if partitioned:
+            sharp = partition.sharp_mask(losses_at_eps - losses_at_w, sensitive_fraction)
+    sharp_examples = sharp if partitioned else ops.ones_like(losses_at_eps)
+    g_sharp = perturbed_pullback((scale_loss(sharp_examples * scale),))
+    perturbed_pullback = None
+    sensitivity = ops.stop_gradient(losses_at_eps - losses_at_w)
 
     # Like "loss" (and Keras' own loss), perturbed_loss includes the
     # regularizers at w; with the default reduction, sharpness (the mean
     # s_i) = perturbed_loss - loss.
-    sharpness = tf.reduce_mean(losses_at_eps) - tf.reduce_mean(losses_at_w)
+    sharpness = ops.mean(losses_at_eps) - ops.mean(losses_at_w)
     stats.update(
-        perturbed_loss=total_loss + tf.reduce_sum(losses_at_eps - losses_at_w) * log_scale,
+        perturbed_loss=total_loss + ops.sum(losses_at_eps - losses_at_w) * log_scale,
         sharpness=sharpness,
         eps_norm=pt.global_norm(eps),
     )
@@ -259,12 +253,10 @@ def compute_update(
     if partitioned:
         if g_flat is None:
             # Backward pass 3, through pass 1 again: the flat subset at w.
-            g_flat = _gradient(
-                tape, scaled_losses_at_w, weights, output_gradients=(1.0 - sharp) * scale
-            )
-            del tape
+            g_flat = pullback((flat_examples(sharp), None))
+            pullback = None
         stats.update(
-            sensitive_fraction=tf.reduce_mean(sharp),
+            sensitive_fraction=ops.mean(sharp),
             grad_cosine=partition.cosine(g_sharp, g_flat),
         )
         if method == "bgmix":
@@ -277,7 +269,7 @@ def compute_update(
 
     if reg_grads is not None:
         grads = pt.add(grads, reg_grads)
-    grads = [tf.cast(g, w.dtype) for g, w in zip(grads, weights)]
+    grads = [ops.cast(g, w.dtype) for g, w in zip(grads, weights)]
     return StepResult(grads, stats, y_pred, new_state, sensitivity, plain_grads)
 
 
@@ -330,7 +322,7 @@ def update_gradients(
         stats a dict of the step's statistics (`loss`; for the perturbed
         methods `perturbed_loss`, `sharpness`, `eps_norm`; for bgmix/dgmix
         `sensitive_fraction`, `grad_cosine`; for dgmix `conflict`): Python
-        floats when run eagerly, scalar tensors inside a `tf.function`.
+        floats when run eagerly, scalar tensors inside a traced step.
 
     Example:
 
@@ -359,13 +351,11 @@ def update_gradients(
         keep_first_pass=checks.check_bool("keep_first_pass", keep_first_pass),
     )
     stats = result.stats
-    if tf.executing_eagerly():
+    if not any(backend.is_symbolic(v) for v in stats.values()):
         stats = {k: float(v) for k, v in stats.items()}
     return result.grads, stats
 
 
 def all_finite(tensors):
     """True if every element of every tensor is finite (a scalar bool tensor)."""
-    return tf.reduce_all(
-        [tf.reduce_all(tf.math.is_finite(tf.cast(t, tf.float32))) for t in tensors]
-    )
+    return ops.all(ops.stack([ops.all(ops.isfinite(ops.cast(t, "float32"))) for t in tensors]))

@@ -12,9 +12,9 @@ from typing import NamedTuple
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from keras_gmix import checks
+from keras_gmix import backend, checks
 from keras_gmix import losses as losses_lib
 
 
@@ -33,7 +33,7 @@ def output_widths_and_names(inner, x):
     outputs = getattr(inner, "outputs", None) if inner.built else None
     names = getattr(inner, "output_names", None) if outputs else None
     if not outputs:
-        specs = tf.nest.map_structure(symbolic_spec, x)
+        specs = keras.tree.map_structure(symbolic_spec, x)
         # A call builds a model that is not built yet (Sequential's
         # compute_output_spec fails then, passing `training` to layers that
         # take none).
@@ -168,63 +168,62 @@ def labels_to_one_hot(y, num_classes):
     """One batch's labels as `(y_soft float32 [n, C], kind)`, checked in the step.
 
     `kind` is `label_kind`'s. Class ids must be whole numbers in
-    [0, num_classes): tf.one_hot would map an out-of-range id to a zero row
+    [0, num_classes): a one-hot encoding would map an out-of-range id to a zero row
     and a cast would truncate 3.7 to 3, and training would go on silently
     with wrong labels. Binary labels must lie in [0, 1] for the same reason.
     """
-    y = tf.convert_to_tensor(y)
-    if not (y.dtype.is_integer or y.dtype.is_floating or y.dtype == tf.bool):
+    y = ops.convert_to_tensor(y)
+    dtype = keras.backend.standardize_dtype(y.dtype)
+    integer = "int" in dtype
+    if not (integer or keras.backend.is_float_dtype(dtype) or dtype == "bool"):
         raise TypeError(
-            f"Labels must be numbers (class ids or one-hot rows); received dtype {y.dtype.name}. "
-            "Map class names to integer ids first (e.g. with tf.keras.layers.StringLookup "
+            f"Labels must be numbers (class ids or one-hot rows); received dtype {dtype}. "
+            "Map class names to integer ids first (e.g. with keras.layers.StringLookup "
             "in the pipeline)."
         )
-    kind = label_kind(y.shape, num_classes)
+    shape = tuple(y.shape)
+    kind = label_kind(shape, num_classes)
     if kind == "binary":
-        if y.shape.rank not in (1, 2):
-            raise ValueError(_binary_labels_text(y.shape))
-        values = tf.reshape(tf.cast(y, tf.float32), [-1, 1])
-        checks = [
-            tf.debugging.assert_non_negative(values, message="binary labels must be >= 0"),
-            tf.debugging.assert_less_equal(values, 1.0, message="binary labels must be <= 1"),
-        ]
-        with tf.control_dependencies(checks):
-            return tf.identity(values), kind
+        if len(shape) not in (1, 2):
+            raise ValueError(_binary_labels_text(shape))
+        values = ops.reshape(ops.cast(y, "float32"), [-1, 1])
+        return backend.checked(
+            values,
+            [
+                (ops.all(values >= 0), "binary labels must be >= 0"),
+                (ops.all(values <= 1.0), "binary labels must be <= 1"),
+            ],
+        ), kind
     if kind == "ids":
-        flat = tf.reshape(y, [-1])
-        checks = []
-        if not y.dtype.is_integer:
-            values = tf.cast(flat, tf.float32)
-            checks.append(
-                tf.debugging.assert_equal(
-                    values,
-                    tf.round(values),
-                    message=(
-                        "class-id labels must be whole numbers; "
-                        "a batch holds fractional, NaN or inf ids"
-                    ),
+        flat = ops.reshape(y, [-1])
+        conditions = []
+        if not integer:
+            values = ops.cast(flat, "float32")
+            conditions.append(
+                (
+                    ops.all(values == ops.round(values)),
+                    "class-id labels must be whole numbers; "
+                    "a batch holds fractional, NaN or inf ids",
                 )
             )
-        ids = tf.cast(flat, tf.int32)
-        checks.append(
-            tf.debugging.assert_less(
-                ids,
-                num_classes,
-                message=f"class ids must be < {num_classes}, the model's output width",
-            )
-        )
-        checks.append(tf.debugging.assert_non_negative(ids, message="class ids must be >= 0"))
-        with tf.control_dependencies(checks):
-            return tf.one_hot(ids, num_classes, dtype=tf.float32), kind
-    if y.shape.rank != 2:
-        raise ValueError(_label_shape_text(y.shape, num_classes))
-    if y.shape[-1] != num_classes:
+        ids = ops.cast(flat, "int32")
+        conditions += [
+            (
+                ops.all(ids < num_classes),
+                f"class ids must be < {num_classes}, the model's output width",
+            ),
+            (ops.all(ids >= 0), "class ids must be >= 0"),
+        ]
+        return backend.checked(ops.one_hot(ids, num_classes, dtype="float32"), conditions), kind
+    if len(shape) != 2:
+        raise ValueError(_label_shape_text(shape, num_classes))
+    if shape[-1] != num_classes:
         raise ValueError(
-            f"Labels have {y.shape[-1]} classes (shape {y.shape}) but the model "
+            f"Labels have {shape[-1]} classes (shape {shape}) but the model "
             f"outputs {num_classes}. Give one-hot labels of shape (batch, "
             f"{num_classes}) or integer class ids of shape (batch,)."
         )
-    return tf.cast(y, tf.float32), kind
+    return ops.cast(y, "float32"), kind
 
 
 def metric_labels(y, y_soft, kind, mixed):
@@ -235,18 +234,18 @@ def metric_labels(y, y_soft, kind, mixed):
     one-hot rows, and unmixed binary labels, are passed as they are.
     """
     if kind == "ids":
-        return tf.reshape(tf.cast(tf.argmax(y_soft, axis=-1), y.dtype), tf.shape(y))
+        return ops.reshape(ops.cast(ops.argmax(y_soft, axis=-1), y.dtype), ops.shape(y))
     if kind == "binary":
         if not mixed:
             return y
-        return tf.reshape(tf.cast(tf.round(y_soft), y.dtype), tf.shape(y))
+        return ops.reshape(ops.cast(ops.round(y_soft), y.dtype), ops.shape(y))
     return y_soft
 
 
 def labels_are_soft(y_soft):
     """Scalar bool: some label value lies strictly between 0 and 1 (soft or
     already mixed labels, e.g. from Keras' MixUp or CutMix layers)."""
-    return tf.reduce_any(tf.logical_and(y_soft > 0.0, y_soft < 1.0))
+    return ops.any(ops.logical_and(y_soft > 0.0, y_soft < 1.0))
 
 
 def soft_array(labels, width):
@@ -336,10 +335,10 @@ def any_soft(prepared):
     """Scalar bool: some output's labels (not class ids) arrive soft."""
     soft = [
         labels_are_soft(v)
-        for v, kind in zip(tf.nest.flatten(prepared.one_hot), prepared.kinds)
+        for v, kind in zip(keras.tree.flatten(prepared.one_hot), prepared.kinds)
         if kind != "ids"
     ]
-    return tf.reduce_any(soft) if soft else tf.constant(False)
+    return ops.any(ops.stack(soft)) if soft else ops.convert_to_tensor(False)
 
 
 def metric_labels_like(y, prepared, one_hot, mixed, names):
@@ -349,7 +348,7 @@ def metric_labels_like(y, prepared, one_hot, mixed, names):
         y,
         [
             metric_labels(t, soft, kind, mixed)
-            for t, soft, kind in zip(prepared.given, tf.nest.flatten(one_hot), prepared.kinds)
+            for t, soft, kind in zip(prepared.given, keras.tree.flatten(one_hot), prepared.kinds)
         ],
         names,
     )

@@ -8,7 +8,8 @@ equivalent categorical cross-entropy, because mixed labels are soft.
 """
 
 import keras
-import tensorflow as tf
+import numpy as np
+from keras import ops
 
 
 def resolve_loss(loss):
@@ -67,11 +68,11 @@ def _unreduced(loss):
     unreduced = unreduced_loss(_on_one_hot(loss))
 
     def fn(y_true, y_pred):
-        y_true = tf.cast(y_true, tf.float32)
-        y_pred = tf.cast(y_pred, tf.float32)
-        values = tf.cast(unreduced(y_true, y_pred), tf.float32)
-        if values.shape.rank is not None and values.shape.rank > 1:
-            values = tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
+        y_true = ops.cast(y_true, "float32")
+        y_pred = ops.cast(y_pred, "float32")
+        values = ops.cast(unreduced(y_true, y_pred), "float32")
+        if len(values.shape) > 1:
+            values = ops.mean(values, axis=list(range(1, len(values.shape))))
         return values
 
     return fn
@@ -158,9 +159,7 @@ def per_example_loss(loss, output_names=None, loss_weights=None):
     def fn(y_true, y_pred):
         y_true = outputs_as_list(y_true, output_names)
         y_pred = outputs_as_list(y_pred, output_names)
-        return tf.add_n(
-            [w * f(t, p) for w, f, t, p in zip(weights, fns, y_true, y_pred) if f is not None]
-        )
+        return sum(w * f(t, p) for w, f, t, p in zip(weights, fns, y_true, y_pred) if f is not None)
 
     return fn
 
@@ -222,13 +221,13 @@ def objective_scales(reduction, n, sample_weight=None):
       loss vector as its sum) and the mean logged (Keras' loss tracker
       averages the vector).
     """
-    n = tf.cast(n, tf.float32)
+    n = ops.cast(n, "float32")
     if reduction == "sum":
-        return tf.constant(1.0), tf.constant(1.0)
+        return 1.0, 1.0
     if reduction is None:
-        return tf.constant(1.0), 1.0 / n
+        return 1.0, 1.0 / n
     if reduction == "mean_with_sample_weight" and sample_weight is not None:
-        scale = tf.math.divide_no_nan(1.0, tf.reduce_sum(tf.cast(sample_weight, tf.float32)))
+        scale = ops.divide_no_nan(1.0, ops.sum(ops.cast(sample_weight, "float32")))
         return scale, scale
     return 1.0 / n, 1.0 / n
 
@@ -254,8 +253,8 @@ def check_per_example(loss_fn, widths):
     """Calls the per-example loss once on a probe batch of two one-hot rows
     (before the first step) and refuses, with a sentence, a loss that fails
     on one-hot labels or returns one number for the whole batch."""
-    probe_true = [tf.one_hot([0, width - 1], width) for width in widths]
-    probe_pred = [tf.fill([2, width], 1.0 / (width + 1)) for width in widths]
+    probe_true = [ops.one_hot(np.array([0, width - 1]), width) for width in widths]
+    probe_pred = [ops.full([2, width], 1.0 / (width + 1)) for width in widths]
     several = len(widths) > 1
     try:
         values = loss_fn(
@@ -268,7 +267,7 @@ def check_per_example(loss_fn, widths):
                 f"{str(error).splitlines()[0] if str(error) else ''})."
             )
         ) from error
-    if values.shape.rank == 0:
+    if len(values.shape) == 0:
         raise ValueError(
             PER_EXAMPLE_TEXT.format(
                 problem="The compiled loss returns one number for the whole batch."

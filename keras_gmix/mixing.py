@@ -14,9 +14,9 @@ References:
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from keras_gmix import checks
+from keras_gmix import backend, checks
 
 MIX_MODES = ("mixup", "cutmix")
 
@@ -34,7 +34,7 @@ def check_mix(mix):
 
 
 def seed_tensor(seed):
-    """Turns `seed` into a stateless TF seed of shape [2] (int32).
+    """Turns `seed` into a stateless seed: an int32 tensor of shape [2].
 
     `seed` may be an int, a `keras.random.SeedGenerator` (its state advances),
     a shape-[2] integer tensor, or None (an unseeded draw).
@@ -42,19 +42,14 @@ def seed_tensor(seed):
     if isinstance(seed, keras.random.SeedGenerator):
         seed = seed.next()
     elif seed is None:
-        # Unseeded: a fresh draw, reproducible only under tf.random.set_seed.
-        seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
-    elif not (tf.is_tensor(seed) or isinstance(seed, (np.ndarray, list, tuple))):
-        # A scalar seed: checked here, not deep inside TensorFlow ("abc"
+        seed = backend.unseeded()
+    elif not (ops.is_tensor(seed) or isinstance(seed, (np.ndarray, list, tuple))):
+        # A scalar seed: checked here, not deep inside the backend ("abc"
         # would fail there with a message that names no argument).
         seed = checks.check_number("seed", seed, integer=True)
-        seed = tf.constant([seed % 2**31, 0], tf.int32)
-    return tf.cast(tf.reshape(seed, [2]), tf.int32)
+        seed = np.array([seed % 2**31, 0], "int32")
+    return ops.cast(ops.reshape(seed, [2]), "int32")
 
-
-# One RNG algorithm everywhere: "auto_select" may pick a different one under
-# XLA than in graph mode, and then jit_compile would mix differently.
-RNG_ALG = "philox"
 
 # Marsaglia-Tsang draws this many candidates per Gamma sample and keeps the
 # first accepted one; with shape >= 1 each is accepted with probability
@@ -63,28 +58,33 @@ GAMMA_CANDIDATES = 16
 
 
 def uniform(shape, seed):
-    """Uniform [0, 1) floats that are bit-identical in graph mode and under XLA.
+    """Uniform [0, 1) floats from the backend's stateless random bits.
 
-    `tf.random.stateless_uniform` turns the same random bits into other
-    floats under XLA; the integer bits themselves agree, so convert them
-    here: the top 24 bits of each draw, plus half a step (never exactly 0).
+    Converted here from the bits (the top 24 of each draw, plus half a step:
+    never exactly 0), because TensorFlow turns the same bits into other
+    floats under XLA than in graph mode; the bits themselves agree.
     """
-    bits = tf.random.stateless_uniform(
-        shape, seed, minval=None, maxval=None, dtype=tf.int32, alg=RNG_ALG
-    )
-    top = tf.bitwise.right_shift(tf.bitcast(bits, tf.uint32), 8)
-    return (tf.cast(top, tf.float32) + 0.5) * (2.0**-24)
+    top = ops.right_shift(backend.random_bits(shape, seed), 8)
+    return (ops.cast(top, "float32") + 0.5) * (2.0**-24)
 
 
 def normal(shape, seed):
     """Standard normal floats (Box-Muller on `uniform`), XLA-consistent."""
-    u1, u2 = tf.unstack(uniform([2] + list(shape), seed))
-    return tf.sqrt(-2.0 * tf.math.log(u1)) * tf.cos(2.0 * np.pi * u2)
+    pair = uniform([2] + list(shape), seed)
+    return ops.sqrt(-2.0 * ops.log(pair[0])) * ops.cos(2.0 * np.pi * pair[1])
 
 
 def split_seed(seed, num):
     """`num` independent stateless seeds derived from one seed tensor."""
-    return tf.unstack(tf.random.experimental.stateless_split(seed, num=num, alg=RNG_ALG))
+    return backend.split_seed(seed, num)
+
+
+def step_seed(seed, step):
+    """The stateless seed of step `step` of a stream seeded with the int `seed`."""
+    pair = ops.stack(
+        [ops.convert_to_tensor(seed % (2**31 - 1), "int32"), ops.cast(step, "int32") % (2**31 - 1)]
+    )
+    return ops.cast(pair, "int32")
 
 
 def sample_gamma(shape, alpha, seed):
@@ -99,14 +99,16 @@ def sample_gamma(shape, alpha, seed):
     candidates_shape = shape + [GAMMA_CANDIDATES]
     a = alpha + 1.0 if alpha < 1.0 else float(alpha)
     d = a - 1.0 / 3.0
-    c = 1.0 / tf.sqrt(9.0 * d)
+    c = 1.0 / ops.sqrt(np.float32(9.0 * d))
     z = normal(candidates_shape, normal_seed)
     u = uniform(candidates_shape, accept_seed)
     v = (1.0 + c * z) ** 3
-    safe_v = tf.maximum(v, 1e-30)
-    accepted = (v > 0) & (tf.math.log(u) < 0.5 * z * z + d - d * safe_v + d * tf.math.log(safe_v))
-    first = tf.argmax(tf.cast(accepted, tf.int32), axis=-1)  # first accepted candidate
-    gamma = tf.gather(d * safe_v, first, batch_dims=len(shape))
+    safe_v = ops.maximum(v, 1e-30)
+    accepted = ops.logical_and(
+        v > 0, ops.log(u) < 0.5 * z * z + d - d * safe_v + d * ops.log(safe_v)
+    )
+    first = ops.argmax(ops.cast(accepted, "int32"), axis=-1)  # first accepted candidate
+    gamma = ops.take_along_axis(d * safe_v, ops.expand_dims(first, -1), axis=-1)[..., 0]
     if alpha < 1.0:
         boost = uniform(shape, boost_seed)
         gamma = gamma * boost ** (1.0 / alpha)
@@ -120,13 +122,13 @@ def sample_beta(shape, alpha, seed):
     y = sample_gamma(shape, alpha, seed_y)
     total = x + y
     # Both draws can underflow to 0 for tiny alpha: fall back to 1/2.
-    return tf.where(total > 0, x / tf.where(total > 0, total, 1.0), 0.5)
+    return ops.where(total > 0, x / ops.where(total > 0, total, 1.0), 0.5)
 
 
 def sample_permutation(n, seed):
     """A uniform random permutation of range(n): the order of uniform keys."""
     keys = uniform([n], seed)
-    return tf.cast(tf.argsort(keys), tf.int32)
+    return ops.cast(ops.argsort(keys), "int32")
 
 
 def sample_mix(batch_size, alpha, seed=None, per_example=False):
@@ -152,7 +154,7 @@ def sample_mix(batch_size, alpha, seed=None, per_example=False):
     >>> x_mix, y_mix = apply_mix(x, y, lam, perm)
     """
     alpha = check_alpha(alpha)
-    if not tf.is_tensor(batch_size):
+    if not ops.is_tensor(batch_size):
         batch_size = checks.check_number("batch_size", batch_size, low=1, integer=True)
     seed = seed_tensor(seed)
     lam_seed, perm_seed = split_seed(seed, 2)
@@ -174,10 +176,10 @@ def sample_box_center(batch_size, seed=None, per_example=False):
 
 def _broadcast_to_rank(values, rank):
     """Reshapes a [] or [n] tensor so that it broadcasts over a rank-`rank` batch."""
-    values = tf.convert_to_tensor(values)
-    if values.shape.rank == 0:
+    values = ops.convert_to_tensor(values)
+    if len(values.shape) == 0:
         return values
-    return tf.reshape(values, [-1] + [1] * (rank - 1))
+    return ops.reshape(values, [-1] + [1] * (rank - 1))
 
 
 def cutmix_mask(image_shape, lam, box_center):
@@ -196,23 +198,23 @@ def cutmix_mask(image_shape, lam, box_center):
         label_lam, the kept area fraction after clipping, shape like lam.
     """
     height, width = image_shape
-    lam = tf.convert_to_tensor(lam, tf.float32)
-    box_center = tf.convert_to_tensor(box_center, tf.float32)
-    cut = tf.sqrt(1.0 - lam)
+    lam = ops.convert_to_tensor(lam, "float32")
+    box_center = ops.convert_to_tensor(box_center, "float32")
+    cut = ops.sqrt(1.0 - lam)
     half_h = cut * height / 2.0
     half_w = cut * width / 2.0
     center_r = box_center[..., 0] * height
     center_c = box_center[..., 1] * width
     # Integer box edges, clipped to the image (as in the CutMix paper).
-    top = tf.clip_by_value(tf.round(center_r - half_h), 0.0, float(height))
-    bottom = tf.clip_by_value(tf.round(center_r + half_h), 0.0, float(height))
-    left = tf.clip_by_value(tf.round(center_c - half_w), 0.0, float(width))
-    right = tf.clip_by_value(tf.round(center_c + half_w), 0.0, float(width))
-    rows = tf.range(height, dtype=tf.float32)
-    cols = tf.range(width, dtype=tf.float32)
+    top = ops.clip(ops.round(center_r - half_h), 0.0, float(height))
+    bottom = ops.clip(ops.round(center_r + half_h), 0.0, float(height))
+    left = ops.clip(ops.round(center_c - half_w), 0.0, float(width))
+    right = ops.clip(ops.round(center_c + half_w), 0.0, float(width))
+    rows = ops.arange(height, dtype="float32")
+    cols = ops.arange(width, dtype="float32")
     expand = lambda t: t[..., None]  # noqa: E731  broadcast edges over pixels
-    in_rows = tf.cast((rows >= expand(top)) & (rows < expand(bottom)), tf.float32)
-    in_cols = tf.cast((cols >= expand(left)) & (cols < expand(right)), tf.float32)
+    in_rows = ops.cast((rows >= expand(top)) & (rows < expand(bottom)), "float32")
+    in_cols = ops.cast((cols >= expand(left)) & (cols < expand(right)), "float32")
     inside = in_rows[..., :, None] * in_cols[..., None, :]
     box_area = (bottom - top) * (right - left)
     label_lam = 1.0 - box_area / float(height * width)
@@ -221,16 +223,19 @@ def cutmix_mask(image_shape, lam, box_center):
 
 def _blend(a, b, weight):
     """weight * a + (1 - weight) * b, with a [] or [n] weight broadcast over a's example axes."""
-    weight = tf.cast(_broadcast_to_rank(weight, a.shape.rank), a.dtype)
+    weight = ops.cast(_broadcast_to_rank(weight, len(a.shape)), a.dtype)
     return weight * a + (1 - weight) * b
 
 
 def _check_floating(inputs):
     for i, value in enumerate(inputs):
-        if not value.dtype.is_floating:
-            which = "The input" if len(inputs) == 1 else f"Input {i} (in `tf.nest.flatten` order)"
+        dtype = keras.backend.standardize_dtype(value.dtype)
+        if not keras.backend.is_float_dtype(dtype):
+            which = (
+                "The input" if len(inputs) == 1 else f"Input {i} (in `keras.tree.flatten` order)"
+            )
             raise ValueError(
-                f"{which} has dtype {value.dtype.name}: Mixup and CutMix blend inputs, "
+                f"{which} has dtype {dtype}: Mixup and CutMix blend inputs, "
                 "which needs floating-point values. Cast images to float32 in the data "
                 "(e.g. `x.astype('float32')`); inputs that cannot be blended, such as "
                 "token ids, cannot be mixed: train them with method='sam' or 'erm'."
@@ -247,14 +252,14 @@ def _cutmix(images, lam, box_center):
             "Resize them to one size, or use mix='mixup'."
         )
     if box_center is None:
-        box_center = tf.constant([0.5, 0.5])
-    box_center = tf.convert_to_tensor(box_center, tf.float32)
-    if lam.shape.rank == 1 and box_center.shape.rank == 1:
-        box_center = tf.broadcast_to(box_center, [tf.shape(lam)[0], 2])
+        box_center = np.array([0.5, 0.5], "float32")
+    box_center = ops.convert_to_tensor(box_center, "float32")
+    if len(lam.shape) == 1 and len(box_center.shape) == 1:
+        box_center = ops.broadcast_to(box_center, [ops.shape(lam)[0], 2])
     mask, label_lam = cutmix_mask(sizes.pop(), lam, box_center)
     mixed = []
     for image, partner in images:
-        keep = tf.cast(mask[..., None], image.dtype)  # broadcast over channels
+        keep = ops.cast(mask[..., None], image.dtype)  # broadcast over channels
         mixed.append(keep * image + (1 - keep) * partner)
     return mixed, label_lam
 
@@ -273,15 +278,15 @@ def mix_batch(x, y, lam, perm, mix="mixup", box_center=None):
     to mix anything else attached to an example, e.g. sample weights.
     """
     check_mix(mix)
-    inputs = [tf.convert_to_tensor(value) for value in tf.nest.flatten(x)]
+    inputs = [ops.convert_to_tensor(value) for value in keras.tree.flatten(x)]
     _check_floating(inputs)
-    lam = tf.convert_to_tensor(lam, tf.float32)
-    partners = [tf.gather(value, perm) for value in inputs]
+    lam = ops.convert_to_tensor(lam, "float32")
+    partners = [ops.take(value, perm, axis=0) for value in inputs]
     if mix == "mixup":
         label_lam = lam
         mixed = [_blend(value, partner, lam) for value, partner in zip(inputs, partners)]
     else:
-        is_image = [value.shape.rank == 4 for value in inputs]
+        is_image = [len(value.shape) == 4 for value in inputs]
         if not any(is_image):
             shapes = ", ".join(str(value.shape) for value in inputs)
             raise ValueError(
@@ -297,9 +302,9 @@ def mix_batch(x, y, lam, perm, mix="mixup", box_center=None):
             next(mixed_images) if image else _blend(value, partner, label_lam)
             for value, partner, image in zip(inputs, partners, is_image)
         ]
-    labels = [tf.convert_to_tensor(value) for value in tf.nest.flatten(y)]
-    y_mixed = [_blend(value, tf.gather(value, perm), label_lam) for value in labels]
-    return tf.nest.pack_sequence_as(x, mixed), tf.nest.pack_sequence_as(y, y_mixed), label_lam
+    labels = [ops.convert_to_tensor(value) for value in keras.tree.flatten(y)]
+    y_mixed = [_blend(value, ops.take(value, perm, axis=0), label_lam) for value in labels]
+    return keras.tree.pack_sequence_as(x, mixed), keras.tree.pack_sequence_as(y, y_mixed), label_lam
 
 
 def apply_mix(x, y, lam, perm, mix="mixup", box_center=None):

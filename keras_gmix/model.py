@@ -9,13 +9,13 @@ import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from keras_gmix import (
+    backend,
     callbacks,
     checks,
     compat,
-    distribute,
     gradients,
     mixing,
     perturb_schedule,
@@ -79,7 +79,7 @@ def step_stat_names(method):
 
 
 @keras.saving.register_keras_serializable(package="keras_gmix")
-class GMixModel(keras.Model):
+class GMixModel(backend.StepShell, keras.Model):
     """Trains a Keras model with G-Mix, Binary G-Mix, Decomposed G-Mix or a baseline.
 
     Wrap any built model; `compile` and `fit` as usual. Each training step
@@ -211,20 +211,9 @@ class GMixModel(keras.Model):
         scheduled = method in gradients.PERTURBED_METHODS and perturb_schedule.has_cheap_steps(
             perturb_every, perturb_probability, perturb_from
         )
-        if scheduled and sync_perturbation:
-            raise ValueError(
-                "`sync_perturbation=True` cannot be combined with a schedule "
-                "(`perturb_every > 1`, `perturb_probability < 1` or `perturb_from > 0`): "
-                "the all-reduce of the ascent gradient would sit inside the branch of full steps, "
-                "where tf.distribute cannot synchronize replicas. Use one of the two."
-            )
-        if jit_gradients and sync_perturbation:
-            raise ValueError(
-                "`jit_gradients=True` cannot be combined with "
-                "`sync_perturbation=True`: the all-reduce of the ascent "
-                "gradient is a synchronization point, which TensorFlow cannot "
-                "place inside a nested XLA function. Use one of the two."
-            )
+        backend.check_settings(
+            scheduled=scheduled, sync_perturbation=sync_perturbation, jit_gradients=jit_gradients
+        )
         if inner.built and not inner.trainable_variables:
             raise ValueError(
                 "Argument `inner` has no trainable weights: there is nothing "
@@ -258,11 +247,7 @@ class GMixModel(keras.Model):
         # The mixing randomness of step t is drawn from (seed, t, replica):
         # a counter saved with the weights makes a resumed run draw what an
         # uninterrupted one would, and every replica draws its own numbers.
-        self._base_seed = (
-            seed
-            if seed is not None
-            else int(tf.random.uniform([], maxval=2**31 - 1, dtype=tf.int64))
-        )
+        self._base_seed = seed if seed is not None else int(backend.unseeded()[0])
         self.mix_step = self._counter_variable("mix_step")
         self.consecutive_skips = self._counter_variable("consecutive_skips")
         # The last step's lambda and s_i for histogram callbacks: metrics, so
@@ -311,7 +296,7 @@ class GMixModel(keras.Model):
         return self.add_weight(
             name=name,
             shape=(),
-            dtype="int64",
+            dtype=backend.COUNTER_DTYPE,
             initializer="zeros",
             trainable=False,
             aggregation="only_first_replica",
@@ -462,7 +447,7 @@ class GMixModel(keras.Model):
         if specs is None:
             return None  # Keras infers it, or says what is missing
         return [
-            tf.nest.map_structure(
+            keras.tree.map_structure(
                 lambda t: keras.InputSpec(shape=(None,) + tuple(t.shape[1:]), dtype=t.dtype), specs
             )
         ]
@@ -471,7 +456,7 @@ class GMixModel(keras.Model):
         # Python state set while tracing: the structure, shapes and dtypes a
         # served model takes (`export`).
         if getattr(self, "_input_specs", None) is None:
-            self._input_specs = tf.nest.map_structure(labels_lib.symbolic_spec, x)
+            self._input_specs = keras.tree.map_structure(labels_lib.symbolic_spec, x)
 
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
         """`keras.Model.train_on_batch`: the loss and compiled metrics, as Keras
@@ -549,31 +534,12 @@ class GMixModel(keras.Model):
         self._reset_reuse_direction_if_trainables_changed()
         return super().make_train_function(force=force)
 
-    def test_step(self, data):
-        # The per-step training statistics are metrics (so that fit averages
-        # and resets them per epoch), but evaluation computes none of them.
-        logs = super().test_step(data)
+    def evaluation_logs(self, logs):
+        """Keras' evaluation logs without the G-Mix statistics: they are
+        metrics (so that fit averages and resets them per epoch), but
+        evaluation computes none of them."""
         hidden = set(self._gmix_log_names())
-        return self._distributable_logs(
-            {name: value for name, value in logs.items() if name not in hidden}
-        )
-
-    def _distributable_logs(self, logs):
-        return distribute.logs_for_keras(logs, self.distribute_strategy)
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras' fit calls this private method by name, so the override stays
-        # here; the multi-worker workaround itself lives in distribute.py.
-        # A network built by its first batch: build the wrapper from that batch
-        # now, not in the step's trace (where it would never become `built`).
-        compat.build_if_deferred(self, iterator=iterator, data_batch=data_batch)
-        if iterator is None or not distribute.needs_multi_worker_workaround(
-            self.distribute_strategy
-        ):
-            return compat.maybe_symbolic_build(
-                self, GMixModel, iterator=iterator, data_batch=data_batch
-            )
-        distribute.symbolic_build_from_first_local_batch(self, iterator)
+        return {name: value for name, value in logs.items() if name not in hidden}
 
     # -- the step ---------------------------------------------------------
 
@@ -588,17 +554,16 @@ class GMixModel(keras.Model):
 
     def mixing_seed(self, step, replica=None):
         """Stateless seed of step `step` on `replica` (default: this replica)."""
-        seed = tf.stack([tf.constant(self._base_seed % 2**31, tf.int64), tf.cast(step, tf.int64)])
-        seed = tf.cast(seed % (2**31 - 1), tf.int32)
-        replica = distribute.replica_id() if replica is None else replica
-        return tf.random.experimental.stateless_fold_in(seed, replica, alg=mixing.RNG_ALG)
+        seed = mixing.step_seed(self._base_seed % 2**31, step)
+        replica = backend.replica_id() if replica is None else replica
+        return backend.fold_in(seed, replica)
 
     def mix_data(self, x, y, sample_weight, seed):
         """Mixes x, the one-hot y and the sample weights with one draw.
 
         Returns `(x_mix, y_mix, sample_weight_mix, label_lam)`.
         """
-        n = tf.shape(tf.nest.flatten(y)[0])[0]
+        n = ops.shape(keras.tree.flatten(y)[0])[0]
         mix_seed, box_seed = mixing.split_seed(seed, 2)
         lam, perm = mixing.sample_mix(
             n, self.alpha, seed=mix_seed, per_example=self.per_example_lam
@@ -612,8 +577,8 @@ class GMixModel(keras.Model):
             x, y, lam, perm, mix=self.mix, box_center=box_center
         )
         if sample_weight is not None:
-            sw = tf.cast(tf.reshape(sample_weight, [-1]), tf.float32)
-            sample_weight = label_lam * sw + (1.0 - label_lam) * tf.gather(sw, perm)
+            sw = ops.cast(ops.reshape(sample_weight, [-1]), "float32")
+            sample_weight = label_lam * sw + (1.0 - label_lam) * ops.take(sw, perm, axis=0)
         return x_mix, y_mix, sample_weight, label_lam
 
     def compute_update(
@@ -631,43 +596,29 @@ class GMixModel(keras.Model):
             sensitive_fraction=self.sensitive_fraction,
             adaptive=self.adaptive,
             eta=self.eta,
-            mean_over_replicas=distribute.mean_over_replicas if self.sync_perturbation else None,
+            mean_over_replicas=backend.mean_over_replicas if self.sync_perturbation else None,
             with_plain_grads=with_plain_grads,
             keep_first_pass=self.keep_first_pass,
         )
-        if not self.jit_gradients:
+
+        def update(x, y, sample_weight, weights=None, state=None, scale_loss=None):
             return gradients.compute_update(
                 self.inner,
                 x,
                 y,
                 loss_fn,
                 sample_weight=sample_weight,
-                scale_loss=self.optimizer.scale_loss,
-                **settings,
-            )
-        # XLA compiles a pure function of tensors: the variables (and the
-        # loss scale) are read outside it, because an XLA cluster that reads
-        # a mirrored variable fails on another device (keras-team/keras#19005).
-        weights = [tf.convert_to_tensor(v) for v in self.inner.trainable_variables]
-        state = [tf.convert_to_tensor(v) for v in self.inner.non_trainable_variables]
-        loss_scale = tf.convert_to_tensor(self.optimizer.scale_loss(tf.constant(1.0)))
-
-        @tf.function(jit_compile=True, autograph=False)
-        def compiled(weights, state, x, y, sample_weight, loss_scale):
-            result = gradients.compute_update(
-                self.inner,
-                x,
-                y,
-                loss_fn,
-                sample_weight=sample_weight,
-                scale_loss=lambda loss: loss * tf.cast(loss_scale, loss.dtype),
+                scale_loss=scale_loss or self.optimizer.scale_loss,
                 weights=weights,
                 state=state,
                 **settings,
             )
-            return tuple(result)
 
-        return gradients.StepResult(*compiled(weights, state, x, y, sample_weight, loss_scale))
+        if not self.jit_gradients:
+            return update(x, y, sample_weight)
+        return gradients.StepResult(
+            *backend.xla_compiled_update(update, self.inner, self.optimizer, x, y, sample_weight)
+        )
 
     def scheduled_update(self, x, y, sample_weight, loss_fn, full, reduction):
         """One step of an efficient schedule (`perturb_every`,
@@ -699,7 +650,7 @@ class GMixModel(keras.Model):
                 else plain
             )
             stats = {
-                name: tf.zeros([], tf.float32) for name in ("loss",) + step_stat_names(self.method)
+                name: ops.zeros([], "float32") for name in ("loss",) + step_stat_names(self.method)
             }
             stats["loss"] = result.stats["loss"]
             return gradients.StepResult(
@@ -707,21 +658,21 @@ class GMixModel(keras.Model):
                 stats,
                 result.y_pred,
                 result.non_trainable,
-                sensitivity=tf.zeros(tf.shape(tf.nest.flatten(y)[0])[:1], tf.float32),
+                sensitivity=ops.zeros(ops.shape(keras.tree.flatten(y)[0])[:1], "float32"),
                 plain_grads=plain if reuse else (),
             )
 
-        result = tf.cond(full, full_step, cheap_step)
+        result = ops.cond(full, full_step, cheap_step)
         return result._replace(plain_grads=None), result.plain_grads
 
     def store_reuse_direction(self, update, plain, store):
         """v = the part of the update orthogonal to g, from the replicas' mean
         update and plain gradient (the same v on every replica); kept only
         where `store` (a finite full step)."""
-        update, plain = distribute.mean_over_replicas([list(update), list(plain)])
+        update, plain = backend.mean_over_replicas([list(update), list(plain)])
         direction = perturb_schedule.orthogonal_part(update, plain)
         for variable, value in zip(self.reuse_direction, direction):
-            variable.assign(tf.where(store, value, variable))
+            variable.assign(ops.where(store, value, ops.copy(variable)))
 
     def fit(self, *args, **kwargs):
         """`keras.Model.fit`, after checking the data, and stopping on repeated non-finite steps."""
@@ -731,8 +682,8 @@ class GMixModel(keras.Model):
         checks.check_inputs(x)
         # Arrays are checked whole before training; generators, PyDatasets
         # and tf.data batch by batch in the step (never read twice here).
-        if x is not None and all(checks.is_array(leaf) for leaf in tf.nest.flatten(x)):
-            widths = self.output_widths(tf.nest.map_structure(labels_lib.symbolic_spec, x))
+        if x is not None and all(checks.is_array(leaf) for leaf in keras.tree.flatten(x)):
+            widths = self.output_widths(keras.tree.map_structure(labels_lib.symbolic_spec, x))
             y = arguments.get("y")
             if y is not None:
                 given = labels_lib.check_array_labels(y, widths, self._output_names)
@@ -777,11 +728,11 @@ class GMixModel(keras.Model):
         """
         if result.sensitivity is not None:
             self.last_sensitivity_tracker.update_state(
-                result.sensitivity, keep=tf.logical_and(finite, full)
+                result.sensitivity, keep=ops.logical_and(finite, full)
             )
         # BatchNorm statistics (and RNG state) from the unperturbed pass only.
         for variable, value in zip(self.inner.non_trainable_variables, result.non_trainable):
-            variable.assign(step_guards.kept_if(finite, value, variable))
+            variable.assign(step_guards.kept_if(finite, value, ops.copy(variable)))
         # Not skipped_steps, which counts the skip, nor the step values,
         # written before this point with a rule of their own.
         own = (self.skipped_steps_tracker, self.last_lam_tracker, self.last_sensitivity_tracker)
@@ -794,40 +745,37 @@ class GMixModel(keras.Model):
         with step_guards.restored_unless(finite, metric_variables):
             self.update_step_metrics(result, finite, x, y_metric, sample_weight, full)
         # Summed over replicas on read: each replica counts its share of the step.
-        skipped = 1.0 - tf.cast(finite, tf.float32)
-        self.skipped_steps_tracker.update_state(skipped / distribute.num_replicas())
+        skipped = 1.0 - ops.cast(finite, "float32")
+        self.skipped_steps_tracker.update_state(skipped / backend.num_replicas())
+        skips = ops.copy(self.consecutive_skips)
         self.consecutive_skips.assign(
-            tf.where(
-                fault,
-                self.consecutive_skips + 1,
-                step_guards.kept_if(
-                    finite, tf.zeros_like(self.consecutive_skips), self.consecutive_skips
-                ),
-            )
+            ops.where(fault, skips + 1, step_guards.kept_if(finite, ops.zeros_like(skips), skips))
         )
 
     def update_step_metrics(self, result, finite, x, y_metric, sample_weight, full):
         """The loss tracker, the G-Mix statistics and the compiled metrics."""
-        batch_size = tf.cast(tf.shape(tf.nest.flatten(result.y_pred)[0])[0], tf.float32)
+        batch_size = ops.cast(ops.shape(keras.tree.flatten(result.y_pred)[0])[0], "float32")
         loss = step_guards.kept_if(finite, result.stats["loss"], 0.0)
         compat.loss_tracker(self).update_state(loss, sample_weight=batch_size)
-        full_weight = tf.cast(full, tf.float32)
+        full_weight = ops.cast(full, "float32")
         for tracker in self.step_stat_trackers:
             value = step_guards.kept_if(finite, result.stats[tracker.name], 0.0)
             tracker.update_state(value, sample_weight=full_weight)
         if self.scheduled:
             self.full_step_tracker.update_state(full_weight)
-        y_pred = tf.nest.map_structure(
-            lambda p: step_guards.kept_if(finite, p, tf.zeros_like(p)), result.y_pred
+        y_pred = keras.tree.map_structure(
+            lambda p: step_guards.kept_if(finite, p, ops.zeros_like(p)), result.y_pred
         )
         self.compute_metrics(x, y_metric, y_pred, sample_weight)
 
-    def train_step(self, data):
+    def gmix_train_step(self, data):
+        """The G-Mix step, stateful (it reads and writes the variables); the
+        backend's `StepShell.train_step` runs it as its trainer expects."""
         x, y, sample_weight = self.unpack_batch(data)
         loss_fn, reduction = self.step_loss(x)
         labels = labels_lib.prepare_labels(y, self.output_widths(x), self.loss, self._output_names)
         if self.soft_labels_tracker is not None and self._may_warn_soft_labels():
-            self.soft_labels_tracker.update_state(tf.cast(labels_lib.any_soft(labels), "float32"))
+            self.soft_labels_tracker.update_state(ops.cast(labels_lib.any_soft(labels), "float32"))
         x, y_one_hot, sample_weight = self.mix_step_batch(x, labels.one_hot, sample_weight)
         result, full, plain_grads = self.update(x, y_one_hot, sample_weight, loss_fn, reduction)
         finite, fault = self.apply_update(result, full, plain_grads, reduction)
@@ -843,7 +791,7 @@ class GMixModel(keras.Model):
             sample_weight,
             full,
         )
-        return self._distributable_logs(self.get_metrics_result())
+        return self.get_metrics_result()
 
     def unpack_batch(self, data):
         """`(x, y, sample_weight)` of a batch, checked: labels present, weights finite."""
@@ -884,7 +832,7 @@ class GMixModel(keras.Model):
             x, y_one_hot, sample_weight, self.mixing_seed(step)
         )
         self.last_lam_tracker.update_state(
-            tf.broadcast_to(label_lam, tf.shape(tf.nest.flatten(y_one_hot)[0])[:1])
+            ops.broadcast_to(label_lam, ops.shape(keras.tree.flatten(y_one_hot)[0])[:1])
         )
         return x, y_one_hot, sample_weight
 
@@ -893,7 +841,7 @@ class GMixModel(keras.Model):
         schedule the full or the cheap one (`full`, a scalar bool)."""
         if not self.scheduled:
             result = self.compute_update(x, y_one_hot, sample_weight, loss_fn, reduction)
-            return result, tf.constant(True), None
+            return result, ops.convert_to_tensor(True), None
         full = perturb_schedule.is_full_step(
             self.optimizer.iterations,
             self._base_seed,
@@ -915,31 +863,31 @@ class GMixModel(keras.Model):
         """
         # The optimizer all-reduces with SUM: hand it this replica's share of
         # a mean; a sum is summed as it is.
-        replicas = distribute.num_replicas()
+        replicas = backend.num_replicas()
         grads = result.grads
         if replicas > 1 and losses_lib.is_mean_over_replicas(reduction):
             grads = [g / replicas for g in grads]
-        finite = distribute.all_replicas_true(
+        finite = backend.all_replicas_true(
             gradients.all_finite(result.grads + [result.stats["loss"]])
         )
         if self.reuse_direction is not None:
             # Before the update: the optimizer advances the step counter.
-            self.store_reuse_direction(result.grads, plain_grads, tf.logical_and(full, finite))
-        fault = tf.logical_not(finite)
+            self.store_reuse_direction(result.grads, plain_grads, ops.logical_and(full, finite))
+        fault = ops.logical_not(finite)
         if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
             # It skips non-finite steps itself, and must see them to lower its
             # scale. Overflow at a scale > 1 is its normal business, not a
             # fault that should stop training.
             self.optimizer.apply(grads, self.inner.trainable_variables)
-            fault = tf.logical_and(fault, self.optimizer.dynamic_scale <= 1.0)
+            fault = ops.logical_and(fault, self.optimizer.dynamic_scale <= 1.0)
         else:
-            distribute.apply_if(finite, self.optimizer.apply, grads, self.inner.trainable_variables)
+            backend.apply_if(finite, self.optimizer.apply, grads, self.inner.trainable_variables)
         return finite, fault
 
     def logged_like_keras(self, result, reduction):
         """A summed loss (reduction "sum" or None) is logged times the number
         of replicas under a strategy, as Keras logs it; a mean as it is."""
-        replicas = distribute.num_replicas()
+        replicas = backend.num_replicas()
         if replicas == 1 or losses_lib.is_mean_over_replicas(reduction):
             return result
         stats = {

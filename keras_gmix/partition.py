@@ -14,7 +14,9 @@ References:
       (GSAM), https://arxiv.org/abs/2203.08065
 """
 
-import tensorflow as tf
+import math
+
+from keras import ops
 
 from keras_gmix import checks
 from keras_gmix import perturbation as pt
@@ -32,19 +34,38 @@ def check_sensitive_fraction(sensitive_fraction):
 
 
 def sharp_count(batch_size, sensitive_fraction):
-    """k = ceil(gamma * n), as an int32 tensor (n may be dynamic)."""
-    n = tf.cast(batch_size, tf.float64)
-    # Round gamma * n to 9 decimals before ceil, so that e.g. 0.3 * 10
-    # (3.0000000000000004 in binary) gives 3, not 4.
-    product = tf.round(n * sensitive_fraction * 1e9) / 1e9
-    return tf.cast(tf.math.ceil(product), tf.int32)
+    """k = ceil(gamma * n): an int for a static n, an int32 tensor for a dynamic one."""
+    if isinstance(batch_size, int):
+        # Round gamma * n to 9 decimals before ceil, so that e.g. 0.3 * 10
+        # (3.0000000000000004 in binary) gives 3, not 4.
+        return math.ceil(round(batch_size * sensitive_fraction, 9))
+    n = ops.cast(batch_size, "float64")
+    product = ops.round(n * sensitive_fraction * 1e9) / 1e9
+    return ops.cast(ops.ceil(product), "int32")
+
+
+def stable_rank(values):
+    """rank[i] = the position of example i when `values` are sorted in
+    descending order, ties broken towards the lower index.
+
+    Counted pairwise ([n, n] comparisons, nothing next to a forward pass),
+    so that it is the same on every backend: a sort need not be stable
+    (TensorFlow's argsort is not by default, JAX's is).
+    """
+    n = ops.shape(values)[0]
+    above = values[None, :] > values[:, None]  # [i, j]: s_j > s_i
+    index = ops.arange(n)
+    tie_before = ops.logical_and(
+        values[None, :] == values[:, None], index[None, :] < index[:, None]
+    )
+    return ops.sum(ops.cast(ops.logical_or(above, tie_before), "int32"), axis=1)
 
 
 def sharp_mask(sensitivity, sensitive_fraction):
     """1.0 for the k = ceil(gamma n) examples with the largest s_i, else 0.0.
 
-    Ties are broken towards the lower index (a stable sort). The mask is a
-    constant: no gradient flows through it.
+    Ties are broken towards the lower index (as a stable sort would). The
+    mask is a constant: no gradient flows through it.
 
     Args:
         sensitivity: [n] float tensor of s_i.
@@ -53,13 +74,9 @@ def sharp_mask(sensitivity, sensitive_fraction):
     Returns:
         [n] float32 tensor.
     """
-    sensitivity = tf.stop_gradient(tf.cast(sensitivity, tf.float32))
-    n = tf.shape(sensitivity)[0]
-    k = sharp_count(n, sensitive_fraction)
-    order = tf.argsort(sensitivity, direction="DESCENDING", stable=True)
-    # rank[i] = position of example i in the descending order.
-    rank = tf.scatter_nd(order[:, None], tf.range(n), [n])
-    return tf.cast(rank < k, tf.float32)
+    sensitivity = ops.stop_gradient(ops.cast(sensitivity, "float32"))
+    k = sharp_count(ops.shape(sensitivity)[0], sensitive_fraction)
+    return ops.cast(stable_rank(sensitivity) < k, "float32")
 
 
 def decompose(g_sharp, g_flat):
@@ -80,9 +97,9 @@ def decompose(g_sharp, g_flat):
     u = pt.scale(g_flat, pt.safe_divide(1.0, flat_norm))
     along = pt.global_dot(g_sharp, u)
     # g_perp + max(along, 0) u = g_sharp - min(along, 0) u
-    removed = tf.minimum(along, 0.0)
+    removed = ops.minimum(along, 0.0)
     grads = [f + s - removed * ui for f, s, ui in zip(g_flat, g_sharp, u)]
-    conflict = tf.cast(along < 0, tf.float32)
+    conflict = ops.cast(along < 0, "float32")
     return grads, conflict
 
 

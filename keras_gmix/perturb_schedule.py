@@ -29,9 +29,9 @@ References:
 
 import math
 
-import tensorflow as tf
+from keras import ops
 
-from keras_gmix import checks, mixing
+from keras_gmix import backend, checks, mixing
 from keras_gmix import perturbation as pt
 
 # Folded into the seed of the full-step draw, so that it is independent of
@@ -125,18 +125,16 @@ def is_full_step(step, seed, perturb_every=1, perturb_probability=1.0, perturb_f
         perturb_from: s; every step t < s is cheap, whatever k or p say
             (the late phase).
     """
-    step = tf.cast(step, tf.int64)
+    # int32: JAX has no int64 by default, and 2**31 steps are not reached.
+    step = ops.cast(step, "int32")
     if perturb_probability < 1:
-        pair = tf.stack([tf.constant(seed % (2**31 - 1), tf.int64), step % (2**31 - 1)])
-        stream = tf.random.experimental.stateless_fold_in(
-            tf.cast(pair, tf.int32), _FULL_STEP_STREAM, alg=mixing.RNG_ALG
-        )
+        stream = backend.fold_in(mixing.step_seed(seed, step), _FULL_STEP_STREAM)
         # mixing.uniform: the same draw in graph mode and under XLA.
         full = mixing.uniform([], stream) < perturb_probability
     else:
-        full = tf.equal(step % perturb_every, 0)
+        full = ops.equal(step % perturb_every, 0)
     if perturb_from > 0:  # no op at all for s = 0: the schedules stay bit for bit
-        full = tf.logical_and(full, step >= perturb_from)
+        full = ops.logical_and(full, step >= perturb_from)
     return full
 
 
@@ -156,7 +154,7 @@ def reuse_update(plain, stored, reuse_scale):
 
     Just g when v == 0 (nothing stored yet). Returns tensors of g's dtypes.
     """
-    factor = tf.cast(reuse_scale, tf.float32) * pt.safe_divide(
+    factor = ops.cast(reuse_scale, "float32") * pt.safe_divide(
         pt.global_norm(plain), pt.global_norm(stored)
     )
-    return [g + tf.cast(factor * tf.cast(v, tf.float32), g.dtype) for g, v in zip(plain, stored)]
+    return [g + ops.cast(factor * ops.cast(v, "float32"), g.dtype) for g, v in zip(plain, stored)]

@@ -13,29 +13,29 @@ References:
       https://arxiv.org/abs/2102.11600
 """
 
-import tensorflow as tf
+from keras import ops
 
 
 def as_float32(tensors):
-    return [tf.cast(t, tf.float32) for t in tensors]
+    return [ops.cast(t, "float32") for t in tensors]
 
 
 def global_dot(a, b):
     """<a, b> over all tensors of two aligned lists."""
-    return tf.add_n([tf.reduce_sum(x * y) for x, y in zip(as_float32(a), as_float32(b))])
+    return ops.sum(ops.stack([ops.sum(x * y) for x, y in zip(as_float32(a), as_float32(b))]))
 
 
 def global_norm(a):
     """||a||_2 over all tensors of a list."""
-    return tf.sqrt(global_dot(a, a))
+    return ops.sqrt(global_dot(a, a))
 
 
 def scale(tensors, factor):
-    return [t * tf.cast(factor, t.dtype) for t in tensors]
+    return [t * ops.cast(factor, t.dtype) for t in tensors]
 
 
 def add(a, b):
-    return [x + tf.cast(y, x.dtype) for x, y in zip(a, b)]
+    return [x + ops.cast(y, x.dtype) for x, y in zip(a, b)]
 
 
 def safe_divide(numerator, denominator):
@@ -45,9 +45,9 @@ def safe_divide(numerator, denominator):
     the result non-finite downstream, so that a loss-scale overflow reaches
     the optimizer (which then skips the step) instead of being hidden.
     """
-    is_zero = tf.equal(denominator, 0)
-    safe = tf.where(is_zero, tf.ones_like(denominator), denominator)
-    return tf.where(is_zero, tf.zeros_like(numerator), numerator / safe)
+    is_zero = ops.equal(denominator, 0)
+    safe = ops.where(is_zero, ops.ones_like(denominator), denominator)
+    return ops.where(is_zero, ops.zeros_like(numerator), numerator / safe)
 
 
 def perturbation(weights, grads, rho, adaptive=False, eta=0.01):
@@ -70,12 +70,12 @@ def perturbation(weights, grads, rho, adaptive=False, eta=0.01):
     """
     grads = as_float32(grads)
     if adaptive:
-        t = [tf.abs(w) + eta for w in as_float32(weights)]
+        t = [ops.abs(w) + eta for w in as_float32(weights)]
         t_grads = [ti * g for ti, g in zip(t, grads)]
         direction = [ti * tg for ti, tg in zip(t, t_grads)]  # T^2 g
         norm = global_norm(t_grads)
     else:
         direction = grads
         norm = global_norm(grads)
-    factor = safe_divide(tf.cast(rho, tf.float32), norm)
+    factor = safe_divide(ops.cast(rho, "float32"), norm)
     return scale(direction, factor)

@@ -4,17 +4,18 @@ A step whose loss or gradient is not finite (on any replica) is skipped:
 weights, optimizer state, BatchNorm statistics and metrics stay as they
 were. The step still runs its updates (under MirroredStrategy an update
 may be a merge_call, which TensorFlow refuses inside a replica-context
-tf.cond), so what it wrote is put back arithmetically.
+tf.cond; a jitted JAX step has no data-dependent branch), so what it wrote
+is put back arithmetically.
 """
 
 import contextlib
 
-import tensorflow as tf
+from keras import ops
 
 
 def kept_if(finite, new, old):
     """`new` where the step is finite, else `old` (elementwise select)."""
-    return tf.where(finite, new, old)
+    return ops.where(finite, new, old)
 
 
 @contextlib.contextmanager
@@ -26,7 +27,7 @@ def restored_unless(finite, variables):
     tf.function; no explicit control dependency, which would stop Keras from
     lifting the compiled metrics' lazy variable creation.)
     """
-    before = [tf.identity(v) for v in variables]
+    before = [ops.copy(v) for v in variables]
     yield
     for variable, value in zip(variables, before):
-        variable.assign(kept_if(finite, variable, value))
+        variable.assign(kept_if(finite, ops.copy(variable), value))

@@ -8,7 +8,7 @@ draws them. They are not model weights: files written while they were
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 # The last step's lambda and s_i values are kept (NaN-padded) for callbacks
 # that draw their histograms; a batch larger than this keeps its first ones.
@@ -67,13 +67,13 @@ class StepValues(keras.metrics.Metric):
 
     def update_state(self, values, keep=True):
         """Stores `values` (flattened, cut to the capacity, NaN-padded) where `keep`."""
-        values = tf.reshape(tf.cast(values, tf.float32), [-1])[:STEP_VALUES_CAPACITY]
-        padding = STEP_VALUES_CAPACITY - tf.shape(values)[0]
-        padded = tf.pad(values, [[0, padding]], constant_values=float("nan"))
-        self.values.assign(tf.where(keep, padded, self.values))
+        values = ops.reshape(ops.cast(values, "float32"), [-1])[:STEP_VALUES_CAPACITY]
+        padding = STEP_VALUES_CAPACITY - ops.shape(values)[0]
+        padded = ops.pad(values, [[0, padding]], constant_values=float("nan"))
+        self.values.assign(ops.where(keep, padded, ops.copy(self.values)))
 
     def result(self):
-        return tf.identity(self.values)
+        return ops.copy(self.values)
 
     def reset_state(self):
         pass

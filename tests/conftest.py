@@ -2,8 +2,43 @@ import os
 
 import pytest
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# The backend is fixed when Keras is first imported: each backend's tests run
+# in their own pytest process (`KERAS_BACKEND=jax python -m pytest` for JAX).
+BACKEND = os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# The test modules that also run on JAX: the step's arithmetic and the model
+# around it, against the same NumPy references. The others test what is
+# TensorFlow's (tf.data pipelines, tf.distribute, the applications, which run
+# on TensorFlow) and run there only; `test_jax` runs on JAX only.
+BOTH_BACKENDS = {
+    "test_fit_mixes",
+    "test_gradients",
+    "test_mixing",
+    "test_model",
+    "test_partition",
+    "test_perturbation",
+}
+JAX_ONLY = {"test_jax"}
+
+
+def pytest_ignore_collect(collection_path, config):
+    if collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    name = collection_path.stem
+    if BACKEND == "jax":
+        return None if name in BOTH_BACKENDS | JAX_ONLY else True
+    return True if name in JAX_ONLY else None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `tensorflow_only` (a tf.function, a tf.data pipeline) are
+    deselected on another backend."""
+    if BACKEND == "tensorflow":
+        return
+    kept = [item for item in items if item.get_closest_marker("tensorflow_only") is None]
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = kept
 
 
 @pytest.fixture(scope="module")

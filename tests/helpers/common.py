@@ -43,6 +43,17 @@ def dense_bn_model(seed=0, dropout=0.0):
     return keras.Sequential(layers)
 
 
+def traced(fn):
+    """`fn` traced and compiled as the backend's trainer does: a tf.function
+    on TensorFlow, jax.jit on JAX (with Python arguments as constants)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return lambda *args: jax.jit(lambda: fn(*args))()
+
+    return tf.function(fn, autograph=False)
+
+
 def linear_model(seed=0, classes=C, normal_weights=False):
     """One Dense layer from D inputs to `classes`; `normal_weights` draws its
     kernel and bias from N(0, 1) instead of Keras' initializers."""
@@ -94,12 +105,10 @@ def compiled(
 
 def step_inputs(model, x, y, step=1):
     """The batch that step `step` of `model` trains on (mixed if the method mixes)."""
-    y_one_hot = tf.one_hot(y, C)
+    y_one_hot = keras.ops.one_hot(y, C)
     if model.method not in gradients.MIXED_METHODS:
         return x, y_one_hot
-    x_mix, y_mix, _, _ = model.mix_data(
-        x, y_one_hot, None, model.mixing_seed(tf.constant(step, tf.int64))
-    )
+    x_mix, y_mix, _, _ = model.mix_data(x, y_one_hot, None, model.mixing_seed(step))
     return x_mix, y_mix
 
 
@@ -113,7 +122,8 @@ def weights_after_sgd_step(reference, x, y_soft, method, learning_rate=1.0):
         method=method,
     )
     return [
-        w.numpy() - learning_rate * g.numpy() for w, g in zip(reference.trainable_variables, grads)
+        w.numpy() - learning_rate * np.asarray(g)
+        for w, g in zip(reference.trainable_variables, grads)
     ]
 
 
@@ -144,13 +154,13 @@ class CountingModel(keras.Model):
     def call(self, x):
         self.forward_calls += 1
 
-        @tf.custom_gradient
+        @keras.ops.custom_gradient
         def counted(h):
-            def grad(upstream):
+            def grad(*args, upstream=None):
                 self.backward_calls += 1
-                return upstream
+                return args[0] if upstream is None else upstream
 
-            return tf.identity(h), grad
+            return h * 1.0, grad
 
         return self.head(counted(self.hidden(x)))
 
