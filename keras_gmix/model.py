@@ -878,10 +878,10 @@ class GMixModel(backend.StepShell, keras.Model):
             # It skips non-finite steps itself, and must see them to lower its
             # scale. Overflow at a scale > 1 is its normal business, not a
             # fault that should stop training.
-            self.optimizer.apply(grads, self.inner.trainable_variables)
+            backend.apply_gradients(self.optimizer, grads, self.inner.trainable_variables)
             fault = ops.logical_and(fault, self.optimizer.dynamic_scale <= 1.0)
         else:
-            backend.apply_if(finite, self.optimizer.apply, grads, self.inner.trainable_variables)
+            backend.apply_if(finite, self.optimizer, grads, self.inner.trainable_variables)
         return finite, fault
 
     def logged_like_keras(self, result, reduction):

@@ -52,7 +52,7 @@ def test_one_step_equals_the_same_step_on_tensorflow(tmp_path):
         assert np.max(np.abs(value - start[int(index)])) > 1e-4, key
 
 
-@pytest.mark.parametrize("method", ["dgmix", "sam"])
+@pytest.mark.parametrize("method", ["dgmix", pytest.param("sam", marks=pytest.mark.slow)])
 def test_data_parallel_on_two_devices_equals_one_device(method):
     result = json.loads(run_helper("data_parallel.py", method).strip().splitlines()[-1])
     assert result["devices"] == 2
@@ -133,3 +133,44 @@ def test_save_and_load_continue_the_mixing_stream(tmp_path):
 def test_jit_gradients_is_refused_with_what_to_do_on_jax():
     with pytest.raises(ValueError, match="on JAX"):
         kg.GMixModel(dense_bn_model(), method="gmix", jit_gradients=True)
+
+
+@pytest.mark.parametrize(
+    "policy", ["mixed_float16", pytest.param("mixed_bfloat16", marks=pytest.mark.slow)]
+)
+def test_mixed_precision_trains_like_float32(policy):
+    """The loss scale reaches every differentiated loss (the ascent gradient
+    too) and LossScaleOptimizer's stateless apply runs inside the step."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 8)).astype("float32")
+    y = np.argmax(x[:, :3], axis=1)  # three balanced, linearly separable classes
+
+    def accuracy(dtype_policy):
+        keras.mixed_precision.set_global_policy(dtype_policy)
+        try:
+            keras.utils.set_random_seed(0)
+            inner = keras.Sequential(
+                [
+                    keras.Input((8,)),
+                    keras.layers.Dense(32, activation="relu"),
+                    keras.layers.Dense(3, dtype="float32"),
+                ]
+            )
+            optimizer = keras.optimizers.SGD(0.1)
+            if dtype_policy == "mixed_float16":
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            model = kg.GMixModel(inner, method="dgmix", seed=1)
+            model.compile(
+                optimizer=optimizer,
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"],
+            )
+            history = model.fit(x, y, batch_size=32, epochs=6, verbose=0).history
+            assert history["skipped_steps"][-1] == 0.0
+            return model.evaluate(x, y, verbose=0, return_dict=True)["accuracy"]
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+
+    reference = accuracy("float32")
+    assert reference > 0.7  # it learns (chance: 1/3)
+    assert abs(accuracy(policy) - reference) < 0.05

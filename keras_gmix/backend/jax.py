@@ -19,6 +19,7 @@ __all__ = [
     "StepShell",
     "after",
     "all_replicas_true",
+    "apply_gradients",
     "apply_if",
     "check_settings",
     "checked",
@@ -151,12 +152,24 @@ def all_replicas_true(flag):
     return flag
 
 
-def apply_if(finite, apply, grads, variables):
-    """`apply(grads, variables)` (an optimizer's `apply`) if `finite`; else the
-    variables and the optimizer's state are put back."""
-    written = list(variables) + list(apply.__self__.variables)
-    with step_guards.restored_unless(finite, written):
-        apply(grads, variables)
+def apply_gradients(optimizer, grads, variables):
+    """`optimizer.apply(grads, variables)`, through its `stateless_apply`:
+    Keras' JAX optimizers branch with `ops.cond` (LossScaleOptimizer's
+    scale), whose branches must not assign variables inside a traced step."""
+    new_variables, new_state = optimizer.stateless_apply(
+        [v.value for v in optimizer.variables], grads, [v.value for v in variables]
+    )
+    for variable, value in zip(
+        list(variables) + list(optimizer.variables), new_variables + new_state
+    ):
+        variable.assign(value)
+
+
+def apply_if(finite, optimizer, grads, variables):
+    """`apply_gradients` if `finite`; else the variables and the optimizer's
+    state are put back."""
+    with step_guards.restored_unless(finite, list(variables) + list(optimizer.variables)):
+        apply_gradients(optimizer, grads, variables)
 
 
 def _state_after(scope, variables, values):

@@ -11,6 +11,7 @@ __all__ = [
     "StepShell",
     "after",
     "all_replicas_true",
+    "apply_gradients",
     "apply_if",
     "check_settings",
     "checked",
@@ -125,7 +126,16 @@ num_replicas = distribute.num_replicas
 replica_id = distribute.replica_id
 mean_over_replicas = distribute.mean_over_replicas
 all_replicas_true = distribute.all_replicas_true
-apply_if = distribute.apply_if
+
+
+def apply_gradients(optimizer, grads, variables):
+    """`optimizer.apply(grads, variables)`."""
+    optimizer.apply(grads, variables)
+
+
+def apply_if(finite, optimizer, grads, variables):
+    """`optimizer.apply(grads, variables)` on every replica if `finite`."""
+    distribute.apply_if(finite, optimizer.apply, grads, variables)
 
 
 def xla_compiled_update(update, inner, optimizer, x, y, sample_weight):
