@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -21,6 +23,7 @@ def weights_hash(seed):
     return completed.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow  # two training processes
 def test_same_seed_same_weights_bit_for_bit():
     first, second = weights_hash(0), weights_hash(0)
     assert first == second

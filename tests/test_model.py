@@ -42,7 +42,11 @@ def test_train_step_applies_update_gradients(method):
     assert_trained_to(model, expected)
 
 
-@pytest.mark.parametrize("method", kg.METHODS)
+# One method in the default run (dgmix, the step with the most parts); every
+# method with -m slow.
+@pytest.mark.parametrize(
+    "method", [m if m == "dgmix" else pytest.param(m, marks=pytest.mark.slow) for m in kg.METHODS]
+)
 def test_eager_graph_and_xla_agree(method):
     x, y = data(n=64)
     histories = []
@@ -94,6 +98,7 @@ def test_both_passes_see_the_same_dropout_masks():
     assert history["perturbed_loss"] == history["loss"]
 
 
+@pytest.mark.slow  # six methods x two epochs; tests/test_jax.py and the fits above check the logs
 def test_logs_report_section_5_values():
     x, y = data(n=64)
     expected = {
@@ -349,7 +354,14 @@ def test_old_layout_of_own_variables_loads_without_the_step_values():
     np.testing.assert_array_equal(fresh.last_lam.numpy(), fresh_lam)
 
 
-@pytest.mark.parametrize("kind", ["keras", "weights", "checkpoint"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "keras",
+        pytest.param("weights", marks=pytest.mark.slow),
+        pytest.param("checkpoint", marks=pytest.mark.slow),
+    ],
+)
 def test_files_written_with_the_step_values_as_weights_still_load(tmp_path, monkeypatch, kind):
     saved = reusing_model(0)
     lam = saved.last_lam.numpy()
@@ -464,8 +476,14 @@ def test_pass_counts(method, forward, backward, options):
     "schedule",
     [
         pytest.param({}, id="full"),
-        pytest.param({"perturb_every": 2, "reuse_scale": 0.3}, id="schedule"),
-        pytest.param({"jit_gradients": True}, id="xla", marks=pytest.mark.tensorflow_only),
+        pytest.param(
+            {"perturb_every": 2, "reuse_scale": 0.3}, id="schedule", marks=pytest.mark.slow
+        ),
+        pytest.param(
+            {"jit_gradients": True},
+            id="xla",
+            marks=[pytest.mark.tensorflow_only, pytest.mark.slow],
+        ),
     ],
 )
 def test_fit_with_keep_first_pass_false_trains_as_the_kept_tape(method, schedule):
