@@ -17,21 +17,44 @@ as Keras keeps its own in `keras/src/backend/`:
 A torch backend later is one more module with the same names.
 """
 
+import importlib
+
 import keras
 
 BACKENDS = ("tensorflow", "jax")
 
+# What every backend module provides (a new backend is one more module with
+# these names).
+INTERFACE = (
+    "COUNTER_DTYPE",  # dtype of the wrapper's step counters
+    "RNG_ALG",  # the stateless random-bit generator's name
+    "StepShell",  # train_step/test_step as the backend's trainer calls them
+    "after",  # values computed only after others (ordering in a graph)
+    "all_replicas_true",
+    "apply_gradients",  # optimizer.apply as a step may call it
+    "apply_if",  # ... only if the step is finite
+    "check_settings",  # GMixModel settings the backend cannot run
+    "checked",  # a value, after data checks that stop the step
+    "fold_in",
+    "is_symbolic",
+    "mean_over_replicas",
+    "num_replicas",
+    "random_bits",
+    "replica_id",
+    "split_seed",
+    "unseeded",
+    "vjp",  # the pull-back: one forward pass, several gradients
+    "xla_compiled_update",  # jit_gradients=True (TensorFlow only)
+)
+
 NAME = keras.backend.backend()
 
-if NAME == "tensorflow":
-    from keras_gmix.backend.tensorflow import *  # noqa: F403
-    from keras_gmix.backend.tensorflow import __all__  # noqa: F401
-elif NAME == "jax":
-    from keras_gmix.backend.jax import *  # noqa: F403
-    from keras_gmix.backend.jax import __all__  # noqa: F401
-else:
+if NAME not in BACKENDS:
     raise ImportError(
         f"keras_gmix runs on Keras' {' and '.join(BACKENDS)} backends; this Keras uses "
         f"{NAME!r}. Set KERAS_BACKEND=tensorflow (the default) or KERAS_BACKEND=jax "
         "before Keras is first imported."
     )
+
+_module = importlib.import_module(f"keras_gmix.backend.{NAME}")
+globals().update({name: getattr(_module, name) for name in INTERFACE})

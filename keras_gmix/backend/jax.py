@@ -13,27 +13,6 @@ import numpy as np
 
 from keras_gmix import step_guards
 
-__all__ = [
-    "COUNTER_DTYPE",
-    "RNG_ALG",
-    "StepShell",
-    "after",
-    "all_replicas_true",
-    "apply_gradients",
-    "apply_if",
-    "check_settings",
-    "checked",
-    "fold_in",
-    "is_symbolic",
-    "mean_over_replicas",
-    "num_replicas",
-    "random_bits",
-    "replica_id",
-    "split_seed",
-    "unseeded",
-    "vjp",
-]
-
 # jax.random's default pseudo-random bit generator (keys of two uint32).
 RNG_ALG = "threefry2x32"
 
@@ -73,15 +52,18 @@ def checked(value, conditions):
     return value
 
 
+JIT_GRADIENTS = (
+    "`jit_gradients=True` compiles the gradient computation of a TensorFlow step "
+    "with XLA; on JAX, fit compiles the whole step with XLA already. Leave "
+    "`jit_gradients=False` (the default) on JAX."
+)
+
+
 def check_settings(scheduled, sync_perturbation, jit_gradients):
     """Refuses the GMixModel settings that have no meaning on JAX."""
     del scheduled, sync_perturbation  # any schedule runs in the one global step
     if jit_gradients:
-        raise ValueError(
-            "`jit_gradients=True` compiles the gradient computation of a TensorFlow step "
-            "with XLA; on JAX, fit compiles the whole step with XLA already. Leave "
-            "`jit_gradients=False` (the default) on JAX."
-        )
+        raise ValueError(JIT_GRADIENTS)
 
 
 def check_distribution(sync_perturbation):
@@ -206,3 +188,9 @@ class StepShell:
     def test_step(self, state, data):
         logs, state = super().test_step(state, data)
         return self.evaluation_logs(logs), state
+
+
+def xla_compiled_update(update, inner, optimizer, x, y, sample_weight):
+    """TensorFlow's `jit_gradients=True`: never reached on JAX
+    (`check_settings` refuses it)."""
+    raise ValueError(JIT_GRADIENTS)

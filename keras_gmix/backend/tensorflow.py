@@ -5,28 +5,6 @@ import tensorflow as tf
 
 from keras_gmix import compat, distribute
 
-__all__ = [
-    "COUNTER_DTYPE",
-    "RNG_ALG",
-    "StepShell",
-    "after",
-    "all_replicas_true",
-    "apply_gradients",
-    "apply_if",
-    "check_settings",
-    "checked",
-    "fold_in",
-    "is_symbolic",
-    "mean_over_replicas",
-    "num_replicas",
-    "random_bits",
-    "replica_id",
-    "split_seed",
-    "unseeded",
-    "vjp",
-    "xla_compiled_update",
-]
-
 # One RNG algorithm everywhere: "auto_select" may pick a different one under
 # XLA than in graph mode, and then jit_compile would mix differently.
 RNG_ALG = "philox"
