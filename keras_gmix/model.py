@@ -86,6 +86,7 @@ class GMixModel(backend.StepShell, keras.Model):
     mixes the batch (Mixup or CutMix), evaluates the model at w and at the
     worst-case nearby weights w + eps, and hands the method's gradient to the
     optimizer. `evaluate` and `predict` run the wrapped model plainly.
+    Runs on Keras' TensorFlow and JAX backends (README, "Backends").
 
     Args:
         inner: a `keras.Model` (functional, Sequential or subclassed) with
@@ -106,13 +107,16 @@ class GMixModel(backend.StepShell, keras.Model):
             one per batch. Defaults to `False`.
         sync_perturbation: under tf.distribute, all-reduce the ascent
             gradient so every replica perturbs by the same eps (otherwise each
-            replica uses its own, m-sharpness). Defaults to `False`.
+            replica uses its own, m-sharpness). On JAX the step sees the
+            global batch, which is this; a `keras.distribution` over several
+            devices requires `True`. Defaults to `False`.
         jit_gradients: compile the gradient computation of each step (both
             passes, the partition, the decomposition) with XLA, while the
             mixing and `optimizer.apply` stay outside. Works under
             MirroredStrategy, where `compile(jit_compile=True)` fails on
             Keras' side (keras-team/keras#19005). Not with
-            `sync_perturbation`. Defaults to `False`.
+            `sync_perturbation`; TensorFlow only (on JAX `fit` compiles the
+            whole step). Defaults to `False`.
         max_consecutive_skips: a step whose loss or gradient is not finite
             is skipped (weights, optimizer state and BatchNorm statistics
             unchanged; counted in the `skipped_steps` log); after this many
