@@ -18,6 +18,7 @@ BOTH_BACKENDS = {
     "test_model",
     "test_partition",
     "test_perturbation",
+    "test_step_guards",
 }
 JAX_ONLY = {"test_jax"}
 

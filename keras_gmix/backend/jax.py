@@ -7,6 +7,8 @@ statistics are over the global batch (TensorFlow's `sync_perturbation=True`
 semantics), and there is one "replica".
 """
 
+import functools
+
 import jax
 import keras
 import numpy as np
@@ -45,10 +47,17 @@ def after(values, dependencies):
     return list(values)
 
 
+def _raise_unless(holds, message):
+    if not bool(holds):
+        raise ValueError(message)
+
+
 def checked(value, conditions):
-    """`value`: a data-dependent check cannot stop a jitted JAX step (arrays
-    are checked whole before `fit`)."""
-    del conditions
+    """`value`, with every `(condition, message)` checked on the host as the
+    step runs: a jitted step cannot branch on data, so a host callback raises
+    (fit fails with a JaxRuntimeError that quotes the ValueError)."""
+    for condition, message in conditions:
+        jax.debug.callback(functools.partial(_raise_unless, message=message), condition)
     return value
 
 

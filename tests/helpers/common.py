@@ -54,6 +54,19 @@ def traced(fn):
     return tf.function(fn, autograph=False)
 
 
+def step_check_error():
+    """The error type a failed data check inside the training step raises:
+    TensorFlow's assert, or JAX's runtime error around the host check's
+    ValueError."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.errors.JaxRuntimeError
+    import tensorflow as tf
+
+    return tf.errors.InvalidArgumentError
+
+
 def linear_model(seed=0, classes=C, normal_weights=False):
     """One Dense layer from D inputs to `classes`; `normal_weights` draws its
     kernel and bias from N(0, 1) instead of Keras' initializers."""
