@@ -16,6 +16,7 @@ BOTH_BACKENDS = {
     "test_callbacks",
     "test_flatness",
     "test_gradients",
+    "test_layers",
     "test_mixing",
     "test_model",
     "test_partition",
