@@ -12,6 +12,9 @@
   TensorBoard and CSV logs continue correctly when `BackupAndRestore`
   resumes a killed run (`gmix-train --resume`).
 
+They run on Keras' TensorFlow and JAX backends alike: every value is read
+as NumPy (`keras.ops.convert_to_numpy`) before `tf.summary` writes it.
+
 Keras' own `keras.callbacks.TensorBoard` already writes the epoch scalars
 (`epoch_loss`, `epoch_sharpness`, ...) and, with `update_freq=N`, the batch
 scalars (`batch_loss`, ...) of every value a GMixModel step logs.

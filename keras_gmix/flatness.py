@@ -34,9 +34,10 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-# keras.ops (and keras.tree) for the tensor arithmetic; tf only where Keras
-# has no API: GradientTape (gradients, Hessian-vector products) and tf.data.
-from keras_gmix import checks
+# keras.ops (and keras.tree) for the tensor arithmetic; the differentiation
+# (gradients, Hessian-vector products) is the backend's own, in
+# keras_gmix.backend; tf only for tf.data, the input pipeline on every backend.
+from keras_gmix import backend, checks
 from keras_gmix import losses as losses_lib
 
 NORMALIZATIONS = ("filter", None)
@@ -246,11 +247,16 @@ def _as_batches(data, batch_size):
         _check_positive_int("batch_size", batch_size)
         # Arrays are in memory already: batch them once into tensors, rather
         # than paying a tf.data iterator on each of the many passes.
-        return list(tf.data.Dataset.from_tensor_slices(tuple(data)).batch(batch_size))
+        batches = tf.data.Dataset.from_tensor_slices(tuple(data)).batch(batch_size)
+        return [keras.tree.map_structure(ops.convert_to_tensor, batch) for batch in batches]
     raise ValueError(
         "`data` must be a tf.data.Dataset of (x, y) batches or a tuple (x, y) "
         f"of arrays. Received: data of type {type(data).__name__}"
     )
+
+
+def _batch_size(x):
+    return ops.shape(keras.tree.flatten(x)[0])[0]
 
 
 class _Objective:
@@ -281,7 +287,9 @@ class _Objective:
             x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
             if sample_weight is not None:
                 raise ValueError("Sample weights are not supported by the flatness measures.")
-            yield x, y
+            # tf.data yields TensorFlow tensors: the backend's own arrays on
+            # JAX (unchanged on TensorFlow).
+            yield keras.tree.map_structure(ops.convert_to_tensor, (x, y))
 
     def _batch_sum(self, flat_w, x, y):
         """Sum of the per-example losses of one batch, and the batch size."""
@@ -291,10 +299,11 @@ class _Objective:
         # Under mixed precision the outputs are float16: compute the loss in
         # the weights' dtype, as a compiled Keras loss would.
         y_pred = keras.tree.map_structure(
-            lambda t: ops.cast(t, self.dtype) if t.dtype.is_floating else t, y_pred
+            lambda t: ops.cast(t, self.dtype) if keras.backend.is_float_dtype(t.dtype) else t,
+            y_pred,
         )
         values = self.loss_fn(y, y_pred)
-        n = ops.shape(keras.tree.flatten(x)[0])[0]
+        n = _batch_size(x)
         # mean * n (not sum): a callable may already return the batch mean.
         total = ops.mean(ops.cast(values, self.dtype)) * ops.cast(n, self.dtype)
         return total, n
@@ -310,27 +319,19 @@ class _Objective:
     def loss_and_grad(self, flat_w):
         total, count, grad = 0.0, 0, ops.zeros_like(flat_w)
         for x, y in self._batches():
-            with tf.GradientTape() as tape:
-                tape.watch(flat_w)
-                s, n = self._batch_sum(flat_w, x, y)
-            grad += tape.gradient(s, flat_w, unconnected_gradients="zero")
+            s, g = backend.value_and_grad(lambda w, x=x, y=y: self._batch_sum(w, x, y)[0], flat_w)
+            grad += g
             total += float(s)
-            count += int(n)
+            count += int(_batch_size(x))
         return self._mean(total, count), grad / count
 
     def hvp(self, flat_w, v):
-        """Exact Hessian-vector product H v by double backpropagation."""
+        """Exact Hessian-vector product H v (the backend's `hvp`: double
+        backpropagation on TensorFlow, forward-over-reverse on JAX)."""
         count, hv = 0, ops.zeros_like(flat_w)
         for x, y in self._batches():
-            with tf.GradientTape() as outer:
-                outer.watch(flat_w)
-                with tf.GradientTape() as inner:
-                    inner.watch(flat_w)
-                    s, n = self._batch_sum(flat_w, x, y)
-                g = inner.gradient(s, flat_w, unconnected_gradients="zero")
-                gv = ops.sum(g * v)
-            hv += outer.gradient(gv, flat_w, unconnected_gradients="zero")
-            count += int(n)
+            hv += backend.hvp(lambda w, x=x, y=y: self._batch_sum(w, x, y)[0], flat_w, v)
+            count += int(_batch_size(x))
         if count == 0:
             raise ValueError("`data` is empty.")
         return hv / count
@@ -358,10 +359,11 @@ def hessian_top_eigenvalue(model, data, loss, iters=20, seed=0, tol=1e-4, batch_
     """Top eigenvalue of the Hessian of the mean loss, by power iteration.
 
     Power iteration on exact Hessian-vector products (double backpropagation
-    through nested `tf.GradientTape`s) over all trainable variables as one
-    flat vector. Each iteration is one pass over `data`. The model is
-    evaluated with `training=False` (BatchNormalization in inference mode)
-    at held weight values; its variables are never changed.
+    through nested `tf.GradientTape`s on TensorFlow, a JVP of `jax.grad` on
+    JAX) over all trainable variables as one flat vector. Each iteration is
+    one pass over `data`. The model is evaluated with `training=False`
+    (BatchNormalization in inference mode) at held weight values; its
+    variables are never changed.
 
     Power iteration converges to the eigenvalue of largest magnitude. Near a
     minimum, where sharpness is usually measured, that is the largest

@@ -5,6 +5,10 @@ TensorFlow backend, 4-D input normalized over its channel axis), where it
 calls TensorFlow's fused kernel (`FusedBatchNormV3`) instead of a chain of
 reductions and elementwise ops. `fuse_batchnorm` swaps the stock layer for
 this one in an existing functional or Sequential model.
+
+On JAX both are Keras' own layer in every case (XLA fuses the stock
+computation there): same class name, constructor and config on both
+backends, so a model saved on one loads on the other.
 """
 
 import keras
@@ -40,7 +44,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
     - no mask, `renorm=False`, `synchronized=False`, and
       `epsilon >= 1.001e-5` (TensorFlow raises smaller values to this).
 
-    Everywhere else, including inference, it runs Keras' own layer.
+    Everywhere else, including inference and the JAX backend (where XLA
+    fuses the stock computation itself), it runs Keras' own layer; the
+    saved config is the stock one, so a model saved on one backend loads
+    on the other.
 
     The moving statistics follow Keras' semantics exactly:
     `moving = moving * momentum + batch * (1 - momentum)`, where the batch

@@ -13,7 +13,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # on TensorFlow) and run there only; `test_jax` runs on JAX only.
 BOTH_BACKENDS = {
     "test_fit_mixes",
+    "test_callbacks",
+    "test_flatness",
     "test_gradients",
+    "test_layers",
     "test_mixing",
     "test_model",
     "test_partition",

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import keras_gmix as kg
-from tests.helpers import one_step
+from tests.helpers import hvp, one_step, saved_batchnorm
 from tests.helpers.common import HELPERS, ROOT, compiled, data, dense_bn_model
 
 
@@ -174,3 +174,43 @@ def test_mixed_precision_trains_like_float32(policy):
     reference = accuracy("float32")
     assert reference > 0.7  # it learns (chance: 1/3)
     assert abs(accuracy(policy) - reference) < 0.05
+
+
+@pytest.mark.slow
+def test_flatness_hessian_vector_product_equals_tensorflows(tmp_path):
+    """A JVP of jax.grad against TensorFlow's nested tapes: same network
+    (tanh, BatchNormalization, cross-entropy), data and direction. (Slow: a
+    TensorFlow process; test_flatness checks either backend's product against
+    finite differences in the default run.)"""
+    run_helper("hvp.py", str(tmp_path / "tf.npy"), backend="tensorflow")
+    on_tensorflow = np.load(tmp_path / "tf.npy")
+    assert np.abs(on_tensorflow).max() > 1.0
+    np.testing.assert_allclose(hvp.flatness_hvp(), on_tensorflow, rtol=0, atol=1e-5)
+
+
+def test_a_fuse_batchnorm_model_saved_on_either_backend_loads_on_the_other(tmp_path):
+    """Same class name and config on both backends: JAX's file loads on
+    TensorFlow and TensorFlow's on JAX, predicting what they predicted; and
+    one epoch of fit from the same weights (stock computation on JAX, the
+    fused kernel on TensorFlow) trains the same model."""
+    folder = str(tmp_path)
+    model = saved_batchnorm.trained()
+    (layer,) = saved_batchnorm.batchnorm_layers(model)
+    assert type(layer) is kg.layers.BatchNormalization
+    model.save(os.path.join(folder, "jax.keras"))
+    on_jax = saved_batchnorm.predictions(model)
+    run_helper("saved_batchnorm.py", folder, backend="tensorflow")
+
+    loaded_on_tensorflow = np.load(os.path.join(folder, "loaded_on_tensorflow.npz"))
+    on_tensorflow = np.load(os.path.join(folder, "tensorflow.npz"))
+    loaded = keras.saving.load_model(os.path.join(folder, "tensorflow.keras"))
+    assert [type(layer) for layer in saved_batchnorm.batchnorm_layers(loaded)] == [
+        kg.layers.BatchNormalization
+    ]
+    loaded_on_jax = saved_batchnorm.predictions(loaded)
+    for key in ("inference", "training"):
+        np.testing.assert_allclose(loaded_on_tensorflow[key], on_jax[key], atol=1e-5, err_msg=key)
+        np.testing.assert_allclose(loaded_on_jax[key], on_tensorflow[key], atol=1e-5, err_msg=key)
+        np.testing.assert_allclose(on_jax[key], on_tensorflow[key], atol=1e-4, err_msg=key)
+    # Training moved the moving statistics (a real comparison of trained models).
+    assert np.abs(on_jax["inference"] - on_jax["training"]).max() > 1e-2

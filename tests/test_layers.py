@@ -82,6 +82,7 @@ FUSED_CASES = [
 ]
 
 
+@pytest.mark.tensorflow_only
 @pytest.mark.parametrize("shape,axis", FUSED_CASES)
 @pytest.mark.parametrize("training", [True, False])
 def test_matches_stock(shape, axis, training):
@@ -93,6 +94,7 @@ def test_matches_stock(shape, axis, training):
     assert np.allclose(ours.moving_variance, before) != training
 
 
+@pytest.mark.tensorflow_only
 @pytest.mark.parametrize("shape,axis", FUSED_CASES[:1] + FUSED_CASES[2:3])
 def test_fused_kernel_is_used(shape, axis):
     ours, stock = _pair(shape, axis)
@@ -102,6 +104,7 @@ def test_fused_kernel_is_used(shape, axis):
     assert "FusedBatchNormV3" not in _op_types(tf.function(lambda x: ours(x, training=False)), spec)
 
 
+@pytest.mark.tensorflow_only
 @pytest.mark.parametrize("center,scale", [(False, True), (True, False), (False, False)])
 @pytest.mark.parametrize("axis", [-1, 1])
 def test_center_scale_off_matches_stock(center, scale, axis):
@@ -111,6 +114,7 @@ def test_center_scale_off_matches_stock(center, scale, axis):
     _assert_same_as_stock(ours, stock, _inputs(shape), training=True)
 
 
+@pytest.mark.tensorflow_only
 @pytest.mark.parametrize(
     "shape,axis,kwargs",
     [
@@ -159,6 +163,7 @@ def _train_step_fn(model, jit_compile=False):
     return step
 
 
+@pytest.mark.tensorflow_only
 def test_train_step_graph_contains_fused_op():
     specs = (tf.TensorSpec((None, 8, 8, 3)), tf.TensorSpec((None,), "int32"))
     ours = _op_types(_train_step_fn(_conv_model(BatchNormalization)), *specs)
@@ -167,6 +172,7 @@ def test_train_step_graph_contains_fused_op():
     assert not any("FusedBatchNorm" in op for op in stock)
 
 
+@pytest.mark.tensorflow_only
 def test_train_steps_match_stock_in_graph_and_xla():
     x = _inputs((6, 8, 8, 3))
     y = np.arange(6, dtype="int32") % 3
@@ -184,6 +190,7 @@ def test_train_steps_match_stock_in_graph_and_xla():
             np.testing.assert_allclose(a, b, **TOL)
 
 
+@pytest.mark.tensorflow_only
 @pytest.mark.parametrize("axis", [-1, 1])
 def test_stateless_call_returns_updates_without_writing(axis):
     shape = (4, 3, 5, 6)
@@ -209,6 +216,7 @@ def test_stateless_call_returns_updates_without_writing(axis):
         np.testing.assert_array_equal(v.numpy(), b)
 
 
+@pytest.mark.tensorflow_only
 def test_stateless_call_inside_xla_function():
     shape = (4, 5, 6, 3)
     ours, _ = _pair(shape, -1)
@@ -230,6 +238,7 @@ def test_stateless_call_inside_xla_function():
     np.testing.assert_array_equal(ours.moving_mean.numpy(), before)
 
 
+@pytest.mark.tensorflow_only
 @pytest.mark.parametrize("axis", [-1, 1])
 def test_jit_compile_matches_graph(axis):
     shape = (4, 3, 5, 6)
@@ -265,6 +274,7 @@ def _hvp(batchnorm, x, kernel, gamma, beta, vectors, cotangent):
     return outer.gradient(dot, params)
 
 
+@pytest.mark.tensorflow_only
 @pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
 def test_hessian_vector_product_is_exact(mode):
     # Double backprop through FusedBatchNormGradV3 (what flatness tools
@@ -310,6 +320,7 @@ def test_hessian_vector_product_is_exact(mode):
         np.testing.assert_allclose(np.asarray(a) / scale, b / scale, atol=1e-5)
 
 
+@pytest.mark.tensorflow_only
 @pytest.mark.parametrize("dtype", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_matches_stock(dtype):
     shape = (4, 5, 6, 3)
@@ -406,6 +417,27 @@ def test_fuse_batchnorm_keeps_predictions_and_weights(builder):
     assert not any(a is b for a, b in zip(fused.weights, model.weights))
 
 
+def test_fit_matches_stock():
+    """Ours trains as the stock layer does: the fused kernel on TensorFlow,
+    the stock layer itself on JAX (where XLA fuses the stock computation)."""
+    x, y = _inputs((12, 8, 8, 3)), np.arange(12) % 3
+    weights = []
+    for bn_class in (BatchNormalization, keras.layers.BatchNormalization):
+        model = _conv_model(bn_class)
+        model.set_weights(_conv_model(keras.layers.BatchNormalization).get_weights())
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.1),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+        weights.append(model.get_weights())
+    start = _conv_model(keras.layers.BatchNormalization).get_weights()
+    for ours, stock in zip(*weights):
+        np.testing.assert_allclose(ours, stock, **TOL)
+    # Trained: the moving mean (index 3) left its initial zeros.
+    assert np.abs(weights[0][3] - start[3]).max() > 1e-2
+
+
 def test_fuse_batchnorm_rejects_subclassed_model():
     class Net(keras.Model):
         def __init__(self):
@@ -424,9 +456,12 @@ def test_fuse_batchnorm_rejects_subclassed_model():
 
 def test_keras_file_round_trip(tmp_path):
     model = _conv_model(BatchNormalization)
-    step = _train_step_fn(model)
     x = _inputs((6, 8, 8, 3))
-    step(x, np.arange(6, dtype="int32") % 3)  # moves the statistics
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(x, np.arange(6) % 3, batch_size=6, verbose=0)  # moves the statistics
     path = str(tmp_path / "model.keras")
     model.save(path)
     loaded = keras.saving.load_model(path)  # safe_mode=True
@@ -481,6 +516,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.tensorflow_only
 def test_mirrored_strategy_fit_matches_stock():
     # Logical devices must be set before TensorFlow starts: a fresh process.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -36,6 +36,7 @@ INTERFACE = (
     "check_settings",  # GMixModel settings the backend cannot run
     "checked",  # a value, after data checks that stop the step
     "fold_in",
+    "hvp",  # Hessian-vector product of a scalar function (flatness)
     "is_symbolic",
     "mean_over_replicas",
     "num_replicas",
@@ -43,6 +44,7 @@ INTERFACE = (
     "replica_id",
     "split_seed",
     "unseeded",
+    "value_and_grad",  # a scalar function's value and gradient (flatness)
     "vjp",  # the pull-back: one forward pass, several gradients
     "xla_compiled_update",  # jit_gradients=True (TensorFlow only)
 )

@@ -41,6 +41,21 @@ def vjp(fn, primals):
     return outputs, pullback, aux
 
 
+def value_and_grad(fn, primal):
+    """`(fn(primal), gradient of fn at primal)` for a scalar-valued `fn` of one
+    array (a zero gradient where `fn` does not depend on `primal`)."""
+    return jax.value_and_grad(fn)(primal)
+
+
+def hvp(fn, primal, tangent):
+    """The Hessian-vector product `H tangent` of a scalar-valued `fn` at
+    `primal` (one array): exact, forward-over-reverse (the directional
+    derivative of `jax.grad(fn)` along `tangent`, one JVP of the gradient)."""
+    tangent = jax.numpy.asarray(tangent, jax.numpy.result_type(primal))
+    _, product = jax.jvp(jax.grad(fn), (primal,), (tangent,))
+    return product
+
+
 def after(values, dependencies):
     """`values`: XLA schedules the computation as a whole."""
     del dependencies

@@ -39,6 +39,29 @@ def vjp(fn, primals):
     return outputs, pullback, aux
 
 
+def value_and_grad(fn, primal):
+    """`(fn(primal), gradient of fn at primal)` for a scalar-valued `fn` of one
+    tensor (a zero gradient where `fn` does not depend on `primal`)."""
+    with tf.GradientTape() as tape:
+        tape.watch(primal)
+        value = fn(primal)
+    return value, tape.gradient(value, primal, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+def hvp(fn, primal, tangent):
+    """The Hessian-vector product `H tangent` of a scalar-valued `fn` at
+    `primal` (one tensor): exact, by double backpropagation through nested
+    tapes (the gradient of `<grad fn, tangent>`)."""
+    with tf.GradientTape() as outer:
+        outer.watch(primal)
+        with tf.GradientTape() as inner:
+            inner.watch(primal)
+            value = fn(primal)
+        gradient = inner.gradient(value, primal, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        directional = tf.reduce_sum(gradient * tangent)
+    return outer.gradient(directional, primal, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
 def after(values, dependencies):
     """`values`, computed only after `dependencies`: in a graph nothing else
     orders two independent computations (and both would be held at once)."""
