@@ -26,6 +26,7 @@ The landscapes' figures are drawn by `keras_gmix.flatness_plots`.
 """
 
 import dataclasses
+import functools
 import math
 import types
 
@@ -34,9 +35,10 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-# keras.ops (and keras.tree) for the tensor arithmetic; tf only where Keras
-# has no API: GradientTape (gradients, Hessian-vector products) and tf.data.
-from keras_gmix import checks
+# keras.ops (and keras.tree) for the tensor arithmetic; the backend's own
+# differentiation (keras_gmix.backend: gradients, Hessian-vector products)
+# where Keras has no API; tf.data for the batches.
+from keras_gmix import backend, checks
 from keras_gmix import losses as losses_lib
 
 NORMALIZATIONS = ("filter", None)
@@ -246,11 +248,27 @@ def _as_batches(data, batch_size):
         _check_positive_int("batch_size", batch_size)
         # Arrays are in memory already: batch them once into tensors, rather
         # than paying a tf.data iterator on each of the many passes.
-        return list(tf.data.Dataset.from_tensor_slices(tuple(data)).batch(batch_size))
+        batches = tf.data.Dataset.from_tensor_slices(tuple(data)).batch(batch_size)
+        return [_backend_tensors(batch) for batch in batches]
     raise ValueError(
         "`data` must be a tf.data.Dataset of (x, y) batches or a tuple (x, y) "
         f"of arrays. Received: data of type {type(data).__name__}"
     )
+
+
+def _backend_tensors(batch):
+    """`batch` as tensors of Keras' backend: tf.data yields TensorFlow
+    tensors, which a loss on another backend (JAX) cannot mix with its own."""
+    return keras.tree.map_structure(ops.convert_to_tensor, batch)
+
+
+def _is_floating(tensor):
+    return keras.backend.is_float_dtype(keras.backend.standardize_dtype(tensor.dtype))
+
+
+def _batch_size(x):
+    """The number of examples in the batch `x` (a static int)."""
+    return int(keras.tree.flatten(x)[0].shape[0])
 
 
 class _Objective:
@@ -278,59 +296,51 @@ class _Objective:
 
     def _batches(self):
         for batch in self.dataset:
-            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(_backend_tensors(batch))
             if sample_weight is not None:
                 raise ValueError("Sample weights are not supported by the flatness measures.")
             yield x, y
 
     def _batch_sum(self, flat_w, x, y):
-        """Sum of the per-example losses of one batch, and the batch size."""
+        """Sum of the per-example losses of one batch."""
         y_pred, _ = self.network.stateless_call(
             unflatten(flat_w, self.shapes), self.non_trainable, x, **self.call_kwargs
         )
         # Under mixed precision the outputs are float16: compute the loss in
         # the weights' dtype, as a compiled Keras loss would.
         y_pred = keras.tree.map_structure(
-            lambda t: ops.cast(t, self.dtype) if t.dtype.is_floating else t, y_pred
+            lambda t: ops.cast(t, self.dtype) if _is_floating(t) else t, y_pred
         )
         values = self.loss_fn(y, y_pred)
-        n = ops.shape(keras.tree.flatten(x)[0])[0]
         # mean * n (not sum): a callable may already return the batch mean.
-        total = ops.mean(ops.cast(values, self.dtype)) * ops.cast(n, self.dtype)
-        return total, n
+        return ops.mean(ops.cast(values, self.dtype)) * ops.cast(_batch_size(x), self.dtype)
+
+    def _of_weights(self, x, y):
+        """The batch's loss sum as a function of the flat weights alone."""
+        return functools.partial(self._batch_sum, x=x, y=y)
 
     def loss(self, flat_w):
         total, count = 0.0, 0
         for x, y in self._batches():
-            s, n = self._batch_sum(flat_w, x, y)
-            total += float(s)
-            count += int(n)
+            total += float(self._batch_sum(flat_w, x, y))
+            count += _batch_size(x)
         return self._mean(total, count)
 
     def loss_and_grad(self, flat_w):
         total, count, grad = 0.0, 0, ops.zeros_like(flat_w)
         for x, y in self._batches():
-            with tf.GradientTape() as tape:
-                tape.watch(flat_w)
-                s, n = self._batch_sum(flat_w, x, y)
-            grad += tape.gradient(s, flat_w, unconnected_gradients="zero")
+            s, g = backend.value_and_gradient(self._of_weights(x, y), flat_w)
+            grad += g
             total += float(s)
-            count += int(n)
+            count += _batch_size(x)
         return self._mean(total, count), grad / count
 
     def hvp(self, flat_w, v):
-        """Exact Hessian-vector product H v by double backpropagation."""
+        """Exact Hessian-vector product H v by double differentiation."""
         count, hv = 0, ops.zeros_like(flat_w)
         for x, y in self._batches():
-            with tf.GradientTape() as outer:
-                outer.watch(flat_w)
-                with tf.GradientTape() as inner:
-                    inner.watch(flat_w)
-                    s, n = self._batch_sum(flat_w, x, y)
-                g = inner.gradient(s, flat_w, unconnected_gradients="zero")
-                gv = ops.sum(g * v)
-            hv += outer.gradient(gv, flat_w, unconnected_gradients="zero")
-            count += int(n)
+            hv += backend.hessian_vector_product(self._of_weights(x, y), flat_w, v)
+            count += _batch_size(x)
         if count == 0:
             raise ValueError("`data` is empty.")
         return hv / count

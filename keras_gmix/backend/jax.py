@@ -16,6 +16,7 @@ from keras_gmix import step_guards
 __all__ = [
     "COUNTER_DTYPE",
     "RNG_ALG",
+    "STRATEGIES",
     "StepShell",
     "after",
     "all_replicas_true",
@@ -23,13 +24,16 @@ __all__ = [
     "check_settings",
     "checked",
     "fold_in",
+    "hessian_vector_product",
     "is_symbolic",
     "mean_over_replicas",
+    "model_strategy",
     "num_replicas",
     "random_bits",
     "replica_id",
     "split_seed",
     "unseeded",
+    "value_and_gradient",
     "vjp",
 ]
 
@@ -39,6 +43,16 @@ RNG_ALG = "threefry2x32"
 # The wrapper's step counters: JAX has no int64 unless x64 is enabled, and
 # 2**31 steps are not reached.
 COUNTER_DTYPE = "int32"
+
+
+def value_and_gradient(fn, x):
+    """`(fn(x), d fn(x) / dx)` of a scalar function of one array."""
+    return jax.value_and_grad(fn)(x)
+
+
+def hessian_vector_product(fn, x, v):
+    """H v, H the Hessian of the scalar `fn` at `x`: forward over reverse."""
+    return jax.jvp(jax.grad(fn), (x,), (v,))[1]
 
 
 def vjp(fn, primals):
@@ -145,6 +159,17 @@ def replica_id():
 
 def mean_over_replicas(tensors):
     return tensors
+
+
+# The `--distribute` strategies of a training run: tf.distribute's do not
+# drive a JAX step (keras.distribution does, with one global batch).
+STRATEGIES = ("none",)
+
+
+def model_strategy(model):
+    """None: no tf.distribute strategy; a JAX run is one process's."""
+    del model
+    return None
 
 
 def all_replicas_true(flag):

@@ -8,6 +8,7 @@ from keras_gmix import compat, distribute
 __all__ = [
     "COUNTER_DTYPE",
     "RNG_ALG",
+    "STRATEGIES",
     "StepShell",
     "after",
     "all_replicas_true",
@@ -15,13 +16,16 @@ __all__ = [
     "check_settings",
     "checked",
     "fold_in",
+    "hessian_vector_product",
     "is_symbolic",
     "mean_over_replicas",
+    "model_strategy",
     "num_replicas",
     "random_bits",
     "replica_id",
     "split_seed",
     "unseeded",
+    "value_and_gradient",
     "vjp",
     "xla_compiled_update",
 ]
@@ -32,6 +36,23 @@ RNG_ALG = "philox"
 
 # The wrapper's step counters.
 COUNTER_DTYPE = "int64"
+
+
+def value_and_gradient(fn, x):
+    """`(fn(x), d fn(x) / dx)` of a scalar function of one tensor."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        value = fn(x)
+    return value, tape.gradient(value, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+
+def hessian_vector_product(fn, x, v):
+    """H v, H the Hessian of the scalar `fn` at `x`: double backpropagation."""
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        _, gradient = value_and_gradient(fn, x)
+        projected = tf.reduce_sum(gradient * v)
+    return outer.gradient(projected, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
 def vjp(fn, primals):
@@ -126,6 +147,15 @@ replica_id = distribute.replica_id
 mean_over_replicas = distribute.mean_over_replicas
 all_replicas_true = distribute.all_replicas_true
 apply_if = distribute.apply_if
+
+# The `--distribute` strategies of a training run (tf.distribute's).
+STRATEGIES = ("none", "mirrored", "multiworker")
+
+
+def model_strategy(model):
+    """The tf.distribute strategy `model` was built under (checkpoints ask it
+    whether the run spans several workers)."""
+    return model.distribute_strategy
 
 
 def xla_compiled_update(update, inner, optimizer, x, y, sample_weight):
