@@ -17,6 +17,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["keras_gmix", "keras_gmix.*"]),
+    # The console scripts' launcher: sets KERAS_BACKEND from --backend before
+    # anything imports Keras (which `import keras_gmix` does).
+    py_modules=["gmix_launch"],
     python_requires=">=3.10",
     install_requires=[
         "keras>=3.15,<3.16",
@@ -46,9 +49,9 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "gmix-train=keras_gmix.cli:train_main",
-            "gmix-compare=keras_gmix.cli:compare_main",
-            "gmix-flatness=keras_gmix.cli:flatness_main",
+            "gmix-train=gmix_launch:train",
+            "gmix-compare=gmix_launch:compare",
+            "gmix-flatness=gmix_launch:flatness",
         ],
     },
 )

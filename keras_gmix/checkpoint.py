@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_gmix import compat, distribute, records
+from keras_gmix import backend, compat, distribute, records
 
 STATE_FILE = "state.json"
 _WEIGHTS_PATTERN = "epoch-{:06d}.weights.h5"
@@ -277,7 +277,7 @@ class BackupAndRestore(keras.callbacks.Callback):
                 "BackupAndRestore needs a built model: build it (call it on a "
                 "batch, or `model.build(shape)`) before `fit`."
             )
-        strategy = self.model.distribute_strategy
+        strategy = backend.model_strategy(self.model)
         self._keep_previous = distribute.is_multi_worker(strategy)
         epoch = restore(self.model, self.backup_dir, resume_epoch(self.backup_dir, strategy))
         # The attribute Keras' own BackupAndRestore sets: fit starts here.

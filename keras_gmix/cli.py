@@ -197,7 +197,8 @@ def _compare(args, methods, seeds, output, collect):
     from keras_gmix import config as config_lib
 
     if collect:
-        config_flags = [k for k, v in args.items() if v is not None]
+        # The backend is chosen before this (gmix_launch); nothing else may be set.
+        config_flags = [k for k, v in args.items() if v is not None and k != "backend"]
         if config_flags:
             raise ValueError(f"--collect trains nothing: drop the training flags {config_flags}.")
         return compare.collect_and_report(collect, output=output)
@@ -264,6 +265,7 @@ _FLATNESS_FLAGS = (
 
 
 def flatness_parser():
+    from keras_gmix import config as config_lib
     from keras_gmix import flatness_report as fr
 
     parser = argparse.ArgumentParser(prog="gmix-flatness", description=flatness_main.__doc__)
@@ -308,6 +310,14 @@ def flatness_parser():
         default=None,
         help="Folder of the table and figures. Default: runs/flatness-<time>.",
     )
+    parser.add_argument(
+        "--backend",
+        choices=("auto",) + config_lib.BACKENDS,
+        default="auto",
+        help="Keras backend to measure on (set before Keras is imported, as gmix-train's "
+        "--backend); auto: the one Keras runs on. A model.keras of either backend loads "
+        "on both. Default: auto.",
+    )
     defaults = fr.FLATNESS_DEFAULTS
     for flag, key, kind, text in _FLATNESS_FLAGS:
         parser.add_argument(
@@ -318,11 +328,13 @@ def flatness_parser():
 
 def flatness_main(argv=None):
     """`gmix-flatness`: top Hessian eigenvalue, rho-sharpness and 1D landscapes of saved models."""
+    from keras_gmix import config as config_lib
     from keras_gmix import flatness_report as fr
 
     parser = flatness_parser()
     args = parser.parse_args(argv)
     try:
+        config_lib.check_backend(args.backend)
         result = fr.report(
             args.models,
             dataset=args.dataset,
@@ -348,4 +360,7 @@ def flatness_main(argv=None):
 
 
 if __name__ == "__main__":
+    # `python -m keras_gmix.cli` imports Keras with the package, before any
+    # flag is read: it runs on KERAS_BACKEND, and a --backend naming another
+    # is refused. The console scripts go through `gmix_launch`, which sets it.
     sys.exit(train_main())

@@ -141,9 +141,14 @@ def compare(config, methods=METHODS, seeds=(0,), output=None):
     Returns:
         A `CompareSummary`.
     """
+    from keras_gmix import config as config_lib
+
     methods, seeds = list(methods), [int(s) for s in seeds]
     _check_plan(methods, seeds)
     config.validate()
+    # Resolved up front: a backend Keras does not run on is refused before
+    # anything is written, and compare.json names the one the runs use.
+    config = dataclasses.replace(config, backend=config_lib.resolve_backend(config))
     output = output or os.path.join("runs", time.strftime("compare-%Y%m%d-%H%M%S"))
     records.check_output_folder(output)
     os.makedirs(output, exist_ok=True)

@@ -22,6 +22,8 @@ from keras_gmix.gradients import METHODS
 
 SCHEDULES = ("cosine", "step", "constant")
 DISTRIBUTE = ("none", "mirrored", "multiworker")
+# Keras' backends a run trains on ("auto": the one Keras runs on).
+BACKENDS = ("tensorflow", "jax")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 AUGMENT = ("auto",) + tuple(data_lib.AUGMENTATIONS)
 MIXES = mixing.MIX_MODES
@@ -357,6 +359,13 @@ class TrainConfig:
         "Continue the killed run in --output from its last finished epoch.",
         resumable=True,
     )
+    backend: str = setting(
+        "auto",
+        "Keras backend: tensorflow or jax (gmix-train sets KERAS_BACKEND from it before Keras "
+        "is imported); auto: the one Keras runs on (KERAS_BACKEND, else tensorflow). Saved "
+        "resolved in config.json; a run resumes on the backend it started on.",
+        choices=("auto",) + BACKENDS,
+    )
     distribute: str = setting(
         "none",
         "Distribution strategy: none, mirrored (the GPUs of this machine) or multiworker "
@@ -618,8 +627,10 @@ def resume_differences(saved, config):
         saved config lacks (written before the field existed) counts as its
         default.
     """
-    asked = dataclasses.replace(config, augment=resolve_augment(config)).to_dict()
-    defaults = TrainConfig().to_dict()
+    asked = dataclasses.replace(
+        config, augment=resolve_augment(config), backend=resolve_backend(config)
+    ).to_dict()
+    defaults = dict(TrainConfig().to_dict(), **LEGACY_DEFAULTS)
     differences = []
     for name, value in asked.items():
         before = saved.get(name, defaults[name])
@@ -637,6 +648,43 @@ def resume_differences(saved, config):
         elif name not in RESUMABLE_FIELDS and before != value:
             differences.append(f"{name}: {before!r} -> {value!r}")
     return differences
+
+
+# What a config.json written before a field existed meant by leaving it out,
+# where that is not the field's default: runs trained on TensorFlow only
+# before `backend` was a setting.
+LEGACY_DEFAULTS = {"backend": "tensorflow"}
+
+
+def resolve_backend(config):
+    """The backend of a run (`config.backend` resolved): the one Keras runs
+    on in this process, which a `backend` other than "auto" must name
+    (`check_backend`)."""
+    return check_backend(config.backend, resumed=config.resume)
+
+
+def check_backend(asked, resumed=False):
+    """The backend Keras runs on in this process, if `asked` ("auto" or a
+    name in `BACKENDS`) allows it.
+
+    Raises:
+        ValueError: `asked` names another backend than the one Keras was
+            imported with; the message says how to choose it (`resumed`:
+            the name came from the run being resumed).
+    """
+    import keras
+
+    running = keras.backend.backend()
+    if asked in ("auto", running):
+        return running
+    resumed = " (the backend the run in --output was started on)" if resumed else ""
+    raise ValueError(
+        f"`backend` is {asked!r}{resumed}, but Keras runs on {running!r} in this "
+        "process: the backend is fixed when Keras is first imported. Start the "
+        f"command with `--backend {asked}` (gmix-train, gmix-compare and gmix-flatness set "
+        "KERAS_BACKEND from it before Keras is imported), or set "
+        f"KERAS_BACKEND={asked} before Python imports Keras."
+    )
 
 
 def resolve_augment(config):

@@ -46,13 +46,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_gmix import backend, records
 from keras_gmix import callbacks as callbacks_lib
 from keras_gmix import checkpoint as checkpoint_lib
 from keras_gmix import config as config_lib
 from keras_gmix import data as data_lib
 from keras_gmix import layers as layers_lib
 from keras_gmix import models as models_lib
-from keras_gmix import records
 from keras_gmix.config import TrainConfig  # noqa: F401  (re-exported: what `run` takes)
 from keras_gmix.gradients import PERTURBED_METHODS
 from keras_gmix.model import GMixModel
@@ -63,6 +63,12 @@ from keras_gmix.schedules import (
 
 
 def make_strategy(distribute):
+    if distribute not in backend.STRATEGIES:
+        raise ValueError(
+            f"`distribute={distribute!r}` is a tf.distribute strategy, which Keras' "
+            f"{backend.NAME} backend does not run: use `distribute='none'` there, or "
+            "train on the TensorFlow backend (gmix-train --backend tensorflow)."
+        )
     if distribute == "mirrored":
         return tf.distribute.MirroredStrategy()
     if distribute == "multiworker":
@@ -207,7 +213,12 @@ def run(config, callbacks=None):
     """
     config.validate()
     output = config.output or default_output()
-    config = dataclasses.replace(config, output=output, augment=config_lib.resolve_augment(config))
+    config = dataclasses.replace(
+        config,
+        output=output,
+        augment=config_lib.resolve_augment(config),
+        backend=config_lib.resolve_backend(config),
+    )
     strategy = make_strategy(config.distribute)
     folder = record_folder(output, strategy)
     if config.resume and not os.path.isdir(folder):
@@ -462,6 +473,7 @@ def _run(config, output, backup_dir, results_path, strategy, extra_callbacks):
         "dataset": config.dataset,
         "model": config.model,
         "method": config.method,
+        "backend": config.backend,
         "epochs": config.epochs,
         "epochs_done": len(history),
         "seed": config.seed,

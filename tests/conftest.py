@@ -7,10 +7,12 @@ import pytest
 BACKEND = os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# The test modules that also run on JAX: the step's arithmetic and the model
-# around it, against the same NumPy references. The others test what is
-# TensorFlow's (tf.data pipelines, tf.distribute, the applications, which run
-# on TensorFlow) and run there only; `test_jax` runs on JAX only.
+# The test modules that also run on JAX: the step's arithmetic, the model
+# around it and the flatness measures, against the same NumPy references.
+# The others test what is TensorFlow's (tf.data pipelines, tf.distribute,
+# the applications' TensorFlow runs) and run there only; `test_jax` (the
+# step) and `test_jax_train` (gmix-train, checkpoints, TensorBoard, the
+# launcher) run on JAX only.
 BOTH_BACKENDS = {
     "test_fit_mixes",
     "test_callbacks",
@@ -23,7 +25,7 @@ BOTH_BACKENDS = {
     "test_perturbation",
     "test_step_guards",
 }
-JAX_ONLY = {"test_jax"}
+JAX_ONLY = {"test_jax", "test_jax_train"}
 
 
 def pytest_ignore_collect(collection_path, config):

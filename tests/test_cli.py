@@ -1,7 +1,6 @@
 """The console entry points: flags, installation, and gmix-flatness on saved models."""
 
 import dataclasses
-import importlib.metadata
 import json
 import os
 import signal
@@ -17,6 +16,7 @@ import keras_gmix as kg
 from keras_gmix import cli, flatness, train
 from keras_gmix import config as config_lib
 from keras_gmix import flatness_report as fr
+from tests.helpers.common import ROOT
 
 ENTRY_POINTS = {
     "gmix-train": "train_main",
@@ -25,10 +25,69 @@ ENTRY_POINTS = {
 }
 
 
-def test_entry_points_are_installed():
-    scripts = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="console_scripts")}
+def test_entry_points_go_through_the_backend_launcher():
+    """setup.py's console scripts are `gmix_launch`'s, which set KERAS_BACKEND
+    and then call `keras_gmix.cli` (installed scripts follow setup.py on the
+    next `pip install -e .`)."""
+    import ast
+
+    import gmix_launch
+
+    with open(os.path.join(ROOT, "setup.py"), encoding="utf-8") as f:
+        text = f.read()
+    scripts = next(
+        node.value.values[0]
+        for node in ast.walk(ast.parse(text))
+        if isinstance(node, ast.keyword) and node.arg == "entry_points"
+    )
+    declared = dict(entry.value.split("=") for entry in scripts.elts)
+    assert set(declared) == set(ENTRY_POINTS)
+    assert 'py_modules=["gmix_launch"]' in text
     for name, function in ENTRY_POINTS.items():
-        assert scripts.get(name) == f"keras_gmix.cli:{function}"
+        module, launcher = declared[name].split(":")
+        assert module == "gmix_launch" and gmix_launch.COMMANDS[name] is getattr(
+            gmix_launch, launcher
+        )
+        with pytest.raises(SystemExit) as exit_info:  # reaches the command's own parser
+            getattr(gmix_launch, launcher)(["--help"])
+        assert exit_info.value.code == 0
+        assert callable(getattr(cli, function))
+
+
+def test_the_launcher_reads_the_backend_flag_config_file_resumed_run_then_environment(tmp_path):
+    from gmix_launch import requested_backend
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"backend": "jax", "epochs": 2}))
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("backend: tensorflow\nepochs: 3\n")
+    env = {"KERAS_BACKEND": "jax"}
+    resume = ["--resume", "--output", str(run)]
+    assert requested_backend(["--backend", "jax"], {}) == "jax"
+    assert requested_backend(["--backend=tensorflow"], env) == "tensorflow"
+    assert requested_backend(["--config", str(settings)], env) == "tensorflow"
+    assert requested_backend(["--config", str(settings), "--backend", "jax"], {}) == "jax"
+    assert requested_backend(resume, {"KERAS_BACKEND": "tensorflow"}) == "jax"
+    assert requested_backend(["--output", str(run)], {}) is None  # not resumed: not its run
+    assert requested_backend(["--backend", "auto", "--epochs", "1"], env) == "jax"
+    assert requested_backend([], {}) is None  # Keras' own choice
+    # A broken file is the command's to report, not the launcher's.
+    (tmp_path / "bad.json").write_text("{")
+    assert requested_backend(["--config", str(tmp_path / "bad.json")], {}) is None
+
+
+def test_the_launcher_refuses_a_backend_other_than_an_imported_keras_one():
+    import gmix_launch
+
+    other = "jax" if keras.backend.backend() == "tensorflow" else "tensorflow"
+    before = os.environ.get("KERAS_BACKEND")
+    with pytest.raises(SystemExit) as exit_info:
+        gmix_launch.train(["--backend", other, "--epochs", "1"])
+    assert f"--backend {other} was asked, but Keras is imported already" in str(
+        exit_info.value.code
+    )
+    assert os.environ.get("KERAS_BACKEND") == before
 
 
 def help_text(function, capsys):

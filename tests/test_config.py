@@ -76,7 +76,8 @@ def test_run_defining_settings_are_every_field_but_the_resumable_ones():
 
     fields = [f.name for f in dataclasses.fields(train.TrainConfig)]
     assert set(config_lib.RESUMABLE_FIELDS) <= set(fields)
-    asked = train.TrainConfig(augment="none")  # config.json holds the resolved augmentation
+    # config.json holds the resolved augmentation and backend.
+    asked = train.TrainConfig(augment="none", backend=config_lib.check_backend("auto"))
     for name in fields:
         saved = dict(asked.to_dict(), **{name: "another value"})
         if name == "epochs":
@@ -89,3 +90,28 @@ def test_run_defining_settings_are_every_field_but_the_resumable_ones():
     saved = asked.to_dict()
     del saved["rho"]
     assert config_lib.resume_differences(saved, asked) == []
+
+
+def test_a_config_json_without_backend_was_a_tensorflow_run():
+    """`backend` became a setting when the applications ran on JAX; a
+    config.json from before holds no such key and was trained on TensorFlow
+    (tests/test_jax_train.py: such a run is refused on JAX)."""
+    from keras_gmix import train
+
+    asked = train.TrainConfig(augment="none")
+    saved = dict(asked.to_dict())
+    del saved["backend"]
+    assert config_lib.resume_differences(saved, asked) == []
+    saved["backend"] = "jax"
+    assert config_lib.resume_differences(saved, asked) == ["backend: 'jax' -> 'tensorflow'"]
+
+
+def test_a_backend_keras_does_not_run_on_is_refused_saying_how_to_choose_it():
+    running = config_lib.check_backend("auto")
+    assert running in config_lib.BACKENDS
+    assert config_lib.check_backend(running) == running
+    other = next(name for name in config_lib.BACKENDS if name != running)
+    with pytest.raises(ValueError, match=f"`backend` is '{other}', but Keras runs on") as info:
+        config_lib.check_backend(other)
+    assert f"--backend {other}" in str(info.value)
+    assert f"KERAS_BACKEND={other}" in str(info.value)

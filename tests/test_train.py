@@ -961,6 +961,45 @@ def test_resume_with_other_run_settings_is_refused_and_epochs_may_grow(run_copy)
     }, "only epochs is relabelled"
 
 
+def test_a_run_on_a_backend_keras_does_not_run_on_is_refused_before_writing(tmp_path):
+    output = tmp_path / "run"
+    other = "jax" if keras.backend.backend() == "tensorflow" else "tensorflow"
+    with pytest.raises(ValueError, match=f"`backend` is '{other}', but Keras runs on"):
+        train.run(train.TrainConfig(output=str(output), backend=other, **TINY_RUN))
+    assert not output.exists()
+
+
+def test_a_run_resumes_on_the_backend_it_started_on_or_is_refused(run_copy, capsys):
+    """config.json records the backend; a resume on another is refused (the
+    random streams and counters differ, so it could not continue the run),
+    and a config.json from before `backend` existed resumes on TensorFlow."""
+    config_path = os.path.join(run_copy, "config.json")
+    saved = json.load(open(config_path))
+    assert saved["backend"] == "tensorflow"
+    with open(config_path, "w") as f:
+        json.dump(dict(saved, backend="jax"), f)  # as if started on JAX
+    before = open(config_path).read()
+    for flags, message in (
+        (
+            [],
+            "`backend` is 'jax' (the backend the run in --output was started on), but Keras "
+            "runs on 'tensorflow'",
+        ),
+        (["--backend", "tensorflow"], "backend: 'jax' -> 'tensorflow'"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.train_main(["--resume", "--output", run_copy, "--verbose", "0", *flags])
+        assert exit_info.value.code == 2
+        assert message in " ".join(capsys.readouterr().err.split())
+    assert open(config_path).read() == before
+    assert kg.checkpoint.saved_epoch(os.path.join(run_copy, "backup")) == 1
+
+    with open(config_path, "w") as f:
+        json.dump({k: v for k, v in saved.items() if k != "backend"}, f)
+    results = train.run(resume_config(run_copy, verbose=0))
+    assert (results["backend"], results["epochs_done"]) == ("tensorflow", 2)
+
+
 def test_a_finished_run_is_not_extended_silently(tmp_path):
     from keras_gmix import train
 

@@ -28,6 +28,7 @@ BACKENDS = ("tensorflow", "jax")
 INTERFACE = (
     "COUNTER_DTYPE",  # dtype of the wrapper's step counters
     "RNG_ALG",  # the stateless random-bit generator's name
+    "STRATEGIES",  # the `--distribute` choices of a training run
     "StepShell",  # train_step/test_step as the backend's trainer calls them
     "after",  # values computed only after others (ordering in a graph)
     "all_replicas_true",
@@ -39,6 +40,7 @@ INTERFACE = (
     "hvp",  # Hessian-vector product of a scalar function (flatness)
     "is_symbolic",
     "mean_over_replicas",
+    "model_strategy",  # the tf.distribute strategy a model was built under, if any
     "num_replicas",
     "random_bits",
     "replica_id",

@@ -154,6 +154,17 @@ def mean_over_replicas(tensors):
     return tensors
 
 
+# The `--distribute` strategies of a training run: tf.distribute's do not
+# drive a JAX step (keras.distribution does, with one global batch).
+STRATEGIES = ("none",)
+
+
+def model_strategy(model):
+    """None: no tf.distribute strategy; a JAX run is one process's."""
+    del model
+    return None
+
+
 def all_replicas_true(flag):
     return flag
 

@@ -139,6 +139,16 @@ def apply_if(finite, optimizer, grads, variables):
     distribute.apply_if(finite, optimizer.apply, grads, variables)
 
 
+# The `--distribute` strategies of a training run (tf.distribute's).
+STRATEGIES = ("none", "mirrored", "multiworker")
+
+
+def model_strategy(model):
+    """The tf.distribute strategy `model` was built under (checkpoints ask it
+    whether the run spans several workers)."""
+    return model.distribute_strategy
+
+
 def xla_compiled_update(update, inner, optimizer, x, y, sample_weight):
     """The fields of `update(x, y, sample_weight, weights, state, scale_loss)`
     (a `StepResult`), compiled by XLA on its own (`jit_gradients=True`).
