@@ -8,7 +8,7 @@ BACKEND = os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # The test modules that also run on JAX: the step's arithmetic and the model
-# around it, against the same NumPy references. The others test what is
+# around it, against the same NumPy references, and the timing of a step. The others test what is
 # TensorFlow's (tf.data pipelines, tf.distribute, the applications, which run
 # on TensorFlow) and run there only; `test_jax` runs on JAX only.
 BOTH_BACKENDS = {
@@ -18,6 +18,7 @@ BOTH_BACKENDS = {
     "test_model",
     "test_partition",
     "test_perturbation",
+    "test_timing",
 }
 JAX_ONLY = {"test_jax"}
 
