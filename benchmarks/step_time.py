@@ -31,6 +31,15 @@ before them: the step's activations, gradients and temporaries, without the
 resident weights and optimizer state. The process' RSS high-water mark is
 reported too.
 
+Backends: `--backend jax` times the same rows on Keras' JAX backend (jit on,
+fit's default there; the naive SAM and tf-keras rows are TensorFlow's
+only). The backend is fixed when Keras is first imported, so the backends
+cannot share a process: `--backends tensorflow jax` is a driver that runs
+one process of this script per backend per round (`--process-rounds`),
+alternating which backend goes first, and writes the combined table
+(step_time_report.backend_results): each method over its own backend's ERM,
+and each backend's step over the first backend's, paired by round.
+
 Usage: the commands of the committed results (several runs merged into
 the same files with `--merge`) are in benchmarks/README.md and in the
 header of each report. A quick run, printed only:
@@ -60,6 +69,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 
 MODELS = ("small_cnn", "resnet8", "resnet20", "preact_resnet18")
+# keras_gmix.backend.BACKENDS, without importing Keras before the backend is set.
+BACKENDS = ("tensorflow", "jax")
+# compile(jit_compile="auto") on a CPU: off on TensorFlow, on on JAX.
+DEFAULT_JIT = {"tensorflow": "off", "jax": "on"}
 
 
 def known_methods():
@@ -77,7 +90,10 @@ def known_methods():
 
 
 def set_environment(args):
-    """The TensorFlow settings that must precede its import."""
+    """The Keras backend and the TensorFlow settings that must precede their import."""
+    if "keras" in sys.modules and sys.modules["keras"].backend.backend() != args.backend:
+        raise RuntimeError(f"Keras is already imported with another backend than {args.backend}")
+    os.environ["KERAS_BACKEND"] = args.backend
     if args.allocator == "bfc":
         os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -139,7 +155,12 @@ def parse_args(argv=None):
         default=None,
         help="comma-separated methods (default: all of keras_gmix.gradients.METHODS)",
     )
-    parser.add_argument("--jit", default="off,on", help="off, on, or off,on")
+    parser.add_argument(
+        "--jit",
+        default=None,
+        help="off, on, or off,on (default: off,on on TensorFlow, on on JAX; with "
+        "--backends, each backend's fit default on a CPU: off on TensorFlow, on on JAX)",
+    )
     parser.add_argument("--bn", default="stock,fused", help="stock, fused, or stock,fused")
     parser.add_argument(
         "--model-options",
@@ -168,8 +189,30 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--output",
-        default=os.path.join(HERE, "results", "step_time"),
-        help="writes OUTPUT.md and OUTPUT.json",
+        default=None,
+        help="writes OUTPUT.md and OUTPUT.json (default: results/step_time, with "
+        "--backends results/step_time_backends)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=os.environ.get("KERAS_BACKEND", "tensorflow"),
+        help="Keras backend of this process (default: $KERAS_BACKEND or tensorflow)",
+    )
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=BACKENDS,
+        default=None,
+        help="driver: one process per backend per round, alternating, and the combined "
+        "table in OUTPUT (default OUTPUT: results/step_time_backends); ratios between "
+        "backends are over the first one",
+    )
+    parser.add_argument(
+        "--process-rounds",
+        type=int,
+        default=2,
+        help="with --backends: rounds of one process per backend (default: %(default)s)",
     )
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument(
@@ -184,6 +227,20 @@ def parse_args(argv=None):
         "models or settings, measured by an earlier run) and write the union",
     )
     args = parser.parse_args(argv)
+    if args.output is None:
+        name = "step_time_backends" if args.backends else "step_time"
+        args.output = os.path.join(HERE, "results", name)
+    if args.backends:
+        if len(set(args.backends)) < 2:
+            parser.error("--backends needs two backends or more, e.g. tensorflow jax")
+        if args.report or args.merge:
+            parser.error("--backends measures anew: no --report or --merge")
+        return args  # the processes it runs check the rest
+    if args.jit is None:
+        args.jit = DEFAULT_JIT[args.backend] if args.backend == "jax" else "off,on"
+    if args.backend != "tensorflow" and not (args.no_naive and not args.peer_model):
+        print(f"naive SAM and tf-keras rows are TensorFlow's only: none on {args.backend}")
+        args.no_naive, args.peer_model = True, ""
     if args.report:  # the report reads OUTPUT.json: no methods to check, no TensorFlow
         args.method_list = []
     else:
@@ -237,6 +294,16 @@ def load_average():
     return [round(v, 2) for v in os.getloadavg()]
 
 
+def now():
+    return datetime.datetime.now().astimezone().isoformat(timespec="minutes")
+
+
+def command_line(argv):
+    """This script's command line, from the repository root."""
+    script = os.path.relpath(os.path.abspath(__file__), REPO)
+    return "python " + " ".join(shlex.quote(a) for a in [script] + list(argv))
+
+
 def git_commit():
     """The checkout's commit, and the package files that differ from it."""
     try:
@@ -271,6 +338,8 @@ class Config:
         self.perturb_every = self.schedule.get("perturb_every", 1)
         self.round_full = []  # per round: for each step, whether it was a full step
         self.train_model = None
+        self.steps = None  # keras_gmix.timing.TrainSteps of train_model
+        self.iterations = None  # the optimizer's step counter, counted here
         self.iterator = None
         self.first_call_s = None
         self.round_times = []  # per round: list of K wall-clock step times (s)
@@ -362,13 +431,25 @@ def build(config, args):
 
 
 def prepare(config, dataset, args):
-    """Builds, runs fit for one step (symbolic build, tracing) and warms up."""
+    """Builds, runs fit for one step (symbolic build, tracing, compiling) and warms up."""
+    import keras
+
+    from keras_gmix.timing import TrainSteps
+
     model = build(config, args)
     start = time.perf_counter()
     model.fit(dataset, steps_per_epoch=1, epochs=1, verbose=0)
     config.first_call_s = time.perf_counter() - start
     config.train_model = model
-    config.iterator = iter(dataset)
+    # On JAX the optimizer's variables are not updated between the carried
+    # steps, so the schedule's step counter is kept here.
+    config.iterations = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    if config.bn == PEER_BN:  # tf-keras: its own train function, on TensorFlow
+        config.steps = model
+    else:
+        config.steps = TrainSteps(model)
+    tensorflow = keras.backend.backend() == "tensorflow"
+    config.iterator = iter(dataset) if tensorflow else dataset.as_numpy_iterator()
     config.warm_step_s = None
     for _ in range(args.warmup):
         config.warm_step_s, _ = run_step(config)
@@ -378,7 +459,8 @@ def run_step(config):
     """One step of the config's train function: (wall-clock s, process CPU s)."""
     from keras_gmix.timing import timed_step
 
-    wall, cpu, config.last_loss = timed_step(config.train_model, config.iterator)
+    wall, cpu, config.last_loss = timed_step(config.steps, config.iterator)
+    config.iterations += 1
     return wall, cpu
 
 
@@ -389,11 +471,11 @@ class Memory:
     """Peak bytes of TensorFlow's CPU allocator (BFC only), or nothing."""
 
     def __init__(self, enabled):
-        import tensorflow as tf
-
-        self.tf = tf
         self.enabled = enabled
         if enabled:
+            import tensorflow as tf
+
+            self.tf = tf
             try:
                 tf.config.experimental.get_memory_info("CPU:0")
             except ValueError:
@@ -416,9 +498,7 @@ def time_block(config, steps, memory):
     times, cpu_times, full = [], [], []
     for _ in range(steps):
         if config.perturb_every > 1:
-            full.append(
-                int(config.train_model.optimizer.iterations.numpy()) % config.perturb_every == 0
-            )
+            full.append(config.iterations % config.perturb_every == 0)
         wall, cpu = run_step(config)
         times.append(wall)
         cpu_times.append(cpu)
@@ -448,13 +528,92 @@ def run_model(model, steps, rounds, args, dataset, memory, log):
             time_block(config, steps, memory)
         log(f"  round {r + 1}/{rounds}: {time.perf_counter() - start:.0f} s, load {load_average()}")
     for config in configs:  # free the models before the next group
-        config.train_model = None
+        config.train_model = config.steps = None
         config.iterator = None
     return configs
 
 
+# -- the backends side by side ------------------------------------------------
+
+
+def process_argv(args, backend, output):
+    """The command-line arguments of `--backends`' process for `backend`."""
+    argv = ["--backend", backend, "--models", args.models, "--bn", args.bn]
+    argv += ["--jit", args.jit or DEFAULT_JIT[backend]]
+    argv += ["--steps", str(args.steps), "--rounds", str(args.rounds)]
+    argv += ["--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
+    argv += ["--rho", str(args.rho), "--learning-rate", str(args.learning_rate)]
+    argv += ["--seed", str(args.seed), "--allocator", args.allocator]
+    if args.methods is not None:
+        argv += ["--methods", args.methods]
+    # The rows every backend has: GMixModel's methods, and keras fit if asked.
+    argv += ["--no-naive", "--peer-model", ""] + (["--no-keras-fit"] if args.no_keras_fit else [])
+    return argv + ["--output", output]
+
+
+def process_order(backends, rounds):
+    """(round, backend) in the order the processes run: each round runs one
+    process per backend, and the first backend alternates between rounds,
+    so that a drift of the machine's speed weighs on all alike."""
+    order = []
+    for r in range(rounds):
+        names = list(backends) if r % 2 == 0 else list(reversed(backends))
+        order += [(r, name) for name in names]
+    return order
+
+
+def run_backends(args, argv):
+    """Runs one process per backend per round, then writes the combined table."""
+    import tempfile
+
+    load_before = load_average()
+    start = time.perf_counter()
+    processes = []
+    with tempfile.TemporaryDirectory(prefix="step_time_backends_") as folder:
+        env = dict(os.environ)
+        # Compiling is not timed: later rounds may reuse the first round's programs.
+        env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(folder, "jax_cache"))
+        for r, backend in process_order(args.backends, args.process_rounds):
+            output = os.path.join(folder, f"round{r + 1}_{backend}")
+            command = [sys.executable, os.path.abspath(__file__)]
+            command += process_argv(args, backend, output)
+            print(f"\n==== round {r + 1}/{args.process_rounds}: {backend}", flush=True)
+            subprocess.run(command, env=dict(env, KERAS_BACKEND=backend), check=True)
+            results = report.load_previous(output)
+            processes.append({"round": r + 1, "backend": backend, **results})
+            # After every process, so that a run stopped half-way leaves its rounds.
+            results = report.backend_results(
+                backends_meta(args, argv, load_before, start), processes
+            )
+            if not args.no_write:
+                report.write_backend_results(args.output, results)
+    print()
+    print(report.backend_tables(results))
+    if not args.no_write:
+        print(f"wrote {args.output}.md and {args.output}.json")
+
+
+def backends_meta(args, argv, load_before, start):
+    return {
+        "command": command_line(argv),
+        "date": now(),
+        "git_commit": git_commit(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "python": platform.python_version(),
+        "backends": list(args.backends),
+        "process_rounds": args.process_rounds,
+        "load_before": load_before,
+        "load_after": load_average(),
+        "total_s": time.perf_counter() - start,
+    }
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.backends:
+        run_backends(args, sys.argv[1:] if argv is None else argv)
+        return
     if args.report:
         previous = report.load_previous(args.output)
         if not previous["runs"]:
@@ -469,6 +628,11 @@ def main(argv=None):
     import keras
     import tensorflow as tf
 
+    jax_version = None
+    if args.backend == "jax":
+        import jax
+
+        jax_version = jax.__version__
     try:
         import tf_keras
 
@@ -482,7 +646,8 @@ def main(argv=None):
     def log(message):
         print(message, flush=True)
 
-    memory = Memory(args.allocator == "bfc")
+    # TensorFlow's allocator does not see what XLA allocates on JAX.
+    memory = Memory(args.allocator == "bfc" and args.backend == "tensorflow")
     dataset = make_data(args)
     configs = []
     for model, steps, rounds in args.model_specs:
@@ -501,12 +666,8 @@ def main(argv=None):
     run = max(kept_runs, default=0) + 1
     meta = {
         "run": run,
-        "command": "python "
-        + " ".join(
-            shlex.quote(a)
-            for a in [os.path.relpath(os.path.abspath(__file__), REPO)] + sys.argv[1:]
-        ),
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="minutes"),
+        "command": command_line(sys.argv[1:] if argv is None else argv),
+        "date": now(),
         "git_commit": git_commit(),
         "cpu_count": os.cpu_count(),
         "cpu_model": cpu_model(),
@@ -525,6 +686,8 @@ def main(argv=None):
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "total_s": time.perf_counter() - total_start,
     }
+    if args.backend != "tensorflow":  # the runs of TensorFlow keep their earlier fields
+        meta.update(backend=args.backend, jax=jax_version)
     runs.append(meta)
     new_rows = report.summarize(configs, run)
     print()

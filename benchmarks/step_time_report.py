@@ -2,7 +2,10 @@
 
 `summarize` turns the timed configurations of a run into JSON rows of
 paired ratios; `check_targets` compares them with the step-cost targets;
-`tables` and `write_results` write the report. Nothing here imports
+`tables` and `write_results` write the report. `backend_results`,
+`backend_tables` and `write_backend_results` do the same for
+`step_time.py --backends`, whose processes (one per backend per round)
+each wrote such rows. Nothing here imports
 TensorFlow, so `step_time.py --report` rebuilds OUTPUT.md from OUTPUT.json
 quickly.
 """
@@ -100,6 +103,7 @@ def summarize(configs, run):
             "median_ms": 1000 * median(round_values(c)),
             "cpu_median_ms": 1000 * median(round_values(c, cpu=True)),
             "round_medians_ms": [round(1000 * v, 1) for v in round_values(c)],
+            "cpu_round_medians_ms": [round(1000 * v, 1) for v in round_values(c, cpu=True)],
             "steps_timed": len(wall),
             "first_call_s": c.first_call_s,
             "step_peak_mb": None if c.step_peak is None else c.step_peak / 2**20,
@@ -322,6 +326,8 @@ def run_header(meta):
         if meta["allocator"] == "bfc"
         else "default CPU allocator (no per-row peak memory)"
     )
+    if "backend" in meta:  # a run on another backend than TensorFlow
+        allocator = f"Keras backend {meta['backend']} (JAX {meta['jax']}), no peak memory"
     return f"""- Run {meta["run"]}: `{meta["command"]}`
   - {meta["date"]} (git {meta["git_commit"]}); {meta["total_s"] / 60:.1f} min; \
 steps x rounds: {meta["steps_rounds"]}
@@ -376,3 +382,197 @@ def load_previous(path):
             return json.load(f)
     except (OSError, ValueError):
         return {"runs": [], "rows": []}
+
+
+# -- the backends side by side (step_time.py --backends) ----------------------
+
+
+def backend_rows(backends, processes):
+    """One row per backend, model, BatchNorm and method, from the rows of
+    the processes (`{"round", "backend", "rows"}`; each backend once per round).
+
+    Within a backend, a method's step over ERM's is paired by the rounds of
+    each process (pooled over its processes): `x_erm`, `x_erm_cpu`,
+    `x_erm_rounds`, as in a single run. Between backends, processes are
+    paired by round: per round, this backend's median step over the first
+    backend's (`x_<first backend>`, with `_cpu` and `_rounds`).
+    """
+    reference = backends[0]
+    by_process = {}  # (round, backend) -> {(model, bn, method): row}
+    order = []
+    for process in processes:
+        rows = {}
+        for row in process["rows"]:
+            key = (row["model"], row["batchnorm"], row["method"])
+            rows[key] = row
+            if key not in order:
+                order.append(key)
+        by_process[process["round"], process["backend"]] = rows
+    rounds = sorted({r for r, _ in by_process})
+    combined = []
+    for backend in backends:
+        for key in order:
+            model, bn, method = key
+            mine = [by_process[r, backend].get(key) for r in rounds if (r, backend) in by_process]
+            mine = [row for row in mine if row is not None]
+            if not mine:
+                continue
+            row = {
+                "backend": backend,
+                "model": model,
+                "batchnorm": bn,
+                "jit_compile": mine[0]["jit_compile"],
+                "method": method,
+                "processes": len(mine),
+                "median_ms": median([v for m in mine for v in m["round_medians_ms"]]),
+                "cpu_median_ms": median([v for m in mine for v in m["cpu_round_medians_ms"]]),
+            }
+            for cpu in (False, True):
+                field = "cpu_round_medians_ms" if cpu else "round_medians_ms"
+                ratios = []
+                for r in rounds:
+                    this = by_process.get((r, backend), {})
+                    if key in this and (model, bn, "erm") in this:
+                        erm = this[model, bn, "erm"]
+                        ratios += [a / b for a, b in zip(this[key][field], erm[field])]
+                name = "x_erm_cpu" if cpu else "x_erm"
+                row[name] = median(ratios)
+                if not cpu:
+                    row["x_erm_rounds"] = [round(v, 3) for v in ratios]
+            name = f"x_{reference}"
+            for cpu in (False, True):
+                field = "cpu_median_ms" if cpu else "median_ms"
+                ratios = [
+                    by_process[r, backend][key][field] / by_process[r, reference][key][field]
+                    for r in rounds
+                    if key in by_process.get((r, backend), {})
+                    and key in by_process.get((r, reference), {})
+                ]
+                row[name + ("_cpu" if cpu else "")] = median(ratios)
+                if not cpu:
+                    row[name + "_rounds"] = [round(v, 3) for v in ratios]
+            combined.append(row)
+    return combined
+
+
+def backend_results(meta, processes):
+    """The JSON of `step_time.py --backends`: the run, its processes (their
+    runs and rows, every round's values) and the combined rows."""
+    return {
+        "run": meta,
+        "processes": processes,
+        "rows": backend_rows(meta["backends"], processes),
+    }
+
+
+def backend_tables(results):
+    """Markdown: per model and BatchNorm, each backend's ms/step and x ERM,
+    and each backend's step over the first backend's."""
+    backends = results["run"]["backends"]
+    reference, others = backends[0], backends[1:]
+    rows = results["rows"]
+    index = {(r["backend"], r["model"], r["batchnorm"], r["method"]): r for r in rows}
+    lines = []
+    groups = []
+    for row in rows:
+        if (row["model"], row["batchnorm"]) not in groups:
+            groups.append((row["model"], row["batchnorm"]))
+    for model, bn in groups:
+        jits = []
+        for backend in backends:
+            row = next((r for r in rows if (r["backend"], r["model"]) == (backend, model)), None)
+            if row is not None:
+                jits.append(f"{backend} jit {'on' if row['jit_compile'] else 'off'}")
+        lines.append(f"### {model}, {bn} BatchNorm ({', '.join(jits)})")
+        lines.append("")
+        header = "| method |"
+        rule = "|---|"
+        for backend in backends:
+            header += f" {backend} ms/step (CPU) | {backend} x erm |"
+            rule += "---:|---:|"
+        for backend in others:
+            header += f" {backend} / {reference} |"
+            rule += "---:|"
+        lines += [header, rule]
+        methods = []
+        for row in rows:
+            if (row["model"], row["batchnorm"]) == (model, bn) and row["method"] not in methods:
+                methods.append(row["method"])
+        for method in methods:
+            line = f"| {method} |"
+            for backend in backends:
+                row = index.get((backend, model, bn, method), {})
+                line += (
+                    f" {fmt(row.get('median_ms'), '.0f')} ({fmt(row.get('cpu_median_ms'), '.0f')})"
+                    f" | {fmt_ratio(row, 'x_erm')} |"
+                )
+            for backend in others:
+                line += f" {fmt_ratio(index.get((backend, model, bn, method)), 'x_' + reference)} |"
+            lines.append(line)
+        lines.append("")
+        for backend in others:
+            erm = index.get((backend, model, bn, "erm"))
+            if erm and erm.get("x_" + reference + "_rounds"):
+                per_round = ", ".join(f"{v:.2f}" for v in erm["x_" + reference + "_rounds"])
+                lines.append(
+                    f"ERM on {backend} over ERM on {reference}, round by round (wall clock): "
+                    f"{per_round}."
+                )
+                lines.append("")
+    return "\n".join(lines)
+
+
+def process_line(process):
+    meta = process["runs"][-1]
+    versions = f"Keras {meta['keras']}, TensorFlow {meta['tensorflow']}" + (
+        f", JAX {meta['jax']}" if meta.get("jax") else ""
+    )
+    return (
+        f"  - round {process['round']}, {process['backend']}: {meta['date']}, "
+        f"{meta['total_s'] / 60:.1f} min, steps x rounds {meta['steps_rounds']}, "
+        f"load {meta['load_before']} -> {meta['load_after']}; {versions}\n"
+    )
+
+
+def write_backend_results(path, results):
+    """PATH.json and PATH.md of `step_time.py --backends`."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".json", "w") as f:
+        json.dump(results, f, indent=1)
+        f.write("\n")
+    meta = results["run"]
+    backends = meta["backends"]
+    first = results["processes"][0]["runs"][-1]
+    header = f"""# Step time on Keras' backends: {" and ".join(backends)}
+
+Generated by `benchmarks/step_time.py --backends`; how to read it:
+`benchmarks/README.md` (Step time, Backends).
+
+- `{meta["command"]}`
+  - {meta["date"]} (git {meta["git_commit"]}); {meta["total_s"] / 60:.1f} min
+  - {meta["cpu_count"]} CPU cores, {meta["cpu_model"]}; Python {meta["python"]}
+  - load average (1, 5, 15 min) before {meta["load_before"]}, after {meta["load_after"]}
+  - {meta["process_rounds"]} rounds of one process per backend (the first backend
+    alternating), in this order:
+{"".join(process_line(p) for p in results["processes"])}
+Setup: batch {first["batch_size"]} of random 32x32x3 images, 10 classes, SGD (momentum
+0.9), sparse categorical cross-entropy, rho {first["rho"]}, alpha 1.0, gamma 0.5;
+`GMixModel(method=...)` on the same ResNet; each backend at `fit`'s default on a
+CPU (TensorFlow: jit off; JAX: jit on). The fused BatchNormalization of
+`keras_gmix.layers` runs TensorFlow's fused kernel on TensorFlow and Keras' own
+layer on JAX. In each process every configuration is built, traced and compiled by
+one `fit` step, {first["warmup"]} more untimed step(s) follow, then it is timed in
+rounds of K steps of every configuration, in a shuffled order.
+
+- ms/step: median of the rounds' median step time, over the backend's processes;
+  CPU: the same for the process' CPU time (all threads).
+- x erm: median over the rounds of every process of the backend of (the round's
+  median step / ERM's in that round), wall clock; the CPU-time ratio in parentheses.
+- {" / ".join(backends[1:])} / {backends[0]}: median over the rounds of processes of
+  (this backend's median step / {backends[0]}'s median step of the same method in the
+  same round); CPU time in parentheses. Where wall clock and CPU time disagree,
+  trust the CPU time: wall clock on these machines jumps between discrete levels.
+
+"""
+    with open(path + ".md", "w") as f:
+        f.write(header + backend_tables(results))

@@ -8,11 +8,11 @@ BACKEND = os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # The test modules that also run on JAX: the step's arithmetic, the model
-# around it and the flatness measures, against the same NumPy references.
-# The others test what is TensorFlow's (tf.data pipelines, tf.distribute,
-# the applications' TensorFlow runs) and run there only; `test_jax` (the
-# step) and `test_jax_train` (gmix-train, checkpoints, TensorBoard, the
-# launcher) run on JAX only.
+# around it, the flatness measures and the timing of a step, against the
+# same references. The others test what is TensorFlow's (tf.data pipelines,
+# tf.distribute, the applications' TensorFlow runs) and run there only;
+# `test_jax` (the step) and `test_jax_train` (gmix-train, checkpoints,
+# TensorBoard, the launcher) run on JAX only.
 BOTH_BACKENDS = {
     "test_fit_mixes",
     "test_callbacks",
@@ -24,6 +24,7 @@ BOTH_BACKENDS = {
     "test_partition",
     "test_perturbation",
     "test_step_guards",
+    "test_timing",
 }
 JAX_ONLY = {"test_jax", "test_jax_train"}
 

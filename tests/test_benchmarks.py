@@ -466,3 +466,28 @@ def test_step_time_refuses_schedules_it_cannot_time(generalization, spec):
 
     with pytest.raises(ValueError, match="unknown method"):
         step_time.parse_method(spec)
+
+
+def test_step_time_backends_alternate_and_get_each_backends_fit_default(generalization):
+    import step_time
+
+    assert step_time.process_order(["tensorflow", "jax"], 3) == [
+        (0, "tensorflow"),
+        (0, "jax"),
+        (1, "jax"),
+        (1, "tensorflow"),
+        (2, "tensorflow"),
+        (2, "jax"),
+    ]
+    # The driver imports no Keras: its processes set their own backend.
+    args = step_time.parse_args(["--backends", "tensorflow", "jax", "--models", "resnet20:2x3"])
+    assert args.output.endswith(os.path.join("results", "step_time_backends"))
+    jax_argv = step_time.process_argv(args, "jax", "out")
+    assert jax_argv[:2] == ["--backend", "jax"] and jax_argv[-2:] == ["--output", "out"]
+    assert jax_argv[jax_argv.index("--jit") + 1] == "on"
+    assert jax_argv[jax_argv.index("--models") + 1] == "resnet20:2x3"
+    assert "--no-naive" in jax_argv and jax_argv[jax_argv.index("--peer-model") + 1] == ""
+    tf_argv = step_time.process_argv(args, "tensorflow", "out")
+    assert tf_argv[tf_argv.index("--jit") + 1] == "off"
+    with pytest.raises(SystemExit):
+        step_time.parse_args(["--backends", "jax"])

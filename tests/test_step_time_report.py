@@ -115,3 +115,133 @@ def test_the_committed_reports_rebuild_unchanged(tmp_path, name):
         has_cpu_target = any(c.get("on_cpu") for c in json.load(f)["targets"])
     with open(committed + ".md", encoding="utf-8") as f:
         assert ("the CPU-time ratio decides" in f.read()) == has_cpu_target
+
+
+def process(round_, backend, rows):
+    """A process of `step_time.py --backends`: its rows, as summarize writes them."""
+    return {"round": round_, "backend": backend, "runs": [], "rows": rows}
+
+
+def process_row(method, walls, cpus, jit=False):
+    """A summarized row: its round medians (ms) and the medians over them."""
+    return {
+        "model": "resnet20",
+        "batchnorm": "fused",
+        "jit_compile": jit,
+        "method": method,
+        "round_medians_ms": walls,
+        "cpu_round_medians_ms": cpus,
+        "median_ms": report.median(walls),
+        "cpu_median_ms": report.median(cpus),
+    }
+
+
+BACKEND_PROCESSES = [
+    # Round 1: TensorFlow first; round 2: JAX first (the order does not matter here).
+    process(
+        1,
+        "tensorflow",
+        [process_row("erm", [100, 200], [100, 100]), process_row("sam", [200, 600], [200, 300])],
+    ),
+    process(
+        1,
+        "jax",
+        [
+            process_row("erm", [1000, 1000], [500, 500], jit=True),
+            process_row("sam", [3000, 2000], [1000, 1500], jit=True),
+        ],
+    ),
+    process(
+        2,
+        "jax",
+        [
+            process_row("erm", [800, 800], [400, 400], jit=True),
+            process_row("sam", [1600, 1600], [800, 800], jit=True),
+        ],
+    ),
+    process(
+        2,
+        "tensorflow",
+        [process_row("erm", [100, 100], [100, 100]), process_row("sam", [300, 300], [200, 200])],
+    ),
+]
+
+
+def test_backend_rows_pair_methods_within_processes_and_backends_by_round():
+    rows = report.backend_rows(["tensorflow", "jax"], BACKEND_PROCESSES)
+    index = {(r["backend"], r["method"]): r for r in rows}
+    assert [(r["backend"], r["method"]) for r in rows] == [
+        ("tensorflow", "erm"),
+        ("tensorflow", "sam"),
+        ("jax", "erm"),
+        ("jax", "sam"),
+    ]
+    tf_sam, jax_sam, jax_erm = index["tensorflow", "sam"], index["jax", "sam"], index["jax", "erm"]
+    # Over ERM, round by round within each process, pooled: 200/100, 600/200,
+    # 300/100, 300/100 -> 2, 3, 3, 3, median 3; CPU 2, 3, 2, 2 -> 2.
+    assert tf_sam["x_erm_rounds"] == [2.0, 3.0, 3.0, 3.0]
+    assert tf_sam["x_erm"] == 3.0 and tf_sam["x_erm_cpu"] == 2.0
+    # JAX sam: 3, 2, 2, 2 -> 2; CPU 2, 3, 2, 2 -> 2.
+    assert jax_sam["x_erm"] == 2.0 and jax_sam["x_erm_cpu"] == 2.0
+    # JAX over TensorFlow, the same round's processes: ERM 1000/150 and 800/100,
+    # median 7.33; CPU 500/100 and 400/100 -> 4.5.
+    assert jax_erm["x_tensorflow_rounds"] == [pytest.approx(6.667), 8.0]
+    assert jax_erm["x_tensorflow"] == pytest.approx((1000 / 150 + 8) / 2)
+    assert jax_erm["x_tensorflow_cpu"] == 4.5
+    # sam: 2500/400 and 1600/300; CPU 1250/250 and 800/200.
+    assert jax_sam["x_tensorflow"] == pytest.approx((2500 / 400 + 1600 / 300) / 2)
+    assert jax_sam["x_tensorflow_cpu"] == pytest.approx(4.5)
+    # ms/step: the median of all the backend's round medians.
+    assert jax_erm["median_ms"] == 900 and jax_erm["cpu_median_ms"] == 450
+    assert jax_erm["jit_compile"] and jax_erm["processes"] == 2
+    assert index["tensorflow", "erm"]["x_tensorflow"] == 1.0
+
+
+def test_backend_report_writes_the_table(tmp_path):
+    meta = {"backends": ["tensorflow", "jax"], "process_rounds": 2}
+    results = report.backend_results(meta, BACKEND_PROCESSES)
+    table = report.backend_tables(results)
+    assert (
+        "| method | tensorflow ms/step (CPU) | tensorflow x erm | jax ms/step (CPU) "
+        "| jax x erm | jax / tensorflow |"
+    ) in table
+    assert "| erm | 100 (100) | 1.00 (1.00) | 900 (450) | 1.00 (1.00) | 7.33 (4.50) |" in table
+    assert "| sam | 300 (200) | 3.00 (2.00) | 1800 (900) | 2.00 (2.00) | 5.79 (4.50) |" in table
+    assert "tensorflow jit off, jax jit on" in table
+    assert "round by round (wall clock): 6.67, 8.00." in table
+
+    run = {
+        "date": "2026-12-04T06:00+00:00",
+        "total_s": 60.0,
+        "steps_rounds": "resnet20 2x2",
+        "load_before": [1.0, 1.0, 1.0],
+        "load_after": [2.0, 2.0, 2.0],
+        "keras": "3.15.1",
+        "tensorflow": "2.21.0",
+        "batch_size": 128,
+        "rho": 0.05,
+        "warmup": 1,
+    }
+    processes = [
+        dict(p, runs=[dict(run, jax="0.10.2") if p["backend"] == "jax" else run])
+        for p in BACKEND_PROCESSES
+    ]
+    meta.update(
+        command="python benchmarks/step_time.py --backends tensorflow jax",
+        date="2026-12-04T06:10+00:00",
+        git_commit="abc1234",
+        cpu_count=2,
+        cpu_model="a CPU",
+        python="3.11.7",
+        load_before=[1.0, 1.0, 1.0],
+        load_after=[2.0, 2.0, 2.0],
+        total_s=300.0,
+    )
+    path = str(tmp_path / "step_time_backends")
+    report.write_backend_results(path, report.backend_results(meta, processes))
+    with open(path + ".json", encoding="utf-8") as f:
+        assert json.load(f)["rows"] == results["rows"]
+    text = (tmp_path / "step_time_backends.md").read_text(encoding="utf-8")
+    assert "`python benchmarks/step_time.py --backends tensorflow jax`" in text
+    assert "round 2, jax: 2026-12-04T06:00+00:00, 1.0 min" in text
+    assert "JAX 0.10.2" in text and table in text
