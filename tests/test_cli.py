@@ -299,6 +299,10 @@ def test_a_stopped_gmix_train_says_in_one_line_how_to_resume(tmp_path, signum):
         text=True,
         cwd=root,
         env=dict(os.environ, PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="3"),
+        # A shell without job control starts background commands with SIGINT
+        # ignored, and children inherit that: give gmix-train Ctrl-C as a
+        # terminal would, however the tests were started.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.time() + 300
