@@ -4,6 +4,7 @@ train_step = sample_mix + apply_mix + update_gradients + optimizer.apply;
 everything else (evaluate, predict, saving) is plain Keras.
 """
 
+import contextlib
 import inspect
 import warnings
 
@@ -248,6 +249,10 @@ class GMixModel(backend.StepShell, keras.Model):
         # Whether some steps are cheap (fixed at construction: the compiled
         # step is built for one schedule).
         self.scheduled = scheduled
+        # None: the step decides full or cheap as it runs. True or False: the
+        # backend is tracing that kind of step alone (JAX, where a step's
+        # branch chosen on the host runs much faster than a conditional).
+        self.traced_branch = None
         # The mixing randomness of step t is drawn from (seed, t, replica):
         # a counter saved with the weights makes a resumed run draw what an
         # uninterrupted one would, and every replica draws its own numbers.
@@ -626,9 +631,11 @@ class GMixModel(backend.StepShell, keras.Model):
 
     def scheduled_update(self, x, y, sample_weight, loss_fn, full, reduction):
         """One step of an efficient schedule (`perturb_every`,
-        `perturb_probability`): the full method if `full`, else the cheap
-        step (1F + 1B), with the stored direction v added when
-        `reuse_scale > 0`.
+        `perturb_probability`, `perturb_from`): the full method if `full`,
+        else the cheap step (1F + 1B), with the stored direction v added
+        when `reuse_scale > 0`. `full` is a scalar bool tensor (both steps
+        traced, one run), or a Python bool when the backend traces each
+        step kind on its own (`traced_branch`).
 
         Returns `(result, plain_grads)`: a `StepResult` shaped like the full
         method's (the values only a full step computes are 0 on cheap
@@ -666,7 +673,10 @@ class GMixModel(backend.StepShell, keras.Model):
                 plain_grads=plain if reuse else (),
             )
 
-        result = ops.cond(full, full_step, cheap_step)
+        if isinstance(full, bool):  # the branch was chosen before tracing
+            result = full_step() if full else cheap_step()
+        else:
+            result = ops.cond(full, full_step, cheap_step)
         return result._replace(plain_grads=None), result.plain_grads
 
     def store_reuse_direction(self, update, plain, store):
@@ -846,17 +856,31 @@ class GMixModel(backend.StepShell, keras.Model):
         if not self.scheduled:
             result = self.compute_update(x, y_one_hot, sample_weight, loss_fn, reduction)
             return result, ops.convert_to_tensor(True), None
-        full = perturb_schedule.is_full_step(
-            self.optimizer.iterations,
-            self._base_seed,
-            self.perturb_every,
-            self.perturb_probability,
-            self.perturb_from,
-        )
+        full = self.traced_branch
+        if full is None:
+            full = self.is_full_step(self.optimizer.iterations)
         result, plain_grads = self.scheduled_update(
             x, y_one_hot, sample_weight, loss_fn, full, reduction
         )
-        return result, full, plain_grads
+        return result, ops.convert_to_tensor(full), plain_grads
+
+    @contextlib.contextmanager
+    def tracing_branch(self, full):
+        """Within: the step is traced as a full step (`full=True`) or a cheap
+        one, with no conditional between them (see the backends'
+        `make_train_function`)."""
+        self.traced_branch = full
+        try:
+            yield
+        finally:
+            self.traced_branch = None
+
+    def is_full_step(self, step):
+        """Whether optimizer step `step` of this model's schedule is a full
+        step (a scalar bool tensor)."""
+        return perturb_schedule.is_full_step(
+            step, self._base_seed, self.perturb_every, self.perturb_probability, self.perturb_from
+        )
 
     def apply_update(self, result, full, plain_grads, reduction):
         """Hands the update to the optimizer unless it is not finite on some

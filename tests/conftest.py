@@ -23,6 +23,7 @@ BOTH_BACKENDS = {
     "test_model",
     "test_partition",
     "test_perturbation",
+    "test_schedule",
     "test_step_guards",
     "test_timing",
 }

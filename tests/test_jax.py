@@ -113,19 +113,32 @@ def test_every_second_step_is_full_with_perturb_every_2():
     assert history["sharpness"][0] > 0  # averaged over the full steps only
 
 
-def test_save_and_load_continue_the_mixing_stream(tmp_path):
-    """1 epoch, .keras file, load (safe mode), 1 more epoch == 2 epochs.
-    (Without dropout: a .keras file keeps no layer's RNG state, on either
-    backend; the run checkpoints of `keras_gmix.checkpoint` do.)"""
+# The schedules: a full step every second step with reuse; a random one in
+# a late phase (cheap before step 3, then full with probability 1/2).
+SCHEDULES = [
+    {"perturb_every": 2, "reuse_scale": 0.5},
+    {"perturb_probability": 0.5, "perturb_from": 3},
+]
+
+
+@pytest.mark.parametrize("schedule", [{}] + SCHEDULES)
+def test_save_and_load_continue_the_mixing_stream(tmp_path, schedule):
+    """1 epoch, .keras file, load (safe mode), 1 more epoch == 2 epochs; with
+    a schedule, the steps after loading are the full and cheap ones that the
+    uninterrupted run made. (Without dropout: a .keras file keeps no layer's
+    RNG state, on either backend; the run checkpoints of
+    `keras_gmix.checkpoint` do.)"""
     x, y = data(n=64)
-    whole = compiled("dgmix")
-    whole.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
-    first = compiled("dgmix")
+    whole = compiled("dgmix", **schedule)
+    history = whole.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0).history
+    first = compiled("dgmix", **schedule)
     first.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
     first.save(tmp_path / "model.keras")
     second = keras.saving.load_model(tmp_path / "model.keras")
-    second.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+    resumed = second.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0).history
     assert int(second.mix_step.value) == 8
+    if schedule:
+        assert resumed["full_step"] == history["full_step"][1:]
     for a, b in zip(second.inner.get_weights(), whole.inner.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
