@@ -52,9 +52,17 @@ def test_one_step_equals_the_same_step_on_tensorflow(tmp_path):
         assert np.max(np.abs(value - start[int(index)])) > 1e-4, key
 
 
-@pytest.mark.parametrize("method", ["dgmix", pytest.param("sam", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "method",
+    [
+        ["dgmix"],
+        # A schedule: the kind of each step is chosen on the host.
+        ["dgmix", "perturb_every=2", "reuse_scale=0.5"],
+        pytest.param(["sam"], marks=pytest.mark.slow),
+    ],
+)
 def test_data_parallel_on_two_devices_equals_one_device(method):
-    result = json.loads(run_helper("data_parallel.py", method).strip().splitlines()[-1])
+    result = json.loads(run_helper("data_parallel.py", *method).strip().splitlines()[-1])
     assert result["devices"] == 2
     assert result["moved"] > 1e-2
     assert result["max_difference"] < 1e-5

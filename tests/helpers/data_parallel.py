@@ -1,7 +1,9 @@
 """GMixModel under keras.distribution.DataParallel on two host devices
 against one device, on JAX.
 
-    python tests/helpers/data_parallel.py METHOD
+    python tests/helpers/data_parallel.py METHOD [OPTION=VALUE ...]
+
+(options of GMixModel, e.g. `perturb_every=2 reuse_scale=0.5`: numbers).
 
 The two CPU devices must be made before JAX starts (XLA_FLAGS), hence a
 process of its own. Prints one JSON line: the largest weight difference
@@ -55,14 +57,14 @@ def trained(inner, method, **kwargs):
     return [np.array(w) for w in model.inner.get_weights()]
 
 
-def main(method):
+def main(method, options):
     start = [np.array(w) for w in network().get_weights()]
-    one_device = trained(network(start), method, sync_perturbation=True)
+    one_device = trained(network(start), method, sync_perturbation=True, **options)
     devices = keras.distribution.list_devices()
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-    two_devices = trained(network(start), method, sync_perturbation=True)
+    two_devices = trained(network(start), method, sync_perturbation=True, **options)
     try:
-        trained(network(start), method)
+        trained(network(start), method, **options)
         refused = False
     except ValueError as error:
         refused = "sync_perturbation=True" in str(error)
@@ -81,4 +83,5 @@ def main(method):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    options = dict(option.split("=") for option in sys.argv[2:])
+    main(sys.argv[1], {name: json.loads(value) for name, value in options.items()})
