@@ -234,6 +234,8 @@ def metric_labels(y, y_soft, kind, mixed):
     one-hot rows, and unmixed binary labels, are passed as they are.
     """
     if kind == "ids":
+        # The dtype of y as a tensor: NumPy's int64 ids are int32 on JAX.
+        y = ops.convert_to_tensor(y)
         return ops.reshape(ops.cast(ops.argmax(y_soft, axis=-1), y.dtype), ops.shape(y))
     if kind == "binary":
         if not mixed:
