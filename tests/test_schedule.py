@@ -385,6 +385,28 @@ def test_eager_graph_and_xla_agree_with_a_schedule(kwargs):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_a_compiled_schedule_follows_an_accumulating_optimizers_step_counter():
+    """With gradient accumulation the optimizer's step counter is a quotient
+    of its iterations: a step compiled with XLA (its kind chosen outside
+    XLA) makes the steps an eager one makes."""
+    x, y = data(n=128)
+    runs = []
+    for eager in (True, False):
+        model = compiled("gmix", perturb_every=2)
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.1, gradient_accumulation_steps=2),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            run_eagerly=eager,
+            jit_compile=not eager,
+        )
+        history = model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False).history
+        runs.append((history["full_step"], model.inner.get_weights()))
+    (eager_full, eager_weights), (xla_full, xla_weights) = runs
+    assert eager_full == xla_full == [0.5]
+    for a, b in zip(xla_weights, eager_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.slow  # several fits
 def test_mixed_precision_with_a_schedule():
     previous = keras.mixed_precision.global_policy()

@@ -218,14 +218,13 @@ class StepShell:
 
         One step holding both kinds in a conditional would be simpler, but
         XLA:CPU runs convolutions inside a conditional's branches about 30x
-        slower than outside (jax-ml/jax#12868: measured here, a ResNet block's
-        gradient 0.08 s vs 2.8 s), which turned `perturb_every=2` into a 20x
+        slower than outside (jax-ml/jax#12868: measured here, the gradient of
+        two convolutions 0.08 s vs 2.8 s), which turned `perturb_every=2` into a 20x
         slower step than full G-Mix. Each kind compiles on its first use.
         """
         if self.train_function is not None and not force:
             return
-        steps = self._optimizer_steps_index()
-        if not self.scheduled or self.run_eagerly or not self.jit_compile or steps is None:
+        if not self.scheduled or self.run_eagerly or not self.jit_compile:
             super().make_train_function(force=force)
             return
         out_shardings = None
@@ -240,24 +239,20 @@ class StepShell:
             return jax.jit(step, donate_argnums=0, out_shardings=out_shardings)
 
         kinds = {True: kind(True), False: kind(False)}
-        is_full_step = jax.jit(self.is_full_step)
+
+        @jax.jit
+        def is_full_step(optimizer_state):
+            # The in-step rule on the optimizer's step counter, read from the
+            # state the step receives (so resumed runs agree), whatever the
+            # counter is made of (with gradient accumulation, a quotient).
+            mapping = list(zip(self.optimizer.variables, optimizer_state))
+            with keras.StatelessScope(state_mapping=mapping):
+                return self.is_full_step(self.optimizer.iterations)
 
         def train_step(state, data):
-            # The step counter is read from the state the step receives, so
-            # that resumed runs and replicas choose what the in-step rule
-            # would (it is the same function).
-            full = bool(is_full_step(state[2][steps]))
-            return kinds[full](state, data)
+            return kinds[bool(is_full_step(state[2]))](state, data)
 
         self.train_function = self._make_function(train_step)
-
-    def _optimizer_steps_index(self):
-        """Where the optimizer's step counter is in its variables (None if
-        it is not there: the step then decides in a conditional)."""
-        for index, variable in enumerate(self.optimizer.variables):
-            if variable is self.optimizer.iterations:
-                return index
-        return None
 
     def train_step(self, state, data):
         check_distribution(self.sync_perturbation)
