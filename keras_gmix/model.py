@@ -250,8 +250,9 @@ class GMixModel(backend.StepShell, keras.Model):
         # step is built for one schedule).
         self.scheduled = scheduled
         # None: the step decides full or cheap as it runs. True or False: the
-        # backend is tracing that kind of step alone (JAX, where a step's
-        # branch chosen on the host runs much faster than a conditional).
+        # backend is tracing that kind of step alone (under XLA, whose
+        # conditionals slow the convolutions inside them down; see the
+        # backends' `make_train_function`).
         self.traced_branch = None
         # The mixing randomness of step t is drawn from (seed, t, replica):
         # a counter saved with the weights makes a resumed run draw what an

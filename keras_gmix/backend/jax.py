@@ -218,9 +218,10 @@ class StepShell:
 
         One step holding both kinds in a conditional would be simpler, but
         XLA:CPU runs convolutions inside a conditional's branches about 30x
-        slower than outside (jax-ml/jax#12868: measured here, the gradient of
-        two convolutions 0.08 s vs 2.8 s), which turned `perturb_every=2` into a 20x
-        slower step than full G-Mix. Each kind compiles on its first use.
+        slower than outside (jax-ml/jax#12868: measured here, the gradient
+        of two convolutions 0.08 s vs 2.8 s), which made a step of
+        `perturb_every=2` 20x slower than full G-Mix's. Each kind compiles
+        on its first use.
         """
         if self.train_function is not None and not force:
             return
