@@ -50,6 +50,37 @@ def build_if_deferred(model, iterator=None, data_batch=None):
     model._symbolic_build(iterator=iterator, data_batch=data_batch)
 
 
+def train_function_around(model, step_function, xla=None):
+    """Keras' per-batch train function around `step_function`, as the
+    trainer's `make_train_function` builds it (`Trainer._make_function`: the
+    data iterator, `steps_per_execution`, the distribution).
+
+    The backends build it around a step that calls one of two compiled
+    steps (a schedule's full and cheap ones, see their
+    `make_train_function`). `xla=False` (TensorFlow) builds it without XLA
+    whatever the model's `jit_compile`, which Keras reads (`_jit_compile`)
+    when it makes the function: the steps it calls are compiled
+    themselves. No public hook for either; internal since Keras 3.0.
+    """
+    if xla is None or xla == model.jit_compile:
+        return model._make_function(step_function)
+    jit_compile = model._jit_compile
+    model._jit_compile = xla
+    try:
+        return model._make_function(step_function)
+    finally:
+        model._jit_compile = jit_compile
+
+
+def state_shardings(model):
+    """JAX, under a `keras.distribution`: the shardings of the state the
+    trainer carries (`JAXTrainer._get_state_sharding_spec`), the
+    `out_shardings` of a step jitted outside Keras' `make_train_function`,
+    as Keras jits its own. No upstream issue; internal since Keras 3.0.
+    """
+    return model._get_state_sharding_spec()
+
+
 def flatten_logs_like_keras(model, logs):
     """`Model._flatten_metrics_in_order`: logs as `train_on_batch` returns them
     without `return_dict` (the loss and compiled metrics in Keras' order; a
@@ -193,6 +224,8 @@ def strategy_supports_no_merge_call():
 # The private names above, for tests/test_compat.py: each function here
 # must have a canary there.
 INTERNALS = (
+    "train_function_around",
+    "state_shardings",
     "maybe_symbolic_build",
     "symbolic_build",
     "build_if_deferred",

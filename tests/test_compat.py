@@ -57,6 +57,45 @@ def test_every_compat_function_has_a_canary():
     assert not missing, f"compat functions without a canary: {missing}"
 
 
+def test_train_function_around():
+    require(hasattr(keras.Model, "_make_function"), "Trainer._make_function")
+    model = tiny_model()
+    model.compile(optimizer="sgd", loss="mse", jit_compile=True)
+    require(hasattr(model, "_jit_compile"), "Trainer._jit_compile")
+    # compat's xla=False relies on the function reading jit_compile when made.
+    require(
+        "self.jit_compile" in inspect.getsource(type(model)._make_function),
+        "Trainer._make_function (no longer reads jit_compile)",
+    )
+
+    def step(data):
+        logs = model.train_step(data)
+        logs["extra"] = tf.constant(2.0)
+        return logs
+
+    data = tf.data.Dataset.from_tensors((tf.zeros((4, 3)), tf.zeros((4, 2))))
+    function = compat.train_function_around(model, step, xla=False)
+    require(model.jit_compile is True, "Trainer._jit_compile (not restored)")
+    logs = function(iter(data))
+    logs = logs.get_value() if hasattr(logs, "get_value") else logs
+    require(float(logs["extra"]) == 2.0, "Trainer._make_function (the step's logs)")
+
+
+def test_state_shardings():
+    # JAX's trainer, read without switching the backend of this process.
+    trainer = importlib.import_module("keras.src.backend.jax.trainer").JAXTrainer
+    require(
+        parameters(getattr(trainer, "_get_state_sharding_spec", lambda self: None)) == {"self"}
+        and hasattr(trainer, "_get_state_sharding_spec"),
+        "JAXTrainer._get_state_sharding_spec",
+    )
+    require(
+        parameters(getattr(trainer, "_make_function", lambda self, x: None))
+        >= {"self", "step_function"},
+        "JAXTrainer._make_function",
+    )
+
+
 def test_maybe_symbolic_build():
     method = getattr(keras.Model, "_maybe_symbolic_build", None)
     require(callable(method), "Model._maybe_symbolic_build")

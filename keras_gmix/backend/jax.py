@@ -13,7 +13,7 @@ import jax
 import keras
 import numpy as np
 
-from keras_gmix import step_guards
+from keras_gmix import compat, step_guards
 
 # jax.random's default pseudo-random bit generator (keys of two uint32).
 RNG_ALG = "threefry2x32"
@@ -230,7 +230,7 @@ class StepShell:
             return
         out_shardings = None
         if keras.distribution.distribution() is not None:
-            out_shardings = (None, self._get_state_sharding_spec())
+            out_shardings = (None, compat.state_shardings(self))
 
         def kind(full):
             def step(state, data):
@@ -253,7 +253,7 @@ class StepShell:
         def train_step(state, data):
             return kinds[bool(is_full_step(state[2]))](state, data)
 
-        self.train_function = self._make_function(train_step)
+        self.train_function = compat.train_function_around(self, train_step)
 
     def train_step(self, state, data):
         check_distribution(self.sync_perturbation)
