@@ -160,7 +160,8 @@ def build_compiled_model(config, splits, steps_per_epoch, inner=None):
         )
     else:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=config.jit)
+    jit = config_lib.resolve_jit(config, keras.backend.backend())
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=jit)
     return model
 
 
@@ -213,12 +214,7 @@ def run(config, callbacks=None):
     """
     config.validate()
     output = config.output or default_output()
-    config = dataclasses.replace(
-        config,
-        output=output,
-        augment=config_lib.resolve_augment(config),
-        backend=config_lib.resolve_backend(config),
-    )
+    config = dataclasses.replace(config_lib.resolved(config), output=output)
     strategy = make_strategy(config.distribute)
     folder = record_folder(output, strategy)
     if config.resume and not os.path.isdir(folder):

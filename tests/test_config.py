@@ -76,8 +76,8 @@ def test_run_defining_settings_are_every_field_but_the_resumable_ones():
 
     fields = [f.name for f in dataclasses.fields(train.TrainConfig)]
     assert set(config_lib.RESUMABLE_FIELDS) <= set(fields)
-    # config.json holds the resolved augmentation and backend.
-    asked = train.TrainConfig(augment="none", backend=config_lib.check_backend("auto"))
+    # config.json holds the resolved augmentation, backend and XLA choice.
+    asked = config_lib.resolved(train.TrainConfig())
     for name in fields:
         saved = dict(asked.to_dict(), **{name: "another value"})
         if name == "epochs":
@@ -99,11 +99,36 @@ def test_a_config_json_without_backend_was_a_tensorflow_run():
     from keras_gmix import train
 
     asked = train.TrainConfig(augment="none")
-    saved = dict(asked.to_dict())
+    saved = config_lib.resolved(asked).to_dict()
     del saved["backend"]
     assert config_lib.resume_differences(saved, asked) == []
     saved["backend"] = "jax"
     assert config_lib.resume_differences(saved, asked) == ["backend: 'jax' -> 'tensorflow'"]
+
+
+def test_xla_is_on_for_jax_and_off_for_tensorflow_unless_asked():
+    """JAX's `fit` without jit dispatches every op from Python (the default
+    job 5x slower); TensorFlow's graph mode needs no XLA. An explicit
+    choice wins, and config.json saves the resolved one, so a resumed run
+    keeps it."""
+    from keras_gmix import train
+
+    assert config_lib.resolve_jit(train.TrainConfig(), "jax") is True
+    assert config_lib.resolve_jit(train.TrainConfig(), "tensorflow") is False
+    for asked in (True, False):
+        for backend in config_lib.BACKENDS:
+            assert config_lib.resolve_jit(train.TrainConfig(jit=asked), backend) is asked
+    running = config_lib.check_backend("auto")
+    saved = config_lib.resolved(train.TrainConfig()).to_dict()
+    assert saved["jit"] is (running == "jax")
+    assert config_lib.resume_differences(saved, train.TrainConfig()) == []
+    flipped = dict(saved, jit=not saved["jit"])
+    assert config_lib.resume_differences(flipped, train.TrainConfig()) == [
+        f"jit: {flipped['jit']!r} -> {saved['jit']!r}"
+    ]
+    # A config.json without the key was trained without XLA (the old default).
+    del saved["jit"]
+    assert config_lib.resume_differences(saved, train.TrainConfig(jit=False)) == []
 
 
 def test_a_backend_keras_does_not_run_on_is_refused_saying_how_to_choose_it():
