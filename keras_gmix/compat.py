@@ -102,6 +102,21 @@ def loss_tracker(model):
     return model._loss_tracker
 
 
+def per_output_loss_metrics(model):
+    """The `Mean` metrics behind Keras' per-output losses (`<output>_loss`)
+    of a model of several outputs, once its `CompileLoss` is built
+    (`Model._compile_loss.metrics`), else none.
+
+    Keras updates them only inside `compute_loss`, which GMixModel's step
+    does not call; the JAX trainer builds them before the first step, so
+    fit would log them as 0. No upstream issue; internal since Keras 3.0.
+    """
+    compile_loss = getattr(model, "_compile_loss", None)
+    if compile_loss is None or not compile_loss.built:
+        return []
+    return list(compile_loss.metrics)
+
+
 def set_initial_epoch(model, epoch):
     """Makes the next `fit` start at `epoch` (None: fit's own `initial_epoch`).
 
@@ -231,6 +246,7 @@ INTERNALS = (
     "build_if_deferred",
     "flatten_logs_like_keras",
     "loss_tracker",
+    "per_output_loss_metrics",
     "set_initial_epoch",
     "weights_h5_bytes",
     "set_tensorboard_train_step",

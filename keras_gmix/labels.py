@@ -5,7 +5,8 @@ soft rows, binary probabilities), the one-hot rows the loss and the mixing
 see, one label array per output of a model of several, soft-label
 detection, and the labels the compiled metrics see. The step calls
 `prepare_labels` and `metric_labels_like`; `fit` calls `check_array_labels`
-on arrays before training.
+on arrays before training; Keras' own loss (`GMixModel.compute_loss`: the
+evaluation, the JAX trainer's build) sees `labels_for_compiled_loss`.
 """
 
 from typing import NamedTuple
@@ -331,6 +332,25 @@ def prepare_labels(y, widths, loss, names):
             )
     one_hot = [soft for soft, _ in converted]
     return PreparedLabels(given, one_hot if several else one_hot[0], kinds)
+
+
+def labels_for_compiled_loss(y, widths, loss, names):
+    """The labels in the form the compiled loss takes, for Keras' own loss
+    (evaluation, the JAX trainer's build): class ids become one-hot rows
+    (`labels_to_one_hot`, checked) for an output whose loss is not a sparse
+    one, as the step trains them; other labels stay as given."""
+    given = labels_per_output(y, widths, names)
+    several = len(widths) > 1
+    output_losses = losses_lib.per_output(loss, names, "loss") if several else [loss]
+    converted = [
+        labels_to_one_hot(labels, width)[0]
+        if output_loss is not None
+        and not losses_lib.is_sparse_loss(output_loss)
+        and label_kind(tuple(labels.shape), width) == "ids"
+        else labels
+        for labels, width, output_loss in zip(given, widths, output_losses)
+    ]
+    return pack_like_labels(y, converted, names)
 
 
 def any_soft(prepared):

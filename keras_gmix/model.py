@@ -544,6 +544,21 @@ class GMixModel(backend.StepShell, keras.Model):
         self._reset_reuse_direction_if_trainables_changed()
         return super().make_train_function(force=force)
 
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Keras' `compute_loss`, on the labels as the step's loss takes
+        them (`labels.labels_for_compiled_loss`): `fit` trains class ids
+        against a loss on one-hot rows, so `evaluate`, fit's validation and
+        the JAX trainer's build (which computes the loss on the first batch
+        before any step) take them too, and a loss the step refuses is
+        refused here with the step's sentence (`step_loss`)."""
+        if y is not None and x is not None:
+            self.step_loss(x)
+            several = len(self.output_widths(x)) > 1
+            y = labels_lib.labels_for_compiled_loss(
+                y, self.output_widths(x), self.loss, self._output_names if several else None
+            )
+        return super().compute_loss(x, y, y_pred, sample_weight, training=training)
+
     def evaluation_logs(self, logs):
         """Keras' evaluation logs without the G-Mix statistics: they are
         metrics (so that fit averages and resets them per epoch), but
@@ -806,7 +821,11 @@ class GMixModel(backend.StepShell, keras.Model):
             sample_weight,
             full,
         )
-        return self.get_metrics_result()
+        # Keras' per-output losses are not what the step trains (its loss
+        # is one per-example sum over outputs, on mixed labels) and the step
+        # never updates them: not logged, rather than logged as 0.
+        untrained = {metric.name for metric in compat.per_output_loss_metrics(self)}
+        return {k: v for k, v in self.get_metrics_result().items() if k not in untrained}
 
     def unpack_batch(self, data):
         """`(x, y, sample_weight)` of a batch, checked: labels present, weights finite."""

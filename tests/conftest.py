@@ -21,6 +21,7 @@ BOTH_BACKENDS = {
     "test_layers",
     "test_mixing",
     "test_model",
+    "test_model_keras_api",
     "test_partition",
     "test_perturbation",
     "test_schedule",

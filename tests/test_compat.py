@@ -156,6 +156,22 @@ def test_loss_tracker():
     )
 
 
+def test_per_output_loss_metrics():
+    inputs = keras.Input((3,))
+    model = keras.Model(
+        inputs, {"a": keras.layers.Dense(2, name="a")(inputs), "b": keras.layers.Dense(2)(inputs)}
+    )
+    model.compile(optimizer="sgd", loss={"a": "mse", "b": "mse"})
+    require(compat.per_output_loss_metrics(model) == [], "Model._compile_loss (built too early)")
+    x = np.zeros((4, 3), "float32")
+    model.evaluate(x, {"a": np.zeros((4, 2)), "b": np.zeros((4, 2))}, verbose=0)
+    try:
+        names = [metric.name for metric in compat.per_output_loss_metrics(model)]
+    except AttributeError:
+        pytest.fail(moved("Model._compile_loss.metrics"))
+    require(names == ["a_loss", "b_loss"], "Model._compile_loss.metrics (per-output losses)")
+
+
 def test_set_initial_epoch():
     model = tiny_model()
     require(hasattr(model, "_initial_epoch"), "Trainer._initial_epoch")

@@ -72,24 +72,38 @@ def numpy_weights(model):
 def test_erm_follows_the_loss_reduction_as_keras_does(reduction, weighted):
     x, y, sw = batch()
     sw = sw if weighted else None
-    plain = compile_model(network(), reduction=reduction)
     wrapped = compile_model(kg.GMixModel(network(), method="erm"), reduction=reduction)
-    loss_plain = one_step(plain, x, y, sw)
     loss_wrapped = one_step(wrapped, x, y, sw)
+    loss_plain, weights_plain = plain_keras_step(reduction, x, y, sw)
     np.testing.assert_allclose(loss_wrapped, loss_plain, rtol=1e-6)
-    for a, b in zip(numpy_weights(wrapped), numpy_weights(plain)):
+    for a, b in zip(numpy_weights(wrapped), weights_plain):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def plain_keras_step(reduction, x, y, sw):
+    """The logged loss and the weights after one step of plain Keras.
+
+    With `reduction=None` TensorFlow's Keras differentiates the unreduced
+    losses (the gradient of their sum) and logs their mean; JAX's Keras
+    cannot differentiate a vector ("Gradient only defined for
+    scalar-output functions"), so there GMixModel keeps TensorFlow's
+    meaning, checked against Keras' "sum" step and its batch-mean loss."""
+    if reduction is None and keras.backend.backend() == "jax":
+        _, weights = plain_keras_step("sum", x, y, sw)
+        loss, _ = plain_keras_step("sum_over_batch_size", x, y, sw)
+        return loss, weights
+    plain = compile_model(network(), reduction=reduction)
+    return one_step(plain, x, y, sw), numpy_weights(plain)
 
 
 def mixed_batch(model, x, y, sw):
     """The batch (and sample weights) the first step of `model` trains on."""
-    y_one_hot = tf.one_hot(y, C)
+    y_one_hot = np.eye(C, dtype="float32")[y]
     if model.method not in gradients.MIXED_METHODS:
-        return x, y_one_hot.numpy(), sw
-    x_mix, y_mix, sw_mix, _ = model.mix_data(
-        x, y_one_hot, sw, model.mixing_seed(tf.constant(1, tf.int64))
-    )
-    return x_mix.numpy(), y_mix.numpy(), None if sw_mix is None else sw_mix.numpy()
+        return x, y_one_hot, sw
+    x_mix, y_mix, sw_mix, _ = model.mix_data(x, y_one_hot, sw, model.mixing_seed(1))
+    to_numpy = keras.ops.convert_to_numpy
+    return to_numpy(x_mix), to_numpy(y_mix), None if sw_mix is None else to_numpy(sw_mix)
 
 
 def cross_entropy_by_hand(logits, y_soft):
@@ -404,6 +418,70 @@ def test_losses_that_cannot_take_one_hot_rows_are_refused_before_a_step(method, 
     for a, b in zip(model.get_weights(), before):
         np.testing.assert_array_equal(a, b)
     assert int(model.optimizer.iterations.numpy()) == 0
+
+
+# -- labels and losses where Keras computes the loss itself ---------------------------
+
+
+def test_class_ids_with_a_loss_on_one_hot_rows_train_validate_and_evaluate_as_one_hot():
+    """fit trains class ids against a loss on one-hot rows; evaluate, fit's
+    validation and the JAX trainer's build (which computes the loss on the
+    first batch before the step) take them too, with plain Keras' numbers
+    on one-hot rows."""
+    x, y, _ = batch()
+    one_hot = np.eye(C, dtype="float32")[y]
+    smoothed = lambda: keras.losses.CategoricalCrossentropy(  # noqa: E731
+        from_logits=True, label_smoothing=0.1
+    )
+    plain, wrapped = network(), kg.GMixModel(network(), method="erm")
+    for model in (plain, wrapped):
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss=smoothed(), metrics=["accuracy"])
+    kept = plain.fit(
+        x, one_hot, batch_size=8, epochs=2, shuffle=False, verbose=0, validation_data=(x, one_hot)
+    ).history
+    got = wrapped.fit(
+        x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, validation_data=(x, y)
+    ).history
+    for name in ("loss", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(got[name], kept[name], rtol=1e-5, err_msg=name)
+    for a, b in zip(numpy_weights(wrapped), numpy_weights(plain)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    evaluated = wrapped.evaluate(x, y, verbose=0, return_dict=True)
+    expected = plain.evaluate(x, one_hot, verbose=0, return_dict=True)
+    np.testing.assert_allclose(evaluated["loss"], expected["loss"], rtol=1e-6)
+
+
+def test_a_model_of_several_outputs_logs_only_the_losses_its_step_computes():
+    """Keras' per-output losses (`a_loss`) are not what the step trains
+    (one per-example sum over outputs, on mixed labels), and the step never
+    updates them: on JAX, whose trainer builds them before the first step,
+    fit logged them as 0. Validation's come from Keras' evaluation."""
+    x, y, _ = batch()
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((D,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    net = keras.Model(
+        inputs,
+        {
+            "a": keras.layers.Dense(C, name="a")(hidden),
+            "b": keras.layers.Dense(2, name="b")(hidden),
+        },
+    )
+    labels = {"a": y, "b": y % 2}
+    losses = {"a": sparse_loss(), "b": sparse_loss()}
+    model = kg.GMixModel(net, method="gmix")
+    model.compile(optimizer="sgd", loss=losses)
+    history = model.fit(
+        x, labels, batch_size=8, epochs=2, verbose=0, validation_data=(x, labels)
+    ).history
+    assert "a_loss" not in history and "b_loss" not in history, sorted(history)
+    assert all(value != 0 for value in history["loss"])
+    plain = keras.models.clone_model(net)
+    plain.set_weights(net.get_weights())
+    plain.compile(optimizer="sgd", loss=losses)
+    expected = plain.evaluate(x, labels, verbose=0, return_dict=True)
+    for name in ("a_loss", "b_loss", "loss"):
+        np.testing.assert_allclose(history[f"val_{name}"][-1], expected[name], rtol=1e-6)
 
 
 # -- README: fine-tune a pretrained backbone ---------------------------------------

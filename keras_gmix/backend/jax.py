@@ -197,6 +197,33 @@ def _state_after(scope, variables, values):
     return new
 
 
+def _values_put_back_on_error(model, train_function):
+    """`train_function`, which on an error first puts the values of the
+    state it was given back into the model's variables.
+
+    Keras' JAX `fit` takes the values out of the variables before the first
+    step (`_purge_model_variables`, to save memory) and puts them back from
+    the steps' results. A step that fails while it is traced, before it has
+    a result (a loss GMixModel refuses, say), would leave every weight
+    without a value: `get_weights()` after the refusal raised a TypeError
+    where TensorFlow leaves the model as it was. Values the failed call has
+    consumed (a step that failed while running has donated them) are gone
+    either way and stay as they are.
+    """
+
+    def call(state, *args):
+        try:
+            return train_function(state, *args)
+        except Exception:
+            for variables, values in zip(model._state_variables(), state):
+                for variable, value in zip(variables, values):
+                    if not (isinstance(value, jax.Array) and value.is_deleted()):
+                        variable.assign(value)
+            raise
+
+    return call
+
+
 class StepShell:
     """Keras' JAX trainer jits `train_step(state, data)`, a pure function of
     the state. The G-Mix step is the stateful one the TensorFlow backend
@@ -221,13 +248,18 @@ class StepShell:
         slower than outside (jax-ml/jax#12868: measured here, the gradient
         of two convolutions 0.08 s vs 2.8 s), which made a step of
         `perturb_every=2` 20x slower than full G-Mix's. Each kind compiles
-        on its first use.
+        on its first use. Either way a call that fails leaves the model its
+        weights (`_values_put_back_on_error`).
         """
         if self.train_function is not None and not force:
             return
         if not self.scheduled or self.run_eagerly or not self.jit_compile:
             super().make_train_function(force=force)
-            return
+        else:
+            self.train_function = self._scheduled_train_function()
+        self.train_function = _values_put_back_on_error(self, self.train_function)
+
+    def _scheduled_train_function(self):
         out_shardings = None
         if keras.distribution.distribution() is not None:
             out_shardings = (None, compat.state_shardings(self))
@@ -253,7 +285,7 @@ class StepShell:
         def train_step(state, data):
             return kinds[bool(is_full_step(state[2]))](state, data)
 
-        self.train_function = compat.train_function_around(self, train_step)
+        return compat.train_function_around(self, train_step)
 
     def train_step(self, state, data):
         check_distribution(self.sync_perturbation)
