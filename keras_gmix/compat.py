@@ -50,17 +50,18 @@ def build_if_deferred(model, iterator=None, data_batch=None):
     model._symbolic_build(iterator=iterator, data_batch=data_batch)
 
 
-def train_function_around(model, step_function, xla=None):
-    """Keras' per-batch train function around `step_function`, as the
-    trainer's `make_train_function` builds it (`Trainer._make_function`: the
-    data iterator, `steps_per_execution`, the distribution).
+def per_batch_function_around(model, step_function, xla=None):
+    """Keras' per-batch train (or test) function around `step_function`, as
+    the trainer's `make_train_function` builds it (`Trainer._make_function`:
+    the data iterator, `steps_per_execution`, the distribution).
 
     The backends build it around a step that calls one of two compiled
-    steps (a schedule's full and cheap ones, see their
-    `make_train_function`). `xla=False` (TensorFlow) builds it without XLA
-    whatever the model's `jit_compile`, which Keras reads (`_jit_compile`)
-    when it makes the function: the steps it calls are compiled
-    themselves. No public hook for either; internal since Keras 3.0.
+    steps (a schedule's full and cheap ones), and on JAX around steps
+    jitted without donating their state (see their `make_train_function`).
+    `xla=False` (TensorFlow) builds it without XLA whatever the model's
+    `jit_compile`, which Keras reads (`_jit_compile`) when it makes the
+    function: the steps it calls are compiled themselves. No public hook
+    for either; internal since Keras 3.0.
     """
     if xla is None or xla == model.jit_compile:
         return model._make_function(step_function)
@@ -239,7 +240,7 @@ def strategy_supports_no_merge_call():
 # The private names above, for tests/test_compat.py: each function here
 # must have a canary there.
 INTERNALS = (
-    "train_function_around",
+    "per_batch_function_around",
     "state_shardings",
     "maybe_symbolic_build",
     "symbolic_build",

@@ -40,11 +40,25 @@ def pytest_ignore_collect(collection_path, config):
     return True if name in JAX_ONLY else None
 
 
+# Tests of backend-neutral code whose every case also runs in the default
+# TensorFlow run: on JAX, where each case compiles its steps anew (about a
+# minute per group on 2 cores), they run with the slow tests, so that the
+# default run of both backends stays within 15 minutes.
+SLOW_ON_JAX = (
+    "tests/test_model_keras_api.py::test_two_stage_fine_tuning",
+    "tests/test_schedule.py::test_defaults_reproduce_every_method_bit_for_bit",
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
 def pytest_collection_modifyitems(config, items):
     """Tests marked `tensorflow_only` (a tf.function, a tf.data pipeline) are
-    deselected on another backend."""
+    deselected on another backend; `SLOW_ON_JAX` are marked slow there."""
     if BACKEND == "tensorflow":
         return
+    for item in items:
+        if item.nodeid.startswith(SLOW_ON_JAX):
+            item.add_marker(pytest.mark.slow)
     kept = [item for item in items if item.get_closest_marker("tensorflow_only") is None]
     config.hook.pytest_deselected(items=[item for item in items if item not in kept])
     items[:] = kept

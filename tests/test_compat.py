@@ -57,7 +57,7 @@ def test_every_compat_function_has_a_canary():
     assert not missing, f"compat functions without a canary: {missing}"
 
 
-def test_train_function_around():
+def test_per_batch_function_around():
     require(hasattr(keras.Model, "_make_function"), "Trainer._make_function")
     model = tiny_model()
     model.compile(optimizer="sgd", loss="mse", jit_compile=True)
@@ -74,7 +74,7 @@ def test_train_function_around():
         return logs
 
     data = tf.data.Dataset.from_tensors((tf.zeros((4, 3)), tf.zeros((4, 2))))
-    function = compat.train_function_around(model, step, xla=False)
+    function = compat.per_batch_function_around(model, step, xla=False)
     require(model.jit_compile is True, "Trainer._jit_compile (not restored)")
     logs = function(iter(data))
     logs = logs.get_value() if hasattr(logs, "get_value") else logs

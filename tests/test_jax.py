@@ -129,7 +129,11 @@ SCHEDULES = [
 ]
 
 
-@pytest.mark.parametrize("schedule", [{}] + SCHEDULES)
+@pytest.mark.parametrize(
+    "schedule",
+    # The schedules compile two more steps each (26 s on 2 loaded cores): slow.
+    [{}] + [pytest.param(schedule, marks=pytest.mark.slow) for schedule in SCHEDULES],
+)
 def test_save_and_load_continue_the_mixing_stream(tmp_path, schedule):
     """1 epoch, .keras file, load (safe mode), 1 more epoch == 2 epochs; with
     a schedule, the steps after loading are the full and cheap ones that the

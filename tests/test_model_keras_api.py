@@ -484,6 +484,59 @@ def test_a_model_of_several_outputs_logs_only_the_losses_its_step_computes():
         np.testing.assert_allclose(history[f"val_{name}"][-1], expected[name], rtol=1e-6)
 
 
+class Batches(keras.utils.PyDataset):
+    """The given (x, y) batches in order."""
+
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, index):
+        return self.batches[index]
+
+
+@pytest.mark.parametrize("options", [{}, {"perturb_every": 2}])
+def test_a_step_that_fails_on_its_batch_leaves_the_model_as_the_last_good_step_did(options):
+    """A class id out of range is found as the step runs (in the compiled
+    step, on the batch). The model keeps the weights of the step before:
+    on JAX too, where a step that failed had consumed (donated) its state
+    and left deleted arrays. Training then goes on."""
+    x, y, _ = batch()
+    bad = y[8:].copy()
+    bad[3] = C + 4
+    good_first = Batches([(x[:8], y[:8])])
+    failing = Batches([(x[:8], y[:8]), (x[8:], bad)])
+    reference = compile_model(kg.GMixModel(network(), method="gmix", seed=3, **options))
+    reference.fit(good_first, epochs=1, verbose=0)
+    model = compile_model(kg.GMixModel(network(), method="gmix", seed=3, **options))
+    with pytest.raises(Exception, match=f"class ids must be < {C}"):
+        model.fit(failing, epochs=1, verbose=0, shuffle=False)
+    for a, b in zip(numpy_weights(model), numpy_weights(reference)):
+        np.testing.assert_array_equal(a, b)
+    model.fit(good_first, epochs=1, verbose=0)
+    assert np.isfinite(model.evaluate(x, y, verbose=0))
+
+
+def test_an_evaluation_that_fails_on_its_batch_leaves_the_weights():
+    """Class ids reach a loss on one-hot rows checked (`compute_loss`); a
+    batch out of range fails the evaluation, not the model (on JAX,
+    evaluate takes the values out of the variables first)."""
+    x, y, _ = batch()
+    bad = y.copy()
+    bad[11] = C + 4
+    model = kg.GMixModel(network(), method="gmix")
+    model.compile(optimizer="sgd", loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    before = numpy_weights(model)
+    with pytest.raises(Exception, match=f"class ids must be < {C}"):
+        model.evaluate(Batches([(x[:8], bad[:8]), (x[8:], bad[8:])]), verbose=0)
+    for a, b in zip(numpy_weights(model), before):
+        np.testing.assert_array_equal(a, b)
+    assert np.isfinite(model.evaluate(x, y, verbose=0))
+
+
 # -- README: fine-tune a pretrained backbone ---------------------------------------
 
 

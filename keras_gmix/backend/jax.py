@@ -197,28 +197,28 @@ def _state_after(scope, variables, values):
     return new
 
 
-def _values_put_back_on_error(model, train_function):
-    """`train_function`, which on an error first puts the values of the
-    state it was given back into the model's variables.
+def _values_put_back_on_error(state_variables, function):
+    """The per-batch `function(state, ...)`, which on an error first puts
+    the values of the state it was given back into `state_variables()` (the
+    variable groups of that state) before it raises.
 
-    Keras' JAX `fit` takes the values out of the variables before the first
-    step (`_purge_model_variables`, to save memory) and puts them back from
-    the steps' results. A step that fails while it is traced, before it has
-    a result (a loss GMixModel refuses, say), would leave every weight
-    without a value: `get_weights()` after the refusal raised a TypeError
-    where TensorFlow leaves the model as it was. Values the failed call has
-    consumed (a step that failed while running has donated them) are gone
-    either way and stay as they are.
+    Keras' JAX `fit` and `evaluate` take the values out of the variables
+    before the first step (`_purge_model_variables`, to save memory) and put
+    them back from the steps' results. A step that fails, while it is traced
+    (a loss GMixModel refuses) or while it runs (a batch with a class id out
+    of range), has no result: the model would be left without weights,
+    where TensorFlow leaves it as it was before the failed step. Our steps
+    do not donate their state (`StepShell.make_train_function`), so it is
+    still here.
     """
 
     def call(state, *args):
         try:
-            return train_function(state, *args)
+            return function(state, *args)
         except Exception:
-            for variables, values in zip(model._state_variables(), state):
+            for variables, values in zip(state_variables(), state):
                 for variable, value in zip(variables, values):
-                    if not (isinstance(value, jax.Array) and value.is_deleted()):
-                        variable.assign(value)
+                    variable.assign(value)
             raise
 
     return call
@@ -239,27 +239,59 @@ class StepShell:
             self.metrics_variables,
         )
 
+    def _test_state_variables(self):
+        return (self.trainable_variables, self.non_trainable_variables, self.metrics_variables)
+
     def make_train_function(self, force=False):
-        """Keras' jitted step; for a schedule, one jitted step per kind (full
-        and cheap) and the kind chosen on the host before each call.
+        """Keras' per-batch train function around the step jitted as Keras
+        jits it, but without donating the state: for a schedule, one jitted
+        step per kind (full and cheap) and the kind chosen on the host
+        before each call.
+
+        Not donated: the step checks its batch as it runs (`checked`: class
+        ids in range, finite sample weights), and a step that fails while
+        running has consumed a donated state, leaving a model whose weights
+        are deleted arrays. Kept, a failed call puts them back
+        (`_values_put_back_on_error`), as TensorFlow leaves the model as it
+        was before the bad batch. It costs one more copy of the state
+        (weights, optimizer slots) during a step.
 
         One step holding both kinds in a conditional would be simpler, but
         XLA:CPU runs convolutions inside a conditional's branches about 30x
         slower than outside (jax-ml/jax#12868: measured here, the gradient
         of two convolutions 0.08 s vs 2.8 s), which made a step of
         `perturb_every=2` 20x slower than full G-Mix's. Each kind compiles
-        on its first use. Either way a call that fails leaves the model its
-        weights (`_values_put_back_on_error`).
+        on its first use.
         """
         if self.train_function is not None and not force:
             return
-        if not self.scheduled or self.run_eagerly or not self.jit_compile:
+        if self.run_eagerly or not self.jit_compile:
             super().make_train_function(force=force)
         else:
-            self.train_function = self._scheduled_train_function()
-        self.train_function = _values_put_back_on_error(self, self.train_function)
+            self.train_function = compat.per_batch_function_around(self, self._jitted_train_step())
+        self.train_function = _values_put_back_on_error(self._state_variables, self.train_function)
 
-    def _scheduled_train_function(self):
+    def make_test_function(self, force=False):
+        """Keras' test function, jitted as Keras jits it but without
+        donating the state, and putting the values back on an error, as the
+        train function (`make_train_function`): a batch whose labels the
+        evaluation refuses must not leave the model without weights."""
+        if self.test_function is not None and not force:
+            return
+        if self.run_eagerly or not self.jit_compile:
+            super().make_test_function(force=force)
+        else:
+            out_shardings = None
+            if keras.distribution.distribution() is not None:
+                trainable, non_trainable, _, metrics = compat.state_shardings(self)
+                out_shardings = (None, (trainable, non_trainable, metrics))
+            step = jax.jit(self.test_step, out_shardings=out_shardings)
+            self.test_function = compat.per_batch_function_around(self, step)
+        self.test_function = _values_put_back_on_error(
+            self._test_state_variables, self.test_function
+        )
+
+    def _jitted_train_step(self):
         out_shardings = None
         if keras.distribution.distribution() is not None:
             out_shardings = (None, compat.state_shardings(self))
@@ -269,8 +301,10 @@ class StepShell:
                 with self.tracing_branch(full):
                     return self.train_step(state, data)
 
-            return jax.jit(step, donate_argnums=0, out_shardings=out_shardings)
+            return jax.jit(step, out_shardings=out_shardings)
 
+        if not self.scheduled:
+            return jax.jit(self.train_step, out_shardings=out_shardings)
         kinds = {True: kind(True), False: kind(False)}
 
         @jax.jit
@@ -285,7 +319,7 @@ class StepShell:
         def train_step(state, data):
             return kinds[bool(is_full_step(state[2]))](state, data)
 
-        return compat.train_function_around(self, train_step)
+        return train_step
 
     def train_step(self, state, data):
         check_distribution(self.sync_perturbation)

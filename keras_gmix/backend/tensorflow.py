@@ -204,7 +204,7 @@ class StepShell:
 
         # Keras compiles its per-batch function with XLA when `jit_compile`:
         # not this one, which only chooses the compiled step to call.
-        self.train_function = compat.train_function_around(self, train_step, xla=False)
+        self.train_function = compat.per_batch_function_around(self, train_step, xla=False)
         return self.train_function
 
     def train_step(self, data):
