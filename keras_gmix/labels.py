@@ -320,35 +320,46 @@ def prepare_labels(y, widths, loss, names):
     given = labels_per_output(y, widths, names)
     converted = [labels_to_one_hot(t, width) for t, width in zip(given, widths)]
     kinds = [kind for _, kind in converted]
+    _check_sparse_losses_get_ids(given, widths, loss, names)
+    one_hot = [soft for soft, _ in converted]
+    return PreparedLabels(given, one_hot if len(widths) > 1 else one_hot[0], kinds)
+
+
+def _output_losses(loss, widths, names):
+    return losses_lib.per_output(loss, names, "loss") if len(widths) > 1 else [loss]
+
+
+def _check_sparse_losses_get_ids(given, widths, loss, names):
+    """Refuses, with the fix, labels other than class ids for an output
+    whose compiled loss is a sparse cross-entropy."""
     several = len(widths) > 1
-    output_losses = losses_lib.per_output(loss, names, "loss") if several else [loss]
-    for output_loss, kind, labels, name in zip(output_losses, kinds, given, names):
-        if losses_lib.is_sparse_loss(output_loss) and kind != "ids":
+    for output_loss, labels, width, name in zip(
+        _output_losses(loss, widths, names), given, widths, names or [None]
+    ):
+        if losses_lib.is_sparse_loss(output_loss) and label_kind(labels.shape, width) != "ids":
             where = f" of output {name!r}" if several else ""
             raise ValueError(
                 f"The compiled loss{where} is sparse (it expects integer class ids) but "
-                f"the labels have shape {labels.shape}: pass class ids of shape "
+                f"the labels have shape {tuple(labels.shape)}: pass class ids of shape "
                 "(batch,), or compile with 'categorical_crossentropy'."
             )
-    one_hot = [soft for soft, _ in converted]
-    return PreparedLabels(given, one_hot if several else one_hot[0], kinds)
 
 
 def labels_for_compiled_loss(y, widths, loss, names):
     """The labels in the form the compiled loss takes, for Keras' own loss
-    (evaluation, the JAX trainer's build): class ids become one-hot rows
-    (`labels_to_one_hot`, checked) for an output whose loss is not a sparse
-    one, as the step trains them; other labels stay as given."""
+    (evaluation, the JAX trainer's build), with the step's refusals: class
+    ids become one-hot rows (`labels_to_one_hot`, checked) for an output
+    whose loss is not a sparse one, as the step trains them; other labels
+    stay as given."""
     given = labels_per_output(y, widths, names)
-    several = len(widths) > 1
-    output_losses = losses_lib.per_output(loss, names, "loss") if several else [loss]
+    _check_sparse_losses_get_ids(given, widths, loss, names)
     converted = [
         labels_to_one_hot(labels, width)[0]
         if output_loss is not None
         and not losses_lib.is_sparse_loss(output_loss)
         and label_kind(tuple(labels.shape), width) == "ids"
         else labels
-        for labels, width, output_loss in zip(given, widths, output_losses)
+        for labels, width, output_loss in zip(given, widths, _output_losses(loss, widths, names))
     ]
     return pack_like_labels(y, converted, names)
 

@@ -46,6 +46,20 @@ def test_a_sparse_loss_with_one_hot_rows_is_refused_with_the_fix():
         )
 
 
+def test_keras_own_loss_sees_class_ids_as_one_hot_rows_only_for_a_loss_on_rows():
+    y = {"cls": np.array([2, 0]), "flag": np.array([1.0, 0.0], "float32")}
+    loss = {"cls": "categorical_crossentropy", "flag": "binary_crossentropy"}
+    given = labels_lib.labels_for_compiled_loss(y, (3, 1), loss, NAMES)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(given["cls"]), [[0, 0, 1], [1, 0, 0]])
+    np.testing.assert_array_equal(given["flag"], [1.0, 0.0])
+    loss["cls"] = "sparse_categorical_crossentropy"
+    given = labels_lib.labels_for_compiled_loss(y, (3, 1), loss, NAMES)
+    np.testing.assert_array_equal(given["cls"], [2, 0])
+    y["cls"] = np.eye(3, dtype="float32")[[2, 0]]
+    with pytest.raises(ValueError, match="output 'cls' is sparse.*categorical_crossentropy"):
+        labels_lib.labels_for_compiled_loss(y, (3, 1), loss, NAMES)
+
+
 def test_labels_of_two_outputs_must_be_one_per_output():
     with pytest.raises(ValueError, match="one label array per output"):
         labels_lib.labels_per_output(np.zeros(4), (3, 1), NAMES)

@@ -451,6 +451,18 @@ def test_class_ids_with_a_loss_on_one_hot_rows_train_validate_and_evaluate_as_on
     np.testing.assert_allclose(evaluated["loss"], expected["loss"], rtol=1e-6)
 
 
+def test_one_hot_rows_for_a_sparse_loss_are_refused_with_the_fix_before_a_step():
+    """On JAX the trainer's build computes Keras' loss before the first
+    step: it refuses with the step's sentence, not Keras' shape error."""
+    x, y, _ = batch()
+    model = compile_model(kg.GMixModel(network(), method="dgmix"))
+    with pytest.raises(ValueError, match="is sparse.*'categorical_crossentropy'"):
+        model.fit(x, np.eye(C, dtype="float32")[y], epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="is sparse.*'categorical_crossentropy'"):
+        model.evaluate(x, np.eye(C, dtype="float32")[y], verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 0
+
+
 def test_a_model_of_several_outputs_logs_only_the_losses_its_step_computes():
     """Keras' per-output losses (`a_loss`) are not what the step trains
     (one per-example sum over outputs, on mixed labels), and the step never
