@@ -553,9 +553,8 @@ class GMixModel(backend.StepShell, keras.Model):
         refused here with the step's sentence (`step_loss`)."""
         if y is not None and x is not None:
             self.step_loss(x)
-            several = len(self.output_widths(x)) > 1
             y = labels_lib.labels_for_compiled_loss(
-                y, self.output_widths(x), self.loss, self._output_names if several else None
+                y, self.output_widths(x), self.loss, self.loss_output_names(x)
             )
         return super().compute_loss(x, y, y_pred, sample_weight, training=training)
 
@@ -848,13 +847,17 @@ class GMixModel(backend.StepShell, keras.Model):
         labels (sparse cross-entropy becomes categorical), summed over outputs,
         and its reduction. Resolved at trace time, so that a model re-compiled
         by `load_model` needs nothing else."""
-        several = len(self.output_widths(x)) > 1
-        names = self._output_names if several else None
+        names = self.loss_output_names(x)
         loss_fn = losses_lib.per_example_loss(
             self.loss, names, getattr(self, "_loss_weights", None)
         )
         losses_lib.check_per_example(loss_fn, self.output_widths(x))
         return loss_fn, losses_lib.reduction_of(self.loss, names)
+
+    def loss_output_names(self, x):
+        """The output names the compiled loss is keyed by: None for a model
+        of one output (its loss is not a structure)."""
+        return self._output_names if len(self.output_widths(x)) > 1 else None
 
     def mix_step_batch(self, x, y_one_hot, sample_weight):
         """The batch this step trains on: mixed (with the step's own seed) for
