@@ -73,8 +73,9 @@ def pack_like_labels(y, values, names):
     return list(values)
 
 
-def check_labels(y, num_classes):
-    """Array labels of one output, before fit, by the rule of `label_kind`."""
+def check_labels(y, num_classes, loss=None):
+    """Array labels of one output, before fit, by the rule of `label_kind`
+    (`loss`: the output's compiled loss)."""
     if y is None or not checks.is_array(y):
         return
     y = np.asarray(y)
@@ -85,8 +86,13 @@ def check_labels(y, num_classes):
         )
     if y.shape[0] == 0:
         raise ValueError("The training labels are empty (0 examples).")
-    kind = label_kind(y.shape, num_classes)
-    if kind == "binary":
+    kind = label_kind(y.shape, num_classes, loss)
+    if kind == "values":
+        if y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1):
+            raise ValueError(_values_labels_text(y.shape))
+        if not np.all(np.isfinite(y.astype(np.float64))):
+            raise ValueError("The labels hold NaN or inf values.")
+    elif kind == "binary":
         values = y.astype(np.float64)
         if (
             y.ndim > 2
@@ -130,12 +136,17 @@ def check_output_shape(shape):
         )
 
 
-def label_kind(shape, num_classes):
+def label_kind(shape, num_classes, loss=None):
     """The label rule, for array labels before fit and for each batch in the step.
 
-    - `"binary"`: the output has one unit (a sigmoid or a logit); labels of
-      shape (n,) or (n, 1) are the probability of the positive class (0/1,
-      or soft), and a mixed label is the mixed probability.
+    - `"values"`: the output has one unit and its loss (`loss`, the output's
+      compiled loss) is a regression loss (`is_regression_loss`): labels of
+      shape (n,) or (n, 1) are real targets, and a mixed label is the mixed
+      target.
+    - `"binary"`: the output has one unit (a sigmoid or a logit) and any
+      other loss; labels of shape (n,) or (n, 1) are the probability of the
+      positive class (0/1, or soft), and a mixed label is the mixed
+      probability.
     - `"ids"`: labels of shape (n,) or (n, 1) for an output of more units
       are class ids.
     - `"one_hot"`: anything else is one-hot (or soft) rows, of any dtype
@@ -143,7 +154,7 @@ def label_kind(shape, num_classes):
     """
     rank = len(shape)
     if num_classes == 1:
-        return "binary"
+        return "values" if is_regression_loss(loss) else "binary"
     if rank == 1 or (rank == 2 and shape[-1] == 1):
         return "ids"
     return "one_hot"
@@ -161,11 +172,20 @@ def _binary_labels_text(shape):
         "The model has one output unit (binary classification): its labels must have "
         "shape (batch,) or (batch, 1) and hold the probability of the positive class, "
         f"in [0, 1] (0 or 1 for hard labels). Received labels of shape {tuple(shape)}. "
-        "For several classes, end the model with Dense(num_classes)."
+        "For several classes, end the model with Dense(num_classes); for a regression "
+        "target, compile the output with a Keras regression loss ('mse', 'mae', 'huber', ...)."
     )
 
 
-def labels_to_one_hot(y, num_classes):
+def _values_labels_text(shape):
+    return (
+        "The model has one output unit with a regression loss: its labels must have "
+        f"shape (batch,) or (batch, 1), one target per example. Received labels of shape "
+        f"{tuple(shape)}."
+    )
+
+
+def labels_to_one_hot(y, num_classes, loss=None):
     """One batch's labels as `(y_soft float32 [n, C], kind)`, checked in the step.
 
     `kind` is `label_kind`'s. Class ids must be whole numbers in
@@ -183,7 +203,14 @@ def labels_to_one_hot(y, num_classes):
             "in the pipeline)."
         )
     shape = tuple(y.shape)
-    kind = label_kind(shape, num_classes)
+    kind = label_kind(shape, num_classes, loss)
+    if kind == "values":
+        if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
+            raise ValueError(_values_labels_text(shape))
+        values = ops.reshape(ops.cast(y, "float32"), [-1, 1])
+        return backend.checked(
+            values, [(ops.all(ops.isfinite(values)), "labels must be finite")]
+        ), kind
     if kind == "binary":
         if len(shape) not in (1, 2):
             raise ValueError(_binary_labels_text(shape))
@@ -232,7 +259,8 @@ def metric_labels(y, y_soft, kind, mixed):
 
     Class ids stay class ids and binary labels stay 0/1 (the dominant class
     of a mixed label, as categorical accuracy's argmax reads soft rows);
-    one-hot rows, and unmixed binary labels, are passed as they are.
+    one-hot rows, and unmixed binary labels, are passed as they are. Mixed
+    regression targets (`"values"`) are the mixed values, in y's shape.
     """
     if kind == "ids":
         # The dtype of y as a tensor: NumPy's int64 ids are int32 on JAX.
@@ -242,6 +270,8 @@ def metric_labels(y, y_soft, kind, mixed):
         if not mixed:
             return y
         return ops.reshape(ops.cast(ops.round(y_soft), y.dtype), ops.shape(y))
+    if kind == "values":
+        return ops.reshape(y_soft, ops.shape(y)) if mixed else y
     return y_soft
 
 
@@ -251,10 +281,13 @@ def labels_are_soft(y_soft):
     return ops.any(ops.logical_and(y_soft > 0.0, y_soft < 1.0))
 
 
-def soft_array(labels, width):
-    """Array labels of one output that are soft (not class ids)."""
+def soft_array(labels, width, loss=None):
+    """Array labels of one output that are soft (not class ids, not
+    regression targets)."""
     labels = np.asarray(labels)
-    if label_kind(labels.shape, width) == "ids" or not np.issubdtype(labels.dtype, np.floating):
+    if label_kind(labels.shape, width, loss) in ("ids", "values") or not np.issubdtype(
+        labels.dtype, np.floating
+    ):
         return False
     return bool(np.any((labels > 0) & (labels < 1)))
 
@@ -280,6 +313,48 @@ _CLASS_PROBABILITY_FUNCTIONS = (
 )
 
 
+# Keras' regression losses: on an output of one unit their labels are real
+# targets (`label_kind` "values"), not the probability of a positive class.
+_REGRESSION_LOSSES = (
+    keras.losses.MeanSquaredError,
+    keras.losses.MeanAbsoluteError,
+    keras.losses.MeanAbsolutePercentageError,
+    keras.losses.MeanSquaredLogarithmicError,
+    keras.losses.Huber,
+    keras.losses.LogCosh,
+    keras.losses.Poisson,
+    keras.losses.CosineSimilarity,
+    keras.losses.Hinge,
+    keras.losses.SquaredHinge,
+)
+_REGRESSION_FUNCTIONS = (
+    keras.losses.mean_squared_error,
+    keras.losses.mean_absolute_error,
+    keras.losses.mean_absolute_percentage_error,
+    keras.losses.mean_squared_logarithmic_error,
+    keras.losses.huber,
+    keras.losses.log_cosh,
+    keras.losses.poisson,
+    keras.losses.cosine_similarity,
+    keras.losses.hinge,
+    keras.losses.squared_hinge,
+)
+
+
+def is_regression_loss(loss):
+    """Whether `loss` (one output's compiled loss: a name, a Loss or a
+    function) is one of Keras' regression losses. A custom function is not
+    (its one-unit output is read as binary classification)."""
+    if isinstance(loss, dict) and len(loss) == 1:  # a single output's loss, keyed
+        loss = next(iter(loss.values()))
+    if isinstance(loss, (list, tuple)) and len(loss) == 1:
+        loss = loss[0]
+    if loss is None or isinstance(loss, (list, tuple, dict)):
+        return False
+    loss = losses_lib.resolve_loss(loss)
+    return isinstance(loss, _REGRESSION_LOSSES) or any(loss is f for f in _REGRESSION_FUNCTIONS)
+
+
 def soft_labels_may_be_mixed(loss, names):
     """Whether soft labels of this compiled loss can mean an earlier mix:
     some output's loss compares class probabilities (a cross-entropy)."""
@@ -296,11 +371,11 @@ def soft_labels_may_be_mixed(loss, names):
     return False
 
 
-def check_array_labels(y, widths, names):
+def check_array_labels(y, widths, names, loss=None):
     """Array labels, whole, before fit; returns them as one array per output."""
     per_output = labels_per_output(y, widths, names)
-    for labels, width in zip(per_output, widths):
-        check_labels(labels, width)
+    for labels, width, output_loss in zip(per_output, widths, output_losses(loss, widths, names)):
+        check_labels(labels, width, output_loss)
     return per_output
 
 
@@ -318,14 +393,18 @@ def prepare_labels(y, widths, loss, names):
     A sparse cross-entropy (which expects class ids) given one-hot labels is
     refused with the fix."""
     given = labels_per_output(y, widths, names)
-    converted = [labels_to_one_hot(t, width) for t, width in zip(given, widths)]
+    converted = [
+        labels_to_one_hot(t, width, output_loss)
+        for t, width, output_loss in zip(given, widths, output_losses(loss, widths, names))
+    ]
     kinds = [kind for _, kind in converted]
     _check_sparse_losses_get_ids(given, widths, loss, names)
     one_hot = [soft for soft, _ in converted]
     return PreparedLabels(given, one_hot if len(widths) > 1 else one_hot[0], kinds)
 
 
-def _output_losses(loss, widths, names):
+def output_losses(loss, widths, names):
+    """The compiled loss as a list with one entry per output."""
     return losses_lib.per_output(loss, names, "loss") if len(widths) > 1 else [loss]
 
 
@@ -334,7 +413,7 @@ def _check_sparse_losses_get_ids(given, widths, loss, names):
     whose compiled loss is a sparse cross-entropy."""
     several = len(widths) > 1
     for output_loss, labels, width, name in zip(
-        _output_losses(loss, widths, names), given, widths, names or [None]
+        output_losses(loss, widths, names), given, widths, names or [None]
     ):
         if losses_lib.is_sparse_loss(output_loss) and label_kind(labels.shape, width) != "ids":
             where = f" of output {name!r}" if several else ""
@@ -359,7 +438,7 @@ def labels_for_compiled_loss(y, widths, loss, names):
         and not losses_lib.is_sparse_loss(output_loss)
         and label_kind(tuple(labels.shape), width) == "ids"
         else labels
-        for labels, width, output_loss in zip(given, widths, _output_losses(loss, widths, names))
+        for labels, width, output_loss in zip(given, widths, output_losses(loss, widths, names))
     ]
     return pack_like_labels(y, converted, names)
 
@@ -369,7 +448,7 @@ def any_soft(prepared):
     soft = [
         labels_are_soft(v)
         for v, kind in zip(keras.tree.flatten(prepared.one_hot), prepared.kinds)
-        if kind != "ids"
+        if kind not in ("ids", "values")
     ]
     return ops.any(ops.stack(soft)) if soft else ops.convert_to_tensor(False)
 

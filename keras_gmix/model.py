@@ -715,9 +715,11 @@ class GMixModel(backend.StepShell, keras.Model):
             widths = self.output_widths(keras.tree.map_structure(labels_lib.symbolic_spec, x))
             y = arguments.get("y")
             if y is not None:
-                given = labels_lib.check_array_labels(y, widths, self._output_names)
+                given = labels_lib.check_array_labels(y, widths, self._output_names, self.loss)
+                output_losses = labels_lib.output_losses(self.loss, widths, self._output_names)
                 if self._may_warn_soft_labels() and any(
-                    labels_lib.soft_array(labels, width) for labels, width in zip(given, widths)
+                    labels_lib.soft_array(labels, width, loss)
+                    for labels, width, loss in zip(given, widths, output_losses)
                 ):
                     self.warn_soft_labels()
             checks.check_sample_weight(arguments.get("sample_weight"))

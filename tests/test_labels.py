@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import keras_gmix as kg
 from keras_gmix import labels as labels_lib
+from keras_gmix import mixing
 
 NAMES = ["cls", "flag"]
 
@@ -20,6 +21,13 @@ def test_kinds_by_shape_and_width():
     assert labels_lib.label_kind((8, 3), 3) == "one_hot"
     assert labels_lib.label_kind((8,), 1) == "binary"
     assert labels_lib.label_kind((8, 1), 1) == "binary"
+    # One unit: the loss decides between a probability and a real target.
+    assert labels_lib.label_kind((8,), 1, "binary_crossentropy") == "binary"
+    assert labels_lib.label_kind((8,), 1, lambda t, p: (t - p) ** 2) == "binary"
+    assert labels_lib.label_kind((8,), 1, "mse") == "values"
+    assert labels_lib.label_kind((8, 1), 1, keras.losses.Huber()) == "values"
+    assert labels_lib.label_kind((8, 1), 1, ["mae"]) == "values"
+    assert labels_lib.label_kind((8,), 3, "mse") == "ids"  # mse on one-hot rows
 
 
 def test_prepare_labels_of_two_outputs_as_a_dict():
@@ -84,3 +92,58 @@ def test_regression_targets_are_not_soft_labels():
     # The same values as class probabilities under a cross-entropy do warn.
     rows = targets / targets.sum(axis=1, keepdims=True)
     assert len(soft_label_warnings("categorical_crossentropy", rows, 3)) == 1
+
+
+def linear_regression(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+
+
+def regression_data(n=8):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(n, 4)).astype("float32")
+    return x, (5.0 + 3.0 * rng.normal(size=(n,))).astype("float32")  # far outside [0, 1]
+
+
+def test_a_one_unit_regression_output_trains_like_keras_with_erm():
+    x, y = regression_data()
+    plain, wrapped = linear_regression(), kg.GMixModel(linear_regression(), method="erm")
+    for model in (plain, wrapped):
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse", metrics=["mae"])
+    logs = [
+        m.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False).history
+        for m in (plain, wrapped)
+    ]
+    assert logs[1]["loss"] == pytest.approx(logs[0]["loss"], rel=1e-6)
+    assert logs[1]["mae"] == pytest.approx(logs[0]["mae"], rel=1e-6)
+    for a, b in zip(plain.get_weights(), wrapped.get_weights()):
+        np.testing.assert_allclose(b, a, rtol=1e-6)
+
+
+def test_a_one_unit_regression_output_is_mixed_as_a_real_target():
+    """Mixup on regression targets, against NumPy: the step trains on the
+    mixed targets, and the metric sees them mixed (not rounded, not
+    refused as binary labels outside [0, 1])."""
+    x, y = regression_data()
+    model = kg.GMixModel(linear_regression(), method="mixup", alpha=1.0, seed=5)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", metrics=["mae"])
+    kernel, bias = (v.numpy().astype(np.float64) for v in model.inner.trainable_variables)
+    lam, perm = kg.sample_mix(8, 1.0, seed=mixing.split_seed(model.mixing_seed(1), 2)[0])
+    lam, perm = float(lam), np.asarray(perm)
+    x_mix = lam * x + (1 - lam) * x[perm]
+    y_mix = (lam * y + (1 - lam) * y[perm])[:, None]
+    residual = x_mix @ kernel + bias - y_mix  # (8, 1)
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False).history
+    assert history["loss"][0] == pytest.approx(np.mean(residual**2), rel=1e-5)
+    assert history["mae"][0] == pytest.approx(np.mean(np.abs(residual)), rel=1e-5)
+    new_kernel, new_bias = (v.numpy() for v in model.inner.trainable_variables)
+    np.testing.assert_allclose(new_kernel, kernel - 0.1 * 2 / 8 * x_mix.T @ residual, rtol=1e-5)
+    np.testing.assert_allclose(new_bias, bias - 0.1 * 2 * residual.mean(0), rtol=1e-5)
+
+
+def test_one_unit_labels_outside_0_1_under_a_cross_entropy_are_refused_naming_both_readings():
+    x, y = regression_data()
+    model = kg.GMixModel(linear_regression(), method="mixup")
+    model.compile(optimizer="sgd", loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    with pytest.raises(ValueError, match="positive class.*regression loss"):
+        model.fit(x, y, verbose=0)
