@@ -237,7 +237,9 @@ def _check_floating(inputs):
             raise ValueError(
                 f"{which} has dtype {dtype}: Mixup and CutMix blend inputs, "
                 "which needs floating-point values. Cast images to float32 in the data "
-                "(e.g. `x.astype('float32')`); inputs that cannot be blended, such as "
+                "(e.g. `x.astype('float32')`), or start the network with a float "
+                "`keras.Input`, whose dtype GMixModel then casts to; inputs that cannot "
+                "be blended, such as "
                 "token ids, cannot be mixed: train them with method='sam' or 'erm'."
             )
 
@@ -262,6 +264,30 @@ def _cutmix(images, lam, box_center):
         keep = ops.cast(mask[..., None], image.dtype)  # broadcast over channels
         mixed.append(keep * image + (1 - keep) * partner)
     return mixed, label_lam
+
+
+def blendable_inputs(x, network_input_dtypes):
+    """x with its integer (and bool) inputs cast to the network's input dtype,
+    when the network reads every input in one floating-point dtype.
+
+    A Keras functional model converts each input to its Input's dtype, so
+    uint8 images reach a float32 network as float32 anyway; casting before
+    the mix lets them be blended. `network_input_dtypes` is empty when the
+    network declares no inputs (subclassed, or built by its first batch):
+    then, as for an integer Input (token ids), x is returned unchanged and
+    `mix_batch` refuses integer inputs."""
+    dtypes = {keras.backend.standardize_dtype(dtype) for dtype in network_input_dtypes}
+    if len(dtypes) != 1 or not keras.backend.is_float_dtype(next(iter(dtypes))):
+        return x
+    (dtype,) = dtypes
+
+    def blendable(value):
+        value = ops.convert_to_tensor(value)
+        if keras.backend.is_float_dtype(keras.backend.standardize_dtype(value.dtype)):
+            return value
+        return ops.cast(value, dtype)
+
+    return keras.tree.map_structure(blendable, x)
 
 
 def mix_batch(x, y, lam, perm, mix="mixup", box_center=None):

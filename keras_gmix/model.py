@@ -431,9 +431,45 @@ class GMixModel(backend.StepShell, keras.Model):
         """The wrapped network's symbolic outputs, like `inputs`."""
         return getattr(self.inner, "outputs", None)
 
+    def declared_inputs(self):
+        """The wrapped network's symbolic inputs as a flat list (empty when
+        it declares none)."""
+        inputs = self.inputs if self.inner.built else None
+        return keras.tree.flatten(inputs) if inputs else []
+
+    # Functional-model attributes, answered by the wrapped network when it
+    # has them (a subclassed network has none: AttributeError, as in Keras).
+    input = property(lambda self: self._inner_attribute("input"))
+    output = property(lambda self: self._inner_attribute("output"))
+    input_shape = property(lambda self: self._inner_attribute("input_shape"))
+    output_shape = property(lambda self: self._inner_attribute("output_shape"))
+
+    def _inner_attribute(self, name):
+        try:
+            return getattr(self.inner, name)
+        except AttributeError as error:
+            # Keras' own reason (a Sequential network has no `input`; a
+            # subclassed one has no shapes), said of the wrapped network.
+            raise AttributeError(
+                f"The wrapped network ({type(self.inner).__name__}) has no `{name}`: {error}"
+            ) from None
+
     def summary(self, *args, **kwargs):
         """The wrapped network's summary (`inner.summary`)."""
         return self.inner.summary(*args, **kwargs)
+
+    def save(self, filepath, *args, **kwargs):
+        """`keras.Model.save`, in the Keras format (`.keras`). The legacy
+        HDF5 format (`.h5`) is refused: it cannot hold the wrapper and its
+        training state (and Keras 3 keeps it for old files only)."""
+        if str(filepath).lower().endswith((".h5", ".hdf5")):
+            raise ValueError(
+                f"GMixModel saves in the Keras format, not legacy HDF5: received {filepath!r}. "
+                "Use a '.keras' path (model.save('model.keras'), loaded by "
+                "keras.saving.load_model), or save the trained network alone with "
+                "model.inner.save(...)."
+            )
+        return super().save(filepath, *args, **kwargs)
 
     def export(
         self, filepath, format="tf_saved_model", verbose=None, input_signature=None, **kwargs
@@ -867,6 +903,7 @@ class GMixModel(backend.StepShell, keras.Model):
         step = self.mix_step.assign_add(1)
         if self.method not in gradients.MIXED_METHODS:
             return x, y_one_hot, sample_weight
+        x = mixing.blendable_inputs(x, [t.dtype for t in self.declared_inputs()])
         x, y_one_hot, sample_weight, label_lam = self.mix_data(
             x, y_one_hot, sample_weight, self.mixing_seed(step)
         )

@@ -247,6 +247,63 @@ def test_layers_inputs_outputs_and_the_feature_extractor_idiom():
         extractor.predict(x, verbose=0), np.maximum(x @ kernel + bias, 0), rtol=1e-5, atol=1e-6
     )
     assert model.outputs[0].shape == (None, C)
+    # The single-input attributes answer as the network's, and are missing
+    # where the network's are (a Sequential network has no `input`).
+    assert model.input_shape == net.input_shape == (None, D)
+    assert model.output_shape == net.output_shape == (None, C)
+    with pytest.raises(AttributeError, match="no `input`: The layer .* has never been called"):
+        _ = model.input
+    functional = keras.Model(net.inputs, net.outputs)
+    wrapped = kg.GMixModel(functional)
+    assert wrapped.input is functional.input and wrapped.output is functional.output
+    with pytest.raises(AttributeError, match="no `input_shape`"):
+        _ = kg.GMixModel(subclassed_network()).input_shape
+
+
+def image_network(seed=3):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((6, 6, 3)),  # float32: Keras casts uint8 images to it
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(C),
+        ]
+    )
+
+
+@pytest.mark.parametrize("method", ["mixup", "dgmix"])
+def test_uint8_images_train_as_the_float32_images_keras_would_make_of_them(method):
+    """A network with a float Input reads uint8 images as float32 (Keras
+    converts them); the mixing methods blend them as those floats."""
+    images = np.random.default_rng(4).integers(0, 256, (N, 6, 6, 3)).astype("uint8")
+    _, y, _ = batch()
+    trained_weights = []
+    for x in (images, images.astype("float32")):
+        model = compile_model(kg.GMixModel(image_network(), method=method, seed=3))
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+        trained_weights.append(numpy_weights(model))
+    for got, expected in zip(*trained_weights):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_integer_inputs_of_an_integer_input_are_still_refused_for_mixing():
+    keras.utils.set_random_seed(0)
+    tokens = keras.Input((4,), dtype="int32")
+    pooled = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(10, 3)(tokens))
+    model = compile_model(kg.GMixModel(keras.Model(tokens, keras.layers.Dense(C)(pooled))))
+    x = np.random.default_rng(0).integers(0, 10, (N, 4)).astype("int32")
+    with pytest.raises(ValueError, match="dtype int32: Mixup and CutMix blend inputs"):
+        model.fit(x, batch()[1], verbose=0)
+
+
+def test_legacy_hdf5_saving_is_refused_naming_the_keras_format(tmp_path):
+    model = trained()
+    for path in ("model.h5", "model.HDF5"):
+        with pytest.raises(ValueError, match=r"'\.keras' path.*model\.inner\.save"):
+            model.save(tmp_path / path)
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(
