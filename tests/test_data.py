@@ -2,6 +2,7 @@
 
 import os
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -221,6 +222,63 @@ def test_npz_errors(tmp_path):
     path = _write_npz(tmp_path / "labels.npz", classes=3)
     with pytest.raises(ValueError, match="outside"):
         kd.load_dataset(path, num_classes=2)
+
+
+@pytest.mark.parametrize("form", ["column", "whole_floats", "one_hot"])
+def test_npz_labels_in_the_forms_users_save_read_as_class_ids(tmp_path, form):
+    """keras.datasets' CIFAR labels are [n, 1]; some pipelines save float
+    ids or one-hot rows: each reads as the same int64 ids."""
+    ids_path = _write_npz(tmp_path / "ids.npz", classes=3)
+    with np.load(ids_path) as f:
+        arrays = dict(f)
+    convert = {
+        "column": lambda y: y[:, None],
+        "whole_floats": lambda y: y.astype(np.float32),
+        "one_hot": lambda y: np.eye(5, dtype=np.float32)[y],  # 5 columns, 3 classes used
+    }[form]
+    path = str(tmp_path / f"{form}.npz")
+    np.savez(path, **{k: convert(v) if k.startswith("y_") else v for k, v in arrays.items()})
+    expected, got = kd.load_dataset(ids_path), kd.load_dataset(path)
+    for split in ("y_train", "y_test"):
+        assert getattr(got, split).dtype == np.int64
+        np.testing.assert_array_equal(getattr(got, split), getattr(expected, split))
+    assert got.num_classes == (5 if form == "one_hot" else 3)  # one-hot rows say how many
+
+
+@pytest.mark.parametrize(
+    "labels, expected",
+    [
+        (np.full((30, 3), 1 / 3), r"has rows of shape \(3,\) that are not one-hot"),
+        (np.arange(30) % 3 + 0.5, r"must hold whole class ids; it holds fractional"),
+        (
+            np.array(list("abc"))[np.arange(30) % 3],
+            r"must hold integer class indices.*map class names to ids first",
+        ),
+        (np.zeros((30, 1, 1), np.int64), r"must be class ids of shape \[n\]"),
+    ],
+)
+def test_npz_labels_that_are_no_class_ids_are_refused_naming_the_file(tmp_path, labels, expected):
+    path = _write_npz(tmp_path / "data.npz")
+    with np.load(path) as f:
+        arrays = dict(f)
+    arrays["y_train"] = labels
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=r"In '.*data.npz', y_train " + expected):
+        kd.load_dataset(path)
+
+
+def test_npz_test_classes_never_trained_are_named_in_a_warning(tmp_path):
+    path = _write_npz(tmp_path / "data.npz", classes=3)
+    with np.load(path) as f:
+        arrays = dict(f)
+    arrays["y_test"] = np.arange(10) % 5  # classes 3 and 4 only in the test split
+    np.savez(path, **arrays)
+    with pytest.warns(UserWarning, match=r"y_test holds the classes \[3, 4\], which y_train never"):
+        splits = kd.load_dataset(path)
+    assert splits.num_classes == 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kd.load_dataset(_write_npz(tmp_path / "fine.npz", classes=3))
 
 
 @pytest.mark.skipif(not os.path.exists(PARTIAL_CIFAR10), reason="shared data not present")

@@ -9,6 +9,7 @@ folder: `ImageFiles`). Images are HWC: uint8 in [0, 255] for photographs
 
 import dataclasses
 import os
+import warnings
 import zipfile
 import zlib
 
@@ -261,6 +262,56 @@ def _check_npz_arrays(path, arrays):
         )
 
 
+def _npz_class_ids(path, split, y):
+    """`(ids, width)`: an .npz split's labels as int64 class ids of shape
+    [n], and the width of one-hot rows (None for ids). Accepted: ids of
+    shape [n] or [n, 1] (keras.datasets' CIFAR labels), of an integer dtype or
+    whole-valued floats, and exact one-hot rows [n, C]."""
+    name = f"In {path!r}, y_{split}"
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise ValueError(
+            f"{name} must hold integer class indices. Received dtype {y.dtype}: map class "
+            "names to ids first (and save the names as `label_names`)."
+        )
+    width = None
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    elif y.ndim == 2 and y.shape[1] > 1:
+        rows = y.astype(np.float64)
+        if not (np.all((rows == 0) | (rows == 1)) and np.all(rows.sum(axis=1) == 1)):
+            raise ValueError(
+                f"{name} has rows of shape {y.shape[1:]} that are not one-hot (one 1 per row, "
+                "the rest 0): save class ids of shape [n] (soft labels are made by "
+                "the mixing methods themselves)."
+            )
+        width, y = y.shape[1], rows.argmax(axis=1)
+    if y.ndim != 1:
+        raise ValueError(
+            f"{name} must be class ids of shape [n] (or [n, 1], or one-hot rows [n, C]). "
+            f"Received shape {y.shape}."
+        )
+    if np.issubdtype(y.dtype, np.floating) and not np.all(y == np.round(y)):
+        raise ValueError(
+            f"{name} must hold whole class ids; it holds fractional, NaN or inf values "
+            f"(dtype {y.dtype})."
+        )
+    return y.astype(np.int64), width
+
+
+def _warn_of_classes_never_trained(path, y_train, y_test, num_classes):
+    """A class with test examples but no training example cannot be learned:
+    said (not refused: a subset may lack a class on purpose)."""
+    untrained = sorted(set(np.unique(y_test).tolist()) - set(np.unique(y_train).tolist()))
+    if untrained:
+        warnings.warn(
+            f"In {path!r}, y_test holds the classes {untrained}, which y_train never has: "
+            f"the model ({num_classes} classes) cannot learn them, and their "
+            f"{int(np.isin(y_test, untrained).sum())} test examples count as errors.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def _read_npz(path):
     """The arrays of `NPZ_KEYS` and `label_names` (or None) of an .npz file."""
     try:
@@ -312,26 +363,27 @@ def load_npz(path, num_classes=None, flip=True):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No such .npz file: {path!r}")
     arrays, label_names = _read_npz(path)
+    one_hot_width = None
     for split in ("train", "test"):
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        x = arrays[f"x_{split}"]
         if x.ndim == 3:
             x = arrays[f"x_{split}"] = x[..., None]
-        if x.ndim != 4 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+        y, width = _npz_class_ids(path, split, arrays[f"y_{split}"])
+        one_hot_width = one_hot_width or width
+        arrays[f"y_{split}"] = y
+        if x.ndim != 4 or x.shape[0] != y.shape[0]:
             raise ValueError(
                 f"In {path!r}, x_{split} must be [n, H, W, C] (or [n, H, W]) "
                 f"and y_{split} [n] with the same n. Received shapes "
                 f"{x.shape} and {y.shape}."
             )
-        if not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(
-                f"In {path!r}, y_{split} must hold integer class indices. Received dtype {y.dtype}."
-            )
     _check_npz_arrays(path, arrays)
-    y_train = arrays["y_train"].astype(np.int64)
-    y_test = arrays["y_test"].astype(np.int64)
+    y_train, y_test = arrays["y_train"], arrays["y_test"]
     if num_classes is None:
         if label_names is not None:
             num_classes = int(label_names.shape[0])
+        elif one_hot_width is not None:
+            num_classes = one_hot_width
         else:
             num_classes = int(max(y_train.max(), y_test.max())) + 1
     for split, y in (("train", y_train), ("test", y_test)):
@@ -340,6 +392,7 @@ def load_npz(path, num_classes=None, flip=True):
                 f"In {path!r}, y_{split} has labels outside "
                 f"[0, {num_classes}); num_classes={num_classes}."
             )
+    _warn_of_classes_never_trained(path, y_train, y_test, num_classes)
     x_train = arrays["x_train"]
     mean, std = compute_mean_std(x_train)
     return DataSplits(
