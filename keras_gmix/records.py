@@ -180,11 +180,20 @@ def hold_run_folder(folder):
 
 
 def check_output_folder(path):
-    """Refuses an `--output` that names an existing file: a run's record is a folder."""
+    """Refuses an `--output` that names an existing file, or lies under one:
+    a run's record is a folder."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(
             f"--output {path} is a file, not a folder: name a new folder (or an "
             "existing run folder) for the record."
+        )
+    ancestor = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise ValueError(
+            f"--output {path} lies under {ancestor}, which is a file, not a folder: "
+            "name a folder whose parents are folders."
         )
 
 

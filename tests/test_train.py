@@ -759,6 +759,12 @@ def test_an_output_that_names_a_file_is_refused(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert f"--output {path} is a file, not a folder" in capsys.readouterr().err
     assert path.read_text() == "mine"
+    # Under a file, at any depth: one sentence naming the file, no traceback.
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--output", str(path / "a" / "b"), "--epochs", "1", "--verbose", "0"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in error
+    assert f"lies under {path}, which is a file, not a folder" in error
 
 
 @pytest.fixture
