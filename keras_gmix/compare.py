@@ -223,6 +223,7 @@ def collect_and_report(dirs, output=None):
             )
         output = dirs[0]
     results = find_results(dirs)
+    records.check_output_folder(output)
     os.makedirs(output, exist_ok=True)
     return write_report(results, output, title="gmix-compare: collected runs")
 

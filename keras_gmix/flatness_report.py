@@ -280,6 +280,7 @@ def report(
     data_info = {**data_settings, "split": split, "examples": int(len(y))}
 
     output = output or os.path.join("runs", time.strftime("flatness-%Y%m%d-%H%M%S"))
+    records.check_output_folder(output)
     os.makedirs(output, exist_ok=True)
     labels = _unique_labels(model_paths)
     rows, landscapes, files = [], {}, []
