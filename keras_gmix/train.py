@@ -40,6 +40,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 
 import keras
@@ -408,7 +409,17 @@ def _run(config, output, backup_dir, results_path, strategy, extra_callbacks):
         # Saved resolved: a resume, or a longer run, keeps the same step.
         config = resolved
         _write_config(output, config.to_dict())
-    if config.verbose and config.perturb_from > 0 and config.method in PERTURBED_METHODS:
+    total_steps = config.epochs * steps_per_epoch
+    if config.perturb_from >= total_steps and config.method in PERTURBED_METHODS:
+        # Legal (a later --resume --epochs N may reach it), but this run
+        # alone would never perturb: said, whatever the verbosity.
+        print(
+            f"gmix-train: warning: perturb_from={config.perturb_from} lies beyond this run's "
+            f"last step ({total_steps}: {config.epochs} epochs of {steps_per_epoch}); no step "
+            f"of it is a full {config.method} step.",
+            file=sys.stderr,
+        )
+    elif config.verbose and config.perturb_from > 0 and config.method in PERTURBED_METHODS:
         epoch, batch = divmod(config.perturb_from, steps_per_epoch)
         print(
             f"gmix-train: plain steps until step {config.perturb_from} (epoch {epoch + 1}, "

@@ -524,6 +524,15 @@ def test_gmix_train_takes_a_late_phase_as_a_fraction_and_saves_the_step(tmp_path
     assert [row["full_step"] for row in history] == [0.0, 0.5]
     with pytest.raises(SystemExit):
         cli.train_main(TINY + ["--perturb-from", "1.5", "--output", str(tmp_path / "bad")])
+    # A step beyond the run's last (2 x 4 = 8) is legal, and said, even quietly.
+    capsys.readouterr()
+    late = flags[:-4] + ["--perturb-from", "8", "--output", str(tmp_path / "late")]
+    assert cli.train_main(TINY + late + ["--verbose", "0"]) == 0
+    assert "perturb_from=8 lies beyond this run's last step (8: 2 epochs of 4)" in (
+        capsys.readouterr().err
+    )
+    history = kg.records.read_history(os.path.join(tmp_path, "late", "history.csv"))
+    assert [row["full_step"] for row in history] == [0.0, 0.0]
 
 
 def test_gmix_train_takes_no_keep_first_pass(tmp_path):
