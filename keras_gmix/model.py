@@ -458,6 +458,30 @@ class GMixModel(backend.StepShell, keras.Model):
         """The wrapped network's summary (`inner.summary`)."""
         return self.inner.summary(*args, **kwargs)
 
+    def load_weights(self, filepath, *args, **kwargs):
+        """`keras.Model.load_weights`; a `.weights.h5` file of the bare network
+        (`network.save_weights(...)`, e.g. pretrained weights) loads into the
+        wrapped network, leaving the wrapper's training state as it is."""
+        try:
+            # A bare network's file misses the wrapper's groups, and Keras
+            # warns of each before it fails: the warnings are held back,
+            # and given out only when the load succeeds as GMixModel's.
+            with warnings.catch_warnings(record=True) as held:
+                warnings.simplefilter("always")
+                result = super().load_weights(filepath, *args, **kwargs)
+        except ValueError as error:
+            if not str(filepath).endswith(".weights.h5"):
+                raise
+            try:
+                return self.inner.load_weights(filepath, *args, **kwargs)
+            except Exception:
+                raise error from None
+        for warning in held:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+        return result
+
     def save(self, filepath, *args, **kwargs):
         """`keras.Model.save`, in the Keras format (`.keras`). The legacy
         HDF5 format (`.h5`) is refused: it cannot hold the wrapper and its

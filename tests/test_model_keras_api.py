@@ -7,6 +7,7 @@ numbers worked out by hand.
 
 import os
 import re
+import warnings
 
 import keras
 import numpy as np
@@ -232,6 +233,31 @@ def test_counters_are_still_saved_and_restored(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b)
     for a, b in zip(fresh.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_bare_networks_weights_file_loads_into_the_wrapped_network(tmp_path):
+    """Pretrained weights saved by the network alone load with
+    GMixModel.load_weights (as into a plain keras.Model of it); the
+    wrapper's state stays; a file of another architecture keeps Keras' error."""
+    pretrained = network(seed=7)
+    pretrained.save_weights(tmp_path / "network.weights.h5")
+    model = trained(perturb_every=2, reuse_scale=0.5)
+    steps, direction = int(model.mix_step.numpy()), [d.numpy() for d in model.reuse_direction]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the failed first reading warns of nothing
+        model.load_weights(tmp_path / "network.weights.h5")
+    for got, expected in zip(model.get_weights(), pretrained.get_weights()):
+        np.testing.assert_array_equal(got, expected)
+    assert int(model.mix_step.numpy()) == steps
+    for got, expected in zip(model.reuse_direction, direction):
+        np.testing.assert_array_equal(got.numpy(), expected)
+    x, y, _ = batch(8)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # and trains on from there
+    keras.utils.set_random_seed(0)
+    other = keras.Sequential([keras.Input((D,)), keras.layers.Dense(C)])
+    other.save_weights(tmp_path / "other.weights.h5")
+    with pytest.raises(ValueError, match="could not be loaded"):
+        model.load_weights(tmp_path / "other.weights.h5")
 
 
 def test_layers_inputs_outputs_and_the_feature_extractor_idiom():
