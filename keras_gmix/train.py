@@ -318,9 +318,15 @@ def _run_held(config, output, strategy, extra_callbacks):
             return results
         records.check_writable(output)
         _check_same_data(saved, config, output)
-        if config.epochs != saved["epochs"]:
-            # The record says what the run is now: only `epochs` is relabelled.
-            _write_config(output, dict(saved, epochs=config.epochs))
+        relabelled = {
+            key: getattr(config, key)
+            for key in ("epochs", "output")
+            if getattr(config, key) != saved.get(key)
+        }
+        if relabelled:
+            # The record says what the run is now: how long it trains, and
+            # where it lives (a run folder moved between a stop and --resume).
+            _write_config(output, dict(saved, **relabelled))
     else:
         _check_new_output(output)
         _write_config(output, dict(config.to_dict(), data_fingerprint=_data_fingerprint(config)))

@@ -169,6 +169,19 @@ def _tensorboard_steps(folder, tag):
     return steps
 
 
+def test_a_run_folder_moved_between_a_stop_and_resume_records_where_it_lives(tmp_path):
+    first, moved = str(tmp_path / "first"), str(tmp_path / "moved")
+    config = train.TrainConfig(epochs=2, train_size=32, batch_size=16, verbose=0, output=first)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(config, callbacks=[Kill(after=0)])
+    os.rename(first, moved)
+    values = config_lib.resume_values({"output": moved, "resume": True, "verbose": 0})
+    results = train.run(train.TrainConfig.from_dict(values))
+    assert results["output"] == moved and results["epochs_done"] == 2
+    assert json.load(open(os.path.join(moved, "config.json")))["output"] == moved
+    assert [row["epoch"] for row in read_csv(os.path.join(moved, "history.csv"))] == ["0", "1"]
+
+
 def test_resume_continues_from_the_next_epoch(tmp_path):
     output = str(tmp_path / "run")
     config = train.TrainConfig(
@@ -971,9 +984,11 @@ def test_resume_with_other_run_settings_is_refused_and_epochs_may_grow(run_copy)
     saved = json.load(open(config_path))
     assert (results["method"], results["epochs"], results["epochs_done"]) == ("gmix", 3, 3)
     assert (saved["method"], saved["epochs"], saved["resume"]) == ("gmix", 3, False)
-    assert {k: v for k, v in saved.items() if k != "epochs"} == {
-        k: v for k, v in json.loads(before).items() if k != "epochs"
-    }, "only epochs is relabelled"
+    assert saved["output"] == run_copy  # a copy of the run: it lives here now
+    relabelled = ("epochs", "output")
+    assert {k: v for k, v in saved.items() if k not in relabelled} == {
+        k: v for k, v in json.loads(before).items() if k not in relabelled
+    }, "only epochs and output are relabelled"
 
 
 def test_a_run_on_a_backend_keras_does_not_run_on_is_refused_before_writing(tmp_path):
