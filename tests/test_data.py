@@ -224,7 +224,7 @@ def test_npz_errors(tmp_path):
         kd.load_dataset(path, num_classes=2)
 
 
-@pytest.mark.parametrize("form", ["column", "whole_floats", "one_hot"])
+@pytest.mark.parametrize("form", ["column", "whole_floats", "one_hot", "bool"])
 def test_npz_labels_in_the_forms_users_save_read_as_class_ids(tmp_path, form):
     """keras.datasets' CIFAR labels are [n, 1]; some pipelines save float
     ids or one-hot rows: each reads as the same int64 ids."""
@@ -235,14 +235,20 @@ def test_npz_labels_in_the_forms_users_save_read_as_class_ids(tmp_path, form):
         "column": lambda y: y[:, None],
         "whole_floats": lambda y: y.astype(np.float32),
         "one_hot": lambda y: np.eye(5, dtype=np.float32)[y],  # 5 columns, 3 classes used
+        "bool": lambda y: y.astype(bool),
     }[form]
+    if form == "bool":  # two classes
+        arrays = {k: v % 2 if k.startswith("y_") else v for k, v in arrays.items()}
+        ids_path = str(tmp_path / "two.npz")
+        np.savez(ids_path, **arrays)
     path = str(tmp_path / f"{form}.npz")
     np.savez(path, **{k: convert(v) if k.startswith("y_") else v for k, v in arrays.items()})
     expected, got = kd.load_dataset(ids_path), kd.load_dataset(path)
     for split in ("y_train", "y_test"):
         assert getattr(got, split).dtype == np.int64
         np.testing.assert_array_equal(getattr(got, split), getattr(expected, split))
-    assert got.num_classes == (5 if form == "one_hot" else 3)  # one-hot rows say how many
+    # One-hot rows say how many classes there are.
+    assert got.num_classes == {"one_hot": 5, "bool": 2}.get(form, 3)
 
 
 @pytest.mark.parametrize(

@@ -268,6 +268,8 @@ def _npz_class_ids(path, split, y):
     shape [n] or [n, 1] (keras.datasets' CIFAR labels), of an integer dtype or
     whole-valued floats, and exact one-hot rows [n, C]."""
     name = f"In {path!r}, y_{split}"
+    if y.dtype == np.bool_:  # two classes, as False/True
+        y = y.astype(np.int64)
     if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
         raise ValueError(
             f"{name} must hold integer class indices. Received dtype {y.dtype}: map class "
