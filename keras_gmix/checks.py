@@ -160,16 +160,33 @@ def call_takes_training(layer):
     )
 
 
+PER_OUTPUT_WEIGHTS = (
+    "GMixModel weighs each example once, over all outputs (the per-example loss that drives "
+    "the sharpness is the sum over outputs): give one sample weight per example (one array, "
+    "which Keras hands every output), not different weights per output"
+)
+
+
 def checked_sample_weight(sample_weight):
     """One batch's sample weights as float32 [n], checked finite and >= 0 in the step.
 
     A NaN weight would make the loss NaN and skip the step, every epoch,
-    without a word; fail instead and say which.
+    without a word; fail instead and say which. For a model of several
+    outputs Keras hands one weight array per output (the user's one array,
+    repeated): they must agree (`PER_OUTPUT_WEIGHTS`).
     """
-    weights = ops.cast(ops.reshape(sample_weight, [-1]), "float32")
+    leaves = [ops.cast(ops.reshape(w, [-1]), "float32") for w in _weight_leaves(sample_weight)]
+    if not leaves:
+        return None
+    weights = leaves[0]
+    agree = [
+        ops.all(ops.logical_or(other == weights, ops.isnan(other) & ops.isnan(weights)))
+        for other in leaves[1:]
+    ]
     return backend.checked(
         weights,
-        [
+        [(condition, PER_OUTPUT_WEIGHTS) for condition in agree]
+        + [
             (
                 ops.all(ops.isfinite(weights)),
                 "Sample weights must be finite; a batch holds NaN or inf weights",
@@ -179,11 +196,30 @@ def checked_sample_weight(sample_weight):
     )
 
 
+def _weight_leaves(sample_weight):
+    """The weight arrays of a (possibly per-output) `sample_weight` structure."""
+    if isinstance(sample_weight, dict):
+        leaves = list(sample_weight.values())
+    elif isinstance(sample_weight, (list, tuple)):
+        leaves = list(sample_weight)
+    else:
+        leaves = [sample_weight]
+    return [leaf for leaf in leaves if leaf is not None]
+
+
 def check_sample_weight(sample_weight):
-    """Array sample weights, before fit: finite and >= 0."""
-    if sample_weight is None or not is_array(sample_weight):
+    """Array sample weights, before fit: finite and >= 0, and one per example."""
+    if sample_weight is None:
         return
-    weights = np.asarray(sample_weight, dtype=np.float64)
+    leaves = _weight_leaves(sample_weight)
+    if not leaves or not all(is_array(leaf) for leaf in leaves):
+        return
+    first = np.asarray(leaves[0], dtype=np.float64).reshape(-1)
+    for other in leaves[1:]:
+        other = np.asarray(other, dtype=np.float64).reshape(-1)
+        if other.shape != first.shape or not np.array_equal(other, first, equal_nan=True):
+            raise ValueError(PER_OUTPUT_WEIGHTS + ".")
+    weights = first
     if not np.all(np.isfinite(weights)) or np.any(weights < 0):
         raise ValueError(
             "Sample weights must be finite numbers >= 0; received NaN, inf or negative values. "

@@ -33,6 +33,11 @@ def output_widths_and_names(inner, x):
     its structure of specs; a subclassed network is traced symbolically."""
     outputs = getattr(inner, "outputs", None) if inner.built else None
     names = getattr(inner, "output_names", None) if outputs else None
+    if outputs and isinstance(_output_structure(inner), dict):
+        # A dict of outputs is keyed (labels, losses, Keras' own compiled
+        # loss) by its keys, in flattening order; `output_names` gives the
+        # layers' names, which need not be the keys.
+        names = sorted(_output_structure(inner))
     if not outputs:
         specs = keras.tree.map_structure(symbolic_spec, x)
         # A call builds a model that is not built yet (Sequential's
@@ -45,6 +50,15 @@ def output_widths_and_names(inner, x):
         check_output_shape(output.shape)
     names = list(names) if names else [f"output_{i}" for i in range(len(outputs))]
     return tuple(output.shape[-1] for output in outputs), names
+
+
+def _output_structure(inner):
+    """The network's symbolic outputs in their structure, or None (a
+    Sequential network, which has no `output` of its own)."""
+    try:
+        return inner.output
+    except (AttributeError, ValueError):
+        return None
 
 
 def labels_per_output(y, widths, names):

@@ -579,6 +579,52 @@ def test_a_model_of_several_outputs_logs_only_the_losses_its_step_computes():
         np.testing.assert_allclose(history[f"val_{name}"][-1], expected[name], rtol=1e-6)
 
 
+def two_output_network():
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((D,))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    return keras.Model(
+        inputs, {"a": keras.layers.Dense(C, name="a")(hidden), "b": keras.layers.Dense(1)(hidden)}
+    )
+
+
+@pytest.mark.parametrize("reduction", ["sum_over_batch_size", "mean_with_sample_weight", "sum"])
+@pytest.mark.parametrize("given", ["one_array", "per_output_dict"])
+def test_sample_weights_of_a_model_of_several_outputs_train_as_keras(given, reduction):
+    """Keras hands a model of several outputs one weight array per output
+    (the user's one array, repeated); the step weighs each example once."""
+    x, y, weights = batch()
+    labels = {"a": y, "b": (y % 2).astype("float32")}
+    losses = {
+        "a": sparse_loss(reduction),
+        "b": keras.losses.MeanSquaredError(reduction=reduction),
+    }
+    sample_weight = weights if given == "one_array" else {"a": weights, "b": weights}
+    trained_weights = []
+    for model in (two_output_network(), kg.GMixModel(two_output_network(), method="erm")):
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss=losses)
+        model.fit(x, labels, sample_weight=sample_weight, batch_size=N, verbose=0, shuffle=False)
+        trained_weights.append(numpy_weights(model))
+    for got, expected in zip(trained_weights[1], trained_weights[0]):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_different_sample_weights_per_output_are_refused_before_and_in_the_step():
+    x, y, weights = batch()
+    labels = {"a": y, "b": (y % 2).astype("float32")}
+    model = kg.GMixModel(two_output_network(), method="dgmix")
+    model.compile(optimizer="sgd", loss={"a": sparse_loss(), "b": "mse"})
+    before = numpy_weights(model)
+    different = {"a": weights, "b": weights[::-1].copy()}
+    with pytest.raises(ValueError, match="one sample weight per example"):
+        model.fit(x, labels, sample_weight=different, verbose=0)
+    pipeline = tf.data.Dataset.from_tensor_slices((x, labels, different)).batch(8)
+    with pytest.raises(Exception, match="one sample weight per example"):
+        model.fit(pipeline, verbose=0)
+    for got, expected in zip(numpy_weights(model), before):
+        np.testing.assert_array_equal(got, expected)
+
+
 class Batches(keras.utils.PyDataset):
     """The given (x, y) batches in order."""
 
