@@ -22,8 +22,8 @@ draw the same dropout masks.
 Pass counts: erm/mixup 1 forward + 1 backward; sam/gmix 2F + 2B;
 bgmix/dgmix 2F + 3B, the third backward pass running through the first
 forward pass again (its pull-back is kept) for the flat subset. With
-`keep_first_pass=False` bgmix/dgmix make 3F + 3B instead and hold about one
-pass at a time, as sam does (SPEC.md section 4b, "Memory").
+`keep_first_pass=False` bgmix/dgmix make 3F + 3B instead: pass 1 runs again
+after the perturbed pass, so that one pass is held at a time, as in sam.
 """
 
 from typing import NamedTuple
@@ -139,11 +139,11 @@ def compute_update(
             `"sum_over_batch_size"` (the batch mean).
         keep_first_pass: bgmix/dgmix: keep pass 1's pull-back through the
             perturbed pass (2F + 3B; two forward passes' activations held
-            at once). `False` takes s_i from a forward pass at w + eps that
-            is not differentiated, the flat subset's gradient through pass
-            1, drops it, and then runs the perturbed pass again to
-            differentiate it: the same update for 3F + 3B, about one pass
-            held. Defaults to `True`.
+            at once). `False` drops it after the ascent gradient, as sam
+            does, and runs pass 1 again (the same batch, state, batch
+            statistics and dropout masks) after the perturbed pass, for the
+            flat subset's gradient: the same update for 3F + 3B, one pass
+            held at a time. Defaults to `True`.
 
     Returns:
         A `StepResult`.
@@ -159,14 +159,14 @@ def compute_update(
     n = ops.shape(keras.tree.flatten(y)[0])[0]
     scale, log_scale = losses_lib.objective_scales(reduction, n, sample_weight)
     training = {"training": True} if checks.call_takes_training(inner) else {}
-    regularized = []  # set while pass 1 is traced: whether the model adds losses
+    adds_losses = []  # set while pass 1 is traced: whether the model adds losses
 
     def first_pass(values):
         # At w: its BatchNorm statistics (and RNG state) are the step's.
         y_pred, new_state, extra_losses = inner.stateless_call(
             values, state, x, return_losses=True, **training
         )
-        regularized.append(bool(extra_losses))
+        adds_losses.append(bool(extra_losses))
         # Regularizers are evaluated at w only, and added once.
         reg_loss = (
             ops.sum(ops.stack([ops.cast(t, "float32") for t in extra_losses]))
@@ -178,7 +178,7 @@ def compute_update(
 
     # Forward pass 1, at w, kept for as many pull-backs as the method takes.
     (losses_at_w, reg_loss), pullback, (y_pred, new_state) = backend.vjp(first_pass, weights)
-    regularized = regularized[0]
+    regularized = adds_losses[0]
     # The cotangents: d objective / d l_i (loss-scaled), and the regularizers'.
     every_example = scale_loss(ops.ones_like(losses_at_w) * scale)
     regularizers = scale_loss(ops.ones([], "float32")) if regularized else None
@@ -201,7 +201,7 @@ def compute_update(
         plain_grads = ascent if reg_grads is None else pt.add(ascent, reg_grads)
     if mean_over_replicas is not None:
         ascent = mean_over_replicas(ascent)
-    if not partitioned:
+    if not partitioned or not keep_first_pass:
         pullback = None  # frees pass 1's activations before pass 2
     eps = pt.perturbation(weights, ascent, rho, adaptive=adaptive, eta=eta)
     perturbed_weights = pt.add(weights, eps)
@@ -216,25 +216,12 @@ def compute_update(
         # Both subsets are scaled as the whole batch is (1/n by default).
         return scale_loss((1.0 - sharp) * scale)
 
-    g_flat = None
-    if partitioned and not keep_first_pass:
-        # Memory-lean: the partition from a forward pass that is not
-        # differentiated, the flat subset's gradient through pass 1, which
-        # is then dropped before the perturbed pass runs again.
-        losses_at_eps = losses_at(perturbed_weights)
-        sharp = partition.sharp_mask(losses_at_eps - losses_at_w, sensitive_fraction)
-        g_flat = pullback((flat_examples(sharp), None))
-        pullback = None
-        perturbed_weights = backend.after(perturbed_weights, g_flat)
-
     # Forward and backward pass 2, at w + eps.
-    (differentiated_losses_at_eps,), perturbed_pullback, _ = backend.vjp(
+    (losses_at_eps,), perturbed_pullback, _ = backend.vjp(
         lambda values: ((losses_at(values),), ()), perturbed_weights
     )
-    if g_flat is None:
-        losses_at_eps = differentiated_losses_at_eps
-        if partitioned:
-            sharp = partition.sharp_mask(losses_at_eps - losses_at_w, sensitive_fraction)
+    if partitioned:
+        sharp = partition.sharp_mask(losses_at_eps - losses_at_w, sensitive_fraction)
     sharp_examples = sharp if partitioned else ops.ones_like(losses_at_eps)
     g_sharp = perturbed_pullback((scale_loss(sharp_examples * scale),))
     perturbed_pullback = None
@@ -251,10 +238,14 @@ def compute_update(
     )
 
     if partitioned:
-        if g_flat is None:
-            # Backward pass 3, through pass 1 again: the flat subset at w.
-            g_flat = pullback((flat_examples(sharp), None))
-            pullback = None
+        if pullback is None:
+            # Memory-lean: pass 1 again, at w, from the same state (the same
+            # batch statistics and dropout masks), run only once pass 2 is
+            # done, so that no two passes' activations are held at once.
+            _, pullback, _ = backend.vjp(first_pass, backend.after(weights, g_sharp))
+        # Backward pass 3, through pass 1: the flat subset at w.
+        g_flat = pullback((flat_examples(sharp), None))
+        pullback = None
         stats.update(
             sensitive_fraction=ops.mean(sharp),
             grad_cosine=partition.cosine(g_sharp, g_flat),
