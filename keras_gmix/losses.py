@@ -51,9 +51,11 @@ def _on_one_hot(loss):
         config = loss.get_config()
         if config.get("ignore_class") is not None:
             raise ValueError(
-                "`ignore_class` of a sparse cross-entropy loss has no meaning "
-                "on mixed (soft) labels; remove it, or drop those examples "
-                "from the data set instead."
+                "GMixModel does not take `ignore_class` (of a sparse cross-entropy "
+                "loss): it hands the loss one-hot rows (mixed ones for the mixing "
+                "methods), in training and in evaluation alike, and a row has no "
+                "class id to ignore. Drop those examples from the data set and "
+                "compile without `ignore_class`."
             )
         return keras.losses.CategoricalCrossentropy(
             from_logits=config["from_logits"], axis=config.get("axis", -1), reduction=None

@@ -266,6 +266,9 @@ class GMixModel(backend.StepShell, keras.Model):
         self.last_lam_tracker = StepValues(name="last_lam")
         self.last_sensitivity_tracker = StepValues(name="last_sensitivity")
         self.skipped_steps_tracker = keras.metrics.Sum(name="skipped_steps")
+        # Skips that were failures (not loss-scale overflows), for the NaN
+        # logs of an epoch that kept no step (`get_metrics_result`). Not logged.
+        self.failed_steps_tracker = keras.metrics.Sum(name="failed_steps")
         self.step_stat_trackers = [
             keras.metrics.Mean(name=name) for name in step_stat_names(method)
         ]
@@ -454,6 +457,10 @@ class GMixModel(backend.StepShell, keras.Model):
                 f"The wrapped network ({type(self.inner).__name__}) has no `{name}`: {error}"
             ) from None
 
+    def compute_output_shape(self, *args, **kwargs):
+        """The wrapped network's output shape (`inner.compute_output_shape`)."""
+        return self.inner.compute_output_shape(*args, **kwargs)
+
     def summary(self, *args, **kwargs):
         """The wrapped network's summary (`inner.summary`)."""
         return self.inner.summary(*args, **kwargs)
@@ -546,6 +553,7 @@ class GMixModel(backend.StepShell, keras.Model):
         """The logs a step adds to Keras' loss and compiled metrics."""
         return [tracker.name for tracker in self._step_trackers()] + [
             "skipped_steps",
+            "failed_steps",
             "soft_labels",
         ]
 
@@ -772,8 +780,13 @@ class GMixModel(backend.StepShell, keras.Model):
         # Arrays are checked whole before training; generators, PyDatasets
         # and tf.data batch by batch in the step (never read twice here).
         if x is not None and all(checks.is_array(leaf) for leaf in keras.tree.flatten(x)):
-            widths = self.output_widths(keras.tree.map_structure(labels_lib.symbolic_spec, x))
+            specs = keras.tree.map_structure(labels_lib.symbolic_spec, x)
+            widths = self.output_widths(specs)
             y = arguments.get("y")
+            if self.loss is not None:
+                # A loss the step refuses is refused before its labels are
+                # read (its labels may be valid only for it: ignore_class).
+                self.step_loss(specs)
             if y is not None:
                 given = labels_lib.check_array_labels(y, widths, self._output_names, self.loss)
                 output_losses = labels_lib.output_losses(self.loss, widths, self._output_names)
@@ -826,7 +839,12 @@ class GMixModel(backend.StepShell, keras.Model):
             variable.assign(step_guards.kept_if(finite, value, ops.copy(variable)))
         # Not skipped_steps, which counts the skip, nor the step values,
         # written before this point with a rule of their own.
-        own = (self.skipped_steps_tracker, self.last_lam_tracker, self.last_sensitivity_tracker)
+        own = (
+            self.skipped_steps_tracker,
+            self.failed_steps_tracker,
+            self.last_lam_tracker,
+            self.last_sensitivity_tracker,
+        )
         metric_variables = [
             v
             for metric in self.metrics
@@ -838,6 +856,7 @@ class GMixModel(backend.StepShell, keras.Model):
         # Summed over replicas on read: each replica counts its share of the step.
         skipped = 1.0 - ops.cast(finite, "float32")
         self.skipped_steps_tracker.update_state(skipped / backend.num_replicas())
+        self.failed_steps_tracker.update_state(ops.cast(fault, "float32") / backend.num_replicas())
         skips = ops.copy(self.consecutive_skips)
         self.consecutive_skips.assign(
             ops.where(fault, skips + 1, step_guards.kept_if(finite, ops.zeros_like(skips), skips))
@@ -1011,8 +1030,10 @@ class GMixModel(backend.StepShell, keras.Model):
         return result._replace(stats=stats)
 
     def get_metrics_result(self):
-        """Keras' metric results without the internal `soft_labels` count and
-        the step values (`last_lam`, `last_sensitivity`: arrays, not scalars).
+        """Keras' metric results without the internal `soft_labels` and
+        `failed_steps` counts and the step values (`last_lam`,
+        `last_sensitivity`: arrays, not scalars); NaN for all but
+        `skipped_steps` while the epoch has kept no step and one failed.
 
         Dropped here, not from the step's logs alone: at the end of an epoch
         Keras reads `get_metrics_result()` (the metrics summed over replicas)
@@ -1021,9 +1042,21 @@ class GMixModel(backend.StepShell, keras.Model):
         `skipped_steps` on two replicas.
         """
         logs = super().get_metrics_result()
+        failed = logs.pop("failed_steps", 0.0)
         for name in ("soft_labels",) + STEP_VALUES_NAMES:
             logs.pop(name, None)
-        return logs
+        # No step of the epoch so far was kept, and one failed (not only
+        # loss-scale overflows): the empty metrics would read 0 (a perfect
+        # loss); NaN says what happened, as Keras' own logs do, and stops
+        # TerminateOnNaN.
+        tracker = compat.loss_tracker(self)
+        if tracker is None:
+            return logs
+        diverged = ops.logical_and(tracker.count == 0, failed > 0)
+        return {
+            name: value if name == "skipped_steps" else ops.where(diverged, float("nan"), value)
+            for name, value in logs.items()
+        }
 
 
 def _is_shape(value):

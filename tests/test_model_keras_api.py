@@ -284,6 +284,8 @@ def test_layers_inputs_outputs_and_the_feature_extractor_idiom():
     assert wrapped.input is functional.input and wrapped.output is functional.output
     with pytest.raises(AttributeError, match="no `input_shape`"):
         _ = kg.GMixModel(subclassed_network()).input_shape
+    assert model.compute_output_shape((None, D)) == net.compute_output_shape((None, D))
+    assert model.compute_output_shape((7, D)) == (7, C)
 
 
 def image_network(seed=3):
@@ -500,6 +502,23 @@ def test_losses_that_cannot_take_one_hot_rows_are_refused_before_a_step(method, 
         model.fit(x, y, epochs=1, verbose=0)
     for a, b in zip(model.get_weights(), before):
         np.testing.assert_array_equal(a, b)
+    assert int(model.optimizer.iterations.numpy()) == 0
+
+
+def test_ignore_class_is_refused_in_one_sentence_before_the_labels_are_read():
+    """Labels of -1 for `ignore_class=-1` are valid for that loss only: the
+    refusal names ignore_class (not the class id range), in fit and in
+    evaluate alike, with erm too, before any step."""
+    x, y, _ = batch()
+    y[::4] = -1
+    model = kg.GMixModel(network(), method="erm")
+    model.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1),
+    )
+    for call in (lambda: model.fit(x, y, verbose=0), lambda: model.evaluate(x, y, verbose=0)):
+        with pytest.raises(ValueError, match=r"does not take `ignore_class`.*Drop those examples"):
+            call()
     assert int(model.optimizer.iterations.numpy()) == 0
 
 

@@ -83,7 +83,7 @@ def test_skipped_steps_leave_every_metric_untouched(method):
         np.testing.assert_allclose(history[key], expected[key], rtol=1e-6, err_msg=key)
 
 
-def test_an_epoch_of_only_skipped_steps_logs_no_accuracy_of_one():
+def test_an_epoch_of_only_skipped_steps_logs_nan_not_a_perfect_score():
     x, y = data(64)
     x[:] = np.nan
     model = compiled(inner=small_model(), **GUARDED)
@@ -94,9 +94,53 @@ def test_an_epoch_of_only_skipped_steps_logs_no_accuracy_of_one():
     )
     history = model.fit(batches(x, y), verbose=0).history
     assert history["skipped_steps"] == [4.0]
-    assert history["accuracy"] == [0.0] and history["loss"] == [
-        0.0
-    ]  # empty metrics, not a perfect score
+    # No step was kept: NaN, as Keras logs a diverged epoch (the empty
+    # metrics would read loss 0.0, a perfect fit). The G-Mix statistics too.
+    assert all(np.isnan(history[name][0]) for name in history if name != "skipped_steps")
+
+
+@pytest.mark.parametrize("method", ["erm", "gmix"])
+def test_terminate_on_nan_stops_a_diverged_fit_as_it_stops_keras(method):
+    """Keras' TerminateOnNaN stops at the first batch whose logged loss is
+    NaN; GMixModel skips that step and logs NaN because no step of the epoch
+    was kept, so it stops at the same batch, with the weights before it."""
+    x, y = data(64)
+    x[:] = np.nan
+    histories = []
+
+    def linear():  # no ReLU, which would turn the NaN inputs into a finite loss
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input((x.shape[1],)), keras.layers.Dense(C)])
+
+    for model in (linear(), compiled(inner=linear(), method=method, **GUARDED)):
+        model.compile(
+            optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
+        history = model.fit(
+            batches(x, y), epochs=3, verbose=0, callbacks=[keras.callbacks.TerminateOnNaN()]
+        )
+        histories.append(history)
+    keras_history, gmix_history = histories
+    assert len(keras_history.epoch) == len(gmix_history.epoch) == 1
+    assert np.isnan(keras_history.history["loss"][0]) and np.isnan(gmix_history.history["loss"][0])
+    assert gmix_history.history["skipped_steps"] == [1.0]  # stopped at its first batch
+
+
+def test_a_loss_scale_overflow_alone_does_not_log_nan():
+    """LossScaleOptimizer's overflow skips are its business, not a
+    divergence: an epoch whose only steps overflowed still logs numbers."""
+    x, y = data(16)
+    x *= 100.0  # a loss of about 100, which overflows float32 at a scale of 2**127
+    model = compiled(inner=small_model(), method="gmix", **GUARDED)
+    model.compile(
+        optimizer=keras.optimizers.LossScaleOptimizer(
+            keras.optimizers.SGD(0.1), initial_scale=2.0**127
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    history = model.fit(batches(x, y), verbose=0).history
+    assert history["skipped_steps"] == [1.0]
+    assert not np.isnan(history["loss"][0])
 
 
 @pytest.mark.parametrize(
