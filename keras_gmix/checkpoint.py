@@ -49,15 +49,31 @@ def _fix(backup_dir):
 
 
 def read_state(backup_dir):
-    """The committed state {"epoch": epochs done, "weights": ..., "rng": file names}, or None."""
+    """The committed state {"epoch": epochs done, "weights": ..., "rng": file
+    names, "run": what the run is}, or None (no backup begun).
+
+    A backup begins with a state of epoch 0 (`begin`), written before any
+    checkpoint file, so checkpoint files without a state.json mean that it
+    was deleted, not that the first commit was cut short.
+    """
     path = os.path.join(backup_dir, STATE_FILE)
     if not os.path.exists(path):
+        if os.path.isdir(backup_dir) and any(
+            name.startswith("epoch-") for name in os.listdir(backup_dir)
+        ):
+            raise ValueError(
+                f"{path} is missing, but {backup_dir} holds checkpoint files: state.json "
+                f"names the complete checkpoint, and without it none can be trusted: "
+                f"{_fix(backup_dir)}."
+            )
         return None
     state = records.read_json(path, _fix(backup_dir))
-    if not isinstance(state.get("epoch"), int) or not all(
-        isinstance(state.get(k), str) for k in ("weights", "rng")
-    ):
-        raise ValueError(f"{path} is unreadable (it names no epoch and files): {_fix(backup_dir)}.")
+    if not isinstance(state.get("epoch"), int):
+        raise ValueError(f"{path} is unreadable (it names no epoch): {_fix(backup_dir)}.")
+    if state["epoch"] == 0:  # begun, nothing committed yet
+        return state
+    if not all(isinstance(state.get(k), str) for k in ("weights", "rng")):
+        raise ValueError(f"{path} is unreadable (it names no files): {_fix(backup_dir)}.")
     for key in ("weights", "rng"):
         if not os.path.exists(os.path.join(backup_dir, state[key])):
             raise OSError(
@@ -65,6 +81,23 @@ def read_state(backup_dir):
                 "folder was changed by hand. Delete the folder to start over."
             )
     return state
+
+
+def begin(backup_dir, run=None):
+    """Starts a backup in `backup_dir` (unless one is there): a state of
+    epoch 0, carrying `run`, a JSON-able description of the run (checked by
+    the caller on resume, `saved_run`)."""
+    if read_state(backup_dir) is not None:
+        return
+    os.makedirs(backup_dir, exist_ok=True)
+    state = {"epoch": 0, "weights": None, "rng": None, "previous": None, "run": run}
+    records.atomic_write_text(os.path.join(backup_dir, STATE_FILE), json.dumps(state))
+
+
+def saved_run(backup_dir):
+    """The `run` the backup in `backup_dir` was written with (None without one)."""
+    state = read_state(backup_dir)
+    return None if state is None else state.get("run")
 
 
 def remove(backup_dir):
@@ -89,7 +122,7 @@ def saved_epoch(backup_dir):
 
 def _checkpoints(state):
     """The checkpoints a state names, newest first: {"epoch", "weights", "rng"} each."""
-    if state is None:
+    if state is None or state["epoch"] == 0:
         return []
     newest = {key: state[key] for key in ("epoch", "weights", "rng")}
     return [newest] + ([state["previous"]] if state.get("previous") else [])
@@ -141,11 +174,12 @@ def _rng_bytes(model):
     return buffer.getvalue()
 
 
-def save(model, backup_dir, epochs_done, keep_previous=False):
+def save(model, backup_dir, epochs_done, keep_previous=False, run=None):
     """Commits `model`'s weights and optimizer state as `epochs_done` finished epochs.
 
     `keep_previous` keeps the checkpoint committed before as well, the one
     a worker that is ahead of the others resumes from (see `resume_epoch`).
+    `run` (JSON-able) is saved with it, as `begin` does.
 
     Raises:
         records.RecordWriteError: a file could not be written (a full disk,
@@ -156,7 +190,7 @@ def save(model, backup_dir, epochs_done, keep_previous=False):
     # disk ends the process with a segmentation fault instead of an error.
     weights, rng = compat.weights_h5_bytes(model), _rng_bytes(model)
     try:
-        _commit(model, backup_dir, epochs_done, keep_previous, weights, rng)
+        _commit(backup_dir, epochs_done, keep_previous, weights, rng, run)
     except OSError as error:
         for other in os.listdir(backup_dir) if os.path.isdir(backup_dir) else ():
             if other.startswith(records.TEMP_PREFIX):
@@ -176,17 +210,19 @@ def save(model, backup_dir, epochs_done, keep_previous=False):
         ) from error
 
 
-def _commit(model, backup_dir, epochs_done, keep_previous, weights, rng):
-    os.makedirs(backup_dir, exist_ok=True)
+def _commit(backup_dir, epochs_done, keep_previous, weights, rng, run):
+    if not os.path.exists(os.path.join(backup_dir, STATE_FILE)):
+        # Before any checkpoint file (see `read_state`).
+        begin(backup_dir, run)
+    # Read only when kept: a single process never depends on the old state.
+    older = _checkpoints(read_state(backup_dir)) if keep_previous else []
     name = _WEIGHTS_PATTERN.format(epochs_done)
     _write_bytes(backup_dir, name, weights)
     rng_name = _RNG_PATTERN.format(epochs_done)
     _write_bytes(backup_dir, rng_name, rng)
     newest = {"epoch": int(epochs_done), "weights": name, "rng": rng_name}
-    # Read only when kept: a single process never depends on the old state.
-    older = _checkpoints(read_state(backup_dir)) if keep_previous else []
     previous = [c for c in older if c["epoch"] < epochs_done]
-    state = dict(newest, previous=previous[0] if previous else None)
+    state = dict(newest, previous=previous[0] if previous else None, run=run)
     records.atomic_write_text(os.path.join(backup_dir, STATE_FILE), json.dumps(state))
     # Only now are the older checkpoints no longer needed.
     kept = {STATE_FILE} | {c[key] for c in _checkpoints(state) for key in ("weights", "rng")}
@@ -261,14 +297,18 @@ class BackupAndRestore(keras.callbacks.Callback):
             Pass False when more must be saved after `fit` (results, the
             model), and call `remove(backup_dir)` once it is. Defaults to
             True.
+        run: a JSON-able description of the run (e.g. its settings), saved
+            in state.json, for `saved_run` to check on resume that the
+            backup is this run's. Defaults to `None`.
     """
 
-    def __init__(self, backup_dir, delete_checkpoint=True):
+    def __init__(self, backup_dir, delete_checkpoint=True, run=None):
         super().__init__()
         if not backup_dir:
             raise ValueError(f"`backup_dir` must be a folder path. Received: {backup_dir!r}")
         self.backup_dir = backup_dir
         self.delete_checkpoint = delete_checkpoint
+        self.run = run
         self._keep_previous = False
 
     def on_train_begin(self, logs=None):
@@ -280,12 +320,15 @@ class BackupAndRestore(keras.callbacks.Callback):
         strategy = backend.model_strategy(self.model)
         self._keep_previous = distribute.is_multi_worker(strategy)
         epoch = restore(self.model, self.backup_dir, resume_epoch(self.backup_dir, strategy))
+        begin(self.backup_dir, self.run)
         # The attribute Keras' own BackupAndRestore sets: fit starts here.
         # None leaves fit's own `initial_epoch` in force.
         compat.set_initial_epoch(self.model, epoch or None)
 
     def on_epoch_end(self, epoch, logs=None):
-        save(self.model, self.backup_dir, epoch + 1, keep_previous=self._keep_previous)
+        save(
+            self.model, self.backup_dir, epoch + 1, keep_previous=self._keep_previous, run=self.run
+        )
 
     def on_train_end(self, logs=None):
         # Keras reads it but never clears it: a later fit would start there.

@@ -127,6 +127,10 @@ def check_milestones(milestones):
     return values
 
 
+# The settings that name a file or folder.
+PATH_FIELDS = ("output", "dataset", "test_dataset", "data_dir")
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Every setting of a training run; the defaults are the main job (digits, dgmix).
@@ -433,6 +437,10 @@ class TrainConfig:
                     f"Argument `{field.name}` must be a string (a name or a path). "
                     f"Received: {field.name}={value!r}"
                 )
+            elif field.name in PATH_FIELDS:
+                # "~" as the shell would (it does not in a config file, nor
+                # in `--output=~/x`); a TFDS name never starts with it.
+                value = os.path.expanduser(value)
             setattr(self, field.name, value)
 
     def validate(self):

@@ -285,11 +285,58 @@ def _check_resume(config, folder, finished):
     return saved
 
 
+def _check_backup_is_this_runs(config, folder, backup_dir):
+    """Refuses a resume whose checkpoint was written by a run with other
+    settings than config.json (and the flags) now give: config.json edited
+    by hand since the kill, or another run's backup copied in. A backup
+    written before its state.json carried the run is not checked."""
+    run = checkpoint_lib.saved_run(backup_dir)
+    if run is None:
+        return
+    differences = config_lib.resume_differences(run, config)
+    if differences:
+        raise ValueError(
+            f"Cannot resume {folder}: its checkpoint ({backup_dir}) was written by a "
+            f"run with other settings than config.json gives now: {'; '.join(differences)}. "
+            "config.json was changed since the run began, or the backup comes from "
+            "another run: put the run's own config.json (or backup) back, or start a "
+            "new run in another --output."
+        )
+
+
+def _check_finished_run_is_whole(folder, backup_dir, results_path, finished):
+    """Refuses a resume of a finished run whose model.keras or results.json
+    is gone (a run deletes its backup only after writing both), instead of
+    reporting it finished or training it again over its model."""
+    model_path = os.path.join(folder, "model.keras")
+    if finished and not os.path.exists(model_path):
+        raise ValueError(
+            f"{folder} is finished, but its model.keras is missing: restore it from a "
+            "copy, or train again in another --output."
+        )
+    if not finished and not os.path.exists(backup_dir) and os.path.exists(model_path):
+        raise ValueError(
+            f"{folder} is finished (its model.keras is there and its backup is gone), "
+            f"but its results.json is missing: restore {results_path} from a copy, or "
+            "train again in another --output."
+        )
+
+
 def _check_same_data(saved, config, folder):
     """Refuses a resume on other data than the run began with (config.json's
     `data_fingerprint`; a config.json written before it existed is not checked)."""
     if "data_fingerprint" not in saved:
         return
+    for part, path in (("train", config.dataset), ("test", config.test_dataset)):
+        began = (saved["data_fingerprint"].get(part) or {}).get("path")
+        if path and began and not os.path.isabs(path) and not os.path.exists(path):
+            # A relative path is relative to where the run began.
+            raise ValueError(
+                f"Cannot resume {folder}: its config.json names the {part} data by a "
+                f"relative path, {path!r}, which the run began with as {began}. Run "
+                f"--resume from the directory it began in ({_began_in(began, path)}), "
+                f"or with --dataset {began}."
+            )
     changes = data_lib.fingerprint_changes(saved["data_fingerprint"], _data_fingerprint(config))
     if changes:
         raise ValueError(
@@ -299,6 +346,15 @@ def _check_same_data(saved, config, folder):
         )
 
 
+def _began_in(absolute, relative):
+    """The directory from which `relative` named `absolute`."""
+    parts = os.path.normpath(relative).split(os.sep)
+    head = os.path.normpath(absolute)
+    for _ in parts:
+        head = os.path.dirname(head)
+    return head
+
+
 def _run_held(config, output, strategy, extra_callbacks):
     """`run` once this process holds the run folder `output`."""
     backup_dir = os.path.join(output, "backup")
@@ -306,6 +362,7 @@ def _run_held(config, output, strategy, extra_callbacks):
     if config.resume:
         finished = not os.path.exists(backup_dir) and os.path.exists(results_path)
         saved = _check_resume(config, output, finished)
+        _check_finished_run_is_whole(output, backup_dir, results_path, finished)
         if finished:
             # Finished already: nothing to continue.
             results = records.read_json(
@@ -317,6 +374,7 @@ def _run_held(config, output, strategy, extra_callbacks):
                 print(f"gmix-train: {output} is finished already; nothing to resume.")
             return results
         records.check_writable(output)
+        _check_backup_is_this_runs(config, output, backup_dir)
         _check_same_data(saved, config, output)
         relabelled = {
             key: getattr(config, key)
@@ -467,7 +525,9 @@ def _run(config, output, backup_dir, results_path, strategy, extra_callbacks):
         )
     # Kept until the results are written: a kill before that resumes
     # from the last epoch instead of training again from epoch 0.
-    backup = checkpoint_lib.BackupAndRestore(backup_dir, delete_checkpoint=False)
+    backup = checkpoint_lib.BackupAndRestore(
+        backup_dir, delete_checkpoint=False, run=config.to_dict()
+    )
     callbacks = loggers + [backup] + extra_callbacks
 
     _, wall_seconds, test = fit_and_evaluate(

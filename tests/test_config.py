@@ -68,6 +68,20 @@ def test_config_accepts_numpy_scalars_as_plain_numbers():
     json.dumps(config.to_dict())  # config.json stays writable
 
 
+def test_a_tilde_in_a_path_setting_is_the_home_folder(tmp_path, monkeypatch):
+    """As the shell would expand it: it does not in a config file, nor in
+    `--output=~/x`, where a folder named "~" was made in the working one."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = config_lib.TrainConfig(
+        output="~/runs/a", dataset="~/data.npz", data_dir="~/tfds", method="erm"
+    )
+    assert config.output == str(tmp_path / "runs" / "a")
+    assert config.dataset == str(tmp_path / "data.npz")
+    assert config.data_dir == str(tmp_path / "tfds")
+    assert config_lib.TrainConfig(dataset="cifar10").dataset == "cifar10"  # names stay names
+    assert set(config_lib.PATH_FIELDS) <= {f.name for f in config_lib.dataclasses.fields(config)}
+
+
 def test_run_defining_settings_are_every_field_but_the_resumable_ones():
     """A field added to TrainConfig defines the run unless it is listed as resumable."""
     import dataclasses

@@ -638,6 +638,90 @@ def test_resume_refuses_a_history_that_lost_rows_the_checkpoint_holds(
     assert not os.path.exists(os.path.join(killed_copy, "results.json"))
 
 
+def _edit_config(folder, edit):
+    path = os.path.join(folder, "config.json")
+    values = json.load(open(path))
+    edit(values)
+    json.dump(values, open(path, "w"))
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda v: v.update(method="gmix"), r"method: 'erm' -> 'gmix'"),
+        (lambda v: v.update(epochs=6), r"epochs: 3 -> 6 \(the cosine learning-rate schedule"),
+        (lambda v: v.pop("batch_size"), r"batch_size: 16 -> 64"),  # a key lost: its default
+    ],
+    ids=["method", "epochs-cosine", "key-removed"],
+)
+def test_resume_refuses_a_config_json_edited_since_the_kill(killed_copy, edit, expected, capsys):
+    """config.json is what `--resume` reads: a hand edit since the kill no
+    longer continues the checkpoint with other settings (the checkpoint's
+    state.json carries the settings it was written with)."""
+    _edit_config(killed_copy, edit)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--resume", "--output", killed_copy])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"Cannot resume {killed_copy}: its checkpoint" in error
+    assert re.search(expected, error) and "config.json was changed" in error, error
+    assert not os.path.exists(os.path.join(killed_copy, "results.json"))
+    assert train.checkpoint_lib.saved_epoch(os.path.join(killed_copy, "backup")) == 2
+
+
+def test_resume_refuses_another_runs_backup(killed_copy, tmp_path, capsys):
+    import shutil
+
+    other = str(tmp_path / "other")
+    config = train.TrainConfig(
+        method="erm", epochs=3, train_size=32, batch_size=16, verbose=0, output=other, seed=5
+    )
+    with pytest.raises(KeyboardInterrupt):
+        train.run(config, callbacks=[Kill(after=0)])
+    shutil.rmtree(os.path.join(killed_copy, "backup"))
+    shutil.copytree(os.path.join(other, "backup"), os.path.join(killed_copy, "backup"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--resume", "--output", killed_copy])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "seed: 5 -> 0" in error and "the backup comes from another run" in error, error
+
+
+def test_resume_refuses_a_backup_whose_state_json_was_deleted(killed_copy, capsys):
+    """The backup begins with a state of epoch 0 before any checkpoint file,
+    so checkpoint files without state.json are a deleted state.json, not a
+    first commit cut short: refused, not a silent start from epoch 0."""
+    backup = os.path.join(killed_copy, "backup")
+    os.remove(os.path.join(backup, "state.json"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--resume", "--output", killed_copy])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "state.json is missing, but" in error and "delete the backup folder" in error, error
+    assert any(name.startswith("epoch-") for name in os.listdir(backup))
+
+
+def test_a_finished_run_missing_its_model_or_results_is_refused_on_resume(tmp_path, capsys):
+    output = str(tmp_path / "run")
+    train.run(
+        train.TrainConfig(
+            method="erm", epochs=1, train_size=32, batch_size=16, verbose=0, output=output
+        )
+    )
+    model_path, results_path = (os.path.join(output, n) for n in ("model.keras", "results.json"))
+    model_bytes = open(model_path, "rb").read()
+    for missing, expected in ((model_path, "its model.keras is missing"), (results_path, None)):
+        os.rename(missing, missing + ".away")
+        with pytest.raises(SystemExit) as exit_info:
+            cli.train_main(["--resume", "--output", output])
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err
+        assert (expected or f"its results.json is missing: restore {results_path}") in error
+        os.rename(missing + ".away", missing)
+    # Not trained again over the finished run's model.
+    assert open(model_path, "rb").read() == model_bytes
+
+
 def test_resume_with_an_intact_history_finishes_with_every_epoch(killed_copy):
     results = train.run(
         train.TrainConfig.from_dict(
@@ -701,6 +785,27 @@ def test_resume_on_a_replaced_npz_is_refused_saying_what_changed(
     assert re.search(expected, error) and "Put the run's data back" in error, error
     assert "checkpoint" not in error
     assert train.checkpoint_lib.saved_epoch(os.path.join(output, "backup")) == 1
+
+
+def test_a_resume_from_another_directory_says_where_a_relative_dataset_is(
+    tmp_path, monkeypatch, capsys
+):
+    began = tmp_path / "project"
+    os.makedirs(began / "data")
+    monkeypatch.chdir(began)
+    _write_tiny_npz(os.path.join("data", "tiny.npz"))
+    output = str(tmp_path / "run")
+    _killed_run_on(os.path.join("data", "tiny.npz"), output)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--resume", "--output", output])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "names the train data by a relative path, 'data/tiny.npz'" in error, error
+    assert f"from the directory it began in ({began})" in error
+    monkeypatch.chdir(began)  # from there it resumes
+    cli.train_main(["--resume", "--output", output, "--verbose", "0"])
+    assert os.path.exists(os.path.join(output, "results.json"))
 
 
 def test_resume_on_a_changed_image_folder_is_refused_and_the_same_folder_resumes(tmp_path, capsys):
