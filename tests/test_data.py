@@ -715,6 +715,21 @@ def _npz_case(path, case):
         arrays["x_test"], arrays["y_test"] = arrays["x_test"][:0], arrays["y_test"][:0]
     elif case == "test-size":
         arrays["x_test"] = arrays["x_test"][:, :4, :4]
+    elif case == "strings":
+        arrays["x_train"] = np.full((16, 8, 8, 1), "a")
+    elif case == "mixed-dtypes":  # float 0..255 test images beside uint8 training ones
+        arrays["x_train"] = (arrays["x_train"] * 255).astype(np.uint8)
+        arrays["x_test"] = arrays["x_test"] * 255
+    elif case == "channels-first":
+        arrays["x_train"] = np.transpose(arrays["x_train"], (0, 3, 1, 2))
+        arrays["x_test"] = np.transpose(arrays["x_test"], (0, 3, 1, 2))
+    elif case == "stray-id":
+        arrays["y_train"][0] = 999
+    elif case == "huge-id":
+        arrays["y_train"][0] = 10**9
+    elif case == "short-names":
+        arrays["y_train"][0] = 2
+        arrays["label_names"] = np.array(["a", "b"])
     np.savez(path, **arrays)
     if case == "zero-bytes":
         open(path, "wb").close()
@@ -737,6 +752,12 @@ def _npz_case(path, case):
         ("zero-bytes", r"data.npz' is unreadable \(empty, truncated or not an .npz archive"),
         ("truncated", r"data.npz' is unreadable \(empty, truncated or not an .npz archive"),
         ("not-zip", r"data.npz' holds object \(pickled\) arrays or is not an .npz archive"),
+        ("strings", r"x_train has dtype <U1: images must be uint8"),
+        ("mixed-dtypes", r"x_train is uint8 and x_test float32: .* scaled differently"),
+        ("channels-first", r"shape \(16, 3, 8, 8\): its images look channels first"),
+        ("stray-id", r"ids run up to 999 \(1000 classes\), but only 3 of them occur"),
+        ("huge-id", r"ids run up to 1000000000 .* only 3 of them occur"),
+        ("short-names", r"labels outside \[0, 2\) \(from 0 to 2\).*label_names names 2"),
     ],
 )
 def test_a_bad_npz_is_refused_in_one_sentence_and_leaves_no_run_folder(

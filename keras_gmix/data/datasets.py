@@ -237,10 +237,17 @@ def check_splits(splits, source):
 
 
 def _check_npz_arrays(path, arrays):
-    """The arrays of an .npz data set: examples in both splits, finite pixels,
-    one image shape for both splits."""
+    """The arrays of an .npz data set: examples in both splits, numeric and
+    finite pixels of one dtype and one image shape (channels last) for both
+    splits."""
     for key in ("x_train", "x_test"):
         x = arrays[key]
+        if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
+            raise ValueError(
+                f"In {path!r}, {key} has dtype {x.dtype}: images must be uint8 (0 to 255) "
+                "or floats (e.g. in [0, 1]). Convert it (np.uint8 for whole pixel values "
+                "0 to 255) and save the file again."
+            )
         if not len(x):
             raise ValueError(
                 f"In {path!r}, {key} holds no examples: both splits need at least one "
@@ -254,6 +261,21 @@ def _check_npz_arrays(path, arrays):
                     f"image(s) (the first at index {int(np.flatnonzero(bad)[0])}): clean or "
                     "drop them (e.g. np.nan_to_num) and save the file again."
                 )
+    dtypes = [arrays[key].dtype for key in ("x_train", "x_test")]
+    if (dtypes[0] == np.uint8) != (dtypes[1] == np.uint8):
+        raise ValueError(
+            f"In {path!r}, x_train is {dtypes[0]} and x_test {dtypes[1]}: uint8 images are "
+            "divided by 255 and float images are taken as they are, so the two splits "
+            "would be scaled differently. Save both splits in one dtype."
+        )
+    height, width, channels = arrays["x_train"].shape[1:]
+    if height in (1, 3, 4) and channels not in (1, 3, 4) and width == channels:
+        raise ValueError(
+            f"In {path!r}, x_train has shape {arrays['x_train'].shape}: its images look "
+            "channels first (n, channels, height, width). gmix-train takes them as "
+            "(n, height, width, channels): save np.transpose(x, (0, 2, 3, 1)) for both "
+            "splits."
+        )
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise ValueError(
             f"In {path!r}, the test images are {arrays['x_test'].shape[1:]} and the training "
@@ -298,6 +320,22 @@ def _npz_class_ids(path, split, y):
             f"(dtype {y.dtype})."
         )
     return y.astype(np.int64), width
+
+
+def _check_class_ids_are_dense(path, y_train, y_test, num_classes):
+    """Refuses class ids of which most never occur (a stray 999 among 0..2
+    would build a model of 1,000 classes, a stray 10**9 one that cannot be
+    allocated): the number of classes is read from the largest id."""
+    present = np.union1d(np.unique(y_train), np.unique(y_test))
+    if num_classes > 2 * len(present):
+        raise ValueError(
+            f"In {path!r}, the class ids run up to {num_classes - 1} ({num_classes} "
+            f"classes), but only {len(present)} of them occur "
+            f"({present[:8].tolist()}{' ...' if len(present) > 8 else ''}): a model of "
+            f"{num_classes} outputs would be built for them. Number the classes 0 to "
+            f"{len(present) - 1} (np.unique(y, return_inverse=True)), or save "
+            f"`label_names` naming all {num_classes} classes if the others are meant."
+        )
 
 
 def _warn_of_classes_never_trained(path, y_train, y_test, num_classes):
@@ -390,10 +428,19 @@ def load_npz(path, num_classes=None, flip=True):
             num_classes = int(max(y_train.max(), y_test.max())) + 1
     for split, y in (("train", y_train), ("test", y_test)):
         if y.size and (y.min() < 0 or y.max() >= num_classes):
+            named = (
+                f"; label_names names {num_classes} classes: add the missing names or "
+                "fix the labels"
+                if label_names is not None
+                else ""
+            )
             raise ValueError(
                 f"In {path!r}, y_{split} has labels outside "
-                f"[0, {num_classes}); num_classes={num_classes}."
+                f"[0, {num_classes}) (from {int(y.min())} to {int(y.max())}); "
+                f"num_classes={num_classes}{named}."
             )
+    if label_names is None and one_hot_width is None:
+        _check_class_ids_are_dense(path, y_train, y_test, num_classes)
     _warn_of_classes_never_trained(path, y_train, y_test, num_classes)
     x_train = arrays["x_train"]
     mean, std = compute_mean_std(x_train)
