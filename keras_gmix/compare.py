@@ -22,12 +22,18 @@ import time
 
 import numpy as np
 
+from keras_gmix import config as config_lib
 from keras_gmix import plotting, records
 from keras_gmix.gradients import METHODS
 
 # Fields that, when they differ between collected runs, name the table's rows
 # besides the method.
 LABEL_FIELDS = ("dataset", "model", "train_size", "epochs")
+
+# What may differ between the runs of one row: the seed, and what does not
+# define a run (config.RESUMABLE_FIELDS); any other setting of config.json
+# that differs between a method's runs splits them into rows.
+NOT_SPLITTING = ("seed", "method", "data_fingerprint", *config_lib.RESUMABLE_FIELDS)
 
 
 @dataclasses.dataclass
@@ -199,8 +205,30 @@ def find_results(dirs):
                 path, "restore it from a copy, or leave its run folder out of --collect"
             )
             results.setdefault("output", os.path.dirname(path))
+            results["settings"] = _run_settings(os.path.dirname(path))
             found.append(results)
     return found
+
+
+def _run_settings(folder):
+    """The settings of the config.json in run folder `folder` that define the
+    run beyond its seed (empty without a config.json)."""
+    path = os.path.join(folder, "config.json")
+    if not os.path.exists(path):
+        return {}
+    saved = records.read_json(path, "restore it from a copy, or leave its run folder out")
+    return {key: value for key, value in saved.items() if key not in NOT_SPLITTING}
+
+
+def _differing_settings(runs):
+    """The names of the settings whose values differ between `runs`."""
+    names = sorted({name for r in runs for name in r.get("settings", {})})
+    return [
+        name
+        for name in names
+        if name not in LABEL_FIELDS
+        and len({json.dumps(r.get("settings", {}).get(name), sort_keys=True) for r in runs}) > 1
+    ]
 
 
 def collect_and_report(dirs, output=None):
@@ -229,12 +257,20 @@ def collect_and_report(dirs, output=None):
 
 
 def summarize(results):
-    """Groups runs into table rows: per method (and per differing dataset/model/size)."""
+    """Groups runs into table rows: per method, per differing dataset, model,
+    size or length, and per any other setting that differs between a
+    method's runs (runs of other learning rates are not averaged as seeds)."""
     varying = [f for f in LABEL_FIELDS if len({str(r.get(f)) for r in results}) > 1]
+    by_method = {}
+    for r in results:
+        by_method.setdefault(r.get("method"), []).append(r)
+    settings = {method: _differing_settings(runs) for method, runs in by_method.items()}
     groups = {}
     for r in results:
-        key = (r.get("method"),) + tuple(str(r.get(f)) for f in varying)
-        groups.setdefault(key, []).append(r)
+        named = [str(r.get(f)) for f in varying] + [
+            f"{name}={r.get('settings', {}).get(name)!r}" for name in settings[r.get("method")]
+        ]
+        groups.setdefault((r.get("method"),) + tuple(named), []).append(r)
 
     def order(key):
         method = key[0]
@@ -245,7 +281,9 @@ def summarize(results):
         runs = groups[key]
         accuracy = np.array([r["test_accuracy"] for r in runs], dtype=np.float64)
         seconds = np.array([r.get("seconds", math.nan) for r in runs], dtype=np.float64)
-        extra = ", ".join(f"{f}={v}" for f, v in zip(varying, key[1:]))
+        extra = ", ".join(
+            [f"{f}={v}" for f, v in zip(varying, key[1:])] + list(key[1 + len(varying) :])
+        )
         rows.append(
             {
                 "label": key[0] + (f" ({extra})" if extra else ""),

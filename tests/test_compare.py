@@ -56,6 +56,41 @@ def test_rows_are_split_by_what_differs_between_runs():
     assert [row["label"] for row in rows] == ["erm (train_size=10)", "erm (train_size=20)"]
 
 
+def test_runs_of_other_settings_are_not_averaged_as_seeds():
+    """Two dgmix runs of other learning rates and rho are two rows, not a
+    mean over "seeds"; seeds of the same settings are one row, and a setting
+    that differs only between methods names no row."""
+    lr = dict(learning_rate=0.5, rho=0.2)
+    rows = compare.summarize(
+        [
+            fake("dgmix", 0, 0.9, settings=dict(learning_rate=0.1, rho=0.05)),
+            fake("dgmix", 1, 0.7, settings=dict(learning_rate=0.1, rho=0.05)),
+            fake("dgmix", 0, 0.4, settings=lr),
+            fake("erm", 0, 0.6, settings=dict(learning_rate=0.1, rho=0.0)),
+        ]
+    )
+    assert [(row["label"], row["runs"]) for row in rows] == [
+        ("erm", 1),
+        ("dgmix (learning_rate=0.1, rho=0.05)", 2),
+        ("dgmix (learning_rate=0.5, rho=0.2)", 1),
+    ]
+    assert rows[1]["accuracy_mean"] == pytest.approx(0.8)
+
+
+def test_collect_splits_runs_by_their_config_json(tmp_path, capsys):
+    """Through gmix-compare --collect: two finished runs of other learning
+    rates (and one seed) are two rows, read from their config.json."""
+    base = ["--method", "erm", "--dataset", "digits", *TINY]
+    for name, rate in (("a", "0.05"), ("b", "0.2")):
+        cli.train_main([*base, "--learning-rate", rate, "--output", str(tmp_path / name)])
+    cli.compare_main(
+        ["--collect", str(tmp_path / "a"), str(tmp_path / "b"), "--output", str(tmp_path / "c")]
+    )
+    table = open(tmp_path / "c" / "results.md").read()
+    assert "| erm (learning_rate=0.05) | 1 |" in table
+    assert "| erm (learning_rate=0.2) | 1 |" in table
+
+
 def test_gmix_compare_runs_reads_back_and_collects(tmp_path, capsys):
     output = str(tmp_path / "cmp")
     assert (
