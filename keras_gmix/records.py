@@ -163,6 +163,11 @@ def hold_run_folder(folder):
     ...     train_and_write_the_record()
     """
     path = os.path.join(folder, LOCK_FILE)
+    if os.path.isdir(path):
+        raise ValueError(
+            f"{path} is a folder, where a run keeps its lock file: nothing of the "
+            "run is in it. Delete it (or move it away), then try again."
+        )
     fd = lock_file(path)
     if fd is None:
         raise RunFolderInUseError(

@@ -318,6 +318,8 @@ def test_unknown_name_lists_valid_ones():
         ({"train_size": 2.5}, "train_size"),
         ({"train_size": 10_000}, "at most 1437"),
         ({"train_fraction": 0.5, "train_size": 10}, "at most one"),
+        ({"train_size": 9}, r"subset of 9 example\(s\) .* each of its 10 classes"),
+        ({"train_fraction": 0.001}, r"subset of 1 example\(s\) .* each of its 10 classes"),
         ({"num_classes": 3}, "num_classes"),
     ],
 )

@@ -70,6 +70,13 @@ def test_a_run_folder_held_by_another_process_is_refused_naming_it(run_copy, cap
         _kill(holder)
 
 
+def test_a_folder_in_place_of_the_lock_file_is_named_with_the_fix(tmp_path):
+    os.makedirs(tmp_path / ".lock")
+    with pytest.raises(ValueError, match=r"\.lock is a folder, where a run keeps its lock"):
+        with kg.records.hold_run_folder(str(tmp_path)):
+            pass
+
+
 def test_a_killed_holder_releases_the_run_folder(tmp_path):
     from keras_gmix import records
 

@@ -566,5 +566,13 @@ def load_dataset(
     )
     if size is None or size == splits.train_size:
         return splits
+    present = len(np.unique(splits.y_train))
+    if size < present:
+        # A class-balanced subset holds one example of each class at least.
+        raise ValueError(
+            f"A training subset of {size} example(s) of {name!r} cannot hold one example "
+            f"of each of its {present} classes: keep at least {present} (train_size, or a "
+            "larger train_fraction)."
+        )
     idx = balanced_subset_indices(splits.y_train, size, num_classes=splits.num_classes, seed=seed)
     return dataclasses.replace(splits, x_train=splits.x_train[idx], y_train=splits.y_train[idx])
