@@ -32,34 +32,58 @@ def _user_errors():
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt, so
-    that a terminated run closes its files and says how to continue."""
+    """SIGTERM or SIGHUP (a closed terminal or ssh session), raised in the
+    main thread like Ctrl-C's KeyboardInterrupt, so that a stopped run closes
+    its files and says how to continue."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _raise_terminated(signum, frame):
-    raise Terminated()
+    raise Terminated(signum)
+
+
+# Signals that end a run with a word, besides Ctrl-C (SIGHUP exists on POSIX only).
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
 
 
 @contextlib.contextmanager
 def _stops_as_interrupts():
-    """Within the block, SIGTERM raises `Terminated` (Python's default would
-    end the process without a word); outside, the old handler is back."""
+    """Within the block, SIGTERM and SIGHUP raise `Terminated` (Python's
+    default would end the process without a word); outside, the old
+    handlers are back."""
     try:
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        previous = {signum: signal.signal(signum, _raise_terminated) for signum in STOP_SIGNALS}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _exit_interrupted(parser, error, how_to_continue):
-    """Ends an entry point stopped by Ctrl-C or SIGTERM with one line (exit 128 + signal)."""
-    signum = signal.SIGTERM if isinstance(error, Terminated) else signal.SIGINT
-    what = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    """Ends an entry point stopped by Ctrl-C, SIGTERM or SIGHUP with one line
+    (exit 128 + signal)."""
+    signum = error.signum if isinstance(error, Terminated) else signal.SIGINT
+    what = signal.Signals(signum).name if isinstance(error, Terminated) else "Ctrl-C"
     parser.exit(128 + signum, f"{parser.prog}: stopped by {what}. {how_to_continue}\n")
+
+
+def _epochs_saved(backup_dir):
+    """The epochs a stopped run's backup holds (0 when none or unreadable)."""
+    from keras_gmix import checkpoint
+
+    try:
+        return checkpoint.saved_epoch(backup_dir)
+    except (OSError, ValueError):
+        return 0
 
 
 # Flags of gmix-train that gmix-compare replaces by its own.
@@ -132,6 +156,8 @@ def train_main(argv=None):
     try:
         with _stops_as_interrupts():
             values = config_lib.resume_values(_config_values(args))
+            if values.get("resume") and not values.get("output"):
+                raise ValueError("--resume needs --output DIR: the run folder to continue.")
             config = config_lib.TrainConfig.from_dict(values)
             config = dataclasses.replace(config, output=config.output or train.default_output())
             results = train.run(config)
@@ -140,10 +166,12 @@ def train_main(argv=None):
     except KeyboardInterrupt as error:
         output = config.output if config else None
         if output and os.path.exists(os.path.join(output, "config.json")):
+            saved = _epochs_saved(os.path.join(output, "backup"))
             how = (
-                "The run's last finished epoch is saved: continue it with "
-                f"`gmix-train --resume --output {output}`."
-            )
+                f"The run's last finished epoch ({saved}) is saved: continue it with "
+                if saved
+                else "No epoch finished yet: start it again with "
+            ) + f"`gmix-train --resume --output {output}`."
         else:
             how = "Nothing was saved yet: start the run again."
         _exit_interrupted(parser, error, how)

@@ -16,7 +16,7 @@ import keras_gmix as kg
 from keras_gmix import cli, flatness, train
 from keras_gmix import config as config_lib
 from keras_gmix import flatness_report as fr
-from tests.helpers.common import ROOT
+from tests.helpers.common import ROOT, epochs_in_backup
 
 ENTRY_POINTS = {
     "gmix-train": "train_main",
@@ -288,7 +288,9 @@ def test_gmix_flatness_reads_the_data_set_from_the_run_folder(tmp_path, capsys):
 
 
 @pytest.mark.slow  # a real gmix-train process per signal, ~20 s each
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "Ctrl-C", "SIGHUP"]
+)
 def test_a_stopped_gmix_train_says_in_one_line_how_to_resume(tmp_path, signum):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     output = str(tmp_path / "run")
@@ -306,7 +308,7 @@ def test_a_stopped_gmix_train_says_in_one_line_how_to_resume(tmp_path, signum):
     )
     try:
         deadline = time.time() + 300
-        while not os.path.exists(os.path.join(output, "backup", "state.json")):
+        while epochs_in_backup(os.path.join(output, "backup")) < 1:
             assert process.poll() is None and time.time() < deadline, "no epoch finished"
             time.sleep(0.2)
         process.send_signal(signum)
@@ -317,9 +319,39 @@ def test_a_stopped_gmix_train_says_in_one_line_how_to_resume(tmp_path, signum):
             process.communicate()
     assert process.returncode == 128 + signum, stderr[-2000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-2000:]
-    what = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    saved = kg.checkpoint.saved_epoch(os.path.join(output, "backup"))
+    assert saved >= 1
     assert stderr.strip().splitlines()[-1] == (
-        f"gmix-train: stopped by {what}. The run's last finished epoch is saved: "
+        f"gmix-train: stopped by {what}. The run's last finished epoch ({saved}) is saved: "
         f"continue it with `gmix-train --resume --output {output}`."
     )
-    assert kg.checkpoint.saved_epoch(os.path.join(output, "backup")) >= 1
+
+
+def test_resume_without_an_output_asks_for_it(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--resume"])
+    assert exit_info.value.code == 2
+    assert "--resume needs --output DIR" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []  # no timestamp folder named or made
+
+
+def test_a_stop_before_the_first_epoch_says_nothing_is_saved(tmp_path, capsys, monkeypatch):
+    """The line a stopped run ends with says whether an epoch is saved."""
+    from keras_gmix import train
+
+    def stopped(config, callbacks=None):
+        os.makedirs(config.output)
+        open(os.path.join(config.output, "config.json"), "w").write("{}")
+        raise cli.Terminated(signal.SIGTERM)
+
+    monkeypatch.setattr(train, "run", stopped)
+    output = str(tmp_path / "run")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--output", output])
+    assert exit_info.value.code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip() == (
+        "gmix-train: stopped by SIGTERM. No epoch finished yet: start it again with "
+        f"`gmix-train --resume --output {output}`."
+    )

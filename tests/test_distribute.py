@@ -15,6 +15,7 @@ import pytest
 
 import keras_gmix as kg
 from tests.distributed import multiworker_worker as worker
+from tests.helpers.common import epochs_in_backup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -216,7 +217,7 @@ def test_multiworker_lost_worker_restart_resumes_from_checkpoint(tmp_path):
     try:
         deadline = time.time() + WORKER_TIMEOUT
         # Wait until both workers have a checkpoint (epoch 1 done), then kill one mid-epoch.
-        while not all((backup / f"worker{i}" / "state.json").exists() for i in range(2)):
+        while not all(epochs_in_backup(backup / f"worker{i}") >= 1 for i in range(2)):
             assert time.time() < deadline and all(p.poll() is None for p in first), (
                 "no checkpoint in time"
             )

@@ -24,6 +24,7 @@ from tests.helpers.common import (
     TINY_RUN,
     Kill,
     copy_run,
+    epochs_in_backup,
     gmix_train,
     resume_config,
 )
@@ -314,10 +315,10 @@ def test_killed_process_resumes(tmp_path):
         output,
     ]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metadata = os.path.join(output, "backup", "state.json")
+    backup = os.path.join(output, "backup")
     deadline = time.time() + 300
     try:
-        while not os.path.exists(metadata) and process.poll() is None and time.time() < deadline:
+        while epochs_in_backup(backup) < 1 and process.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         assert process.poll() is None, "the run ended before it could be killed"
         process.send_signal(signal.SIGKILL)

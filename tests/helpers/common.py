@@ -238,3 +238,12 @@ def truncate(path):
         content = f.read()
     with open(path, "wb") as f:
         f.write(content[: len(content) // 2])
+
+
+def epochs_in_backup(backup_dir):
+    """The finished epochs a running process's backup holds: 0 before its
+    first checkpoint (the backup begins with a state of epoch 0)."""
+    try:
+        return kg.checkpoint.saved_epoch(str(backup_dir))
+    except (OSError, ValueError):  # not there yet
+        return 0
