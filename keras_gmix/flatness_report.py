@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 
 import keras
@@ -69,6 +70,28 @@ def load_model(path):
             "a run killed while saving leaves no model.keras, so the file was cut or "
             "changed later. Train the run again, or restore the file from a copy."
         ) from error
+
+
+def _dataset_path_of_the_run(config):
+    """config.json's `dataset`; a relative path that does not exist from here
+    (a run started in another directory) is taken from the data's
+    fingerprint, which holds it absolute."""
+    dataset = config.get("dataset")
+    began = ((config.get("data_fingerprint") or {}).get("train") or {}).get("path")
+    if dataset and began and not os.path.isabs(dataset) and not os.path.exists(dataset):
+        return began
+    return dataset
+
+
+def _check_model_fits_the_labels(model, path, x, y, data_info):
+    """Refuses, in one sentence, a model with fewer outputs than the data has classes."""
+    width = int(model.predict(x[:1], verbose=0).shape[-1])
+    if width > 1 and int(np.max(y)) >= width:
+        raise ValueError(
+            f"{path} outputs {width} classes, but the {data_info['split']} examples of "
+            f"{data_info['dataset']} hold class {int(np.max(y))}: measure it on the data "
+            "it was trained on (--dataset)."
+        )
 
 
 def evaluation_loss(model):
@@ -270,6 +293,7 @@ def report(
         data_settings = {
             k: first_config.get(k) for k in DATA_KEYS if first_config.get(k) is not None
         }
+        data_settings["dataset"] = _dataset_path_of_the_run(first_config)
     else:
         data_settings["dataset"] = dataset
     if data_dir is not None:
@@ -292,6 +316,16 @@ def report(
             )
         model = load_model(path)
         config, results = run_files(path)
+        _check_model_fits_the_labels(model, path, x, y, data_info)
+        if config is None and verbose:
+            print(
+                f"gmix-flatness: {path} has no gmix-train config.json beside it: its inputs "
+                "are prepared as gmix-train prepares them (pixels scaled to [0, 1], then "
+                "normalized by the training split's per-channel mean and std); a model "
+                "with preprocessing of its own is measured on other inputs than it was "
+                "trained on.",
+                file=sys.stderr,
+            )
         start = time.perf_counter()
         record, landscape = measure_flatness(model, (x, y), evaluation_loss(model), **settings)
         row = {

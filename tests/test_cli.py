@@ -287,6 +287,50 @@ def test_gmix_flatness_reads_the_data_set_from_the_run_folder(tmp_path, capsys):
     assert "No such model file" in capsys.readouterr().err
 
 
+def test_gmix_flatness_names_a_model_of_fewer_classes_and_models_without_a_run(tmp_path, capsys):
+    keras.utils.set_random_seed(0)
+    three = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(3)]
+    )
+    path = str(tmp_path / "plain.keras")
+    three.save(path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.flatness_main([path, "--dataset", "digits", "--output", str(tmp_path / "r")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"{path} outputs 3 classes, but the test examples of digits hold class 9" in error
+    ten = saved_model(str(tmp_path / "bare"), seed=1)  # no config.json beside it
+    assert (
+        cli.flatness_main([ten, "--dataset", "digits", "--output", str(tmp_path / "s")] + SETTINGS)
+        == 0
+    )
+    assert "has no gmix-train config.json beside it" in capsys.readouterr().err
+
+
+def test_gmix_flatness_finds_a_runs_relative_dataset_from_another_directory(
+    tmp_path, capsys, monkeypatch
+):
+    began = tmp_path / "project"
+    os.makedirs(began)
+    rng = np.random.default_rng(0)
+    arrays = dict(
+        x_train=rng.integers(0, 256, (32, 8, 8, 1), dtype=np.uint8),
+        y_train=np.arange(32) % 10,
+        x_test=rng.integers(0, 256, (16, 8, 8, 1), dtype=np.uint8),
+        y_test=np.arange(16) % 10,
+    )
+    np.savez(began / "d.npz", **arrays)
+    fingerprint = {"train": {"path": str(began / "d.npz")}}
+    model = saved_model(
+        str(tmp_path / "run"), seed=1, config={"dataset": "d.npz", "data_fingerprint": fingerprint}
+    )
+    monkeypatch.chdir(tmp_path)  # not where the run began: d.npz is not here
+    settings = [*SETTINGS[:1], "16", *SETTINGS[2:]]
+    assert cli.flatness_main([model, "--output", str(tmp_path / "r")] + settings) == 0
+    report = json.load(open(tmp_path / "r" / "flatness.json"))
+    assert report["data"]["dataset"] == str(began / "d.npz")
+
+
 @pytest.mark.slow  # a real gmix-train process per signal, ~20 s each
 @pytest.mark.parametrize(
     "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "Ctrl-C", "SIGHUP"]
