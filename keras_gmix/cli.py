@@ -41,8 +41,37 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+# The stop signals received in this process, newest last. A handler's
+# exception can be lost: raised while Python runs a `__del__` (or a callback
+# from C that ignores it), it is printed as "Exception ignored" and training
+# goes on. `_StopWhenSignalled` raises it again at the next batch.
+_received = []
+
+
 def _raise_terminated(signum, frame):
+    _received.append(signum)
     raise Terminated(signum)
+
+
+def _raise_interrupt(signum, frame):
+    _received.append(signum)
+    raise KeyboardInterrupt
+
+
+def _stop_when_signalled():
+    """A Keras callback that raises, at the next batch or epoch end, a stop
+    signal whose exception was lost."""
+    import keras
+
+    class _StopWhenSignalled(keras.callbacks.Callback):
+        def _stop_if_signalled(self, *args, **kwargs):
+            if _received:
+                signum = _received[-1]
+                raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
+
+        on_train_batch_end = on_test_batch_end = on_epoch_end = _stop_if_signalled
+
+    return _StopWhenSignalled()
 
 
 # Signals that end a run with a word, besides Ctrl-C (SIGHUP exists on POSIX only).
@@ -56,8 +85,13 @@ def _stops_as_interrupts():
     """Within the block, SIGTERM and SIGHUP raise `Terminated` (Python's
     default would end the process without a word); outside, the old
     handlers are back."""
+    _received.clear()
+    handlers = {signum: _raise_terminated for signum in STOP_SIGNALS}
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        # Recorded too (unless ignored, as in a background job without job control).
+        handlers[signal.SIGINT] = _raise_interrupt
     try:
-        previous = {signum: signal.signal(signum, _raise_terminated) for signum in STOP_SIGNALS}
+        previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
@@ -160,7 +194,7 @@ def train_main(argv=None):
                 raise ValueError("--resume needs --output DIR: the run folder to continue.")
             config = config_lib.TrainConfig.from_dict(values)
             config = dataclasses.replace(config, output=config.output or train.default_output())
-            results = train.run(config)
+            results = train.run(config, callbacks=[_stop_when_signalled()])
     except _user_errors() as error:
         parser.exit(2, f"gmix-train: error: {error}\n")
     except KeyboardInterrupt as error:
@@ -236,6 +270,7 @@ def _compare(args, methods, seeds, output, collect):
         methods=methods or list(config_lib.METHODS),
         seeds=seeds or [0],
         output=output,
+        callbacks=[_stop_when_signalled()],
     )
 
 

@@ -128,7 +128,7 @@ def _plan(config, methods, seeds, output):
     return plan
 
 
-def compare(config, methods=METHODS, seeds=(0,), output=None):
+def compare(config, methods=METHODS, seeds=(0,), output=None, callbacks=None):
     """Trains every method with every seed on `config`'s recipe; writes the report.
 
     Every run folder is checked first (settings, and that no other process
@@ -143,6 +143,8 @@ def compare(config, methods=METHODS, seeds=(0,), output=None):
         seeds: the seeds to run. Defaults to `(0,)`.
         output: folder of the runs and the report. Defaults to
             `runs/compare-<time>`.
+        callbacks: extra Keras callbacks for every run (`train.run`'s).
+            Defaults to `None`.
 
     Returns:
         A `CompareSummary`.
@@ -160,10 +162,10 @@ def compare(config, methods=METHODS, seeds=(0,), output=None):
     os.makedirs(output, exist_ok=True)
     with records.hold_run_folder(output):
         plan = _plan(config, methods, seeds, output)
-        return _compare_held(config, methods, seeds, output, plan)
+        return _compare_held(config, methods, seeds, output, plan, callbacks)
 
 
-def _compare_held(config, methods, seeds, output, plan):
+def _compare_held(config, methods, seeds, output, plan, callbacks):
     import keras
 
     from keras_gmix import train
@@ -179,7 +181,7 @@ def _compare_held(config, methods, seeds, output, plan):
                 f"gmix-compare: {run_config.method}, seed {run_config.seed}: {state} ({folder})",
                 flush=True,
             )
-        all_results.append(train.run(run_config))
+        all_results.append(train.run(run_config, callbacks=callbacks))
         keras.backend.clear_session()
     title = f"gmix-compare: {config.model} on {config.dataset}, {config.epochs} epochs"
     return write_report(all_results, output, title=title)

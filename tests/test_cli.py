@@ -399,3 +399,34 @@ def test_a_stop_before_the_first_epoch_says_nothing_is_saved(tmp_path, capsys, m
         "gmix-train: stopped by SIGTERM. No epoch finished yet: start it again with "
         f"`gmix-train --resume --output {output}`."
     )
+
+
+class _LosesASignal:
+    """Sends SIGTERM from a `__del__`: the handler's exception is raised
+    there, printed as "Exception ignored" and lost, as it can be when a
+    signal arrives while Python collects an object."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_stop_signal_whose_exception_was_lost_stops_fit_at_the_next_batch():
+    before = signal.getsignal(signal.SIGTERM)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    x, y = np.zeros((32, 4), np.float32), np.zeros(32, np.int64)
+
+    class LoseOne(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 1:
+                _LosesASignal()  # collected at once
+
+    with cli._stops_as_interrupts():
+        with pytest.raises(cli.Terminated):
+            model.fit(
+                x, y, batch_size=4, verbose=0, callbacks=[LoseOne(), cli._stop_when_signalled()]
+            )
+    assert int(model.optimizer.iterations.numpy()) == 2  # stopped after batch 1, of 8
+    assert signal.getsignal(signal.SIGTERM) is before
