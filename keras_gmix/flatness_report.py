@@ -293,7 +293,8 @@ def report(
         data_settings = {
             k: first_config.get(k) for k in DATA_KEYS if first_config.get(k) is not None
         }
-        data_settings["dataset"] = _dataset_path_of_the_run(first_config)
+        if data_settings.get("dataset"):
+            data_settings["dataset"] = _dataset_path_of_the_run(first_config)
     else:
         data_settings["dataset"] = dataset
     if data_dir is not None:
