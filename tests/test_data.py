@@ -603,6 +603,9 @@ def test_folder_data_set_with_a_test_folder_resize_and_subset(tmp_path):
         kd.load_dataset(str(tmp_path / "train"), test_dataset=str(tmp_path / "other"))
     with pytest.raises(ValueError, match="test_dataset"):
         kd.load_dataset("digits", test_dataset=str(tmp_path / "test"))
+    # The training folder as its own test folder: refused, not an accuracy on seen images.
+    with pytest.raises(ValueError, match=r"shares 30 image\(s\) with the training folder"):
+        kd.load_dataset(str(tmp_path / "train"), test_dataset=str(tmp_path / "train"))
 
 
 def test_folder_images_stream_from_disk_every_epoch(tmp_path):

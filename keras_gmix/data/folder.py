@@ -274,6 +274,17 @@ def load_image_folder(directory, image_size=None, test_directory=None, flip=True
         train_paths, y_train = paths, labels
         # Keras refuses a test folder whose subfolders are not these classes.
         test_paths, y_test, _ = _index(os.fspath(test_directory), class_names=list(class_names))
+        shared = sorted(
+            {os.path.realpath(p) for p in train_paths} & {os.path.realpath(p) for p in test_paths}
+        )
+        if shared:
+            # Accuracy on images the model trains on says nothing of new ones.
+            raise ValueError(
+                f"The test folder {os.fspath(test_directory)!r} shares {len(shared)} "
+                f"image(s) with the training folder {directory!r} (e.g. {shared[0]}): test "
+                "on images the model does not train on: a separate folder, or no test "
+                "folder (a part of the training folder is then held out)."
+            )
     image_shape = _image_shape(train_paths[0], image_size, color_mode)
     check_images(list(train_paths) + list(test_paths), image_shape)
     x_train = ImageFiles(train_paths, image_shape)
