@@ -57,8 +57,11 @@ def hvp(fn, primal, tangent):
 
 
 def after(values, dependencies):
-    """`values`: XLA schedules the computation as a whole."""
-    del dependencies
+    """`values`, computed only after `dependencies`: an optimization barrier
+    over both, without which XLA would merge a pass run again on the same
+    values with the first one (common subexpressions) and keep its
+    activations alive in between."""
+    values, _ = jax.lax.optimization_barrier((list(values), dependencies))
     return list(values)
 
 
