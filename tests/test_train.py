@@ -1211,7 +1211,9 @@ def test_a_full_disk_ends_gmix_train_with_a_sentence_and_the_run_resumes(tmp_pat
     assert "No epoch was saved yet: make room, then continue the run with --resume" in (
         limited.stderr
     )
-    assert os.listdir(os.path.join(output, "backup")) == []
+    # No checkpoint file nor a half-written one: the backup's state of epoch 0 alone.
+    assert os.listdir(os.path.join(output, "backup")) == ["state.json"]
+    assert kg.checkpoint.saved_epoch(os.path.join(output, "backup")) == 0
     gmix_train(["--resume", "--output", output], prefix=["-m", "keras_gmix.cli"])
     results = json.load(open(os.path.join(output, "results.json")))
     assert results["epochs_done"] == 2
