@@ -333,9 +333,8 @@ def _check_same_data(saved, config, folder):
             # A relative path is relative to where the run began.
             raise ValueError(
                 f"Cannot resume {folder}: its config.json names the {part} data by a "
-                f"relative path, {path!r}, which the run began with as {began}. Run "
-                f"--resume from the directory it began in ({_began_in(began, path)}), "
-                f"or with --dataset {began}."
+                f"relative path, {path!r}, which the run began with as {began}: run "
+                f"--resume from the directory it began in ({_began_in(began, path)})."
             )
     changes = data_lib.fingerprint_changes(saved["data_fingerprint"], _data_fingerprint(config))
     if changes:
