@@ -76,11 +76,10 @@ def _dataset_path_of_the_run(config):
     """config.json's `dataset`; a relative path that does not exist from here
     (a run started in another directory) is taken from the data's
     fingerprint, which holds it absolute."""
+    from keras_gmix.data import recorded_path
+
     dataset = config.get("dataset")
-    began = ((config.get("data_fingerprint") or {}).get("train") or {}).get("path")
-    if dataset and began and not os.path.isabs(dataset) and not os.path.exists(dataset):
-        return began
-    return dataset
+    return recorded_path(config.get("data_fingerprint"), "train", dataset) or dataset
 
 
 def _check_model_fits_the_labels(model, path, x, y, data_info):

@@ -328,8 +328,8 @@ def _check_same_data(saved, config, folder):
     if "data_fingerprint" not in saved:
         return
     for part, path in (("train", config.dataset), ("test", config.test_dataset)):
-        began = (saved["data_fingerprint"].get(part) or {}).get("path")
-        if path and began and not os.path.isabs(path) and not os.path.exists(path):
+        began = data_lib.recorded_path(saved["data_fingerprint"], part, path)
+        if began is not None:
             # A relative path is relative to where the run began.
             raise ValueError(
                 f"Cannot resume {folder}: its config.json names the {part} data by a "

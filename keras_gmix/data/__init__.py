@@ -20,7 +20,7 @@ from keras_gmix.data.datasets import (
     load_tfds,
 )
 from keras_gmix.data.download import DownloadUnavailableError
-from keras_gmix.data.fingerprint import data_fingerprint, fingerprint_changes
+from keras_gmix.data.fingerprint import data_fingerprint, fingerprint_changes, recorded_path
 from keras_gmix.data.folder import COLOR_MODES, MAX_IMAGE_SIZE, ImageFiles, load_image_folder
 from keras_gmix.data.pipeline import AUGMENTATIONS, make_pipeline, make_pipelines
 from keras_gmix.data.splits import DataSplits, compute_mean_std
@@ -52,4 +52,5 @@ __all__ = [
     "make_pipeline",
     "make_pipelines",
     "random_crop_flip",
+    "recorded_path",
 ]

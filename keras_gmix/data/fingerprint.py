@@ -100,6 +100,16 @@ def data_fingerprint(name, test_dataset=None, data_dir=None):
     return fingerprint
 
 
+def recorded_path(fingerprint, part, path):
+    """The absolute path `fingerprint` recorded for `part` ("train" or
+    "test") when `path`, as a run's config.json names it, is relative and
+    missing from here (the run began in another directory); else None."""
+    began = ((fingerprint or {}).get(part) or {}).get("path")
+    if path and began and not os.path.isabs(path) and not os.path.exists(path):
+        return began
+    return None
+
+
 # How a changed entry is told: hashes only differ, numbers and names go a -> b.
 _HASH_WORDS = {
     "sha256": "the content differs",
